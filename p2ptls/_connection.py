@@ -1,0 +1,499 @@
+"""The sans-IO connection: bytes in, events out; data in, bytes out.
+
+Theory of operation
+-------------------
+A :class:`Connection` owns one side of one p2ptls session. It never touches a socket, a clock or a
+thread: the I/O layer feeds it received bytes (``receive_data_untrusted``) with the current time,
+gets back a list of events, and sends whatever bytes its ``send_*`` methods return.
+
+States::
+
+    initiator: HANDSHAKING --Reply--> KEY_OPERATION --supply_decryption--> ESTABLISHED
+    responder: HANDSHAKING --Hello--> KEY_OPERATION --supply_decryption--> HANDSHAKING
+               --Finish--> ESTABLISHED
+    any state --error--> FAILED;  ESTABLISHED --both CLOSE records--> (ends quietly)
+
+In KEY_OPERATION the connection waits for the caller to perform one RSA private-key decryption
+(:class:`PrivateKeyOperationNeeded`), which an I/O layer runs on a worker thread; bytes that arrive
+meanwhile are buffered. Once ESTABLISHED, records are opened in order and turned into events. Any
+protocol error moves the connection to FAILED, releases its reassembly reservation and is raised;
+every later call raises too. Each direction ends with an authenticated CLOSE record; a transport EOF
+without one is truncation.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+
+import attrs
+
+from . import _wire as wire
+from ._errors import FloodError, HandshakeFailed, ProtocolError, TruncatedError
+from ._fragments import Reassembler, ReassemblyBudget, fragment_sizes
+from ._handshake import (
+    HELLO_OAEP_LABEL,
+    REPLY_OAEP_LABEL,
+    HandshakeResult,
+    InitiatorHandshake,
+    OaepEncrypt,
+    Randomness,
+    ResponderHandshake,
+    TimestampGuard,
+    TrustPolicy,
+)
+from ._keyschedule import export_keying_material
+from ._records import RecordOpener, RecordSealer
+from .config import StreamConfig
+from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
+
+
+class State(enum.Enum):
+    HANDSHAKING = "handshaking"
+    KEY_OPERATION = "key operation"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+# Events --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(repr=False)
+class PrivateKeyOperationNeeded:
+    """Decrypt ``ciphertext`` with the identity key (OAEP, ``label``) and call ``supply_decryption``."""
+
+    ciphertext: bytes
+    label: bytes
+
+    def __repr__(self) -> str:
+        return f"PrivateKeyOperationNeeded(label={self.label!r})"
+
+
+@attrs.frozen
+class HandshakeComplete:
+    """The handshake verified; ``remote`` is the authenticated peer."""
+
+    remote: PeerRecord
+
+
+@attrs.frozen(repr=False)
+class DataReceived:
+    """Bytes of the byte stream."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"DataReceived(<{len(self.data)} bytes>)"
+
+
+@attrs.frozen(repr=False)
+class MessageReceived:
+    """One whole message."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"MessageReceived(<{len(self.data)} bytes>)"
+
+
+@attrs.frozen
+class EndOfStream:
+    """The peer's authenticated CLOSE: it will send nothing more."""
+
+    reason: int
+    """``0``: end of stream (half-close); ``1``: the peer closed the connection."""
+
+
+@attrs.frozen
+class PongReceived:
+    """The answer to one of our pings."""
+
+    payload: bytes
+
+
+Event = (
+    PrivateKeyOperationNeeded
+    | HandshakeComplete
+    | DataReceived
+    | MessageReceived
+    | EndOfStream
+    | PongReceived
+)
+
+
+class Connection:
+    """One side of a p2ptls session, without I/O. Build with :meth:`initiator` or :meth:`responder`."""
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        handshake: InitiatorHandshake | ResponderHandshake,
+        budget: ReassemblyBudget,
+    ) -> None:
+        self.config = config
+        self.state = State.HANDSHAKING
+        self._handshake: InitiatorHandshake | ResponderHandshake | None = handshake
+        self.is_initiator = isinstance(handshake, InitiatorHandshake)
+        self._buffer = bytearray()
+        self._sealer: RecordSealer | None = None
+        self._opener: RecordOpener | None = None
+        self._result: HandshakeResult | None = None
+        self._reassembler = Reassembler(config.max_message_size, budget)
+        self._pending_output: list[bytes] = []
+        self._pong_owed: bytes | None = None
+        self._control_tokens = float(config.control_burst)
+        self._control_time: float | None = None
+        self.eof_sent = False
+        self.eof_received = False
+        self._fragment = config.record_payload
+        self._first_fragment = self._fragment - wire.MESSAGE_LENGTH.size
+
+    @classmethod
+    def initiator(
+        cls,
+        config: StreamConfig,
+        identity: Identity,
+        psk: NetworkKey,
+        responder: PeerRecord,
+        *,
+        timestamp_ns: int,
+        budget: ReassemblyBudget | None = None,
+        randomness: Randomness = os.urandom,
+        oaep_encrypt: OaepEncrypt = encrypt_to,
+    ) -> Connection:
+        """The connecting side; ``responder`` is the peer it expects to reach.
+
+        ``randomness`` and ``oaep_encrypt`` exist for known-answer tests; leave them alone.
+        """
+        handshake = InitiatorHandshake(
+            identity,
+            psk,
+            responder,
+            timestamp_ns=timestamp_ns,
+            randomness=randomness,
+            oaep_encrypt=oaep_encrypt,
+        )
+        return cls(config, handshake, budget or ReassemblyBudget())
+
+    @classmethod
+    def responder(
+        cls,
+        config: StreamConfig,
+        identity: Identity,
+        psk: NetworkKey,
+        policy: TrustPolicy,
+        guard: TimestampGuard,
+        *,
+        budget: ReassemblyBudget | None = None,
+        randomness: Randomness = os.urandom,
+        oaep_encrypt: OaepEncrypt = encrypt_to,
+    ) -> Connection:
+        """The accepting side; ``policy`` decides who may connect."""
+        handshake = ResponderHandshake(
+            identity, psk, policy, guard, randomness=randomness, oaep_encrypt=oaep_encrypt
+        )
+        return cls(config, handshake, budget or ReassemblyBudget())
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    def start(self) -> bytes:
+        """Bytes to send first: the Hello for an initiator, nothing for a responder."""
+        handshake = self._handshake
+        if isinstance(handshake, InitiatorHandshake):
+            return handshake.hello_record()
+        return b""
+
+    def supply_decryption(self, plaintext: bytes | None) -> bytes:
+        """Hand in the result of :class:`PrivateKeyOperationNeeded` (``None`` if it failed).
+
+        Returns the bytes to send next. Raises :class:`HandshakeFailed`.
+        """
+        if self.state is not State.KEY_OPERATION:
+            raise RuntimeError("no private-key operation is pending")
+        handshake = self._handshake
+        try:
+            if isinstance(handshake, InitiatorHandshake):
+                finish, result = handshake.complete_untrusted(plaintext)
+                self._establish(result, initiator=True)
+                return finish
+            assert handshake is not None
+            reply = handshake.reply_untrusted(plaintext)
+        except ProtocolError:
+            self._fail()
+            raise
+        self.state = State.HANDSHAKING
+        return reply
+
+    def _establish(self, result: HandshakeResult, *, initiator: bool) -> None:
+        secrets = result.secrets
+        outgoing, incoming = (
+            (secrets.initiator_to_responder, secrets.responder_to_initiator)
+            if initiator
+            else (secrets.responder_to_initiator, secrets.initiator_to_responder)
+        )
+        self._sealer = RecordSealer(outgoing, self.config.key_update_after)
+        self._opener = RecordOpener(incoming, self.config.hard_record_limit)
+        self._result = result
+        self._handshake = None
+        self.state = State.ESTABLISHED
+
+    @property
+    def remote(self) -> PeerRecord | None:
+        """The authenticated peer, once the handshake is complete."""
+        return self._result.remote if self._result else None
+
+    @property
+    def session_id(self) -> bytes | None:
+        """The transcript hash, once the handshake is complete (public; identifies the session)."""
+        return self._result.transcript_hash if self._result else None
+
+    def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        """Keys for a companion protocol, bound to this session (used by SLLP)."""
+        if self._result is None:
+            raise RuntimeError("handshake not complete")
+        return export_keying_material(self._result.secrets.exporter, label, context, length)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def receive_data_untrusted(self, data: bytes | bytearray, now: float = 0.0) -> list[Event]:
+        """Feed bytes from the transport; return the events they complete.
+
+        Raises only :class:`ProtocolError` (and its subclasses); after one, the connection is FAILED.
+        """
+        if self.state is State.FAILED:
+            raise ProtocolError("connection already failed")
+        events: list[Event] = []
+        if self._buffer:
+            self._buffer += data
+            source: bytes | bytearray = self._buffer
+        else:
+            source = data
+        if self.state is State.KEY_OPERATION:
+            if source is not self._buffer:
+                self._buffer += source
+            self._check_buffer_bound()
+            return events
+        view = memoryview(source)
+        pos = 0
+        end_of_data = len(source)
+        try:
+            while end_of_data - pos >= wire.HEADER_SIZE:
+                content_type, version, length = wire.HEADER.unpack_from(view, pos)
+                wire.check_header_fields_untrusted(content_type, version, length)
+                body_start = pos + wire.HEADER_SIZE
+                record_end = body_start + length
+                if record_end > end_of_data:
+                    break
+                if content_type == wire.HANDSHAKE:
+                    self._handle_handshake(bytes(view[pos:record_end]), events)
+                else:
+                    self._handle_protected(
+                        content_type, view[pos:body_start], view[body_start:record_end], now, events
+                    )
+                pos = record_end
+                if self.state is State.KEY_OPERATION:
+                    break
+            rest = bytearray(view[pos:]) if pos < end_of_data else bytearray()
+        except ProtocolError:
+            view.release()
+            self._fail()
+            raise
+        view.release()
+        self._buffer = rest
+        self._check_buffer_bound()
+        return events
+
+    def _check_buffer_bound(self) -> None:
+        if len(self._buffer) > wire.HEADER_SIZE + wire.MAX_CIPHERTEXT + self.config.receive_size:
+            self._fail()
+            raise ProtocolError("peer sent too much before the handshake completed")
+
+    def _handle_handshake(self, record: bytes, events: list[Event]) -> None:
+        handshake = self._handshake
+        if self.state is not State.HANDSHAKING or handshake is None:
+            raise ProtocolError("handshake record on an established connection")
+        if isinstance(handshake, InitiatorHandshake):
+            sealed = handshake.receive_reply_untrusted(record)
+            self.state = State.KEY_OPERATION
+            events.append(PrivateKeyOperationNeeded(sealed, REPLY_OAEP_LABEL))
+            return
+        if record[wire.HEADER_SIZE] == wire.HELLO:
+            sealed = handshake.receive_hello_untrusted(record)
+            self.state = State.KEY_OPERATION
+            events.append(PrivateKeyOperationNeeded(sealed, HELLO_OAEP_LABEL))
+            return
+        result = handshake.receive_finish_untrusted(record)
+        self._establish(result, initiator=False)
+        events.append(HandshakeComplete(result.remote))
+
+    def _handle_protected(
+        self,
+        content_type: int,
+        header: memoryview,
+        body: memoryview,
+        now: float,
+        events: list[Event],
+    ) -> None:
+        opener = self._opener
+        if opener is None:
+            raise HandshakeFailed()  # protected record before the handshake completed
+        if self.eof_received:
+            raise ProtocolError("record after the peer's close")
+        plaintext = opener.open_untrusted(header, body)
+        if content_type == wire.DATA:
+            if not plaintext:
+                raise ProtocolError("empty data record")
+            events.append(DataReceived(plaintext))
+        elif content_type == wire.MESSAGE_START:
+            total, fragment = wire.parse_message_start_untrusted(plaintext)
+            message = self._reassembler.start_untrusted(total, fragment)
+            if message is not None:
+                events.append(MessageReceived(message))
+        elif content_type == wire.MESSAGE_CONTINUE:
+            message = self._reassembler.continue_untrusted(plaintext)
+            if message is not None:
+                events.append(MessageReceived(message))
+        elif content_type == wire.CLOSE:
+            if len(plaintext) != 1 or plaintext[0] not in (wire.CLOSE_END_OF_STREAM, wire.CLOSE_GOODBYE):
+                raise ProtocolError("malformed close record")
+            if self._reassembler.in_progress:
+                raise ProtocolError("close inside an unfinished message")
+            self.eof_received = True
+            events.append(EndOfStream(plaintext[0]))
+        else:
+            self._spend_control_token(now)
+            if content_type == wire.PING:
+                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
+                    raise ProtocolError("malformed ping")
+                self._pong_owed = plaintext
+            elif content_type == wire.PONG:
+                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
+                    raise ProtocolError("malformed pong")
+                events.append(PongReceived(plaintext))
+            else:  # KEY_UPDATE: the only protected type left after the header check
+                if plaintext:
+                    raise ProtocolError("malformed key update")
+                opener.advance_key()
+
+    def _spend_control_token(self, now: float) -> None:
+        config = self.config
+        if self._control_time is not None and now > self._control_time:
+            refill = (now - self._control_time) * config.control_rate
+            self._control_tokens = min(float(config.control_burst), self._control_tokens + refill)
+        self._control_time = now
+        self._control_tokens -= 1
+        if self._control_tokens < 0:
+            raise FloodError("too many control records")
+
+    def receive_eof(self) -> None:
+        """The transport reached EOF. Raises :class:`TruncatedError` unless the peer closed first."""
+        if self.state is State.FAILED:
+            return
+        if not self.eof_received or self._buffer:
+            self._fail()
+            raise TruncatedError("connection ended without the peer's authenticated close")
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _sealer_for_sending(self) -> RecordSealer:
+        if self.state is State.FAILED:
+            raise ProtocolError("connection failed")
+        sealer = self._sealer
+        if sealer is None:
+            raise RuntimeError("handshake not complete")
+        if self.eof_sent:
+            raise RuntimeError("send after send_eof")
+        return sealer
+
+    def _seal(self, sealer: RecordSealer, out: list[bytes], content_type: int, payload: bytes | memoryview) -> None:
+        if sealer.needs_key_update:
+            out.append(sealer.seal(wire.KEY_UPDATE, b""))
+            sealer.advance_key()
+        out.append(sealer.seal(content_type, payload))
+
+    def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Protect byte-stream data; return the records to send."""
+        sealer = self._sealer_for_sending()
+        out = self._take_pending()
+        view = memoryview(data)
+        step = self._fragment
+        for offset in range(0, len(view), step):
+            self._seal(sealer, out, wire.DATA, view[offset : offset + step])
+        return b"".join(out)
+
+    def send_message(self, message: bytes | bytearray | memoryview) -> bytes:
+        """Protect one message, fragmented to the record size; return the records to send."""
+        if len(message) > self.config.max_message_size:
+            raise ValueError("message larger than max_message_size")
+        sealer = self._sealer_for_sending()
+        out = self._take_pending()
+        view = memoryview(message)
+        for index, (offset, size) in enumerate(
+            fragment_sizes(len(view), self._first_fragment, self._fragment)
+        ):
+            if index == 0:
+                header = wire.MESSAGE_LENGTH.pack(len(view))
+                self._seal(sealer, out, wire.MESSAGE_START, header + view[offset : offset + size])
+            else:
+                self._seal(sealer, out, wire.MESSAGE_CONTINUE, view[offset : offset + size])
+        return b"".join(out)
+
+    def send_ping(self, payload: bytes) -> bytes:
+        """A PING record; the peer answers with a PONG carrying ``payload`` (8 bytes)."""
+        if len(payload) != wire.PING_PAYLOAD_SIZE:
+            raise ValueError("ping payload must be 8 bytes")
+        sealer = self._sealer_for_sending()
+        out = self._take_pending()
+        self._seal(sealer, out, wire.PING, payload)
+        return b"".join(out)
+
+    def send_eof(self, reason: int = wire.CLOSE_END_OF_STREAM) -> bytes:
+        """The authenticated CLOSE record that ends our direction."""
+        sealer = self._sealer_for_sending()
+        out = self._take_pending()
+        self._seal(sealer, out, wire.CLOSE, bytes([reason]))
+        self.eof_sent = True
+        return b"".join(out)
+
+    def data_to_send(self) -> bytes:
+        """Control records owed to the peer (a pong), if any."""
+        if self._sealer is None or self.eof_sent or self.state is State.FAILED:
+            return b""
+        return b"".join(self._take_pending())
+
+    def _take_pending(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self._pong_owed is not None and self._sealer is not None:
+            payload, self._pong_owed = self._pong_owed, None
+            self._seal(self._sealer, out, wire.PONG, payload)
+        return out
+
+    @property
+    def has_pending_output(self) -> bool:
+        return self._pong_owed is not None
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def _fail(self) -> None:
+        self.state = State.FAILED
+        self._reassembler.discard()
+        self._buffer = bytearray()
+        self._handshake = None
+
+    def abandon(self) -> None:
+        """Release resources (partial messages) when the I/O layer drops the connection."""
+        if self.state is not State.FAILED:
+            self._fail()
+
+
+__all__ = [
+    "Connection",
+    "DataReceived",
+    "EndOfStream",
+    "Event",
+    "HandshakeComplete",
+    "MessageReceived",
+    "PongReceived",
+    "PrivateKeyOperationNeeded",
+    "State",
+]

@@ -1,0 +1,60 @@
+"""The protocol's own errors.
+
+Every function that parses bytes from the network (its name ends in ``_untrusted``) raises only
+:class:`ProtocolError` or one of its subclasses. Messages never contain key material or
+received bytes.
+"""
+
+from __future__ import annotations
+
+
+class P2PTLSError(Exception):
+    """Base class of every error p2ptls raises on purpose."""
+
+
+class ProtocolError(P2PTLSError):
+    """The peer broke the wire protocol; the connection it arrived on is unusable."""
+
+
+class HandshakeFailed(ProtocolError):
+    """The handshake failed.
+
+    Deliberately generic: unknown peer, wrong network key, bad ciphertext, stale timestamp,
+    bad Finished MAC and malformed flights all raise this one error with one message, so that
+    neither the peer nor a log reader learns which check failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("handshake failed")
+
+
+class HandshakeTimeout(ProtocolError):
+    """The handshake did not complete within its total deadline."""
+
+
+class RecordError(ProtocolError):
+    """A record failed authentication, had a bad length or an unknown content type."""
+
+
+class TruncatedError(ProtocolError):
+    """The transport ended without the peer's authenticated close."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message exceeds the configured maximum size."""
+
+
+class ReassemblyBudgetExceeded(ProtocolError):
+    """Messages under reassembly on this host exceed the shared memory budget."""
+
+
+class FloodError(ProtocolError):
+    """The peer sent control records faster than the configured limit."""
+
+
+class KeyFileError(P2PTLSError):
+    """A key or network-key file is missing, malformed, unsafe or could not be decrypted."""
+
+
+class PeerDatabaseError(P2PTLSError):
+    """The peer database failed authentication, is malformed, or holds an inconsistent entry."""

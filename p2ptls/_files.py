@@ -1,0 +1,55 @@
+"""Private files: written 0600 atomically, refused when others can read them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from ._errors import KeyFileError
+
+StrPath = str | os.PathLike[str]
+
+
+def write_private_file(path: StrPath, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600: temporary file, fsync, rename, fsync directory.
+
+    A crash at any point leaves either the old contents or the new ones, never a mix.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_private_file(path: StrPath, what: str) -> bytes:
+    """Read a file that must not be readable or writable by group or others."""
+    target = Path(path)
+    try:
+        info = target.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {str(target)!r} does not exist") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{what} {str(target)!r} is accessible by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {str(target)!r}"
+        )
+    return target.read_bytes()

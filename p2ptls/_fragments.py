@@ -1,0 +1,107 @@
+"""Message fragmentation and reassembly.
+
+Theory of operation
+-------------------
+A message is sent as one MESSAGE_START record (a 4-byte total length, then the first fragment)
+followed by MESSAGE_CONTINUE records, each no larger than the record payload limit. Other records
+(byte-stream data, control) may interleave between fragments; messages themselves never do.
+
+The receiver checks the announced total against ``max_message_size`` before keeping anything,
+reserves each fragment's bytes from a :class:`ReassemblyBudget` shared by every connection of a host
+(so many peers each holding half a message cannot exhaust memory), refuses a fragment that would
+overrun the total, a CONTINUE with no open message, a START inside an open one, and empty fragments.
+"""
+
+from __future__ import annotations
+
+from ._errors import MessageTooLarge, ProtocolError, ReassemblyBudgetExceeded
+
+DEFAULT_REASSEMBLY_BUDGET = 256 * 1024 * 1024
+
+
+class ReassemblyBudget:
+    """Bytes of partly received messages that all connections sharing it may hold."""
+
+    def __init__(self, limit: int = DEFAULT_REASSEMBLY_BUDGET) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    def reserve(self, size: int) -> None:
+        if self.in_use + size > self.limit:
+            raise ReassemblyBudgetExceeded("host reassembly budget exhausted")
+        self.in_use += size
+
+    def release(self, size: int) -> None:
+        self.in_use -= size
+
+    def __repr__(self) -> str:
+        return f"<ReassemblyBudget {self.in_use}/{self.limit}>"
+
+
+class Reassembler:
+    """Reassembles one direction's messages."""
+
+    def __init__(self, max_message_size: int, budget: ReassemblyBudget) -> None:
+        self._max = max_message_size
+        self._budget = budget
+        self._parts: list[bytes] = []
+        self._expected = 0
+        self._held = 0
+
+    @property
+    def in_progress(self) -> bool:
+        return bool(self._expected)
+
+    def start_untrusted(self, total: int, fragment: bytes) -> bytes | None:
+        """Begin a message; return it if this fragment completes it."""
+        if self._expected:
+            raise ProtocolError("a message started inside an unfinished message")
+        if total > self._max:
+            raise MessageTooLarge("peer announced a message above max_message_size")
+        if total == 0:
+            if fragment:
+                raise ProtocolError("fragment overruns its message")
+            return b""
+        self._expected = total
+        return self._add(fragment)
+
+    def continue_untrusted(self, fragment: bytes) -> bytes | None:
+        """Add a fragment; return the message if it is now complete."""
+        if not self._expected:
+            raise ProtocolError("message fragment with no message in progress")
+        return self._add(fragment)
+
+    def _add(self, fragment: bytes) -> bytes | None:
+        if not fragment:
+            raise ProtocolError("empty message fragment")
+        if self._held + len(fragment) > self._expected:
+            raise ProtocolError("fragment overruns its message")
+        if self._held + len(fragment) == self._expected:
+            parts, self._parts = self._parts, []
+            self._budget.release(self._held)
+            self._held = self._expected = 0
+            if not parts:
+                return fragment
+            parts.append(fragment)
+            return b"".join(parts)
+        self._budget.reserve(len(fragment))
+        self._parts.append(fragment)
+        self._held += len(fragment)
+        return None
+
+    def discard(self) -> None:
+        """Drop any partial message and return its bytes to the budget."""
+        self._budget.release(self._held)
+        self._parts.clear()
+        self._held = self._expected = 0
+
+
+def fragment_sizes(total: int, first_limit: int, limit: int) -> list[tuple[int, int]]:
+    """``(offset, size)`` of each fragment of a ``total``-byte message."""
+    sizes = [(0, min(total, first_limit))]
+    offset = sizes[0][1]
+    while offset < total:
+        size = min(limit, total - offset)
+        sizes.append((offset, size))
+        offset += size
+    return sizes

@@ -1,0 +1,156 @@
+"""The HKDF-SHA256 key schedule.
+
+Theory of operation
+-------------------
+The schedule has the shape of TLS 1.3's (RFC 8446 section 7.1). Every label is prefixed
+``"p2ptls1 "``. Secrets are chained by HKDF-Extract so that each later secret depends on every
+earlier input::
+
+    psk_secret     = Extract(salt=0^32, ikm=network PSK)
+    binder_key     = ExpandLabel(psk_secret, "binder", "", 32)
+    early_secret   = Extract(salt=Derive(psk_secret, "derived"), ikm=k_I)
+    handshake_sec  = Extract(salt=Derive(early_secret, "derived"), ikm=X25519(e_I, e_R))
+    master_secret  = Extract(salt=Derive(handshake_sec, "derived"), ikm=k_R)
+
+``k_I`` is only known to the initiator and the holder of the responder's private key, ``k_R`` only
+to the responder and the holder of the initiator's private key. The responder's Finished key comes
+from ``handshake_sec`` (needs ``k_I``), the initiator's from ``master_secret`` (needs ``k_R``).
+Traffic secrets are per direction (labels "i2r traffic", "r2i traffic") and bound to the
+transcript hash; a key update replaces a traffic secret with ``ExpandLabel(secret, "key update")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import attrs
+
+LABEL_PREFIX = b"p2ptls1 "
+HASH_SIZE = 32
+KEY_SIZE = 32
+IV_SIZE = 12
+ZERO_SALT = bytes(HASH_SIZE)
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """RFC 5869 HKDF-Extract with SHA-256."""
+    return hmac.digest(salt, ikm, "sha256")
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 HKDF-Expand with SHA-256."""
+    if length > 255 * HASH_SIZE:
+        raise ValueError("HKDF output too long")
+    blocks = []
+    block = b""
+    counter = 1
+    while HASH_SIZE * len(blocks) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        blocks.append(block)
+        counter += 1
+    return b"".join(blocks)[:length]
+
+
+def expand_label(secret: bytes, label: str, context: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label: info = u16 length | u8 len | "p2ptls1 " + label | u8 len | context."""
+    full_label = LABEL_PREFIX + label.encode("ascii")
+    info = (
+        length.to_bytes(2, "big")
+        + bytes([len(full_label)])
+        + full_label
+        + bytes([len(context)])
+        + context
+    )
+    return hkdf_expand(secret, info, length)
+
+
+def derive_secret(secret: bytes, label: str, transcript_hash: bytes = b"") -> bytes:
+    """Derive-Secret: ExpandLabel(secret, label, transcript hash, 32)."""
+    return expand_label(secret, label, transcript_hash, HASH_SIZE)
+
+
+def transcript_hash(*parts: bytes) -> bytes:
+    """SHA-256 over the concatenated parts."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256."""
+    return hmac.digest(key, data, "sha256")
+
+
+@attrs.frozen(repr=False)
+class TrafficKeys:
+    """An AES-256-GCM key and the 12-byte IV its nonces are derived from."""
+
+    key: bytes
+    iv: bytes
+
+    def __repr__(self) -> str:
+        return "TrafficKeys(<secret>)"
+
+
+def traffic_keys(secret: bytes) -> TrafficKeys:
+    """Key and IV for one direction from its traffic secret."""
+    return TrafficKeys(
+        key=expand_label(secret, "key", b"", KEY_SIZE), iv=expand_label(secret, "iv", b"", IV_SIZE)
+    )
+
+
+def next_traffic_secret(secret: bytes) -> bytes:
+    """The traffic secret after a key update."""
+    return expand_label(secret, "key update", b"", HASH_SIZE)
+
+
+def psk_secret(psk: bytes) -> bytes:
+    return hkdf_extract(ZERO_SALT, psk)
+
+
+def binder_key(psk: bytes) -> bytes:
+    return expand_label(psk_secret(psk), "binder", b"", HASH_SIZE)
+
+
+def early_secret(psk: bytes, k_initiator: bytes) -> bytes:
+    return hkdf_extract(derive_secret(psk_secret(psk), "derived"), k_initiator)
+
+
+def hello_key(early: bytes, hello_prefix_hash: bytes) -> bytes:
+    """The one-use key that seals the initiator's public key inside the Hello."""
+    return expand_label(early, "hello key", hello_prefix_hash, KEY_SIZE)
+
+
+def handshake_secret(early: bytes, shared_secret: bytes) -> bytes:
+    return hkdf_extract(derive_secret(early, "derived"), shared_secret)
+
+
+def master_secret(handshake: bytes, k_responder: bytes) -> bytes:
+    return hkdf_extract(derive_secret(handshake, "derived"), k_responder)
+
+
+@attrs.frozen(repr=False)
+class SessionSecrets:
+    """What a completed handshake yields: one traffic secret per direction and an exporter."""
+
+    initiator_to_responder: bytes
+    responder_to_initiator: bytes
+    exporter: bytes
+
+    def __repr__(self) -> str:
+        return "SessionSecrets(<secret>)"
+
+
+def session_secrets(master: bytes, full_transcript_hash: bytes) -> SessionSecrets:
+    return SessionSecrets(
+        initiator_to_responder=derive_secret(master, "i2r traffic", full_transcript_hash),
+        responder_to_initiator=derive_secret(master, "r2i traffic", full_transcript_hash),
+        exporter=derive_secret(master, "exporter", full_transcript_hash),
+    )
+
+
+def export_keying_material(exporter: bytes, label: str, context: bytes, length: int) -> bytes:
+    """Keying material for another protocol (SLLP) bound to this session."""
+    return expand_label(derive_secret(exporter, label), "exporter", transcript_hash(context), length)

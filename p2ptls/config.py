@@ -1,0 +1,68 @@
+"""Configuration of secure streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from . import _wire as wire
+from ._records import HARD_LIMIT, KEY_UPDATE_AFTER
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_RECORD_SIZE = 16 * 1024
+# An IPv6 header (40 bytes) plus a TCP header with the timestamp option (32 bytes).
+IP_TCP_OVERHEAD = 72
+MIN_RECORD_SIZE = 256
+
+
+def _positive(_instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive")
+
+
+@attrs.frozen
+class StreamConfig:
+    """Limits and tunables of one :class:`~p2ptls.SecureStream`. Every field has a safe default."""
+
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
+    """Largest message :meth:`~p2ptls.SecureStream.send_message` sends or a peer may announce."""
+    record_size: int = attrs.field(default=DEFAULT_RECORD_SIZE)
+    """Largest plaintext in one record, at most 65264 bytes."""
+    mtu: int | None = attrs.field(default=None, validator=_positive)
+    """If set, records are made small enough that each fits one TCP segment on a path of this MTU."""
+    handshake_timeout: float | None = attrs.field(default=10.0, validator=_positive)
+    """Total deadline for the handshake, in seconds (``None``: no deadline)."""
+    receive_size: int = attrs.field(default=256 * 1024, validator=_positive)
+    """How many bytes to ask the transport for at a time."""
+    max_unread_bytes: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
+    """Byte-stream data buffered while the application reads messages; beyond it the peer is cut."""
+    control_burst: int = attrs.field(default=256, validator=_positive)
+    """Control records (ping, pong, key update) accepted in a burst."""
+    control_rate: float = attrs.field(default=64.0, validator=_positive)
+    """Control records accepted per second after the burst."""
+    key_update_after: int = attrs.field(default=KEY_UPDATE_AFTER, validator=_positive)
+    """Records sent under one key before a key update (lower it only in tests)."""
+    hard_record_limit: int = attrs.field(default=HARD_LIMIT, validator=_positive)
+    """Records accepted under one key before the connection is closed."""
+
+    @record_size.validator
+    def _check_record_size(self, _attribute: Any, value: int) -> None:
+        if not MIN_RECORD_SIZE <= value <= wire.MAX_PLAINTEXT:
+            raise ValueError(f"record_size must be between {MIN_RECORD_SIZE} and {wire.MAX_PLAINTEXT}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.mtu is not None and self.mtu - IP_TCP_OVERHEAD - wire.HEADER_SIZE - wire.TAG_SIZE < MIN_RECORD_SIZE:
+            raise ValueError("mtu too small for a record")
+        if self.key_update_after >= self.hard_record_limit:
+            raise ValueError("key_update_after must be below hard_record_limit")
+        if self.max_message_size >= 1 << 32:
+            raise ValueError("max_message_size must be below 4 GiB")
+
+    @property
+    def record_payload(self) -> int:
+        """The effective largest plaintext per record, after the MTU setting."""
+        if self.mtu is None:
+            return self.record_size
+        by_mtu = self.mtu - IP_TCP_OVERHEAD - wire.HEADER_SIZE - wire.TAG_SIZE
+        return min(self.record_size, by_mtu)

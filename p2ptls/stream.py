@@ -1,0 +1,501 @@
+"""SecureStream: a p2ptls session over any trio stream, in the manner of ``trio.SSLStream``.
+
+Theory of operation
+-------------------
+A :class:`SecureStream` drives a sans-IO :class:`~p2ptls._connection.Connection`. The handshake runs
+lazily on the first send or receive, or explicitly through :meth:`SecureStream.do_handshake`, under
+a total deadline; its one RSA private-key operation runs on a worker thread through the context's
+capacity limiter, so a flood of handshakes never stalls established connections.
+
+Sending seals records synchronously and writes them under an internal transport-send lock (shared
+with pongs owed by the receive side). Receiving is a *pump*: whichever receiver needs data reads the
+transport once, feeds the bytes to the connection and files the resulting events into two buffers,
+one for the byte stream and one for whole messages, so ``receive_some`` and ``receive_message`` may
+run in two tasks. Each public operation has its own conflict detector, so two tasks calling
+``send_all`` at once get ``trio.BusyResourceError`` as the stream contract requires.
+
+Any protocol error breaks the stream: the transport is closed at once and every later call raises
+``trio.BrokenResourceError`` whose ``__cause__`` is the typed :class:`~p2ptls.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import operator
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Self
+
+import trio
+
+from . import _wire as wire
+from ._connection import (
+    Connection,
+    DataReceived,
+    EndOfStream,
+    Event,
+    HandshakeComplete,
+    MessageReceived,
+    PongReceived,
+    PrivateKeyOperationNeeded,
+    State,
+)
+from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
+from ._fragments import ReassemblyBudget
+from .config import StreamConfig
+from .identity import Identity, NetworkKey, PeerRecord
+from .trust import KnownPeers, ReplayGuard
+
+CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
+_SEND_CHUNK = 256 * 1024
+
+
+class SecurityContext:
+    """Everything a host shares between its secure streams (like ``ssl.SSLContext``).
+
+    Holds the local identity, the network key, the trusted peers, the replay guard, the reassembly
+    budget shared by all streams, and the limiter for RSA private-key operations.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        psk: NetworkKey,
+        peers: KnownPeers | None = None,
+        *,
+        config: StreamConfig | None = None,
+        replay_guard: ReplayGuard | None = None,
+        budget: ReassemblyBudget | None = None,
+        private_key_threads: int = 2,
+    ) -> None:
+        self.identity = identity
+        self.psk = psk
+        self.peers = peers if peers is not None else KnownPeers()
+        self.config = config or StreamConfig()
+        self.replay_guard = replay_guard or ReplayGuard()
+        self.budget = budget or ReassemblyBudget()
+        self.key_limiter = trio.CapacityLimiter(private_key_threads)
+        self._last_timestamp = 0
+        self.private_key_operations = 0
+        """How many RSA private-key operations this context has run (for monitoring and tests)."""
+
+    def next_timestamp(self) -> int:
+        """A Hello timestamp: wall-clock nanoseconds, strictly increasing in this process."""
+        self._last_timestamp = max(time.time_ns(), self._last_timestamp + 1)
+        return self._last_timestamp
+
+    def __repr__(self) -> str:
+        return f"<SecurityContext {self.identity!r}, {len(self.peers)} known peers>"
+
+
+class _ConflictDetector:
+    """Raises ``trio.BusyResourceError`` when two tasks use one operation at once."""
+
+    __slots__ = ("_message", "_held")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+
+
+class SecureStream(trio.abc.HalfCloseableStream):
+    """An authenticated, encrypted stream over ``transport_stream``.
+
+    Args:
+      transport_stream: any ``trio.abc.Stream`` (a TCP stream, an in-memory stream...).
+      context: the local identity, network key and trusted peers.
+      server_side: ``True`` for the accepting side.
+      remote: for the connecting side, the peer it expects (required); ignored on the server side.
+      config: overrides ``context.config``.
+
+    Besides the byte stream, :meth:`send_message` and :meth:`receive_message` carry whole messages
+    of up to ``config.max_message_size`` bytes.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        context: SecurityContext,
+        *,
+        server_side: bool = False,
+        remote: PeerRecord | None = None,
+        config: StreamConfig | None = None,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.context = context
+        self.config = config or context.config
+        self.server_side = server_side
+        if server_side:
+            self._conn = Connection.responder(
+                self.config,
+                context.identity,
+                context.psk,
+                context.peers,
+                context.replay_guard,
+                budget=context.budget,
+            )
+        else:
+            if remote is None:
+                raise TypeError("the connecting side needs the remote peer's record")
+            self._conn = Connection.initiator(
+                self.config,
+                context.identity,
+                context.psk,
+                remote,
+                timestamp_ns=context.next_timestamp(),
+                budget=context.budget,
+            )
+        self._handshake_lock = trio.Lock()
+        self._handshake_done = False
+        self._transport_send_lock = trio.Lock()
+        self._pump_lock = trio.Lock()
+        self._send_conflict = _ConflictDetector("another task is already sending on this stream")
+        self._receive_conflict = _ConflictDetector("another task is already receiving bytes")
+        self._message_conflict = _ConflictDetector("another task is already receiving messages")
+        self._bytes: collections.deque[bytes] = collections.deque()
+        self._bytes_size = 0
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._messages_size = 0
+        self._pongs: dict[bytes, trio.Event] = {}
+        self._closed = False
+        self._error: BaseException | None = None
+        self._transport_eof = False
+
+    # -- public attributes ----------------------------------------------------------------------
+
+    @property
+    def remote_peer(self) -> PeerRecord:
+        """The authenticated remote peer (after the handshake)."""
+        remote = self._conn.remote
+        if remote is None or not self._handshake_done:
+            raise trio.NeedHandshakeError("the handshake has not completed")
+        return remote
+
+    @property
+    def cipher_suite(self) -> str:
+        return CIPHER_SUITE
+
+    @property
+    def session_id(self) -> bytes:
+        """The handshake transcript hash (public), which names this session."""
+        session = self._conn.session_id
+        if session is None or not self._handshake_done:
+            raise trio.NeedHandshakeError("the handshake has not completed")
+        return session
+
+    def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        """Keying material for a companion protocol bound to this session."""
+        if not self._handshake_done:
+            raise trio.NeedHandshakeError("the handshake has not completed")
+        return self._conn.export_keying_material(label, context, length)
+
+    # -- state helpers --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        if self._error is not None:
+            raise trio.BrokenResourceError("this stream is broken") from self._error
+
+    async def _break(self, error: BaseException) -> trio.BrokenResourceError:
+        """Mark the stream broken, drop the transport, and return the error to raise."""
+        if self._error is None:
+            self._error = error
+        self._conn.abandon()
+        await trio.aclose_forcefully(self.transport_stream)
+        return trio.BrokenResourceError(str(error) or type(error).__name__)
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Run the handshake now (it otherwise runs on first use). Safe to call more than once.
+
+        Raises ``trio.BrokenResourceError`` (cause: :class:`HandshakeFailed` or
+        :class:`HandshakeTimeout`) if it fails.
+        """
+        self._check_usable()
+        if self._handshake_done:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._handshake_lock:
+            self._check_usable()
+            if self._handshake_done:
+                return
+            timeout = self.config.handshake_timeout
+            try:
+                with trio.fail_after(timeout if timeout is not None else float("inf")):
+                    await self._run_handshake()
+            except trio.TooSlowError:
+                raise await self._break(HandshakeTimeout("handshake deadline passed")) from None
+            except ProtocolError as exc:
+                raise await self._break(exc) from exc
+            except trio.BrokenResourceError as exc:
+                raise await self._break(HandshakeFailed()) from exc
+            except trio.ClosedResourceError:
+                if self._closed:
+                    raise
+                raise await self._break(HandshakeFailed()) from None
+            self._handshake_done = True
+
+    async def _run_handshake(self) -> None:
+        conn = self._conn
+        first = conn.start()
+        if first:
+            await self._send_raw(first)
+        while conn.state is not State.ESTABLISHED:
+            data = await self.transport_stream.receive_some(self.config.receive_size)
+            if not data:
+                raise HandshakeFailed()
+            await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
+
+    async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
+        self.context.private_key_operations += 1
+        identity = self.context.identity
+        return await trio.to_thread.run_sync(
+            identity.decrypt_untrusted, event.ciphertext, event.label, limiter=self.context.key_limiter
+        )
+
+    async def _handle_events(self, events: list[Event]) -> None:
+        conn = self._conn
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._bytes.append(event.data)
+                self._bytes_size += len(event.data)
+            elif isinstance(event, MessageReceived):
+                self._messages.append(event.data)
+                self._messages_size += len(event.data)
+            elif isinstance(event, EndOfStream):
+                pass  # conn.eof_received records it
+            elif isinstance(event, PongReceived):
+                waiter = self._pongs.pop(event.payload, None)
+                if waiter is not None:
+                    waiter.set()
+            elif isinstance(event, PrivateKeyOperationNeeded):
+                plaintext = await self._private_key_operation(event)
+                await self._send_raw(conn.supply_decryption(plaintext))
+                events.extend(conn.receive_data_untrusted(b"", trio.current_time()))
+            elif isinstance(event, HandshakeComplete):
+                self.context.peers.note_authenticated(event.remote)
+                if self.context.replay_guard.dirty and self.context.replay_guard.path is not None:
+                    await trio.to_thread.run_sync(self.context.replay_guard.save)
+        limit = self.config.max_unread_bytes
+        if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
+            raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
+
+    async def _send_raw(self, data: bytes) -> None:
+        async with self._transport_send_lock:
+            await self.transport_stream.send_all(data)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _receive_until(self, ready: Callable[[], bool]) -> None:
+        """Pump the transport until ``ready()``; always passes through a checkpoint."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._handshake_done:
+            await self.do_handshake()
+        pumped = False
+        while not ready():
+            async with self._pump_lock:
+                if ready():
+                    break
+                await self._pump()
+                pumped = True
+        if not pumped:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _pump(self) -> None:
+        self._check_usable()
+        try:
+            data = await self.transport_stream.receive_some(self.config.receive_size)
+            if not data:
+                self._transport_eof = True
+                self._conn.receive_eof()
+                return
+            await self._handle_events(self._conn.receive_data_untrusted(data, trio.current_time()))
+            if self._conn.has_pending_output and not self._transport_send_lock.locked():
+                await self._send_raw(self._conn.data_to_send())
+        except ProtocolError as exc:
+            raise await self._break(exc) from exc
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            raise await self._break(ProtocolError("transport closed underneath")) from None
+        except trio.BrokenResourceError as exc:
+            raise await self._break(exc) from exc
+
+    def _peer_done(self) -> bool:
+        return self._conn.eof_received
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` bytes of the byte stream; ``b""`` after the peer's authenticated EOF.
+
+        Raises ``trio.BrokenResourceError`` if the peer broke the protocol or the connection was
+        cut without an authenticated close (cause: :class:`TruncatedError`).
+        """
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict.guard():
+            self._check_usable()
+            await self._receive_until(lambda: bool(self._bytes) or self._peer_done())
+            if not self._bytes:
+                return b""
+            chunk = self._bytes.popleft()
+            if max_bytes is not None and len(chunk) > max_bytes:
+                self._bytes.appendleft(chunk[max_bytes:])
+                chunk = chunk[:max_bytes]
+            self._bytes_size -= len(chunk)
+            return chunk
+
+    async def receive_message(self) -> bytes:
+        """The next whole message. Raises ``trio.EndOfChannel`` after the peer's authenticated close."""
+        with self._message_conflict.guard():
+            self._check_usable()
+            await self._receive_until(lambda: bool(self._messages) or self._peer_done())
+            if not self._messages:
+                raise trio.EndOfChannel
+            message = self._messages.popleft()
+            self._messages_size -= len(message)
+            return message
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Iterate over messages until the peer closes."""
+        try:
+            return await self.receive_message()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _send_records(self, seal: Callable[[], bytes]) -> None:
+        self._check_usable()
+        if not self._handshake_done:
+            await self.do_handshake()
+        if self._conn.eof_sent:
+            raise trio.ClosedResourceError("send_eof was already called")
+        try:
+            records = seal()
+        except ProtocolError as exc:
+            raise await self._break(exc) from exc
+        try:
+            await self._send_raw(records)
+        except trio.BrokenResourceError as exc:
+            raise await self._break(exc) from exc
+        except trio.Cancelled:
+            # Part of a record may have been written: the stream cannot be used again.
+            if self._error is None:
+                self._error = ProtocolError("send cancelled mid-record")
+            raise
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes on the byte stream."""
+        with self._send_conflict.guard():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if not data:
+                self._check_usable()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            view = memoryview(data)
+            for offset in range(0, len(view), _SEND_CHUNK):
+                chunk = view[offset : offset + _SEND_CHUNK]
+                await self._send_records(lambda chunk=chunk: self._conn.send_data(chunk))
+
+    async def send_message(self, message: bytes | bytearray | memoryview) -> None:
+        """Send one message (at most ``config.max_message_size`` bytes), fragmented into records."""
+        if len(message) > self.config.max_message_size:
+            raise ValueError(
+                f"message of {len(message)} bytes exceeds max_message_size "
+                f"({self.config.max_message_size})"
+            )
+        with self._send_conflict.guard():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._send_records(lambda: self._conn.send_message(message))
+
+    async def send_eof(self) -> None:
+        """Send the authenticated end of our direction; the peer's reads then return ``b""``.
+
+        We can still receive. Calling it again does nothing.
+        """
+        with self._send_conflict.guard():
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_usable()
+            if self._conn.eof_sent:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            await self._send_records(lambda: self._conn.send_eof(wire.CLOSE_END_OF_STREAM))
+            if isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+                await self.transport_stream.send_eof()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict.guard():
+            self._check_usable()
+            await self.transport_stream.wait_send_all_might_not_block()
+
+    async def ping(self) -> float:
+        """Measure one round trip (seconds). Another task must be receiving, or this one pumps."""
+        payload = os.urandom(wire.PING_PAYLOAD_SIZE)
+        answered = trio.Event()
+        self._pongs[payload] = answered
+        start = trio.current_time()
+        with self._send_conflict.guard():
+            await self._send_records(lambda: self._conn.send_ping(payload))
+        while not answered.is_set():
+            if self._pump_lock.locked():
+                await answered.wait()
+            else:
+                async with self._pump_lock:
+                    if not answered.is_set():
+                        await self._pump()
+            if self._peer_done() and not answered.is_set():
+                raise trio.BrokenResourceError("peer closed before answering the ping")
+        return trio.current_time() - start
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Send an authenticated goodbye (best effort) and close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._pongs.clear()
+        conn = self._conn
+        try:
+            if (
+                self._handshake_done
+                and self._error is None
+                and not conn.eof_sent
+                and conn.state is State.ESTABLISHED
+                and not self._transport_send_lock.locked()
+            ):
+                with trio.move_on_after(1.0):
+                    await self._send_raw(conn.send_eof(wire.CLOSE_GOODBYE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+            pass  # the transport is going away anyway; nothing more to tell the peer
+        except BaseException:
+            conn.abandon()
+            await trio.aclose_forcefully(self.transport_stream)
+            raise
+        conn.abandon()
+        await self.transport_stream.aclose()
+
+    def __repr__(self) -> str:
+        side = "server" if self.server_side else "client"
+        remote = self._conn.remote.peer_id.short if self._conn.remote else "?"
+        return f"<SecureStream {side} remote={remote} state={self._conn.state.value}>"

@@ -23,6 +23,7 @@ from ._fragments import ReassemblyBudget
 from .config import StreamConfig
 from .host import Host, HostConfig, open_host, serve
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, generate_psk
+from .peerdb import PeerDatabase
 from .stream import CIPHER_SUITE, SecureStream, SecurityContext
 from .trust import KnownPeers, ReplayGuard, admit_network_members, deny_unknown
 
@@ -41,6 +42,7 @@ __all__ = [
     "MessageTooLarge",
     "NetworkKey",
     "P2PTLSError",
+    "PeerDatabase",
     "PeerDatabaseError",
     "PeerId",
     "PeerRecord",

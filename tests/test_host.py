@@ -1,0 +1,156 @@
+"""The host over real sockets on 127.0.0.1: connect, incoming, serve, policy, shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import p2ptls
+from p2ptls import HostConfig, open_host
+
+
+def _config(identity, psk, peers=(), listen=("127.0.0.1", 0), **options) -> HostConfig:
+    return HostConfig(identity=identity, psk=psk, peers=tuple(peers), listen=listen, **options)
+
+
+async def test_connect_and_incoming_exchange_messages_and_bytes(identities) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    async with (
+        open_host(_config(bob, psk, [alice.record])) as bob_host,
+        open_host(_config(alice, psk, [bob.record], listen=None)) as alice_host,
+    ):
+        bob_record = bob_host.peer_record("bob")
+        async with trio.open_nursery() as nursery:
+
+            async def answer() -> None:
+                async for stream in bob_host.incoming():
+                    assert stream.remote_peer.peer_id == alice.peer_id
+                    message = await stream.receive_message()
+                    await stream.send_message(message.upper())
+                    await stream.send_all(b"bytes too")
+                    await stream.send_eof()
+                    return
+
+            nursery.start_soon(answer)
+            stream = await alice_host.connect(bob_record)
+            assert stream.remote_peer.peer_id == bob.peer_id
+            assert stream.cipher_suite == p2ptls.CIPHER_SUITE
+            await stream.send_message(b"hello bob")
+            assert await stream.receive_message() == b"HELLO BOB"
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            assert received == b"bytes too"
+
+
+async def test_connect_by_peer_id_uses_the_known_address(identities) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+
+    async def echo(stream: p2ptls.SecureStream) -> None:
+        async for message in stream:
+            await stream.send_message(message)
+
+    async with trio.open_nursery() as nursery:
+        bob_host = await nursery.start(p2ptls.serve, echo, _config(bob, psk, [alice.record]))
+        config = _config(alice, psk, [bob_host.peer_record()], listen=None)
+        async with open_host(config) as alice_host:
+            stream = await alice_host.connect(bob.peer_id)
+            await stream.send_message(b"x" * 100_000)
+            assert await stream.receive_message() == b"x" * 100_000
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_unknown_peer_is_refused_and_host_keeps_serving(identities) -> None:
+    alice, bob, mallory = identities[0], identities[1], identities[2]
+    psk = p2ptls.generate_psk()
+    served = []
+
+    async def handler(stream: p2ptls.SecureStream) -> None:
+        served.append(stream.remote_peer.peer_id)
+        await stream.send_message(b"welcome")
+
+    async with trio.open_nursery() as nursery:
+        bob_host = await nursery.start(p2ptls.serve, handler, _config(bob, psk, [alice.record]))
+        # Mallory holds the network key and knows bob, but bob does not know mallory.
+        async with open_host(_config(mallory, psk, [bob_host.peer_record()], listen=None)) as host:
+            with pytest.raises(trio.BrokenResourceError) as failure:
+                await host.connect(bob.peer_id)
+            assert isinstance(failure.value.__cause__, p2ptls.HandshakeFailed)
+        async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
+            stream = await host.connect(bob.peer_id)
+            assert await stream.receive_message() == b"welcome"
+        assert served == [alice.peer_id]
+        assert bob_host.handshake_failures == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_wrong_network_key_is_refused_without_private_key_work(identities) -> None:
+    alice, bob = identities[0], identities[1]
+
+    async def handler(stream: p2ptls.SecureStream) -> None:
+        raise AssertionError("no stream may be delivered")
+
+    async with trio.open_nursery() as nursery:
+        config = _config(bob, p2ptls.generate_psk(), [alice.record])
+        bob_host = await nursery.start(p2ptls.serve, handler, config)
+        other = _config(alice, p2ptls.generate_psk(), [bob_host.peer_record()], listen=None)
+        async with open_host(other) as host:
+            with pytest.raises(trio.BrokenResourceError):
+                await host.connect(bob.peer_id)
+        assert bob_host.context.private_key_operations == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_admission_policy_admits_network_members(identities) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    async with open_host(_config(bob, psk, admission=p2ptls.admit_network_members)) as bob_host:
+        async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
+            async with trio.open_nursery() as nursery:
+
+                async def accept() -> None:
+                    async for stream in bob_host.incoming():
+                        await stream.send_message(stream.remote_peer.peer_id.digest)
+                        return
+
+                nursery.start_soon(accept)
+                stream = await host.connect(bob.peer_id)
+                assert await stream.receive_message() == alice.peer_id.digest
+        assert [r.peer_id for r in bob_host.context.peers.admitted] == [alice.peer_id]
+
+
+async def test_leaving_the_host_closes_its_streams(identities) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    async with open_host(_config(bob, psk, [alice.record])) as bob_host:
+        async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
+            stream = await host.connect(bob.peer_id)
+            server_stream = await bob_host.incoming().__anext__()
+        # Alice's host closed: her stream is closed, and bob sees an authenticated goodbye.
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"late")
+        assert await server_stream.receive_some() == b""
+
+
+async def test_client_only_host_has_no_incoming(identities) -> None:
+    async with open_host(_config(identities[0], p2ptls.generate_psk(), listen=None)) as host:
+        with pytest.raises(RuntimeError, match="not listening"):
+            await host.incoming().__anext__()
+
+
+async def test_replay_state_is_persisted(identities, tmp_path) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    state = tmp_path / "replay.json"
+    config = _config(bob, psk, [alice.record], replay_state_path=str(state))
+    async with open_host(config) as bob_host:
+        async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
+            await host.connect(bob.peer_id)
+            await bob_host.incoming().__anext__()
+        newest = bob_host.context.replay_guard.newest(alice.peer_id)
+    assert newest is not None
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert p2ptls.ReplayGuard(state).newest(alice.peer_id) == newest

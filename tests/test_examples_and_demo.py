@@ -1,0 +1,72 @@
+"""The examples and the demo run as written."""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str) -> dict[str, object]:
+    return runpy.run_path(str(ROOT / "examples" / name), run_name="example")
+
+
+async def test_echo_pair_example(tmp_path: Path) -> None:
+    main = _load("echo_pair.py")["main"]
+    replies = await main(tmp_path)  # type: ignore[operator]
+    assert replies == [b"echo: hello", b"echo: p2p", b"echo: world"]
+    assert (tmp_path / "alice.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_testing_example() -> None:
+    main = _load("testing_your_code.py")["main"]
+    assert await main() == b"SECURE STREAMS ARE JUST STREAMS"  # type: ignore[operator]
+
+
+def test_examples_run_as_scripts() -> None:
+    for name in ("echo_pair.py", "testing_your_code.py"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / name)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_demo_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "p2ptls.demo", "--dir", str(tmp_path / "demo"),
+         "--payload-mib", "8", "--key-bits", "2048"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("verified") >= 12  # six client lines and six server lines
+    assert "bob's SHA-256 of what arrived matches alice's" in out
+    assert "throughput:" in out
+
+
+def test_cli_creates_keys(tmp_path: Path) -> None:
+    key, psk = tmp_path / "me.key", tmp_path / "net.psk"
+    for args in (["identity", "new", str(key), "--bits", "2048"], ["psk", "new", str(psk)]):
+        done = subprocess.run([sys.executable, "-m", "p2ptls", *args], capture_output=True,
+                              text=True, check=False, timeout=60)
+        assert done.returncode == 0, done.stderr
+    shown = subprocess.run([sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
+                           capture_output=True, text=True, check=True, timeout=60)
+    assert '"peer_id"' in shown.stdout
+    key.chmod(0o644)
+    refused = subprocess.run([sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
+                             capture_output=True, text=True, check=False, timeout=60)
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr
+

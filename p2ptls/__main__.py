@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import Identity, NetworkKey, P2PTLSError
+from .demo import main as demo_main
 
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> bytes | None:
@@ -45,8 +46,6 @@ def _psk_new(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import main as demo_main
-
     demo_main(args.demo_args)
 
 
@@ -68,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--passphrase", action="store_true")
     show.set_defaults(run=_identity_show)
 
-    psk = commands.add_parser("psk", help="network keys").add_subparsers(dest="action", required=True)
+    psk = commands.add_parser("psk", help="network keys").add_subparsers(
+        dest="action", required=True
+    )
     psk_new = psk.add_parser("new", help="create a network key file")
     psk_new.add_argument("path")
     psk_new.set_defaults(run=_psk_new)

@@ -30,7 +30,7 @@ class StreamConfig:
     record_size: int = attrs.field(default=DEFAULT_RECORD_SIZE)
     """Largest plaintext in one record, at most 65264 bytes."""
     mtu: int | None = attrs.field(default=None, validator=_positive)
-    """If set, records are made small enough that each fits one TCP segment on a path of this MTU."""
+    """If set, records are small enough that each fits one TCP segment on a path of this MTU."""
     handshake_timeout: float | None = attrs.field(default=10.0, validator=_positive)
     """Total deadline for the handshake, in seconds (``None``: no deadline)."""
     receive_size: int = attrs.field(default=256 * 1024, validator=_positive)
@@ -49,10 +49,15 @@ class StreamConfig:
     @record_size.validator
     def _check_record_size(self, _attribute: Any, value: int) -> None:
         if not MIN_RECORD_SIZE <= value <= wire.MAX_PLAINTEXT:
-            raise ValueError(f"record_size must be between {MIN_RECORD_SIZE} and {wire.MAX_PLAINTEXT}")
+            raise ValueError(
+                f"record_size must be between {MIN_RECORD_SIZE} and {wire.MAX_PLAINTEXT}"
+            )
 
     def __attrs_post_init__(self) -> None:
-        if self.mtu is not None and self.mtu - IP_TCP_OVERHEAD - wire.HEADER_SIZE - wire.TAG_SIZE < MIN_RECORD_SIZE:
+        if (
+            self.mtu is not None
+            and self.mtu - IP_TCP_OVERHEAD - wire.HEADER_SIZE - wire.TAG_SIZE < MIN_RECORD_SIZE
+        ):
             raise ValueError("mtu too small for a record")
         if self.key_update_after >= self.hard_record_limit:
             raise ValueError("key_update_after must be below hard_record_limit")

@@ -126,7 +126,7 @@ async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
             database.add(record)
         database.save()
         print(f"  peer database: {len(database)} peers, encrypted at rest ({database.path})")
-        for name, host in hosts.items():
+        for host in hosts.values():
             for other in PeerDatabase.open(directory / "peers.db", psk):
                 if other.peer_id != host.peer_id:
                     host.add_peer(other)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -247,8 +247,8 @@ async def serve(
 ) -> None:
     """Listen and run ``handler(stream)`` in its own task for every verified incoming stream.
 
-    Like ``trio.serve_tcp``: use with ``nursery.start`` to learn the running :class:`Host` (and so its
-    address). The stream is closed when the handler returns. A ``trio.BrokenResourceError`` or
+    Like ``trio.serve_tcp``: use with ``nursery.start`` to learn the running :class:`Host` (and so
+    its address). The stream is closed when the handler returns. A ``trio.BrokenResourceError`` or
     ``trio.ClosedResourceError`` escaping the handler (the peer broke or cut its connection) is
     logged and ends only that connection; any other exception propagates, as with
     ``trio.serve_tcp``. Runs until cancelled.
@@ -275,15 +275,3 @@ async def serve(
             await trio.sleep(math.inf)
         finally:
             await host.aclose()
-
-
-def host_config_for(
-    identity: Identity,
-    psk: NetworkKey,
-    peers: Iterable[PeerRecord] = (),
-    *,
-    listen: tuple[str, int] | None = ("127.0.0.1", 0),
-    **options: Any,
-) -> HostConfig:
-    """A :class:`HostConfig` with the usual defaults (listen on 127.0.0.1, any free port)."""
-    return HostConfig(identity=identity, psk=psk, peers=tuple(peers), listen=listen, **options)

@@ -89,7 +89,7 @@ def _load_public_key(der: bytes) -> rsa.RSAPublicKey:
 class PeerRecord:
     """What a host knows about another peer: its id, public key, and where to reach it.
 
-    Construct with :meth:`from_public_key` or :meth:`from_dict`; the id is always the hash of the key.
+    Build with :meth:`from_public_key` or :meth:`from_dict`; the id is always the hash of the key.
     """
 
     peer_id: PeerId
@@ -144,7 +144,9 @@ class PeerRecord:
             claimed = PeerId.from_hex(data["peer_id"])
             address = data.get("address")
             parsed_address = (str(address[0]), int(address[1])) if address else None
-            record = cls.from_public_key(der, name=str(data.get("name", "")), address=parsed_address)
+            record = cls.from_public_key(
+                der, name=str(data.get("name", "")), address=parsed_address
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise PeerDatabaseError(f"malformed peer entry: {exc}") from None
         if record.peer_id != claimed:

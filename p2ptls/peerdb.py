@@ -70,7 +70,9 @@ class PeerDatabase:
         salt = blob[len(MAGIC) : len(MAGIC) + SALT_SIZE]
         nonce = blob[len(MAGIC) + SALT_SIZE : header]
         try:
-            plaintext = _database_key(self._secret, salt).decrypt(nonce, blob[header:], MAGIC + salt)
+            plaintext = _database_key(self._secret, salt).decrypt(
+                nonce, blob[header:], MAGIC + salt
+            )
         except InvalidTag:
             raise PeerDatabaseError(
                 f"peer database {str(self.path)!r} failed authentication "

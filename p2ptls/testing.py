@@ -41,9 +41,7 @@ def secure_stream_pair_over(
 ) -> tuple[SecureStream, SecureStream]:
     """Wrap two connected transports (client, server) in secure streams."""
     client_context, server_context = contexts
-    client = SecureStream(
-        transports[0], client_context, remote=server_context.identity.record
-    )
+    client = SecureStream(transports[0], client_context, remote=server_context.identity.record)
     server = SecureStream(transports[1], server_context, server_side=True)
     return client, server
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,8 +40,17 @@ def test_examples_run_as_scripts() -> None:
 
 def test_demo_runs(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "p2ptls.demo", "--dir", str(tmp_path / "demo"),
-         "--payload-mib", "8", "--key-bits", "2048"],
+        [
+            sys.executable,
+            "-m",
+            "p2ptls.demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--payload-mib",
+            "8",
+            "--key-bits",
+            "2048",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -59,14 +67,28 @@ def test_demo_runs(tmp_path: Path) -> None:
 def test_cli_creates_keys(tmp_path: Path) -> None:
     key, psk = tmp_path / "me.key", tmp_path / "net.psk"
     for args in (["identity", "new", str(key), "--bits", "2048"], ["psk", "new", str(psk)]):
-        done = subprocess.run([sys.executable, "-m", "p2ptls", *args], capture_output=True,
-                              text=True, check=False, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "p2ptls", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
-    shown = subprocess.run([sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
-                           capture_output=True, text=True, check=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert '"peer_id"' in shown.stdout
     key.chmod(0o644)
-    refused = subprocess.run([sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
-                             capture_output=True, text=True, check=False, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "p2ptls", "identity", "show", str(key)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "chmod 600" in refused.stderr
-

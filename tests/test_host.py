@@ -107,18 +107,19 @@ async def test_wrong_network_key_is_refused_without_private_key_work(identities)
 async def test_admission_policy_admits_network_members(identities) -> None:
     alice, bob = identities[0], identities[1]
     psk = p2ptls.generate_psk()
-    async with open_host(_config(bob, psk, admission=p2ptls.admit_network_members)) as bob_host:
-        async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
-            async with trio.open_nursery() as nursery:
+    bob_config = _config(bob, psk, admission=p2ptls.admit_network_members)
+    async with open_host(bob_config) as bob_host:
+        alice_config = _config(alice, psk, [bob_host.peer_record()], listen=None)
+        async with open_host(alice_config) as host, trio.open_nursery() as nursery:
 
-                async def accept() -> None:
-                    async for stream in bob_host.incoming():
-                        await stream.send_message(stream.remote_peer.peer_id.digest)
-                        return
+            async def accept() -> None:
+                async for stream in bob_host.incoming():
+                    await stream.send_message(stream.remote_peer.peer_id.digest)
+                    return
 
-                nursery.start_soon(accept)
-                stream = await host.connect(bob.peer_id)
-                assert await stream.receive_message() == alice.peer_id.digest
+            nursery.start_soon(accept)
+            stream = await host.connect(bob.peer_id)
+            assert await stream.receive_message() == alice.peer_id.digest
         assert [r.peer_id for r in bob_host.context.peers.admitted] == [alice.peer_id]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import p2ptls
 from p2ptls import PeerDatabase, PeerDatabaseError, PeerRecord
-from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE
+from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE, _database_key
 
 
 def test_round_trip_is_encrypted_and_private(tmp_path: Path, identities) -> None:
@@ -60,8 +60,6 @@ def test_entry_whose_id_is_not_the_hash_of_its_key_is_refused(tmp_path: Path, id
     entry = identities[0].record.to_dict()
     entry["peer_id"] = identities[1].peer_id.hex()
     payload = json.dumps({"version": 1, "peers": [entry]}).encode()
-    from p2ptls.peerdb import _database_key
-
     salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
     sealed = _database_key(psk.secret, salt).encrypt(nonce, payload, MAGIC + salt)
     path.write_bytes(MAGIC + salt + nonce + sealed)
@@ -74,7 +72,9 @@ def test_record_constructor_refuses_mismatched_id(identities) -> None:
         PeerRecord(identities[1].peer_id, identities[0].record.public_key_der)
 
 
-def test_crash_during_save_leaves_previous_contents(tmp_path: Path, identities, monkeypatch) -> None:
+def test_crash_during_save_leaves_previous_contents(
+    tmp_path: Path, identities, monkeypatch
+) -> None:
     psk = p2ptls.generate_psk()
     path = tmp_path / "peers.db"
     database = PeerDatabase.open(path, psk)

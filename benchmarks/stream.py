@@ -1,0 +1,735 @@
+"""Benchmark p2ptls side by side with ``trio.SSLStream`` (TLS 1.3, mutual auth) and plain TCP.
+
+Measures, on 127.0.0.1:
+
+* bulk throughput: ``--bulk-mib`` MiB sent in 64 KiB ``send_all`` writes, read with
+  ``receive_some(--read-size)``; MB/s (10**6 bytes) from the first byte sent to the last received;
+* 64-byte round trips (ping-pong on the byte stream): p50 and p99 in microseconds after warm-up;
+* handshakes per second (p2ptls and TLS): TCP connect + handshake + close, ``--concurrency``
+  at once.
+
+By default both ends run in this process and trio run (how the reference figures were measured);
+``--two-process`` moves the accepting side into a child process. Every connection starts with the
+handshake; the client then sends a 9-byte command (``B`` + u64 size for bulk, ``R`` + u64 count
+for round trips) or simply closes (the handshake benchmark).
+
+Examples::
+
+    .venv/bin/python benchmarks/stream.py --quick
+    .venv/bin/python benchmarks/stream.py --json results.json
+    .venv/bin/python benchmarks/stream.py --quick --record-size 65264 --only p2ptls --tests bulk
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import ipaddress
+import json
+import math
+import os
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import p2ptls
+
+Kind = Literal["p2ptls", "tls", "tcp"]
+KINDS: tuple[Kind, ...] = ("p2ptls", "tls", "tcp")
+SECURE_KINDS: tuple[Kind, ...] = ("p2ptls", "tls")
+TESTS = ("bulk", "rtt", "handshake")
+
+KEY_BITS = 3072
+WRITE_SIZE = 64 * 1024
+RTT_PAYLOAD = 64
+MIB = 1024 * 1024
+COMMAND = struct.Struct(">cQ")
+ACK = struct.Struct(">Q")
+TLS_HOSTNAME = "localhost"
+
+# Targets from the issue: (metric, description, predicate on the row).
+Row = dict[str, float]
+
+
+def _ratio(row: Row, a: str, b: str) -> float:
+    if a not in row or b not in row or row[b] == 0:
+        return math.nan
+    return row[a] / row[b]
+
+
+TARGETS: list[tuple[str, str, Callable[[Row], float], Callable[[float], bool]]] = [
+    ("bulk_MBps", "bulk >= 2.5x tls", lambda r: _ratio(r, "p2ptls", "tls"), lambda x: x >= 2.5),
+    ("bulk_MBps", "bulk >= 0.6x tcp", lambda r: _ratio(r, "p2ptls", "tcp"), lambda x: x >= 0.6),
+    (
+        "rtt64_p50_us",
+        "rtt p50 <= 1.3x tcp",
+        lambda r: _ratio(r, "p2ptls", "tcp"),
+        lambda x: x <= 1.3,
+    ),
+    (
+        "handshakes_per_s",
+        "handshakes/s >= tls",
+        lambda r: _ratio(r, "p2ptls", "tls"),
+        lambda x: x >= 1.0,
+    ),
+]
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = math.ceil(position)
+    if low == high:
+        return ordered[low]
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def format_value(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    )
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- key material -------------------------------------------------------------------------------
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: str,
+    issuer_key: rsa.RSAPrivateKey,
+    *,
+    ca: bool,
+    server: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(TLS_HOSTNAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_tls_material(directory: Path) -> None:
+    """A throwaway CA and a server and a client certificate, all RSA-3072, as PEM files."""
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    ca_cert = _certificate("p2ptls bench CA", ca_key, "p2ptls bench CA", ca_key, ca=True)
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        cert = _certificate(
+            f"bench {role}", key, "p2ptls bench CA", ca_key, ca=False, server=role == "server"
+        )
+        (directory / f"{role}.pem").write_bytes(
+            _pem_key(key) + cert.public_bytes(serialization.Encoding.PEM)
+        )
+
+
+def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context): TLS 1.3 only, certificates required on both sides."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for context, role in ((server, "server"), (client, "client")):
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(directory / f"{role}.pem")
+        context.load_verify_locations(cafile=directory / "ca.pem")
+    client.check_hostname = True
+    return server, client
+
+
+@dataclass
+class Material:
+    """Keys for every side: p2ptls identities and the TLS files."""
+
+    directory: Path
+    server: p2ptls.Identity
+    clients: list[p2ptls.Identity]
+    psk: p2ptls.NetworkKey
+
+    @classmethod
+    def generate(cls, directory: Path, clients: int) -> Material:
+        # One client identity per concurrent handshake slot: the responder's replay guard wants the
+        # Hello timestamps of one initiator to be accepted in order, which handshakes running
+        # concurrently from a single identity do not guarantee.
+        material = cls(
+            directory,
+            p2ptls.Identity.generate(KEY_BITS),
+            [p2ptls.Identity.generate(KEY_BITS) for _ in range(clients)],
+            p2ptls.generate_psk(),
+        )
+        write_tls_material(directory)
+        return material
+
+    def save(self) -> None:
+        self.server.save(self.directory / "p2p-server.key")
+        for index, identity in enumerate(self.clients):
+            identity.save(self.directory / f"p2p-client-{index}.key")
+        self.psk.save(self.directory / "p2p.psk")
+
+    @classmethod
+    def load(cls, directory: Path, clients: int) -> Material:
+        return cls(
+            directory,
+            p2ptls.Identity.load(directory / "p2p-server.key"),
+            [p2ptls.Identity.load(directory / f"p2p-client-{i}.key") for i in range(clients)],
+            p2ptls.NetworkKey.load(directory / "p2p.psk"),
+        )
+
+
+def stream_config(args: argparse.Namespace) -> p2ptls.StreamConfig:
+    options: dict[str, Any] = {}
+    if args.record_size is not None:
+        options["record_size"] = args.record_size
+    if args.receive_size is not None:
+        options["receive_size"] = args.receive_size
+    return p2ptls.StreamConfig(**options)
+
+
+# -- the accepting side -------------------------------------------------------------------------
+
+
+class Reader:
+    """Exact-size reads over ``receive_some`` (keeps what a read returned beyond the request)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, read_size: int) -> None:
+        self.stream = stream
+        self.read_size = read_size
+        self.pending = bytearray()
+
+    async def read_exactly(self, size: int) -> bytes | None:
+        """``size`` bytes, or ``None`` at a clean EOF before the first byte."""
+        while len(self.pending) < size:
+            chunk = await self.stream.receive_some(self.read_size)
+            if not chunk:
+                if self.pending:
+                    raise trio.BrokenResourceError("EOF inside a read")
+                return None
+            self.pending += chunk
+        data = bytes(self.pending[:size])
+        del self.pending[:size]
+        return data
+
+
+class Server:
+    """Accepts connections of the three kinds and runs the command each connection sends."""
+
+    def __init__(self, material: Material, config: p2ptls.StreamConfig, read_size: int) -> None:
+        self.read_size = read_size
+        self.p2p_context = p2ptls.SecurityContext(
+            material.server,
+            material.psk,
+            p2ptls.KnownPeers([client.record for client in material.clients]),
+            config=config,
+        )
+        self.tls_context, _ = tls_contexts(material.directory)
+        self.ports: dict[Kind, int] = {}
+        self.errors = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        for kind in KINDS:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            sockname = listeners[0].socket.getsockname()
+            self.ports[kind] = int(sockname[1])
+            nursery.start_soon(
+                trio.serve_listeners, functools.partial(self.handle, kind), listeners
+            )
+
+    def wrap(self, kind: Kind, transport: trio.SocketStream) -> trio.abc.Stream:
+        if kind == "p2ptls":
+            return p2ptls.SecureStream(transport, self.p2p_context, server_side=True)
+        if kind == "tls":
+            return trio.SSLStream(transport, self.tls_context, server_side=True)
+        return transport
+
+    async def handle(self, kind: Kind, transport: trio.SocketStream) -> None:
+        stream = self.wrap(kind, transport)
+        try:
+            if isinstance(stream, p2ptls.SecureStream | trio.SSLStream):
+                await stream.do_handshake()
+            reader = Reader(stream, self.read_size)
+            command = await reader.read_exactly(COMMAND.size)
+            if command is not None:
+                op, value = COMMAND.unpack(command)
+                if op == b"B":
+                    await self.sink(stream, reader, value)
+                elif op == b"R":
+                    await self.echo(stream, reader, value)
+                # Wait for the client to close.
+                while await stream.receive_some(self.read_size):
+                    pass  # pragma: no cover - clients send nothing more
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.errors += 1
+            log(f"server ({kind}): {exc!r} cause={exc.__cause__!r}")
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(2),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await stream.aclose()
+
+    async def sink(self, stream: trio.abc.Stream, reader: Reader, total: int) -> None:
+        received = len(reader.pending)
+        reader.pending.clear()
+        receive_some = stream.receive_some
+        read_size = self.read_size
+        while received < total:
+            chunk = await receive_some(read_size)
+            if not chunk:
+                raise trio.BrokenResourceError("EOF during bulk transfer")
+            received += len(chunk)
+        end = time.perf_counter_ns()
+        if received != total:
+            raise trio.BrokenResourceError(f"received {received} bytes, expected {total}")
+        await stream.send_all(ACK.pack(end))
+
+    async def echo(self, stream: trio.abc.Stream, reader: Reader, count: int) -> None:
+        for _ in range(count):
+            payload = await reader.read_exactly(RTT_PAYLOAD)
+            if payload is None:
+                raise trio.BrokenResourceError("EOF during round trips")
+            await stream.send_all(payload)
+
+
+# -- the connecting side ------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(
+        self,
+        material: Material,
+        config: p2ptls.StreamConfig,
+        ports: dict[Kind, int],
+        read_size: int,
+    ) -> None:
+        self.read_size = read_size
+        self.ports = ports
+        self.server_record = material.server.record
+        self.p2p_contexts = [
+            p2ptls.SecurityContext(
+                identity, material.psk, p2ptls.KnownPeers([material.server.record]), config=config
+            )
+            for identity in material.clients
+        ]
+        _, self.tls_context = tls_contexts(material.directory)
+
+    async def connect(self, kind: Kind, slot: int = 0) -> trio.abc.Stream:
+        transport = await trio.open_tcp_stream("127.0.0.1", self.ports[kind])
+        stream: trio.abc.Stream
+        if kind == "p2ptls":
+            stream = p2ptls.SecureStream(
+                transport, self.p2p_contexts[slot], remote=self.server_record
+            )
+            await stream.do_handshake()
+        elif kind == "tls":
+            stream = trio.SSLStream(transport, self.tls_context, server_hostname=TLS_HOSTNAME)
+            await stream.do_handshake()
+        else:
+            stream = transport
+        return stream
+
+    async def bulk(self, kind: Kind, total: int) -> float:
+        """MB/s for ``total`` bytes in 64 KiB writes."""
+        payload = os.urandom(WRITE_SIZE)
+        writes, tail = divmod(total, WRITE_SIZE)
+        stream = await self.connect(kind)
+        try:
+            await stream.send_all(COMMAND.pack(b"B", total))
+            send_all = stream.send_all
+            start = time.perf_counter_ns()
+            for _ in range(writes):
+                await send_all(payload)
+            if tail:
+                await send_all(payload[:tail])
+            ack = await Reader(stream, self.read_size).read_exactly(ACK.size)
+            if ack is None:
+                raise RuntimeError("server closed before acknowledging the bulk transfer")
+            end: int = ACK.unpack(ack)[0]
+        finally:
+            await stream.aclose()
+        return total / ((end - start) / 1e9) / 1e6
+
+    async def round_trips(self, kind: Kind, count: int, warmup: int) -> list[float]:
+        """Round-trip times of 64-byte ping-pongs, in microseconds (after ``warmup``)."""
+        payload = os.urandom(RTT_PAYLOAD)
+        stream = await self.connect(kind)
+        samples: list[float] = []
+        try:
+            await stream.send_all(COMMAND.pack(b"R", count + warmup))
+            reader = Reader(stream, self.read_size)
+            clock = time.perf_counter_ns
+            for index in range(count + warmup):
+                start = clock()
+                await stream.send_all(payload)
+                echoed = await reader.read_exactly(RTT_PAYLOAD)
+                elapsed = clock() - start
+                if echoed != payload:
+                    raise RuntimeError("echo mismatch")
+                if index >= warmup:
+                    samples.append(elapsed / 1e3)
+        finally:
+            await stream.aclose()
+        return samples
+
+    async def handshakes(self, kind: Kind, count: int, concurrency: int) -> float:
+        """Handshakes per second: connect, handshake, close; ``concurrency`` at a time."""
+        remaining = count
+
+        async def worker(slot: int) -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                stream = await self.connect(kind, slot)
+                await stream.aclose()
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for slot in range(concurrency):
+                nursery.start_soon(worker, slot)
+        return count / (time.perf_counter() - start)
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    bulk_bytes: int
+    rtt_count: int
+    rtt_warmup: int
+    handshakes: int
+    concurrency: int
+    repeat: int
+    kinds: list[Kind]
+    tests: list[str]
+
+
+@dataclass
+class Results:
+    bulk: dict[Kind, list[float]] = field(default_factory=dict)
+    p50: dict[Kind, list[float]] = field(default_factory=dict)
+    p99: dict[Kind, list[float]] = field(default_factory=dict)
+    handshakes: dict[Kind, list[float]] = field(default_factory=dict)
+
+    def table(self) -> dict[str, Row]:
+        def median(samples: dict[Kind, list[float]]) -> Row:
+            return {kind: statistics.median(values) for kind, values in samples.items() if values}
+
+        return {
+            "bulk_MBps": median(self.bulk),
+            "rtt64_p50_us": median(self.p50),
+            "rtt64_p99_us": median(self.p99),
+            "handshakes_per_s": median(self.handshakes),
+        }
+
+
+async def run_plan(client: Client, plan: Plan) -> Results:
+    results = Results()
+    for round_index in range(plan.repeat):
+        # Rotate the order each round so no kind always runs first (or last) on a warm machine.
+        shift = round_index % len(plan.kinds)
+        order = plan.kinds[shift:] + plan.kinds[:shift]
+        if "bulk" in plan.tests:
+            for kind in order:
+                value = await client.bulk(kind, plan.bulk_bytes)
+                results.bulk.setdefault(kind, []).append(value)
+                log(f"[{round_index + 1}/{plan.repeat}] bulk {kind}: {value:,.0f} MB/s")
+        if "rtt" in plan.tests:
+            for kind in order:
+                samples = await client.round_trips(kind, plan.rtt_count, plan.rtt_warmup)
+                p50, p99 = percentile(samples, 50), percentile(samples, 99)
+                results.p50.setdefault(kind, []).append(p50)
+                results.p99.setdefault(kind, []).append(p99)
+                tag = f"[{round_index + 1}/{plan.repeat}]"
+                log(f"{tag} rtt64 {kind}: p50 {p50:.1f} us, p99 {p99:.1f} us")
+        if "handshake" in plan.tests:
+            for kind in order:
+                if kind not in SECURE_KINDS:
+                    continue
+                await client.handshakes(kind, plan.concurrency, plan.concurrency)  # warm-up
+                value = await client.handshakes(kind, plan.handshakes, plan.concurrency)
+                results.handshakes.setdefault(kind, []).append(value)
+                log(f"[{round_index + 1}/{plan.repeat}] handshakes {kind}: {value:,.1f}/s")
+    return results
+
+
+async def run_same_process(material: Material, args: argparse.Namespace, plan: Plan) -> Results:
+    config = stream_config(args)
+    server = Server(material, config, args.read_size)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        client = Client(material, config, server.ports, args.read_size)
+        results = await run_plan(client, plan)
+        nursery.cancel_scope.cancel()
+    if server.errors:
+        log(f"warning: {server.errors} server-side connection errors")
+    return results
+
+
+async def run_two_process(material: Material, args: argparse.Namespace, plan: Plan) -> Results:
+    material.save()
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--serve-child",
+        str(material.directory),
+        "--clients",
+        str(len(material.clients)),
+        "--read-size",
+        str(args.read_size),
+    ]
+    if args.record_size is not None:
+        command += ["--record-size", str(args.record_size)]
+    if args.receive_size is not None:
+        command += ["--receive-size", str(args.receive_size)]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError("the server process exited early")
+            line += chunk
+        ports: dict[Kind, int] = json.loads(line)
+        client = Client(material, stream_config(args), ports, args.read_size)
+        return await run_plan(client, plan)
+    finally:
+        await process.stdin.aclose()  # the child exits when its stdin closes
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def serve_child(args: argparse.Namespace) -> None:
+    material = Material.load(Path(args.serve_child), args.clients)
+    server = Server(material, stream_config(args), args.read_size)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        print(json.dumps(server.ports), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+
+
+# -- report -------------------------------------------------------------------------------------
+
+ROW_LABELS = {
+    "bulk_MBps": "bulk MB/s",
+    "rtt64_p50_us": "rtt64 p50 us",
+    "rtt64_p99_us": "rtt64 p99 us",
+    "handshakes_per_s": "handshakes/s",
+}
+
+
+def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
+    config = stream_config(args)
+    print()
+    print(
+        f"p2ptls record_size={config.record_size} receive_size={config.receive_size}; "
+        f"bulk {plan.bulk_bytes // MIB} MiB in {WRITE_SIZE // 1024} KiB writes, "
+        f"read size {args.read_size}; {plan.rtt_count} round trips (+{plan.rtt_warmup} warm-up); "
+        f"{plan.handshakes} handshakes x{plan.concurrency}; RSA-{KEY_BITS}; "
+        f"median of {plan.repeat}; {'two processes' if args.two_process else 'one process'}"
+    )
+    print()
+    headers = ["metric", "p2ptls", "tls", "tcp", "p2ptls/tls", "p2ptls/tcp"]
+    rows = []
+    for metric, label in ROW_LABELS.items():
+        row = table[metric]
+        rows.append(
+            [
+                label,
+                format_value(row.get("p2ptls")),
+                format_value(row.get("tls")),
+                format_value(row.get("tcp")),
+                format_value(_ratio(row, "p2ptls", "tls")),
+                format_value(_ratio(row, "p2ptls", "tcp")),
+            ]
+        )
+    print_table(headers, rows)
+    print()
+    print("targets:")
+    for metric, description, measure, ok in TARGETS:
+        value = measure(table[metric])
+        verdict = "n/a" if math.isnan(value) else ("MET" if ok(value) else "NOT MET")
+        print(f"  {description:<24} {format_value(value):>8}  {verdict}")
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    bulk_mib = args.bulk_mib if args.bulk_mib is not None else (64 if quick else 256)
+    kinds: list[Kind] = [k for k in KINDS if args.only is None or k in args.only]
+    return Plan(
+        bulk_bytes=bulk_mib * MIB,
+        rtt_count=args.rtt_count if args.rtt_count is not None else (3000 if quick else 10000),
+        rtt_warmup=200 if quick else 500,
+        handshakes=args.handshakes if args.handshakes is not None else (200 if quick else 1000),
+        concurrency=args.concurrency,
+        repeat=args.repeat if args.repeat is not None else (1 if quick else 3),
+        kinds=kinds,
+        tests=args.tests,
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller volumes (under a minute)")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--record-size", type=int, help="p2ptls StreamConfig.record_size")
+    parser.add_argument("--receive-size", type=int, help="p2ptls StreamConfig.receive_size")
+    parser.add_argument(
+        "--read-size", type=int, default=65536, help="receive_some size of the benchmark readers"
+    )
+    parser.add_argument(
+        "--bulk-mib", type=int, help="MiB per bulk transfer (default 256, quick 64)"
+    )
+    parser.add_argument("--rtt-count", type=int, help="measured round trips")
+    parser.add_argument("--handshakes", type=int, help="handshakes per measurement")
+    parser.add_argument("--concurrency", type=int, default=4, help="handshakes at once (4)")
+    parser.add_argument("--repeat", type=int, help="rounds; the median is reported (3, quick 1)")
+    parser.add_argument("--only", nargs="+", choices=KINDS, help="measure only these transports")
+    parser.add_argument(
+        "--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which measurements to run"
+    )
+    parser.add_argument(
+        "--two-process", action="store_true", help="run the accepting side in a child process"
+    )
+    parser.add_argument("--serve-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bulk_mib is not None and args.quick and args.bulk_mib < 64:
+        parser.error("--quick still sends at least 64 MiB")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_child:
+        trio.run(serve_child, args)
+        return 0
+    plan = build_plan(args)
+    stream_config(args)  # validate the p2ptls options before the slow key generation
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="p2ptls-bench-") as tmp:
+        log(f"generating RSA-{KEY_BITS} keys and certificates...")
+        material = Material.generate(Path(tmp), max(plan.concurrency, 1))
+        runner: Callable[[Material, argparse.Namespace, Plan], Awaitable[Results]] = (
+            run_two_process if args.two_process else run_same_process
+        )
+        results = trio.run(runner, material, args, plan)
+    table = results.table()
+    report(table, args, plan)
+    log(f"total time {time.perf_counter() - started:.1f} s")
+    if args.json:
+        document = {
+            "bulk_MBps": {k: table["bulk_MBps"].get(k) for k in KINDS},
+            "rtt64_p50_us": {k: table["rtt64_p50_us"].get(k) for k in KINDS},
+            "rtt64_p99_us": {k: table["rtt64_p99_us"].get(k) for k in KINDS},
+            "handshakes_per_s": {k: table["handshakes_per_s"].get(k) for k in SECURE_KINDS},
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,10 +131,7 @@ class Host:
 
     def _resolve(self, peer: PeerRecord | PeerId) -> PeerRecord:
         if isinstance(peer, PeerRecord):
-            known = self.context.peers.get(peer.peer_id)
-            if known is None:
-                self.context.peers.add(peer)
-            return peer
+            return peer  # connecting to a record does not make it trusted for incoming streams
         record = self.context.peers.get(peer)
         if record is None:
             raise KeyError(f"unknown peer {peer.short}")
@@ -190,6 +187,13 @@ class Host:
             cause = exc.__cause__
             reason = str(cause) if isinstance(cause, P2PTLSError) else "connection lost"
             log.info("handshake from %s failed: %s", source, reason)
+            await trio.aclose_forcefully(stream)
+            return
+        except Exception:
+            # A bug reached by one peer's input must not take the whole host down: record it
+            # loudly (with the traceback) and drop only that connection.
+            self.handshake_failures += 1
+            log.exception("unexpected error in the handshake from %s", source)
             await trio.aclose_forcefully(stream)
             return
         finally:

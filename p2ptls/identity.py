@@ -80,8 +80,11 @@ def _load_public_key(der: bytes) -> rsa.RSAPublicKey:
         raise ValueError("not a DER RSA public key") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("not an RSA public key")
-    if key.key_size not in ALLOWED_KEY_BITS or key.public_numbers().e != 65537:
+    numbers = key.public_numbers()
+    if key.key_size not in ALLOWED_KEY_BITS or numbers.e != 65537:
         raise ValueError("RSA key size must be 2048, 3072 or 4096 bits with e = 65537")
+    if numbers.n % 2 == 0 or numbers.n.bit_length() != key.key_size:
+        raise ValueError("malformed RSA modulus")
     return key
 
 

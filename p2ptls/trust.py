@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,9 @@ from ._files import StrPath, read_private_file, write_private_file
 from .identity import PeerId, PeerRecord
 
 AdmissionPolicy = Callable[[PeerRecord], bool]
-"""Called for an authenticated peer that holds the network key but is not known; True admits it."""
+"""Called for a peer that is not known but holds the network key, with the public key it presented
+(its id already checked against it). True lets the handshake go on; the peer is admitted only once
+its Finished proves it holds the private key."""
 
 
 def deny_unknown(_record: PeerRecord) -> bool:
@@ -76,14 +77,13 @@ class ReplayGuard:
     """The newest accepted Hello timestamp per initiator, optionally persisted to a file.
 
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
-    With a ``path``, :meth:`save` writes the table atomically (mode 0600); the host calls it off the
-    event loop after each accepted handshake.
+    With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
+    :meth:`snapshot` on its event loop and hands it to :meth:`write` on a worker thread.
     """
 
     def __init__(self, path: StrPath | None = None) -> None:
         self.path = path
         self._newest: dict[PeerId, int] = {}
-        self._lock = threading.Lock()  # save() runs on a worker thread
         self.dirty = False
         if path is not None and Path(path).exists():
             raw = read_private_file(path, "replay state file")
@@ -104,13 +104,20 @@ class ReplayGuard:
     def newest(self, peer_id: PeerId) -> int | None:
         return self._newest.get(peer_id)
 
+    def snapshot(self) -> bytes | None:
+        """The serialised table if it must be written (clears ``dirty``), else ``None``."""
+        if self.path is None or not self.dirty:
+            return None
+        self.dirty = False
+        return json.dumps({k.hex(): v for k, v in self._newest.items()}, sort_keys=True).encode()
+
+    def write(self, snapshot: bytes) -> None:
+        """Write a snapshot to ``path`` (safe to run on a worker thread)."""
+        if self.path is not None:
+            write_private_file(self.path, snapshot)
+
     def save(self) -> None:
-        """Write the table if it changed (no-op without a path)."""
-        if self.path is None:
-            return
-        with self._lock:
-            if not self.dirty:
-                return
-            self.dirty = False
-            snapshot = {k.hex(): v for k, v in self._newest.items()}
-            write_private_file(self.path, json.dumps(snapshot, sort_keys=True).encode())
+        """Snapshot and write in one step (for synchronous callers)."""
+        snapshot = self.snapshot()
+        if snapshot is not None:
+            self.write(snapshot)

@@ -139,7 +139,7 @@ class Connection:
         self._opener: RecordOpener | None = None
         self._result: HandshakeResult | None = None
         self._reassembler = Reassembler(config.max_message_size, budget)
-        self._pending_output: list[bytes] = []
+        self._handshake_output: list[bytes] = []
         self._pong_owed: bytes | None = None
         self._control_tokens = float(config.control_burst)
         self._control_time: float | None = None
@@ -184,13 +184,23 @@ class Connection:
         policy: TrustPolicy,
         guard: TimestampGuard,
         *,
+        now_ns: int,
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
     ) -> Connection:
-        """The accepting side; ``policy`` decides who may connect."""
+        """The accepting side; ``policy`` decides who may connect, ``guard`` refuses replays.
+
+        ``now_ns`` is the wall clock (ns since the epoch) when the connection arrived.
+        """
         handshake = ResponderHandshake(
-            identity, psk, policy, guard, randomness=randomness, oaep_encrypt=oaep_encrypt
+            identity,
+            psk,
+            policy,
+            guard,
+            now_ns=now_ns,
+            randomness=randomness,
+            oaep_encrypt=oaep_encrypt,
         )
         return cls(config, handshake, budget or ReassemblyBudget())
 
@@ -319,6 +329,9 @@ class Connection:
             return
         if record[wire.HEADER_SIZE] == wire.HELLO:
             sealed = handshake.receive_hello_untrusted(record)
+            if sealed is None:  # wrong binder: no private-key work, a substitute Reply
+                self._handshake_output.append(handshake.reply_untrusted(None))
+                return
             self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(sealed, HELLO_OAEP_LABEL))
             return
@@ -456,8 +469,13 @@ class Connection:
         return b"".join(out)
 
     def data_to_send(self) -> bytes:
-        """Control records owed to the peer (a pong), if any."""
-        if self._sealer is None or self.eof_sent or self.state is State.FAILED:
+        """Bytes owed to the peer outside a ``send_*`` call: a handshake flight or a pong."""
+        if self.state is State.FAILED:
+            return b""
+        if self._handshake_output:
+            flights, self._handshake_output = self._handshake_output, []
+            return b"".join(flights)
+        if self._sealer is None or self.eof_sent:
             return b""
         return b"".join(self._take_pending())
 
@@ -470,7 +488,7 @@ class Connection:
 
     @property
     def has_pending_output(self) -> bool:
-        return self._pong_owed is not None
+        return self._pong_owed is not None or bool(self._handshake_output)
 
     # -- teardown -------------------------------------------------------------------------------
 

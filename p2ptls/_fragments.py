@@ -17,6 +17,12 @@ from __future__ import annotations
 from ._errors import MessageTooLarge, ProtocolError, ReassemblyBudgetExceeded
 
 DEFAULT_REASSEMBLY_BUDGET = 256 * 1024 * 1024
+# A conforming sender fills every fragment but the last to the record size (at least 256 bytes,
+# less the 4-byte length in the first). Smaller non-final fragments would let a peer make us hold
+# many small objects per budgeted byte, so they are refused; each kept fragment is also charged
+# a fixed overhead.
+MIN_NONFINAL_FRAGMENT = 252
+FRAGMENT_OVERHEAD = 64
 
 
 class ReassemblyBudget:
@@ -47,6 +53,7 @@ class Reassembler:
         self._parts: list[bytes] = []
         self._expected = 0
         self._held = 0
+        self._charged = 0
 
     @property
     def in_progress(self) -> bool:
@@ -78,22 +85,25 @@ class Reassembler:
             raise ProtocolError("fragment overruns its message")
         if self._held + len(fragment) == self._expected:
             parts, self._parts = self._parts, []
-            self._budget.release(self._held)
-            self._held = self._expected = 0
+            self._budget.release(self._charged)
+            self._held = self._expected = self._charged = 0
             if not parts:
                 return fragment
             parts.append(fragment)
             return b"".join(parts)
-        self._budget.reserve(len(fragment))
+        if len(fragment) < MIN_NONFINAL_FRAGMENT:
+            raise ProtocolError("non-final message fragment below the minimum record size")
+        self._budget.reserve(len(fragment) + FRAGMENT_OVERHEAD)
         self._parts.append(fragment)
         self._held += len(fragment)
+        self._charged += len(fragment) + FRAGMENT_OVERHEAD
         return None
 
     def discard(self) -> None:
         """Drop any partial message and return its bytes to the budget."""
-        self._budget.release(self._held)
+        self._budget.release(self._charged)
         self._parts.clear()
-        self._held = self._expected = 0
+        self._held = self._expected = self._charged = 0
 
 
 def fragment_sizes(total: int, first_limit: int, limit: int) -> list[tuple[int, int]]:

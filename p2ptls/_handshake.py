@@ -6,23 +6,29 @@ Authentication is by decryption (the KEMTLS idea): each side encrypts fresh key 
 other's RSA key with OAEP, and only the holder of the matching private key can derive the secret
 that the other side's Finished MAC proves.
 
-1. **Hello** (initiator -> responder): suite, ephemeral X25519 key ``e_I``, the first 8 bytes of the
-   responder's id, ``C_I = OAEP(responder, id_I | k_I | timestamp)``, the initiator's public key
-   sealed under a key from ``k_I``, and a binder: HMAC under a key from the network PSK over the
-   whole record before it.
+1. **Hello** (initiator -> responder): suite, the initiator's wall-clock timestamp, ephemeral X25519
+   key ``e_I``, the first 8 bytes of the responder's id, ``C_I = OAEP(responder, id_I | k_I)``, the
+   initiator's public key sealed under a key from ``k_I``, and a binder: HMAC under a key from the
+   network PSK over the whole record before it.
 2. **Reply** (responder -> initiator): ``e_R``, ``C_R = OAEP(initiator, k_R)``, and the responder's
    Finished MAC, keyed from a secret that needs ``k_I`` and the X25519 secret.
 3. **Finish** (initiator -> responder): the initiator's Finished MAC, keyed from a secret that
    needs ``k_R``.
 
-The responder checks the binder before any private-key work, so a stranger without the PSK costs
-only an HMAC. Every later check (OAEP, the sealed key, id = hash(key), the trust policy, the
-timestamp, the X25519 result) runs to the end on substitutes and the handshake fails at a single
-place with a single error, :class:`HandshakeFailed`. The private-key operation itself is handed to
-the caller (``pending_decryption``) so an I/O layer can run it off its event loop.
+Cheap checks come first and cost no private-key work: the Hello's structure, its timestamp against
+the replay window, and a cache of recently seen binders (a replayed Hello is dropped with no
+reply). Then, if the binder is right, the responder does its one RSA decryption; if it is wrong, it
+does none. From there on every outcome looks the same from the wire: the responder always answers
+with a Reply of the right shape, and a failed check (wrong PSK, bad OAEP, bad sealed key, id that is
+not the hash of the key, untrusted peer, stale timestamp, low-order X25519 point) only makes that
+Reply a *substitute*: random key material, ``C_R`` encrypted to the presented key (or our own), and
+a random Finished MAC. The handshake then fails at one place, when the Finish arrives, with one
+error. So a network-key holder who forges Hellos learns neither who is trusted nor when they last
+connected.
 
-The timestamp guard is only advanced once Finish verifies, so a forged Hello (anyone can encrypt to
-the responder) can never move it and lock the real initiator out.
+The initiator checks the responder's Finished (which it can compute from ``k_I`` and the X25519
+secret) *before* its own RSA decryption, so an impostor answering its connection costs it nothing.
+The per-initiator timestamp guard is only advanced once Finish verifies.
 """
 
 from __future__ import annotations
@@ -62,11 +68,19 @@ class TrustPolicy(Protocol):
 
 
 class TimestampGuard(Protocol):
-    """Remembers the newest accepted Hello timestamp per initiator (replay protection)."""
+    """Replay protection for Hellos (see :class:`p2ptls.ReplayGuard`)."""
 
-    def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool: ...
+    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> bool:
+        """Before any RSA work: False for a Hello outside the window or already seen."""
+        ...
 
-    def accept(self, peer_id: PeerId, timestamp_ns: int) -> None: ...
+    def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool:
+        """True if ``timestamp_ns`` is newer than the last accepted one of ``peer_id``."""
+        ...
+
+    def accept(self, peer_id: PeerId, timestamp_ns: int) -> None:
+        """Record an authenticated handshake's timestamp."""
+        ...
 
 
 @attrs.frozen(repr=False)
@@ -102,13 +116,23 @@ def _x25519_shared_or_none(private: X25519PrivateKey, peer_public: bytes) -> byt
 def _reply_transcript(
     hello_record: bytes, reply_unfinished_record: bytes, initiator: PeerId, responder: PeerId
 ) -> bytes:
-    return ks.transcript_hash(hello_record, reply_unfinished_record, initiator.digest, responder.digest)
+    return ks.transcript_hash(
+        hello_record, reply_unfinished_record, initiator.digest, responder.digest
+    )
 
 
 def _full_transcript(
     hello_record: bytes, reply_record: bytes, initiator: PeerId, responder: PeerId
 ) -> bytes:
     return ks.transcript_hash(hello_record, reply_record, initiator.digest, responder.digest)
+
+
+def _responder_finished(handshake: bytes, transcript: bytes) -> bytes:
+    return ks.mac(ks.expand_label(handshake, "r finished", b"", ks.HASH_SIZE), transcript)
+
+
+def _initiator_finished(master: bytes, transcript: bytes) -> bytes:
+    return ks.mac(ks.expand_label(master, "i finished", b"", ks.HASH_SIZE), transcript)
 
 
 def _hello_record_prefix(hello: wire.Hello) -> bytes:
@@ -121,6 +145,7 @@ def _sealed_key_aad(hello: wire.Hello) -> bytes:
     return b"".join(
         [
             bytes([wire.HELLO, hello.suite]),
+            wire.TIMESTAMP.pack(hello.timestamp_ns),
             hello.ephemeral,
             hello.responder_id_prefix,
             hello.sealed_secret,
@@ -129,7 +154,7 @@ def _sealed_key_aad(hello: wire.Hello) -> bytes:
 
 
 class InitiatorHandshake:
-    """The initiator's side: ``hello_record()``, then the Reply, then one private-key operation."""
+    """The initiator's side: ``hello_record()``, the Reply, then one private-key operation."""
 
     def __init__(
         self,
@@ -143,18 +168,16 @@ class InitiatorHandshake:
         oaep_encrypt: OaepEncrypt = encrypt_to,
     ) -> None:
         self._identity = identity
-        self._psk = psk
         self._responder = responder
         self._ephemeral = ephemeral or X25519PrivateKey.from_private_bytes(randomness(32))
-        self._k_initiator = randomness(wire.RANDOM_SIZE)
+        k_initiator = randomness(wire.RANDOM_SIZE)
         sealed_secret = oaep_encrypt(
-            responder,
-            identity.peer_id.digest + self._k_initiator + wire.TIMESTAMP.pack(timestamp_ns),
-            HELLO_OAEP_LABEL,
+            responder, identity.peer_id.digest + k_initiator, HELLO_OAEP_LABEL
         )
-        self._early = ks.early_secret(psk.secret, self._k_initiator)
+        self._early = ks.early_secret(psk.secret, k_initiator)
         unsealed = wire.Hello(
             suite=wire.SUITE_RSA_OAEP_X25519_AES256GCM_SHA256,
+            timestamp_ns=timestamp_ns,
             ephemeral=_x25519_public_bytes(self._ephemeral),
             responder_id_prefix=responder.peer_id.digest[: wire.ID_PREFIX_SIZE],
             sealed_secret=sealed_secret,
@@ -169,7 +192,7 @@ class InitiatorHandshake:
         unbound = attrs.evolve(unsealed, sealed_public_key=sealed_public_key)
         binder = ks.mac(ks.binder_key(psk.secret), _hello_record_prefix(unbound))
         self._hello_record = wire.handshake_record(attrs.evolve(unbound, binder=binder).encode())
-        self._reply: wire.Reply | None = None
+        self._handshake_secret: bytes | None = None
         self._reply_record = b""
 
     def hello_record(self) -> bytes:
@@ -177,44 +200,66 @@ class InitiatorHandshake:
         return self._hello_record
 
     def receive_reply_untrusted(self, record: bytes) -> bytes:
-        """Take the Reply record; return ``C_R``, which the caller decrypts with the identity key."""
-        if self._reply is not None:
+        """Take the Reply record and verify the responder's Finished.
+
+        Returns ``C_R``, which the caller decrypts with the identity key. Raises
+        :class:`HandshakeFailed` before any private-key work if the Reply is not from the true
+        responder.
+        """
+        if self._handshake_secret is not None:
             raise HandshakeFailed()
-        self._reply = wire.parse_reply_untrusted(record[wire.HEADER_SIZE :])
+        reply = wire.parse_reply_untrusted(record[wire.HEADER_SIZE :])
+        shared = _x25519_shared_or_none(self._ephemeral, reply.ephemeral)
+        if shared is None:
+            raise HandshakeFailed()
+        handshake = ks.handshake_secret(self._early, shared)
+        expected = _responder_finished(
+            handshake,
+            _reply_transcript(
+                self._hello_record,
+                record[: -wire.MAC_SIZE],
+                self._identity.peer_id,
+                self._responder.peer_id,
+            ),
+        )
+        if not hmac.compare_digest(expected, reply.finished):
+            raise HandshakeFailed()
+        self._handshake_secret = handshake
         self._reply_record = record
-        return self._reply.sealed_secret
+        return reply.sealed_secret
 
     def complete_untrusted(self, k_responder: bytes | None) -> tuple[bytes, HandshakeResult]:
-        """Given the decrypted ``C_R`` (``None`` if decryption failed), verify the responder's
-        Finished and return ``(finish_record, result)``; raise :class:`HandshakeFailed` otherwise."""
-        reply = self._reply
-        if reply is None:
+        """Given the decrypted ``C_R`` (``None`` if decryption failed), return
+        ``(finish_record, result)``; raise :class:`HandshakeFailed` otherwise."""
+        handshake = self._handshake_secret
+        if handshake is None or k_responder is None or len(k_responder) != wire.RANDOM_SIZE:
             raise HandshakeFailed()
-        ok = k_responder is not None and len(k_responder) == wire.RANDOM_SIZE
-        k_r = k_responder if ok and k_responder is not None else os.urandom(wire.RANDOM_SIZE)
-        shared = _x25519_shared_or_none(self._ephemeral, reply.ephemeral)
-        ok = ok and shared is not None
-        handshake = ks.handshake_secret(self._early, shared or os.urandom(32))
-        initiator_id = self._identity.peer_id
-        responder_id = self._responder.peer_id
-        reply_unfinished = self._reply_record[: -wire.MAC_SIZE]
-        expected = ks.mac(
-            ks.expand_label(handshake, "r finished", b"", ks.HASH_SIZE),
-            _reply_transcript(self._hello_record, reply_unfinished, initiator_id, responder_id),
+        master = ks.master_secret(handshake, k_responder)
+        full = _full_transcript(
+            self._hello_record,
+            self._reply_record,
+            self._identity.peer_id,
+            self._responder.peer_id,
         )
-        ok = hmac.compare_digest(expected, reply.finished) and ok
-        if not ok:
-            raise HandshakeFailed()
-        master = ks.master_secret(handshake, k_r)
-        full = _full_transcript(self._hello_record, self._reply_record, initiator_id, responder_id)
-        finished = ks.mac(ks.expand_label(master, "i finished", b"", ks.HASH_SIZE), full)
-        finish_record = wire.handshake_record(wire.Finish(finished).encode())
+        finish_record = wire.handshake_record(
+            wire.Finish(_initiator_finished(master, full)).encode()
+        )
         result = HandshakeResult(self._responder, ks.session_secrets(master, full), full)
         return finish_record, result
 
 
+@attrs.frozen(repr=False)
+class _Accepted:
+    """What the responder keeps between a genuine Reply and the Finish."""
+
+    initiator: PeerRecord
+    timestamp_ns: int
+    master: bytes
+    reply_record: bytes
+
+
 class ResponderHandshake:
-    """The responder's side: the Hello, one private-key operation, the Reply, then Finish."""
+    """The responder's side: the Hello, at most one private-key operation, the Reply, the Finish."""
 
     def __init__(
         self,
@@ -223,99 +268,121 @@ class ResponderHandshake:
         policy: TrustPolicy,
         guard: TimestampGuard,
         *,
+        now_ns: int,
         randomness: Randomness = os.urandom,
         ephemeral: X25519PrivateKey | None = None,
         oaep_encrypt: OaepEncrypt = encrypt_to,
     ) -> None:
         self._identity = identity
         self._psk = psk
-        self._oaep_encrypt = oaep_encrypt
         self._policy = policy
         self._guard = guard
+        self._now_ns = now_ns
         self._randomness = randomness
         self._ephemeral = ephemeral
+        self._oaep_encrypt = oaep_encrypt
         self._hello: wire.Hello | None = None
         self._hello_record = b""
-        self._pending: tuple[PeerRecord, int, bytes, bytes] | None = None
+        self._binder_ok = False
+        self._replied = False
+        self._accepted: _Accepted | None = None
 
-    def receive_hello_untrusted(self, record: bytes) -> bytes:
-        """Take the Hello record. Return ``C_I`` for the caller to decrypt with the identity key.
+    def receive_hello_untrusted(self, record: bytes) -> bytes | None:
+        """Take the Hello record.
 
-        Raises :class:`HandshakeFailed`, before any private-key work, if the binder is wrong.
+        Raises :class:`HandshakeFailed` (the caller closes without a reply) for a malformed Hello,
+        one outside the replay window, or a replay. Otherwise returns ``C_I`` for the caller to
+        decrypt with the identity key, or ``None`` when the binder is wrong: then no private-key
+        work is done and :meth:`reply_untrusted` is called with ``None`` straight away.
         """
         if self._hello is not None:
             raise HandshakeFailed()
         hello = wire.parse_hello_untrusted(record[wire.HEADER_SIZE :])
         expected_binder = ks.mac(ks.binder_key(self._psk.secret), record[: -wire.MAC_SIZE])
-        if not hmac.compare_digest(expected_binder, hello.binder):
+        self._binder_ok = hmac.compare_digest(expected_binder, hello.binder)
+        if self._binder_ok and not self._guard.admit_hello(
+            hello.binder, hello.timestamp_ns, self._now_ns
+        ):
             raise HandshakeFailed()
         self._hello = hello
         self._hello_record = record
-        return hello.sealed_secret
+        return hello.sealed_secret if self._binder_ok else None
 
     def reply_untrusted(self, hello_secret: bytes | None) -> bytes:
-        """Given the decrypted ``C_I`` (``None`` if decryption failed), return the Reply record.
-
-        Every check runs on substitutes after the first failure; failure is raised once, here.
-        """
+        """Given the decrypted ``C_I`` (``None`` if decryption failed or was skipped), return the
+        Reply record: genuine if every check passed, an indistinguishable substitute otherwise."""
         hello = self._hello
-        if hello is None or self._pending is not None:
+        if hello is None or self._replied:
             raise HandshakeFailed()
-        ok = hello_secret is not None and len(hello_secret) == wire.HELLO_SECRET_SIZE
-        if not ok or hello_secret is None:
+        self._replied = True
+        ok = self._binder_ok
+        if hello_secret is None or len(hello_secret) != wire.HELLO_SECRET_SIZE:
+            ok = False
             hello_secret = os.urandom(wire.HELLO_SECRET_SIZE)
         claimed_id = hello_secret[: wire.ID_SIZE]
-        k_initiator = hello_secret[wire.ID_SIZE : wire.ID_SIZE + wire.RANDOM_SIZE]
-        (timestamp,) = wire.TIMESTAMP.unpack_from(hello_secret, wire.ID_SIZE + wire.RANDOM_SIZE)
+        k_initiator = hello_secret[wire.ID_SIZE :]
         own_id = self._identity.peer_id
-        ok = hmac.compare_digest(hello.responder_id_prefix, own_id.digest[: wire.ID_PREFIX_SIZE]) and ok
+        own_prefix = own_id.digest[: wire.ID_PREFIX_SIZE]
+        ok = hmac.compare_digest(hello.responder_id_prefix, own_prefix) and ok
         early = ks.early_secret(self._psk.secret, k_initiator)
         aad = _sealed_key_aad(hello)
-        initiator: PeerRecord | None = None
+        presented: PeerRecord | None = None
         try:
             der = AESGCM(ks.hello_key(early, ks.transcript_hash(aad))).decrypt(
                 _ZERO_NONCE, hello.sealed_public_key, aad
             )
-            initiator = PeerRecord.from_public_key(der)
+            presented = PeerRecord.from_public_key(der)
         except (InvalidTag, ValueError):
             ok = False
-        if initiator is not None:
-            ok = hmac.compare_digest(initiator.peer_id.digest, claimed_id) and ok
-            ok = self._policy.is_trusted(initiator) and ok
-            ok = self._guard.is_fresh(initiator.peer_id, timestamp) and ok
+        if presented is not None:
+            ok = hmac.compare_digest(presented.peer_id.digest, claimed_id) and ok
+            ok = self._policy.is_trusted(presented) and ok
+            ok = self._guard.is_fresh(presented.peer_id, hello.timestamp_ns) and ok
         ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
         shared = _x25519_shared_or_none(ephemeral, hello.ephemeral)
         ok = ok and shared is not None
-        if not ok or initiator is None or shared is None:
-            raise HandshakeFailed()
         k_responder = self._randomness(wire.RANDOM_SIZE)
-        handshake = ks.handshake_secret(early, shared)
+        # C_R goes to the presented key when there is one, so a substitute Reply has the right
+        # shape for the key the initiator claimed; otherwise to our own key.
+        recipient = presented or self._identity.record
         unfinished = wire.Reply(
             ephemeral=_x25519_public_bytes(ephemeral),
-            sealed_secret=self._oaep_encrypt(initiator, k_responder, REPLY_OAEP_LABEL),
+            sealed_secret=self._oaep_encrypt(recipient, k_responder, REPLY_OAEP_LABEL),
             finished=b"",
         ).encode_unfinished()
-        reply_length = len(unfinished) + wire.MAC_SIZE
-        unfinished_record = wire.encode_header(wire.HANDSHAKE, reply_length) + unfinished
-        finished = ks.mac(
-            ks.expand_label(handshake, "r finished", b"", ks.HASH_SIZE),
-            _reply_transcript(self._hello_record, unfinished_record, initiator.peer_id, own_id),
+        unfinished_record = (
+            wire.encode_header(wire.HANDSHAKE, len(unfinished) + wire.MAC_SIZE) + unfinished
         )
-        reply_record = unfinished_record + finished
-        self._pending = (initiator, timestamp, ks.master_secret(handshake, k_responder), reply_record)
+        if not ok or presented is None or shared is None:
+            return unfinished_record + os.urandom(wire.MAC_SIZE)
+        handshake = ks.handshake_secret(early, shared)
+        reply_record = unfinished_record + _responder_finished(
+            handshake,
+            _reply_transcript(self._hello_record, unfinished_record, presented.peer_id, own_id),
+        )
+        self._accepted = _Accepted(
+            presented, hello.timestamp_ns, ks.master_secret(handshake, k_responder), reply_record
+        )
         return reply_record
 
     def receive_finish_untrusted(self, record: bytes) -> HandshakeResult:
-        """Verify the initiator's Finished; on success, advance the timestamp guard."""
-        if self._pending is None:
+        """Verify the initiator's Finished; on success, advance the timestamp guard.
+
+        This is the one place where a failed handshake is reported.
+        """
+        if not self._replied:
             raise HandshakeFailed()
-        initiator, timestamp, master, reply_record = self._pending
-        self._pending = None
         finish = wire.parse_finish_untrusted(record[wire.HEADER_SIZE :])
+        accepted, self._accepted = self._accepted, None
+        self._replied = False
+        if accepted is None:
+            raise HandshakeFailed()
         own_id = self._identity.peer_id
-        full = _full_transcript(self._hello_record, reply_record, initiator.peer_id, own_id)
-        expected = ks.mac(ks.expand_label(master, "i finished", b"", ks.HASH_SIZE), full)
+        full = _full_transcript(
+            self._hello_record, accepted.reply_record, accepted.initiator.peer_id, own_id
+        )
+        expected = _initiator_finished(accepted.master, full)
         if not hmac.compare_digest(expected, finish.finished):
             raise HandshakeFailed()
-        self._guard.accept(initiator.peer_id, timestamp)
-        return HandshakeResult(initiator, ks.session_secrets(master, full), full)
+        self._guard.accept(accepted.initiator.peer_id, accepted.timestamp_ns)
+        return HandshakeResult(accepted.initiator, ks.session_secrets(accepted.master, full), full)

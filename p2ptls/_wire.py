@@ -64,7 +64,7 @@ X25519_SIZE = 32
 MAC_SIZE = 32
 RANDOM_SIZE = 32
 TIMESTAMP = struct.Struct(">Q")
-HELLO_SECRET_SIZE = ID_SIZE + RANDOM_SIZE + TIMESTAMP.size  # id_I | k_I | timestamp
+HELLO_SECRET_SIZE = ID_SIZE + RANDOM_SIZE  # id_I | k_I
 MIN_RSA_BYTES = 256  # RSA-2048
 MAX_RSA_BYTES = 512  # RSA-4096
 MAX_PUBLIC_KEY_DER = 1024
@@ -147,10 +147,12 @@ class Hello:
     """Flight 1, initiator to responder (see SPEC.md, "Hello")."""
 
     suite: int
+    timestamp_ns: int
+    """The initiator's wall clock (ns since the epoch): bound by the binder and the transcript."""
     ephemeral: bytes
     responder_id_prefix: bytes
     sealed_secret: bytes
-    """``C_I``: OAEP(responder key, initiator id | k_I | timestamp)."""
+    """``C_I``: OAEP(responder key, initiator id | k_I)."""
     sealed_public_key: bytes
     """The initiator's public key (DER), AES-GCM under the hello key."""
     binder: bytes
@@ -160,6 +162,7 @@ class Hello:
         return b"".join(
             [
                 bytes([HELLO, self.suite]),
+                TIMESTAMP.pack(self.timestamp_ns),
                 self.ephemeral,
                 self.responder_id_prefix,
                 U16.pack(len(self.sealed_secret)),
@@ -183,6 +186,7 @@ def parse_hello_untrusted(body: bytes) -> Hello:
         raise HandshakeFailed()
     hello = Hello(
         suite=suite,
+        timestamp_ns=TIMESTAMP.unpack(reader.take(TIMESTAMP.size))[0],
         ephemeral=reader.take(X25519_SIZE),
         responder_id_prefix=reader.take(ID_PREFIX_SIZE),
         sealed_secret=reader.take_vector(MIN_RSA_BYTES, MAX_RSA_BYTES),

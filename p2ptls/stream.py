@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import operator
 import os
 import time
@@ -48,6 +49,11 @@ from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord
 from .trust import KnownPeers, ReplayGuard
 
+log = logging.getLogger("p2ptls.stream")
+
+# Each buffered chunk or message is charged this much on top of its length, so a flood of tiny
+# records cannot hold far more memory than max_unread_bytes says.
+_ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _SEND_CHUNK = 256 * 1024
 
@@ -69,6 +75,7 @@ class SecurityContext:
         replay_guard: ReplayGuard | None = None,
         budget: ReassemblyBudget | None = None,
         private_key_threads: int = 2,
+        offload_private_key_operations: bool = True,
     ) -> None:
         self.identity = identity
         self.psk = psk
@@ -77,6 +84,9 @@ class SecurityContext:
         self.replay_guard = replay_guard or ReplayGuard()
         self.budget = budget or ReassemblyBudget()
         self.key_limiter = trio.CapacityLimiter(private_key_threads)
+        self.offload_private_key_operations = offload_private_key_operations
+        """Run RSA private-key operations on worker threads (the default). In-memory test pairs
+        turn it off so that trio's autojump clock does not jump while a thread works."""
         self._last_timestamp = 0
         self.private_key_operations = 0
         """How many RSA private-key operations this context has run (for monitoring and tests)."""
@@ -144,6 +154,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 context.psk,
                 context.peers,
                 context.replay_guard,
+                now_ns=time.time_ns(),
                 budget=context.budget,
             )
         else:
@@ -238,15 +249,24 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 with trio.fail_after(timeout if timeout is not None else float("inf")):
                     await self._run_handshake()
             except trio.TooSlowError:
-                raise await self._break(HandshakeTimeout("handshake deadline passed")) from None
+                expired = HandshakeTimeout("handshake deadline passed")
+                raise await self._break(expired) from expired
             except ProtocolError as exc:
                 raise await self._break(exc) from exc
             except trio.BrokenResourceError as exc:
-                raise await self._break(HandshakeFailed()) from exc
+                failed = HandshakeFailed()
+                failed.__cause__ = exc  # keep the transport's error for debugging
+                raise await self._break(failed) from failed
             except trio.ClosedResourceError:
                 if self._closed:
                     raise
-                raise await self._break(HandshakeFailed()) from None
+                failed = HandshakeFailed()
+                raise await self._break(failed) from failed
+            except trio.Cancelled:
+                # The handshake cannot resume half-way (a second Hello would be refused).
+                if self._error is None:
+                    self._error = ProtocolError("the handshake was cancelled")
+                raise
             self._handshake_done = True
 
     async def _run_handshake(self) -> None:
@@ -259,23 +279,35 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not data:
                 raise HandshakeFailed()
             await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
+            owed = conn.data_to_send()
+            if owed:
+                await self._send_raw(owed)
 
     async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
         self.context.private_key_operations += 1
         identity = self.context.identity
-        return await trio.to_thread.run_sync(
-            identity.decrypt_untrusted, event.ciphertext, event.label, limiter=self.context.key_limiter
+        if not self.context.offload_private_key_operations:
+            await trio.lowlevel.checkpoint()
+            return identity.decrypt_untrusted(event.ciphertext, event.label)
+        result = await trio.to_thread.run_sync(
+            identity.decrypt_untrusted,
+            event.ciphertext,
+            event.label,
+            limiter=self.context.key_limiter,
         )
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed during its handshake")
+        return result
 
     async def _handle_events(self, events: list[Event]) -> None:
         conn = self._conn
         for event in events:
             if isinstance(event, DataReceived):
                 self._bytes.append(event.data)
-                self._bytes_size += len(event.data)
+                self._bytes_size += len(event.data) + _ITEM_OVERHEAD
             elif isinstance(event, MessageReceived):
                 self._messages.append(event.data)
-                self._messages_size += len(event.data)
+                self._messages_size += len(event.data) + _ITEM_OVERHEAD
             elif isinstance(event, EndOfStream):
                 pass  # conn.eof_received records it
             elif isinstance(event, PongReceived):
@@ -288,15 +320,32 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 events.extend(conn.receive_data_untrusted(b"", trio.current_time()))
             elif isinstance(event, HandshakeComplete):
                 self.context.peers.note_authenticated(event.remote)
-                if self.context.replay_guard.dirty and self.context.replay_guard.path is not None:
-                    await trio.to_thread.run_sync(self.context.replay_guard.save)
+                await self._persist_replay_state()
         limit = self.config.max_unread_bytes
         if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
 
+    async def _persist_replay_state(self) -> None:
+        guard = self.context.replay_guard
+        snapshot = guard.snapshot()  # taken on the event loop: no race with accept()
+        if snapshot is None:
+            return
+        try:
+            await trio.to_thread.run_sync(guard.write, snapshot)
+        except OSError as exc:
+            guard.dirty = True  # try again after the next handshake
+            log.warning("could not persist the replay state to %s: %s", guard.path, exc)
+
     async def _send_raw(self, data: bytes) -> None:
+        """Write under the transport-send lock. A cancellation part-way through a write leaves a
+        partial record on the wire, so it breaks the stream."""
         async with self._transport_send_lock:
-            await self.transport_stream.send_all(data)
+            try:
+                await self.transport_stream.send_all(data)
+            except trio.Cancelled:
+                if self._error is None:
+                    self._error = ProtocolError("a send was cancelled part-way through a record")
+                raise
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -354,10 +403,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not self._bytes:
                 return b""
             chunk = self._bytes.popleft()
+            self._bytes_size -= len(chunk) + _ITEM_OVERHEAD
             if max_bytes is not None and len(chunk) > max_bytes:
-                self._bytes.appendleft(chunk[max_bytes:])
+                rest = chunk[max_bytes:]
+                self._bytes.appendleft(rest)
+                self._bytes_size += len(rest) + _ITEM_OVERHEAD
                 chunk = chunk[:max_bytes]
-            self._bytes_size -= len(chunk)
             return chunk
 
     async def receive_message(self) -> bytes:
@@ -368,7 +419,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not self._messages:
                 raise trio.EndOfChannel
             message = self._messages.popleft()
-            self._messages_size -= len(message)
+            self._messages_size -= len(message) + _ITEM_OVERHEAD
             return message
 
     def __aiter__(self) -> Self:
@@ -397,11 +448,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
             await self._send_raw(records)
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
-        except trio.Cancelled:
-            # Part of a record may have been written: the stream cannot be used again.
-            if self._error is None:
-                self._error = ProtocolError("send cancelled mid-record")
-            raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on the byte stream."""

@@ -30,8 +30,21 @@ def connected_contexts(
     """Two security contexts (client, server) that trust each other and share a network key."""
     client_id, server_id = identities or (Identity.generate(key_bits), Identity.generate(key_bits))
     psk = NetworkKey.generate()
-    client = SecurityContext(client_id, psk, KnownPeers([server_id.record]), config=config)
-    server = SecurityContext(server_id, psk, KnownPeers([client_id.record]), config=config)
+    # RSA work stays on the event loop here, so trio's autojump clock works with these pairs.
+    client = SecurityContext(
+        client_id,
+        psk,
+        KnownPeers([server_id.record]),
+        config=config,
+        offload_private_key_operations=False,
+    )
+    server = SecurityContext(
+        server_id,
+        psk,
+        KnownPeers([client_id.record]),
+        config=config,
+        offload_private_key_operations=False,
+    )
     return client, server
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +74,34 @@ class KnownPeers:
             self.admitted.append(record)
 
 
+DEFAULT_HELLO_WINDOW_S = 600.0
+DEFAULT_MAX_RECENT_HELLOS = 65536
+
+
 class ReplayGuard:
-    """The newest accepted Hello timestamp per initiator, optionally persisted to a file.
+    """Replay protection for Hellos.
+
+    Two layers: before any RSA work, a Hello's timestamp must lie within ``window_s`` of our clock
+    and its binder must not have been seen (bounded memory); after authentication, the newest
+    accepted timestamp per initiator, optionally persisted to a file, must increase.
 
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
     With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
     :meth:`snapshot` on its event loop and hands it to :meth:`write` on a worker thread.
     """
 
-    def __init__(self, path: StrPath | None = None) -> None:
+    def __init__(
+        self,
+        path: StrPath | None = None,
+        *,
+        window_s: float = DEFAULT_HELLO_WINDOW_S,
+        max_recent_hellos: int = DEFAULT_MAX_RECENT_HELLOS,
+    ) -> None:
         self.path = path
+        self.window_ns = int(window_s * 1e9)
+        self.max_recent_hellos = max_recent_hellos
+        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._floor_ns = -1
         self._newest: dict[PeerId, int] = {}
         self.dirty = False
         if path is not None and Path(path).exists():
@@ -92,6 +111,29 @@ class ReplayGuard:
                 self._newest = {PeerId.from_hex(k): int(v) for k, v in table.items()}
             except (ValueError, AttributeError, TypeError):
                 raise PeerDatabaseError(f"replay state file {str(path)!r} is malformed") from None
+
+    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> bool:
+        """Cheap replay check run before any RSA work, for Hellos whose binder verified.
+
+        Refuses a timestamp more than ``window_s`` away from our clock, and a binder seen within
+        the window. The memory of binders is bounded: when it is full the oldest is forgotten and
+        the floor rises to its timestamp, so a forgotten Hello can still not be replayed.
+        """
+        if abs(timestamp_ns - now_ns) > self.window_ns or timestamp_ns <= self._floor_ns:
+            return False
+        recent = self._recent
+        horizon = now_ns - self.window_ns
+        while recent:
+            oldest_binder, oldest_ts = next(iter(recent.items()))
+            if oldest_ts >= horizon and len(recent) < self.max_recent_hellos:
+                break
+            del recent[oldest_binder]
+            if oldest_ts >= horizon:
+                self._floor_ns = max(self._floor_ns, oldest_ts)
+        if binder in recent or timestamp_ns <= self._floor_ns:
+            return False
+        recent[binder] = timestamp_ns
+        return True
 
     def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool:
         return timestamp_ns > self._newest.get(peer_id, -1)

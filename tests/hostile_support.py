@@ -1,0 +1,489 @@
+"""Tools shared by the hostile-input tests (``tests/test_hostile_*.py``, ``tests/test_fuzz.py``).
+
+* Reproducible handshakes: seeded randomness and memoised RSA-OAEP make every flight byte for byte
+  the same for the same seed, and run each RSA private-key operation once per distinct ciphertext,
+  so a property test can rebuild a connection in any state for every example at little cost.
+* Forgery: a Hello re-bound under a network key (what any network member can produce) and an
+  independent :class:`~p2ptls._records.RecordSealer` in step with a connection's outgoing direction.
+* A host harness: a listening :class:`~p2ptls.Host` whose incoming streams echo messages and whose
+  failures are recorded, a raw peer that drives the sans-IO core over a TCP socket so that it can
+  send anything at all, and :func:`assert_host_serves`, which proves a bad peer did not take the
+  host (or its nursery) down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from p2ptls import (
+    Host,
+    HostConfig,
+    Identity,
+    KnownPeers,
+    NetworkKey,
+    PeerRecord,
+    ReplayGuard,
+    SecureStream,
+    SecurityContext,
+    StreamConfig,
+    open_host,
+)
+from p2ptls import _keyschedule as ks
+from p2ptls import _wire as wire
+from p2ptls._connection import (
+    Connection,
+    Event,
+    HandshakeComplete,
+    MessageReceived,
+    PrivateKeyOperationNeeded,
+    State,
+)
+from p2ptls._fragments import ReassemblyBudget
+from p2ptls._records import RecordSealer
+from p2ptls.identity import encrypt_to
+from tests.conftest import identity_pool
+
+TIMESTAMP_NS = 1_700_000_000_000_000_000
+NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: network key").digest())
+OTHER_NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: other network").digest())
+CONFIG = StreamConfig()
+LOOPBACK = "127.0.0.1"
+
+
+# -- reproducible handshakes ---------------------------------------------------------------------
+
+
+class DeterministicRandom:
+    """A seeded stand-in for ``os.urandom``: the same seed yields the same byte sequence."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = seed
+        self._counter = 0
+
+    def __call__(self, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            out += hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
+            self._counter += 1
+        return bytes(out[:size])
+
+
+_encrypted: dict[tuple[bytes, bytes, bytes], bytes] = {}
+_decrypted: dict[tuple[bytes, bytes, bytes], bytes | None] = {}
+
+
+def memo_encrypt(record: PeerRecord, plaintext: bytes, label: bytes) -> bytes:
+    """RSA-OAEP to ``record``, the same ciphertext every time for the same input (tests only)."""
+    key = (record.peer_id.digest, plaintext, label)
+    if key not in _encrypted:
+        _encrypted[key] = encrypt_to(record, plaintext, label)
+    return _encrypted[key]
+
+
+def decrypt(identity: Identity, event: PrivateKeyOperationNeeded) -> bytes | None:
+    """Perform ``event`` with ``identity``'s private key (memoised)."""
+    key = (identity.peer_id.digest, event.ciphertext, event.label)
+    if key not in _decrypted:
+        _decrypted[key] = identity.decrypt_untrusted(event.ciphertext, event.label)
+    return _decrypted[key]
+
+
+@attrs.frozen
+class Parties:
+    """The cast, from the session's identity pool."""
+
+    initiator: Identity
+    responder: Identity
+    stranger: Identity
+    """Holds the network key in the attacks that need it; trusted by nobody."""
+    other: Identity
+    """A second peer the responder trusts."""
+
+
+def parties() -> Parties:
+    pool = identity_pool()
+    return Parties(pool[0], pool[1], pool[2], pool[3])
+
+
+def initiator_k(seed: bytes = b"initiator") -> bytes:
+    """The ``k_I`` an initiator made by :func:`make_initiator` with ``seed`` puts in its Hello."""
+    rng = DeterministicRandom(seed)
+    rng(32)  # the ephemeral X25519 key comes first
+    return rng(wire.RANDOM_SIZE)
+
+
+def make_initiator(
+    *,
+    identity: Identity | None = None,
+    responder: PeerRecord | None = None,
+    psk: NetworkKey = NETWORK_KEY,
+    timestamp_ns: int = TIMESTAMP_NS,
+    config: StreamConfig = CONFIG,
+    budget: ReassemblyBudget | None = None,
+    seed: bytes = b"initiator",
+    oaep_encrypt: Callable[[PeerRecord, bytes, bytes], bytes] = memo_encrypt,
+) -> Connection:
+    """A reproducible initiator (``parties().initiator`` to ``parties().responder`` by default)."""
+    cast = parties()
+    return Connection.initiator(
+        config,
+        identity or cast.initiator,
+        psk,
+        responder or cast.responder.record,
+        timestamp_ns=timestamp_ns,
+        budget=budget,
+        randomness=DeterministicRandom(seed),
+        oaep_encrypt=oaep_encrypt,
+    )
+
+
+def make_responder(
+    *,
+    identity: Identity | None = None,
+    psk: NetworkKey = NETWORK_KEY,
+    trusted: list[PeerRecord] | None = None,
+    guard: ReplayGuard | None = None,
+    config: StreamConfig = CONFIG,
+    budget: ReassemblyBudget | None = None,
+    seed: bytes = b"responder",
+) -> Connection:
+    """A reproducible responder that trusts ``parties().initiator`` and ``parties().other``."""
+    cast = parties()
+    peers = KnownPeers(trusted if trusted is not None else [cast.initiator.record, cast.other.record])
+    return Connection.responder(
+        config,
+        identity or cast.responder,
+        psk,
+        peers,
+        guard if guard is not None else ReplayGuard(),
+        budget=budget,
+        randomness=DeterministicRandom(seed),
+        oaep_encrypt=memo_encrypt,
+    )
+
+
+def key_operation(events: list[Event]) -> PrivateKeyOperationNeeded:
+    """The single event of a flight that asks for a private-key operation."""
+    assert len(events) == 1, events
+    event = events[0]
+    assert isinstance(event, PrivateKeyOperationNeeded), events
+    return event
+
+
+@attrs.frozen
+class Flights:
+    hello: bytes
+    reply: bytes
+    finish: bytes
+
+
+def handshake(
+    initiator: Connection,
+    responder: Connection,
+    *,
+    initiator_identity: Identity | None = None,
+    responder_identity: Identity | None = None,
+) -> Flights:
+    """Run a complete handshake between two sans-IO connections and return its three flights."""
+    cast = parties()
+    hello = initiator.start()
+    operation = key_operation(responder.receive_data_untrusted(hello))
+    reply = responder.supply_decryption(decrypt(responder_identity or cast.responder, operation))
+    operation = key_operation(initiator.receive_data_untrusted(reply))
+    finish = initiator.supply_decryption(decrypt(initiator_identity or cast.initiator, operation))
+    events = responder.receive_data_untrusted(finish)
+    assert len(events) == 1 and isinstance(events[0], HandshakeComplete), events
+    assert initiator.state is State.ESTABLISHED and responder.state is State.ESTABLISHED
+    return Flights(hello, reply, finish)
+
+
+def established_pair(
+    *,
+    seed: bytes = b"",
+    initiator_config: StreamConfig = CONFIG,
+    responder_config: StreamConfig = CONFIG,
+    budget: ReassemblyBudget | None = None,
+    guard: ReplayGuard | None = None,
+) -> tuple[Connection, Connection]:
+    """``(initiator, responder)`` after a completed handshake; ``budget`` is the responder's."""
+    initiator = make_initiator(config=initiator_config, seed=b"initiator" + seed)
+    responder = make_responder(
+        config=responder_config, budget=budget, guard=guard, seed=b"responder" + seed
+    )
+    handshake(initiator, responder)
+    return initiator, responder
+
+
+# -- forgery -------------------------------------------------------------------------------------
+
+
+def rebound_hello(hello_record: bytes, psk: NetworkKey, **changes: Any) -> bytes:
+    """``hello_record`` with fields replaced and a binder valid under ``psk``.
+
+    This is what any holder of the network key can forge.
+    """
+    hello = attrs.evolve(wire.parse_hello_untrusted(hello_record[wire.HEADER_SIZE :]), **changes)
+    unbound = hello.encode_unbound()
+    prefix = wire.encode_header(wire.HANDSHAKE, len(unbound) + wire.MAC_SIZE) + unbound
+    return prefix + ks.mac(ks.binder_key(psk.secret), prefix)
+
+
+def reframed(record: bytes, body: bytes) -> bytes:
+    """A record of the same content type as ``record`` whose header announces ``body`` exactly."""
+    return wire.HEADER.pack(record[0], record[1], len(body)) + body
+
+
+def flip_bit(data: bytes, bit: int) -> bytes:
+    flipped = bytearray(data)
+    flipped[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(flipped)
+
+
+def forged_sealer(conn: Connection) -> RecordSealer:
+    """An independent sealer for ``conn``'s outgoing direction, in step with it.
+
+    Built from the session's traffic secret, as a peer that deviates from the protocol would
+    build it. Use either this or ``conn``'s own ``send_*`` methods afterwards, not both.
+    """
+    result, own = conn._result, conn._sealer
+    assert result is not None and own is not None, "handshake not complete"
+    secrets = result.secrets
+    secret = (
+        secrets.initiator_to_responder if conn.is_initiator else secrets.responder_to_initiator
+    )
+    sealer = RecordSealer(secret)
+    for _ in range(own.generation):
+        sealer.advance_key()
+    sealer.sequence = own.sequence
+    return sealer
+
+
+def records_of(stream: bytes) -> list[bytes]:
+    """Split well-formed wire bytes into their records."""
+    records = []
+    pos = 0
+    while pos < len(stream):
+        _, _, length = wire.HEADER.unpack_from(stream, pos)
+        end = pos + wire.HEADER_SIZE + length
+        records.append(stream[pos:end])
+        pos = end
+    return records
+
+
+_last_timestamp = 0
+
+
+def next_timestamp() -> int:
+    """A wall-clock Hello timestamp, strictly increasing in this process."""
+    global _last_timestamp
+    _last_timestamp = max(time.time_ns(), _last_timestamp + 1)
+    return _last_timestamp
+
+
+# -- the host harness ----------------------------------------------------------------------------
+
+
+Handler = Callable[["Harness", SecureStream], Awaitable[None]]
+
+
+async def echo_messages(harness: Harness, stream: SecureStream) -> None:
+    """Echo every message until the peer closes."""
+    async for message in stream:
+        harness.received.append(message)
+        await stream.send_message(message)
+
+
+@attrs.define
+class Harness:
+    """A listening host (``parties().responder``) and what its incoming streams went through."""
+
+    host: Host
+    config: StreamConfig
+    received: list[bytes] = attrs.field(factory=list)
+    """Messages the server side received, in order."""
+    failures: list[BaseException] = attrs.field(factory=list)
+    """Errors that ended a server-side stream (after its handshake)."""
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def server(self) -> Identity:
+        return self.host.config.identity
+
+    @property
+    def psk(self) -> NetworkKey:
+        return self.host.config.psk
+
+    async def serve(self, handler: Handler) -> None:
+        async with trio.open_nursery() as nursery:
+            async for stream in self.host.incoming():
+                nursery.start_soon(self._run, handler, stream)
+
+    async def _run(self, handler: Handler, stream: SecureStream) -> None:
+        try:
+            await handler(self, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.failures.append(exc)
+        finally:
+            await stream.aclose()
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def next_failure(self) -> BaseException:
+        """Wait for a server-side stream to fail and return the error."""
+        seen = len(self.failures)
+        with trio.fail_after(10):
+            while len(self.failures) == seen:
+                await self._changed.wait()
+        return self.failures[seen]
+
+
+@asynccontextmanager
+async def serving_host(
+    *, config: StreamConfig = CONFIG, handler: Handler = echo_messages, **options: Any
+) -> AsyncIterator[Harness]:
+    """Run a host on 127.0.0.1 that trusts ``initiator`` and ``other`` and serves ``handler``."""
+    cast = parties()
+    host_config = HostConfig(
+        identity=cast.responder,
+        psk=NETWORK_KEY,
+        peers=(cast.initiator.record, cast.other.record),
+        listen=(LOOPBACK, 0),
+        stream=config,
+        **options,
+    )
+    async with open_host(host_config) as host, trio.open_nursery() as nursery:
+        harness = Harness(host, config)
+        nursery.start_soon(harness.serve, handler)
+        yield harness
+        nursery.cancel_scope.cancel()
+
+
+async def good_client(
+    harness: Harness,
+    *,
+    identity: Identity | None = None,
+    local_address: str | None = None,
+    config: StreamConfig | None = None,
+) -> SecureStream:
+    """A well-behaved peer's stream to the harness host, handshake done."""
+    context = SecurityContext(
+        identity or parties().other,
+        harness.psk,
+        KnownPeers([harness.server.record]),
+        config=config or harness.config,
+    )
+    tcp = await trio.open_tcp_stream(*harness.host.address, local_address=local_address)
+    stream = SecureStream(tcp, context, remote=harness.server.record)
+    await stream.do_handshake()
+    return stream
+
+
+async def assert_host_serves(harness: Harness, *, local_address: str | None = None) -> None:
+    """A good peer can still connect and exchange messages: the host and its nursery are alive."""
+    with trio.fail_after(10):
+        stream = await good_client(harness, local_address=local_address)
+        async with stream:
+            assert stream.remote_peer.peer_id == harness.server.peer_id
+            for payload in (b"the host still serves good peers", b"", b"x" * 40_000):
+                await stream.send_message(payload)
+                assert await stream.receive_message() == payload
+
+
+async def settle(predicate: Callable[[], bool]) -> None:
+    """Let every task run until ``predicate()`` holds.
+
+    Loopback TCP delivers synchronously, so once all tasks are blocked the host has seen
+    everything that was sent; worker threads (RSA) may need a few rounds.
+    """
+    with trio.fail_after(10):
+        while not predicate():
+            await trio.testing.wait_all_tasks_blocked(0.001)
+
+
+class RawPeer:
+    """A peer that speaks p2ptls through a sans-IO :class:`Connection` over a raw TCP stream.
+
+    After :meth:`handshake` it can send anything: forged, replayed, truncated or flooded records.
+    """
+
+    def __init__(self, tcp: trio.SocketStream, conn: Connection, identity: Identity) -> None:
+        self.tcp = tcp
+        self.conn = conn
+        self.identity = identity
+
+    @classmethod
+    async def connect(
+        cls,
+        harness: Harness,
+        *,
+        identity: Identity | None = None,
+        psk: NetworkKey | None = None,
+        config: StreamConfig | None = None,
+    ) -> RawPeer:
+        identity = identity or parties().initiator
+        tcp = await trio.open_tcp_stream(*harness.host.address)
+        conn = Connection.initiator(
+            config or harness.config,
+            identity,
+            psk or harness.psk,
+            harness.server.record,
+            timestamp_ns=next_timestamp(),
+        )
+        return cls(tcp, conn, identity)
+
+    async def handshake(self) -> Flights:
+        hello = self.conn.start()
+        await self.tcp.send_all(hello)
+        reply = b""
+        while self.conn.state is not State.ESTABLISHED:
+            data = await self.tcp.receive_some()
+            assert data, "the host closed the connection during the handshake"
+            reply += data
+            for event in self.conn.receive_data_untrusted(data):
+                if isinstance(event, PrivateKeyOperationNeeded):
+                    plaintext = self.identity.decrypt_untrusted(event.ciphertext, event.label)
+                    finish = self.conn.supply_decryption(plaintext)
+                    await self.tcp.send_all(finish)
+                    return Flights(hello, reply, finish)
+        raise AssertionError("no private-key operation during the handshake")
+
+    async def send(self, data: bytes) -> None:
+        await self.tcp.send_all(data)
+
+    async def receive_message(self) -> bytes:
+        """The next message the host sends (pumping the sans-IO connection)."""
+        with trio.fail_after(10):
+            while True:
+                data = await self.tcp.receive_some()
+                assert data, "the host closed the connection"
+                for event in self.conn.receive_data_untrusted(data):
+                    if isinstance(event, MessageReceived):
+                        return event.data
+
+    async def echo(self, payload: bytes) -> None:
+        """Send a message and check the host's echo: the connection is healthy."""
+        await self.send(self.conn.send_message(payload))
+        assert await self.receive_message() == payload
+
+    async def aclose(self) -> None:
+        await self.tcp.aclose()
+
+
+async def receive_until_closed(tcp: trio.abc.ReceiveStream) -> bytes:
+    """Everything the other side sends until it closes the connection."""
+    received = bytearray()
+    with trio.fail_after(10):
+        try:
+            while chunk := await tcp.receive_some():
+                received += chunk
+        except trio.BrokenResourceError:
+            pass  # a reset is a close too
+    return bytes(received)

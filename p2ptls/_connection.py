@@ -245,6 +245,7 @@ class Connection:
         self._opener = RecordOpener(incoming, self.config.hard_record_limit)
         self._result = result
         self._handshake = None
+        self._reassembler.peer = result.remote.peer_id
         self.state = State.ESTABLISHED
 
     @property

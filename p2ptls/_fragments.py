@@ -25,20 +25,42 @@ MIN_NONFINAL_FRAGMENT = 252
 FRAGMENT_OVERHEAD = 64
 
 
+DEFAULT_PER_PEER_BUDGET = 64 * 1024 * 1024
+
+
 class ReassemblyBudget:
-    """Bytes of partly received messages that all connections sharing it may hold."""
+    """Bytes of partly received messages that all connections sharing it may hold.
 
-    def __init__(self, limit: int = DEFAULT_REASSEMBLY_BUDGET) -> None:
+    Charged per remote peer too, so one peer (however many connections it opens) cannot use more
+    than ``per_peer_limit`` and starve the others.
+    """
+
+    def __init__(
+        self, limit: int = DEFAULT_REASSEMBLY_BUDGET, per_peer_limit: int = DEFAULT_PER_PEER_BUDGET
+    ) -> None:
         self.limit = limit
+        self.per_peer_limit = per_peer_limit
         self.in_use = 0
+        self._by_peer: dict[object, int] = {}
 
-    def reserve(self, size: int) -> None:
+    def reserve(self, size: int, peer: object = None) -> None:
+        held = self._by_peer.get(peer, 0)
+        if held + size > self.per_peer_limit:
+            raise ReassemblyBudgetExceeded("this peer's share of the reassembly budget is used up")
         if self.in_use + size > self.limit:
             raise ReassemblyBudgetExceeded("host reassembly budget exhausted")
         self.in_use += size
+        self._by_peer[peer] = held + size
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, peer: object = None) -> None:
+        if not size:
+            return
         self.in_use -= size
+        left = self._by_peer.get(peer, 0) - size
+        if left > 0:
+            self._by_peer[peer] = left
+        else:
+            self._by_peer.pop(peer, None)
 
     def __repr__(self) -> str:
         return f"<ReassemblyBudget {self.in_use}/{self.limit}>"
@@ -50,6 +72,8 @@ class Reassembler:
     def __init__(self, max_message_size: int, budget: ReassemblyBudget) -> None:
         self._max = max_message_size
         self._budget = budget
+        self.peer: object = None
+        """Whom the reservations are charged to (the remote peer id, once known)."""
         self._parts: list[bytes] = []
         self._expected = 0
         self._held = 0
@@ -85,7 +109,7 @@ class Reassembler:
             raise ProtocolError("fragment overruns its message")
         if self._held + len(fragment) == self._expected:
             parts, self._parts = self._parts, []
-            self._budget.release(self._charged)
+            self._budget.release(self._charged, self.peer)
             self._held = self._expected = self._charged = 0
             if not parts:
                 return fragment
@@ -93,7 +117,7 @@ class Reassembler:
             return b"".join(parts)
         if len(fragment) < MIN_NONFINAL_FRAGMENT:
             raise ProtocolError("non-final message fragment below the minimum record size")
-        self._budget.reserve(len(fragment) + FRAGMENT_OVERHEAD)
+        self._budget.reserve(len(fragment) + FRAGMENT_OVERHEAD, self.peer)
         self._parts.append(fragment)
         self._held += len(fragment)
         self._charged += len(fragment) + FRAGMENT_OVERHEAD
@@ -101,7 +125,7 @@ class Reassembler:
 
     def discard(self) -> None:
         """Drop any partial message and return its bytes to the budget."""
-        self._budget.release(self._charged)
+        self._budget.release(self._charged, self.peer)
         self._parts.clear()
         self._held = self._expected = self._charged = 0
 

@@ -18,13 +18,14 @@ that the other side's Finished MAC proves.
 Cheap checks come first and cost no private-key work: the Hello's structure, its timestamp against
 the replay window, and a cache of recently seen binders (a replayed Hello is dropped with no
 reply). Then, if the binder is right, the responder does its one RSA decryption; if it is wrong, it
-does none. From there on every outcome looks the same from the wire: the responder always answers
-with a Reply of the right shape, and a failed check (wrong PSK, bad OAEP, bad sealed key, id that is
-not the hash of the key, untrusted peer, stale timestamp, low-order X25519 point) only makes that
-Reply a *substitute*: random key material, ``C_R`` encrypted to the presented key (or our own), and
-a random Finished MAC. The handshake then fails at one place, when the Finish arrives, with one
-error. So a network-key holder who forges Hellos learns neither who is trusted nor when they last
-connected.
+does none. From there on the responder always answers with a Reply of the right shape. If the key
+material is unsound (wrong PSK, bad OAEP, bad sealed key, id that is not the hash of the key,
+low-order X25519 point) the Reply is a *substitute*: fresh key material, ``C_R`` encrypted to the
+presented key (or our own), and a random Finished MAC; the Hello's author already knows these facts,
+so this reveals nothing. Trust and timestamp freshness never change the Reply (the Hello's author
+can verify the responder's Finished, so a different Reply would be an oracle on who is trusted and
+when they last connected); they are enforced when the Finish arrives. Every failure is reported at
+that one place, with one error.
 
 The initiator checks the responder's Finished (which it can compute from ``k_I`` and the X25519
 secret) *before* its own RSA decryption, so an impostor answering its connection costs it nothing.
@@ -256,6 +257,8 @@ class _Accepted:
     timestamp_ns: int
     master: bytes
     reply_record: bytes
+    authorized: bool
+    """The initiator is trusted and its timestamp fresh (checked only once its Finish verifies)."""
 
 
 class ResponderHandshake:
@@ -334,10 +337,14 @@ class ResponderHandshake:
             presented = PeerRecord.from_public_key(der)
         except (InvalidTag, ValueError):
             ok = False
+        authorized = False
         if presented is not None:
             ok = hmac.compare_digest(presented.peer_id.digest, claimed_id) and ok
-            ok = self._policy.is_trusted(presented) and ok
-            ok = self._guard.is_fresh(presented.peer_id, hello.timestamp_ns) and ok
+            # Trust and freshness do not change the Reply: the author of a Hello can check the
+            # responder's Finished itself, so a different Reply would tell a network-key holder
+            # who is trusted and when they last connected. They are enforced at the Finish.
+            trusted = self._policy.is_trusted(presented)
+            authorized = self._guard.is_fresh(presented.peer_id, hello.timestamp_ns) and trusted
         ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
         shared = _x25519_shared_or_none(ephemeral, hello.ephemeral)
         ok = ok and shared is not None
@@ -361,7 +368,11 @@ class ResponderHandshake:
             _reply_transcript(self._hello_record, unfinished_record, presented.peer_id, own_id),
         )
         self._accepted = _Accepted(
-            presented, hello.timestamp_ns, ks.master_secret(handshake, k_responder), reply_record
+            presented,
+            hello.timestamp_ns,
+            ks.master_secret(handshake, k_responder),
+            reply_record,
+            authorized,
         )
         return reply_record
 
@@ -382,7 +393,7 @@ class ResponderHandshake:
             self._hello_record, accepted.reply_record, accepted.initiator.peer_id, own_id
         )
         expected = _initiator_finished(accepted.master, full)
-        if not hmac.compare_digest(expected, finish.finished):
+        if not hmac.compare_digest(expected, finish.finished) or not accepted.authorized:
             raise HandshakeFailed()
         self._guard.accept(accepted.initiator.peer_id, accepted.timestamp_ns)
         return HandshakeResult(accepted.initiator, ks.session_secrets(accepted.master, full), full)

@@ -75,6 +75,7 @@ class KnownPeers:
 
 
 DEFAULT_HELLO_WINDOW_S = 600.0
+DEFAULT_MAX_FUTURE_SKEW_S = 60.0
 DEFAULT_MAX_RECENT_HELLOS = 65536
 
 
@@ -95,10 +96,12 @@ class ReplayGuard:
         path: StrPath | None = None,
         *,
         window_s: float = DEFAULT_HELLO_WINDOW_S,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
         max_recent_hellos: int = DEFAULT_MAX_RECENT_HELLOS,
     ) -> None:
         self.path = path
         self.window_ns = int(window_s * 1e9)
+        self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.max_recent_hellos = max_recent_hellos
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._floor_ns = -1
@@ -115,11 +118,17 @@ class ReplayGuard:
     def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> bool:
         """Cheap replay check run before any RSA work, for Hellos whose binder verified.
 
-        Refuses a timestamp more than ``window_s`` away from our clock, and a binder seen within
-        the window. The memory of binders is bounded: when it is full the oldest is forgotten and
-        the floor rises to its timestamp, so a forgotten Hello can still not be replayed.
+        Refuses a timestamp more than ``window_s`` behind our clock or ``max_future_skew_s`` ahead
+        of it, and a binder seen within the window. The memory of binders is bounded: when it is
+        full the oldest is forgotten and the floor rises to its timestamp, so a forgotten Hello can
+        still not be replayed. (The short future bound limits how far a network-key holder who
+        floods Hellos can push the floor ahead of honest clocks.)
         """
-        if abs(timestamp_ns - now_ns) > self.window_ns or timestamp_ns <= self._floor_ns:
+        if (
+            timestamp_ns < now_ns - self.window_ns
+            or timestamp_ns > now_ns + self.max_future_skew_ns
+            or timestamp_ns <= self._floor_ns
+        ):
             return False
         recent = self._recent
         horizon = now_ns - self.window_ns

@@ -7,13 +7,15 @@ Run from the repository root::
 
 Every value is computed twice: once by a small *reference* implementation written from
 ``protocol/SPEC.md`` using only ``hashlib``, ``hmac`` and the ``cryptography`` primitives (this
-module), and once by p2ptls itself (``InitiatorHandshake``/``ResponderHandshake``, ``Connection``).
-The generator refuses to write anything if the two disagree, so the vectors pin the code *and* the
-specification.
+module), and once by p2ptls itself (``InitiatorHandshake``/``ResponderHandshake``, ``Connection``,
+``ReplayGuard``, ``Reassembler``), including the Hellos a responder must refuse or answer with a
+substitute Reply. The generator refuses to write anything if the two disagree, so the vectors pin
+the code *and* the specification.
 
 Inputs are fixed: RSA-2048 keys (generated once, then read back from ``handshake.json``; delete
 that file's ``inputs`` to make new ones), a PSK, the X25519 keys of RFC 7748 section 6.1, ``k_I``,
-``k_R``, a timestamp and the two OAEP seeds. OAEP uses :mod:`protocol.fixed_oaep` (test-only).
+``k_R``, a timestamp (the responder's clock ``now_ns`` equals it) and the two OAEP seeds. OAEP uses
+:mod:`protocol.fixed_oaep` (test-only).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from p2ptls._connection import (
     PongReceived,
     PrivateKeyOperationNeeded,
 )
+from p2ptls._errors import HandshakeFailed, ProtocolError
+from p2ptls._fragments import Reassembler, ReassemblyBudget
 from p2ptls._handshake import InitiatorHandshake, ResponderHandshake
 from p2ptls.config import StreamConfig
 from p2ptls.identity import Identity, NetworkKey
@@ -52,7 +56,13 @@ from protocol.fixed_oaep import OaepEncrypt, eme_oaep_encode, fixed_seed_oaep, r
 Json = dict[str, Any]
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
-FILES = ("handshake.json", "key_schedule.json", "records.json", "fragmentation.json")
+FILES = (
+    "handshake.json",
+    "key_schedule.json",
+    "records.json",
+    "fragmentation.json",
+    "replay.json",
+)
 
 # --- protocol constants, as SPEC.md states them (deliberately not imported from p2ptls) ---------
 
@@ -75,6 +85,11 @@ LABEL_PREFIX = b"p2ptls1 "
 HELLO_OAEP_LABEL = b"p2ptls1 hello"
 REPLY_OAEP_LABEL = b"p2ptls1 reply"
 TAG_SIZE = 16
+REPLAY_WINDOW_NS = 600 * 10**9  # how far behind the responder's clock a Hello may be
+MAX_FUTURE_SKEW_NS = 60 * 10**9  # how far ahead of it
+MAX_RECENT_HELLOS = 65536  # binders remembered
+MIN_NONFINAL_FRAGMENT = 252
+FRAGMENT_OVERHEAD = 64
 INLINE_RECORD_LIMIT = 1024  # larger records appear as SHA-256 in records.json, in full elsewhere
 
 # --- fixed inputs -----------------------------------------------------------------------------
@@ -91,6 +106,8 @@ K_RESPONDER = _fixed("k_R")
 SEED_HELLO = _fixed("oaep seed hello")
 SEED_REPLY = _fixed("oaep seed reply")
 TIMESTAMP_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+NOW_NS = TIMESTAMP_NS  # the responder's clock when the Hello arrives
+OTHER_PSK = _fixed("other psk")
 # RFC 7748 section 6.1: Alice is the initiator's ephemeral, Bob the responder's.
 EPHEMERAL_INITIATOR = bytes.fromhex(
     "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
@@ -233,6 +250,72 @@ def _fields(parts: Sequence[tuple[str, bytes]]) -> list[Json]:
 
 
 @dataclass
+class ReferenceHello:
+    """A Hello built from SPEC.md section 3.1."""
+
+    parts: list[tuple[str, bytes]]
+    aad: bytes
+    hello_key: bytes
+    sealed_pk: bytes
+    covered: bytes
+    binder: bytes
+
+    @property
+    def record(self) -> bytes:
+        return b"".join(d for _, d in self.parts)
+
+
+def reference_hello(
+    initiator: Party,
+    responder: Party,
+    *,
+    timestamp: int,
+    e_i_pub: bytes,
+    c_i: bytes,
+    early_secret: bytes,
+    binder_key: bytes,
+) -> ReferenceHello:
+    prefix = responder.peer_id[:8]
+    ts = timestamp.to_bytes(8, "big")
+    aad = bytes([HELLO, SUITE]) + ts + e_i_pub + prefix + c_i
+    hello_key = expand_label(early_secret, "hello key", sha256(aad), 32)
+    sealed_pk = AESGCM(hello_key).encrypt(bytes(12), initiator.der, aad)
+    unbound = [
+        ("msg_type", bytes([HELLO])),
+        ("suite", bytes([SUITE])),
+        ("timestamp_ns", ts),
+        ("initiator_ephemeral", e_i_pub),
+        ("responder_id_prefix", prefix),
+        ("sealed_secret_length", u16(len(c_i))),
+        ("sealed_secret", c_i),
+        ("sealed_public_key_length", u16(len(sealed_pk))),
+        ("sealed_public_key", sealed_pk),
+    ]
+    body_len = sum(len(d) for _, d in unbound) + 32
+    covered = header(HANDSHAKE, body_len) + b"".join(d for _, d in unbound)
+    binder = hmac.digest(binder_key, covered, "sha256")
+    parts = [("record_header", header(HANDSHAKE, body_len)), *unbound, ("binder", binder)]
+    return ReferenceHello(parts, aad, hello_key, sealed_pk, covered, binder)
+
+
+def reference_reply_unfinished(e_r_pub: bytes, c_r: bytes) -> list[tuple[str, bytes]]:
+    """The Reply record without finished_R (SPEC.md section 3.2)."""
+    body = [
+        ("msg_type", bytes([REPLY])),
+        ("responder_ephemeral", e_r_pub),
+        ("sealed_secret_length", u16(len(c_r))),
+        ("sealed_secret", c_r),
+    ]
+    length = sum(len(d) for _, d in body) + 32
+    return [("record_header", header(HANDSHAKE, length)), *body]
+
+
+def reference_oaep(recipient: Party, message: bytes, label: bytes, seed: bytes) -> bytes:
+    k = (recipient.public_key.key_size + 7) // 8
+    return rsaep(recipient.public_key, eme_oaep_encode(message, label, seed, k))
+
+
+@dataclass
 class ReferenceHandshake:
     """The handshake computed from the specification alone."""
 
@@ -258,8 +341,8 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
     if shared != RFC7748_SHARED:
         raise SystemExit("X25519 does not reproduce RFC 7748 section 6.1")
 
-    # OAEP: C_I = OAEP(responder, id_I | k_I | timestamp), C_R = OAEP(initiator, k_R)
-    hello_secret = initiator.peer_id + K_INITIATOR + TIMESTAMP_NS.to_bytes(8, "big")
+    # OAEP: C_I = OAEP(responder, id_I | k_I), C_R = OAEP(initiator, k_R)
+    hello_secret = initiator.peer_id + K_INITIATOR
     k = (responder.public_key.key_size + 7) // 8
     em_i = eme_oaep_encode(hello_secret, HELLO_OAEP_LABEL, SEED_HELLO, k)
     c_i = rsaep(responder.public_key, em_i)
@@ -273,7 +356,7 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
             "recipient": "responder",
             "label": HELLO_OAEP_LABEL.decode(),
             "plaintext": hello_secret.hex(),
-            "plaintext_layout": "initiator id (32) | k_I (32) | timestamp_ns u64 (8)",
+            "plaintext_layout": "initiator id (32) | k_I (32)",
             "seed": SEED_HELLO.hex(),
             "encoded_message": em_i.hex(),
             "ciphertext": c_i.hex(),
@@ -296,47 +379,33 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
     s.value("k_I", K_INITIATOR, "input")
     s.extract("early_secret", "derived_psk", s.values["derived_psk"], "k_I", K_INITIATOR)
 
-    # The sealed public key (AES-256-GCM under the hello key, zero nonce).
-    prefix = responder.peer_id[:8]
-    aad = bytes([HELLO, SUITE]) + e_i_pub + prefix + c_i
-    s.value("hello_aad_hash", sha256(aad), "SHA-256(sealed-key AAD)")
-    hello_key = s.expand("hello_key", "early_secret", "hello key", "hello_aad_hash", sha256(aad))
-    sealed_pk = AESGCM(hello_key).encrypt(bytes(12), initiator.der, aad)
-    unbound = [
-        ("msg_type", bytes([HELLO])),
-        ("suite", bytes([SUITE])),
-        ("initiator_ephemeral", e_i_pub),
-        ("responder_id_prefix", prefix),
-        ("sealed_secret_length", u16(len(c_i))),
-        ("sealed_secret", c_i),
-        ("sealed_public_key_length", u16(len(sealed_pk))),
-        ("sealed_public_key", sealed_pk),
-    ]
-    body_len = sum(len(d) for _, d in unbound) + 32
-    covered = header(HANDSHAKE, body_len) + b"".join(d for _, d in unbound)
-    binder = hmac.digest(s.values["binder_key"], covered, "sha256")
-    hello_parts = [("record_header", header(HANDSHAKE, body_len)), *unbound, ("binder", binder)]
-    hello = b"".join(d for _, d in hello_parts)
+    built = reference_hello(
+        initiator,
+        responder,
+        timestamp=TIMESTAMP_NS,
+        e_i_pub=e_i_pub,
+        c_i=c_i,
+        early_secret=s.values["early_secret"],
+        binder_key=s.values["binder_key"],
+    )
+    aad_hash = s.value("hello_aad_hash", sha256(built.aad), "SHA-256(sealed-key AAD)")
+    hello_key = s.expand("hello_key", "early_secret", "hello key", "hello_aad_hash", aad_hash)
+    if hello_key != built.hello_key:
+        raise SystemExit("reference: hello_key computed two ways differs")
+    hello = built.record
 
     s.value("x25519_shared", shared, "X25519(e_I, e_R)")
     s.expand("derived_early", "early_secret", "derived", "empty", b"")
     s.extract(
         "handshake_secret", "derived_early", s.values["derived_early"], "x25519_shared", shared
     )
-    reply_unfinished = [
-        ("msg_type", bytes([REPLY])),
-        ("responder_ephemeral", e_r_pub),
-        ("sealed_secret_length", u16(len(c_r))),
-        ("sealed_secret", c_r),
-    ]
-    reply_len = sum(len(d) for _, d in reply_unfinished) + 32
-    reply_prefix = header(HANDSHAKE, reply_len) + b"".join(d for _, d in reply_unfinished)
+    reply_parts = reference_reply_unfinished(e_r_pub, c_r)
+    reply_prefix = b"".join(d for _, d in reply_parts)
     ids = initiator.peer_id + responder.peer_id
     s.value("reply_transcript_hash", sha256(hello, reply_prefix, ids), "SHA-256(...)")
     s.expand("r_finished_key", "handshake_secret", "r finished", "empty", b"")
     r_mac = hmac.digest(s.values["r_finished_key"], s.values["reply_transcript_hash"], "sha256")
     s.value("r_finished", r_mac, "HMAC-SHA256(r_finished_key, reply_transcript_hash)")
-    reply_parts = [("record_header", header(HANDSHAKE, reply_len)), *reply_unfinished]
     reply_parts.append(("finished", r_mac))
     reply = b"".join(d for _, d in reply_parts)
 
@@ -366,21 +435,22 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
         "key": "hello_key (key_schedule.json)",
         "hello_key": hello_key.hex(),
         "nonce": bytes(12).hex(),
-        "aad": aad.hex(),
-        "aad_layout": "0x01 | suite | initiator_ephemeral | responder_id_prefix | sealed_secret",
+        "aad": built.aad.hex(),
+        "aad_layout": "0x01 | suite | timestamp_ns | initiator_ephemeral | responder_id_prefix "
+        "| sealed_secret",
         "plaintext": initiator.der.hex(),
-        "ciphertext": sealed_pk.hex(),
+        "ciphertext": built.sealed_pk.hex(),
     }
     binder_json = {
         "key": s.values["binder_key"].hex(),
-        "covered": covered.hex(),
+        "covered": built.covered.hex(),
         "covered_layout": "record header (with the final length) | Hello body without binder",
-        "binder": binder.hex(),
+        "binder": built.binder.hex(),
     }
     return ReferenceHandshake(
         s,
         oaep,
-        _fields(hello_parts),
+        _fields(built.parts),
         _fields(reply_parts),
         _fields(finish_parts),
         hello,
@@ -440,6 +510,50 @@ class ReferenceSealer:
         return record, info
 
 
+class ReferenceReplayCache:
+    """The Hello admission rule of SPEC.md section 3.5, for Hellos whose binder verified."""
+
+    def __init__(self, window_ns: int, capacity: int, future_ns: int = MAX_FUTURE_SKEW_NS) -> None:
+        self.window_ns = window_ns
+        self.future_ns = future_ns
+        self.capacity = capacity
+        self.entries: list[tuple[bytes, int]] = []  # (binder, timestamp) in arrival order
+        self.floor_ns = -1
+
+    def admit(self, binder: bytes, timestamp: int, now: int) -> tuple[bool, str]:
+        if timestamp < now - self.window_ns or timestamp > now + self.future_ns:
+            return False, "outside the window"
+        if timestamp <= self.floor_ns:
+            return False, "at or below the floor"
+        horizon = now - self.window_ns
+        while self.entries and (self.entries[0][1] < horizon or len(self.entries) >= self.capacity):
+            _, oldest = self.entries.pop(0)
+            if oldest >= horizon:
+                self.floor_ns = max(self.floor_ns, oldest)
+        if any(seen == binder for seen, _ in self.entries):
+            return False, "binder seen"
+        if timestamp <= self.floor_ns:
+            return False, "at or below the floor"
+        self.entries.append((binder, timestamp))
+        return True, "admitted"
+
+
+def reference_reassembly_charges(fragment_sizes_: Sequence[int]) -> list[int]:
+    """Budget in use after each fragment of one message (SPEC.md section 6): every fragment but
+    the completing one is kept and charged its length plus the fixed overhead."""
+    total, held, charged, out = sum(fragment_sizes_), 0, 0, []
+    for size in fragment_sizes_:
+        held += size
+        if held == total:
+            charged = 0
+        else:
+            if size < MIN_NONFINAL_FRAGMENT:
+                raise SystemExit("reference: a conforming sender never sends this")
+            charged += size + FRAGMENT_OVERHEAD
+        out.append(charged)
+    return out
+
+
 # --- the implementation, driven with the fixed inputs ------------------------------------------
 
 
@@ -460,6 +574,10 @@ class ScriptedRandomness:
     @property
     def exhausted(self) -> bool:
         return self._pos == len(self._data)
+
+    @property
+    def untouched(self) -> bool:
+        return self._pos == 0
 
 
 def _require(condition: bool, what: str) -> None:
@@ -489,12 +607,15 @@ def check_handshake_classes(ref: ReferenceHandshake, initiator: Party, responder
         psk,
         KnownPeers([initiator.identity.record]),
         ReplayGuard(),
+        now_ns=NOW_NS,
         randomness=ScriptedRandomness(K_RESPONDER),
         ephemeral=X25519PrivateKey.from_private_bytes(EPHEMERAL_RESPONDER),
         oaep_encrypt=hook,
     )
     _require(ini.hello_record() == ref.hello, "Hello")
     c_i = res.receive_hello_untrusted(ref.hello)
+    _require(c_i is not None, "binder")
+    assert c_i is not None
     reply = res.reply_untrusted(responder.identity.decrypt_untrusted(c_i, HELLO_OAEP_LABEL))
     _require(reply == ref.reply, "Reply")
     c_r = ini.receive_reply_untrusted(reply)
@@ -510,6 +631,438 @@ def check_handshake_classes(ref: ReferenceHandshake, initiator: Party, responder
         _require(secrets.initiator_to_responder == values["i2r_traffic_secret"], "i2r secret")
         _require(secrets.responder_to_initiator == values["r2i_traffic_secret"], "r2i secret")
         _require(secrets.exporter == values["exporter_secret"], "exporter secret")
+
+
+# --- responder outcomes: refused Hellos and substitute Replies ---------------------------------
+
+
+@dataclass
+class ResponderCase:
+    """One Hello a responder must refuse or answer with a substitute (SPEC.md sections 3.4, 3.5).
+
+    The expectations are the reference's; ``check_responder_case`` runs ``Connection``.
+    """
+
+    name: str
+    description: str
+    hello: bytes | None  # None: the Hello of flights.hello
+    hello_change: str
+    psk: bytes
+    trusts_initiator: bool
+    now_ns: int
+    admitted_before: list[tuple[bytes, int, int]]  # admit_hello(binder, ts, now) calls
+    newest_for_initiator: int | None  # ReplayGuard.accept() before the Hello
+    reply: str  # "none", "genuine", "refused at finish" or "substitute"
+    private_key_operations: int
+    reply_without_finished: bytes | None  # the expected Reply minus its last 32 bytes
+    c_r_recipient: str | None
+
+
+def responder_cases(ref: ReferenceHandshake, initiator: Party, responder: Party) -> list[Json]:
+    """Build the cases from the reference, run each through p2ptls, return their JSON."""
+    values = ref.schedule.values
+    e_r_pub = X25519PrivateKey.from_private_bytes(EPHEMERAL_RESPONDER).public_key()
+    c_i = bytes.fromhex(ref.oaep["hello"]["ciphertext"])
+    low_order = reference_hello(
+        initiator,
+        responder,
+        timestamp=TIMESTAMP_NS,
+        e_i_pub=bytes(32),
+        c_i=c_i,
+        early_secret=values["early_secret"],
+        binder_key=values["binder_key"],
+    ).record
+    own_c_r = reference_oaep(responder, K_RESPONDER, REPLY_OAEP_LABEL, SEED_REPLY)
+    to_self = b"".join(
+        d for _, d in reference_reply_unfinished(e_r_pub.public_bytes_raw(), own_c_r)
+    )
+    genuine_prefix = ref.reply[:-32]
+    binder = ref.hello[-32:]
+    base: Json = {
+        "hello": None,
+        "hello_change": "",
+        "psk": PSK,
+        "trusts_initiator": True,
+        "now_ns": NOW_NS,
+        "admitted_before": [],
+        "newest_for_initiator": None,
+    }
+    refused: Json = {
+        "reply": "none",
+        "private_key_operations": 0,
+        "reply_without_finished": None,
+        "c_r_recipient": None,
+    }
+    genuine: Json = {
+        "reply": "genuine",
+        "private_key_operations": 1,
+        "reply_without_finished": genuine_prefix,
+        "c_r_recipient": "initiator",
+    }
+    substitute: Json = {**genuine, "reply": "substitute"}
+    window = REPLAY_WINDOW_NS
+    cases = [
+        ResponderCase(
+            **{
+                **base,
+                **refused,
+                "name": "replayed Hello",
+                "description": "the same Hello arrives again while its binder is remembered",
+                "admitted_before": [(binder, TIMESTAMP_NS, NOW_NS)],
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **refused,
+                "name": "Hello too old",
+                "description": "timestamp more than the window behind the responder's clock",
+                "now_ns": TIMESTAMP_NS + window + 1,
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **refused,
+                "name": "Hello from the future",
+                "description": "timestamp more than the future skew ahead of the responder's clock",
+                "now_ns": TIMESTAMP_NS - MAX_FUTURE_SKEW_NS - 1,
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **genuine,
+                "name": "window edge",
+                "description": "timestamp exactly the window behind: still admitted",
+                "now_ns": TIMESTAMP_NS + window,
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **substitute,
+                "name": "wrong network key",
+                "description": "the responder's PSK differs: no private-key work, a substitute "
+                "Reply with C_R encrypted to the responder's own key",
+                "psk": OTHER_PSK,
+                "private_key_operations": 0,
+                "reply_without_finished": to_self,
+                "c_r_recipient": "responder",
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **genuine,
+                "reply": "refused at finish",
+                "name": "untrusted initiator",
+                "description": "the trust policy refuses the initiator",
+                "trusts_initiator": False,
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **genuine,
+                "reply": "refused at finish",
+                "name": "stale timestamp",
+                "description": "the initiator's last accepted timestamp is not older",
+                "newest_for_initiator": TIMESTAMP_NS,
+            }
+        ),
+        ResponderCase(
+            **{
+                **base,
+                **substitute,
+                "name": "low-order X25519 key",
+                "description": "e_I is the all-zero point (valid binder)",
+                "hello": low_order,
+                "hello_change": "initiator_ephemeral = 0^32, sealed_public_key and binder "
+                "recomputed",
+            }
+        ),
+    ]
+    out = []
+    for case in cases:
+        check_responder_case(case, ref, initiator, responder)
+        out.append(_case_json(case, initiator))
+    return out
+
+
+def _case_json(case: ResponderCase, initiator: Party) -> Json:
+    expected: Json = {
+        "private_key_operations": case.private_key_operations,
+        "reply": case.reply,
+    }
+    if case.reply == "none":
+        expected["responder"] = "HandshakeFailed on the Hello; nothing is sent"
+    else:
+        assert case.reply_without_finished is not None
+        expected["reply_length"] = len(case.reply_without_finished) + 32
+        expected["reply_without_finished"] = case.reply_without_finished.hex()
+        expected["c_r_recipient"] = case.c_r_recipient
+    if case.reply == "genuine":
+        expected["finish"] = "flights.finish completes the handshake"
+    elif case.reply == "refused at finish":
+        expected["finish"] = (
+            "flights.finish: HandshakeFailed (trust and freshness are enforced only here)"
+        )
+    elif case.reply == "substitute":
+        expected["finished_r"] = "32 random bytes"
+        expected["finish"] = "flights.finish: HandshakeFailed (the single failure point)"
+        if case.hello is None:
+            expected["initiator"] = "HandshakeFailed on this Reply, before its private-key work"
+    hello: Json | str = "flights.hello"
+    if case.hello is not None:
+        hello = {"change": case.hello_change, "record": case.hello.hex()}
+    return {
+        "name": case.name,
+        "description": case.description,
+        "hello": hello,
+        "responder": {
+            "psk": case.psk.hex(),
+            "trusts_initiator": case.trusts_initiator,
+            "now_ns": case.now_ns,
+            "admitted_before": [
+                {"binder": b.hex(), "timestamp_ns": ts, "now_ns": now}
+                for b, ts, now in case.admitted_before
+            ],
+            "newest_accepted_for_initiator": case.newest_for_initiator,
+            "randomness": "inputs.randomness.responder",
+        },
+        "expected": expected,
+    }
+
+
+def check_responder_case(
+    case: ResponderCase, ref: ReferenceHandshake, initiator: Party, responder: Party
+) -> None:
+    what = f"responder case {case.name!r}"
+    guard = ReplayGuard()
+    for binder, ts, now in case.admitted_before:
+        _require(guard.admit_hello(binder, ts, now), f"{what}: setup")
+    if case.newest_for_initiator is not None:
+        guard.accept(initiator.identity.peer_id, case.newest_for_initiator)
+    rand = ScriptedRandomness(EPHEMERAL_RESPONDER + K_RESPONDER)
+    conn = Connection.responder(
+        StreamConfig(),
+        responder.identity,
+        NetworkKey(case.psk),
+        KnownPeers([initiator.identity.record] if case.trusts_initiator else []),
+        guard,
+        now_ns=case.now_ns,
+        randomness=rand,
+        oaep_encrypt=_oaep_hook(),
+    )
+    try:
+        events = conn.receive_data_untrusted(case.hello or ref.hello)
+    except HandshakeFailed:
+        _require(case.reply == "none", f"{what}: refused the Hello")
+        _require(conn.data_to_send() == b"" and rand.untouched, f"{what}: no reply")
+        return
+    _require(case.reply != "none", f"{what}: admitted the Hello")
+    needs = [e for e in events if isinstance(e, PrivateKeyOperationNeeded)]
+    _require(len(needs) == case.private_key_operations, f"{what}: private-key operations")
+    if needs:
+        plain = responder.identity.decrypt_untrusted(needs[0].ciphertext, needs[0].label)
+        reply = conn.supply_decryption(plain)
+    else:
+        reply = conn.data_to_send()
+    _require(rand.exhausted, f"{what}: randomness")
+    assert case.reply_without_finished is not None
+    _require(reply[:-32] == case.reply_without_finished, f"{what}: Reply without finished_R")
+    _require(len(reply) == len(ref.reply), f"{what}: Reply length")
+    if case.reply == "genuine":
+        _require(reply == ref.reply, f"{what}: genuine Reply")
+        done = conn.receive_data_untrusted(ref.finish)
+        _require([type(e) for e in done] == [HandshakeComplete], f"{what}: Finish")
+        return
+    if case.reply == "refused at finish":
+        # Trust and freshness never change the Reply (no oracle for the Hello's author).
+        _require(reply == ref.reply, f"{what}: the Reply is the genuine one")
+    else:
+        _require(reply[-32:] != ref.reply[-32:], f"{what}: substitute finished_R")
+    try:
+        conn.receive_data_untrusted(ref.finish)
+    except HandshakeFailed:
+        pass
+    else:
+        _require(False, f"{what}: the Finish must fail")
+    newest = guard.newest(initiator.identity.peer_id)
+    _require(newest == case.newest_for_initiator, f"{what}: guard untouched")
+    if case.hello is None and case.reply == "substitute":
+        ini = _initiator_connection(initiator, responder)
+        ini.start()
+        try:
+            ini.receive_data_untrusted(reply)
+        except HandshakeFailed:
+            pass
+        else:
+            _require(False, f"{what}: the initiator must refuse the substitute before RSA work")
+
+
+def _initiator_connection(initiator: Party, responder: Party) -> Connection:
+    return Connection.initiator(
+        StreamConfig(),
+        initiator.identity,
+        NetworkKey(PSK),
+        responder.identity.record,
+        timestamp_ns=TIMESTAMP_NS,
+        randomness=ScriptedRandomness(EPHEMERAL_INITIATOR + K_INITIATOR),
+        oaep_encrypt=_oaep_hook(),
+    )
+
+
+# --- the replay cache -------------------------------------------------------------------------
+
+REPLAY_SCRIPT_WINDOW_S = 600
+REPLAY_SCRIPT_CAPACITY = 3
+T = TIMESTAMP_NS
+W = REPLAY_WINDOW_NS
+# (binder name, timestamp, now)
+REPLAY_SCRIPT: tuple[tuple[str, int, int], ...] = (
+    ("A", T, T),
+    ("A", T, T),
+    ("B", T + 1, T),
+    ("C", T - W - 1, T),
+    ("C", T + MAX_FUTURE_SKEW_NS + 1, T),
+    ("G", T + MAX_FUTURE_SKEW_NS, T),
+    ("C", T - W, T),
+    ("D", T + 2, T),
+    ("A", T, T),
+    ("E", T + 3, T + 1),
+    ("F", T + 1, T + 1),
+)
+
+
+def _replay_binder(name: str) -> bytes:
+    return _fixed(f"binder {name}")
+
+
+def replay_vectors() -> Json:
+    reference = ReferenceReplayCache(REPLAY_WINDOW_NS, REPLAY_SCRIPT_CAPACITY)
+    guard = ReplayGuard(window_s=REPLAY_SCRIPT_WINDOW_S, max_recent_hellos=REPLAY_SCRIPT_CAPACITY)
+    default = ReplayGuard()
+    _require(default.window_ns == REPLAY_WINDOW_NS, "default replay window")
+    _require(default.max_future_skew_ns == MAX_FUTURE_SKEW_NS, "default future skew")
+    _require(default.max_recent_hellos == MAX_RECENT_HELLOS, "default binder memory")
+    names = {_replay_binder(n): n for n, _, _ in REPLAY_SCRIPT}
+    steps = []
+    for number, (name, ts, now) in enumerate(REPLAY_SCRIPT, 1):
+        binder = _replay_binder(name)
+        admitted, reason = reference.admit(binder, ts, now)
+        _require(guard.admit_hello(binder, ts, now) == admitted, f"replay step {number}")
+        steps.append(
+            {
+                "step": number,
+                "binder": name,
+                "timestamp_ns": ts,
+                "now_ns": now,
+                "admitted": admitted,
+                "reason": reason,
+                "remembered_after": [names[b] for b, _ in reference.entries],
+                "floor_ns_after": reference.floor_ns,
+            }
+        )
+    return {
+        "description": "ReplayGuard.admit_hello, the cheap check a responder runs on a Hello "
+        "whose binder verified, before its RSA work (SPEC.md section 3.5). Binder NAME is "
+        "SHA-256('p2ptls1 test vector binder NAME'). A refused Hello gets no reply.",
+        "defaults": {
+            "window_ns": REPLAY_WINDOW_NS,
+            "max_future_skew_ns": MAX_FUTURE_SKEW_NS,
+            "max_recent_hellos": MAX_RECENT_HELLOS,
+        },
+        "script": {
+            "window_ns": REPLAY_SCRIPT_WINDOW_S * 10**9,
+            "max_recent_hellos": REPLAY_SCRIPT_CAPACITY,
+            "binders": {name: binder.hex() for binder, name in names.items()},
+            "steps": steps,
+        },
+    }
+
+
+# --- reassembly -------------------------------------------------------------------------------
+
+# ((record kind, announced total or None, fragment length), ...), expected outcome, description
+ReassemblyCase = tuple[tuple[tuple[str, int | None, int], ...], str, str]
+REASSEMBLY_CASES: tuple[ReassemblyCase, ...] = (
+    (
+        (("start", 503, 251),),
+        "ProtocolError",
+        "a non-final first fragment below the minimum",
+    ),
+    (
+        (("start", 1000, 252), ("continue", None, 251)),
+        "ProtocolError",
+        "a non-final continuation below the minimum",
+    ),
+    (
+        (("start", 503, 252), ("continue", None, 251)),
+        "delivered",
+        "a final fragment may be short",
+    ),
+    (
+        (("start", 100, 100),),
+        "delivered",
+        "a message in one record is never kept",
+    ),
+)
+
+
+def reassembly_vectors(sizes: Sequence[int]) -> Json:
+    charges = reference_reassembly_charges(sizes)
+    budget = ReassemblyBudget()
+    reassembler = Reassembler(16 * 1024 * 1024, budget)
+    message = fragment_message()
+    offset, observed = 0, []
+    for index, size in enumerate(sizes):
+        part = message[offset : offset + size]
+        offset += size
+        if index == 0:
+            reassembler.start_untrusted(len(message), part)
+        else:
+            reassembler.continue_untrusted(part)
+        observed.append(budget.in_use)
+    _require(observed == charges, "reassembly budget charges")
+    cases = []
+    for ops, outcome, description in REASSEMBLY_CASES:
+        budget = ReassemblyBudget()
+        reassembler = Reassembler(16 * 1024 * 1024, budget)
+        got, in_use = "incomplete", []
+        try:
+            for kind, total, length in ops:
+                if kind == "start":
+                    assert total is not None
+                    result = reassembler.start_untrusted(total, bytes(length))
+                else:
+                    result = reassembler.continue_untrusted(bytes(length))
+                in_use.append(budget.in_use)
+                if result is not None:
+                    got = "delivered"
+        except ProtocolError as exc:
+            got = type(exc).__name__
+        _require(got == outcome, f"reassembly case {description!r}")
+        cases.append(
+            {
+                "description": description,
+                "records": [
+                    {"type": f"MESSAGE_{kind.upper()}", "total": total, "fragment_length": length}
+                    if total is not None
+                    else {"type": f"MESSAGE_{kind.upper()}", "fragment_length": length}
+                    for kind, total, length in ops
+                ],
+                "outcome": outcome,
+                "budget_in_use_after_each_accepted_record": in_use,
+            }
+        )
+    return {
+        "min_nonfinal_fragment": MIN_NONFINAL_FRAGMENT,
+        "fragment_overhead": FRAGMENT_OVERHEAD,
+        "budget_in_use_after_each_record": charges,
+        "cases": cases,
+    }
 
 
 # --- the session after the handshake ---------------------------------------------------------
@@ -607,6 +1160,7 @@ def run_session(ref: ReferenceHandshake, initiator: Party, responder: Party) -> 
             psk,
             KnownPeers([initiator.identity.record]),
             guard,
+            now_ns=NOW_NS,
             randomness=rand_r,
             oaep_encrypt=hook,
         ),
@@ -723,7 +1277,9 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
     e_r_pub = X25519PrivateKey.from_private_bytes(EPHEMERAL_RESPONDER).public_key()
 
     handshake = {
-        "description": "p2ptls1 handshake with fixed inputs (SPEC.md section 3). Hex is lowercase.",
+        "description": "p2ptls1 handshake with fixed inputs (SPEC.md section 3). Hex is lowercase. "
+        "'responder_cases' are Hellos the responder refuses or answers with a substitute Reply, "
+        "each run on a fresh responder with the same inputs except those listed.",
         "inputs": {
             "initiator": _party_json(initiator),
             "responder": _party_json(responder),
@@ -735,6 +1291,7 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
             "k_I": K_INITIATOR.hex(),
             "k_R": K_RESPONDER.hex(),
             "timestamp_ns": TIMESTAMP_NS,
+            "responder_now_ns": NOW_NS,
             "oaep_seed_hello": SEED_HELLO.hex(),
             "oaep_seed_reply": SEED_REPLY.hex(),
             "randomness": {
@@ -753,6 +1310,7 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
             "finish": {"record": ref.finish.hex(), "fields": ref.finish_fields},
         },
         "connection_events": session.handshake_events,
+        "responder_cases": responder_cases(ref, initiator, responder),
         "result": {
             "session_id": values["full_transcript_hash"].hex(),
             "initiator_authenticates": responder.peer_id.hex(),
@@ -819,7 +1377,8 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
     r2i = session.generations["r2i"][0]
     fragmentation = {
         "description": "One 40,000-byte message sent by the responder at record_size 16384 "
-        "(step 6 of records.json) (SPEC.md section 6).",
+        "(step 6 of records.json) (SPEC.md section 6). 'reassembly': what the receiver's "
+        "ReassemblyBudget holds after each of its records, and the fragment-size rule.",
         "message": {
             "length": len(message),
             "pattern": "byte i = i mod 251",
@@ -833,12 +1392,14 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
         "key": r2i["key"],
         "iv": r2i["iv"],
         "records": [{**info, "record": record.hex()} for info, record in session.message_records],
+        "reassembly": reassembly_vectors([f["size"] for f in fragments]),
     }
     return {
         "handshake.json": handshake,
         "key_schedule.json": key_schedule,
         "records.json": records,
         "fragmentation.json": fragmentation,
+        "replay.json": replay_vectors(),
     }
 
 

@@ -3,7 +3,7 @@
 The vectors and their layout are described in ``protocol/SPEC.md`` and produced by
 ``protocol/generate_vectors.py``. These tests only read the JSON; they drive the real classes
 (``InitiatorHandshake``, ``ResponderHandshake``, ``Connection``, ``RecordSealer``/``RecordOpener``,
-``Reassembler``) with the fixed inputs and compare every byte.
+``Reassembler``, ``ReplayGuard``) with the fixed inputs and compare every byte.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from p2ptls._connection import (
     PrivateKeyOperationNeeded,
     State,
 )
-from p2ptls._errors import HandshakeFailed
+from p2ptls._errors import HandshakeFailed, ProtocolError
 from p2ptls._fragments import Reassembler, ReassemblyBudget, fragment_sizes
 from p2ptls._handshake import (
     HELLO_OAEP_LABEL,
@@ -128,6 +128,7 @@ def make_handshakes() -> tuple[InitiatorHandshake, ResponderHandshake, ReplayGua
         psk,
         KnownPeers([ini_id.record]),
         guard,
+        now_ns=inputs()["responder_now_ns"],
         randomness=Scripted(h(inputs()["k_R"])),
         ephemeral=X25519PrivateKey.from_private_bytes(h(inputs()["responder_ephemeral_private"])),
         oaep_encrypt=oaep_hook(),
@@ -174,6 +175,9 @@ def test_oaep_vector_decrypts_with_real_oaep(which: str) -> None:
     label = vector["label"].encode("ascii")
     ciphertext = h(vector["ciphertext"])
     assert recipient.decrypt_untrusted(ciphertext, label) == h(vector["plaintext"])
+    if which == "hello":  # id_I | k_I; the timestamp travels in the clear
+        assert h(vector["plaintext"]) == ini_id.peer_id.digest + h(inputs()["k_I"])
+        assert len(h(vector["plaintext"])) == wire.HELLO_SECRET_SIZE == 64
     assert recipient.decrypt_untrusted(ciphertext, label + b"x") is None  # label is bound
     # and the raw RSA private operation gives back the documented EME-OAEP encoding
     pem = inputs()["responder" if which == "hello" else "initiator"]["private_key_pem"]
@@ -198,6 +202,7 @@ def test_handshake_classes_reproduce_every_flight() -> None:
     initiator, responder, guard = make_handshakes()
     assert initiator.hello_record() == flight("hello")
     c_i = responder.receive_hello_untrusted(flight("hello"))
+    assert c_i is not None  # the binder verified
     assert c_i.hex() == load("handshake.json")["oaep"]["hello"]["ciphertext"]
     reply = responder.reply_untrusted(res_id.decrypt_untrusted(c_i, HELLO_OAEP_LABEL))
     assert reply == flight("reply")
@@ -226,6 +231,16 @@ def test_flight_fields_match_records_and_parsers() -> None:
         assert wire.parse_header_untrusted(record[:4]) == (wire.HANDSHAKE, len(record) - 4)
     by_name = {f["name"]: h(f["hex"]) for f in flights["hello"]["fields"]}
     hello = wire.parse_hello_untrusted(flight("hello")[4:])
+    assert [(f["name"], f["offset"], f["length"]) for f in flights["hello"]["fields"][:6]] == [
+        ("record_header", 0, 4),
+        ("msg_type", 4, 1),
+        ("suite", 5, 1),
+        ("timestamp_ns", 6, 8),
+        ("initiator_ephemeral", 14, 32),
+        ("responder_id_prefix", 46, 8),
+    ]
+    assert hello.timestamp_ns == inputs()["timestamp_ns"]
+    assert by_name["timestamp_ns"] == inputs()["timestamp_ns"].to_bytes(8, "big")
     assert hello.ephemeral == by_name["initiator_ephemeral"]
     assert hello.responder_id_prefix == by_name["responder_id_prefix"]
     assert hello.sealed_secret == by_name["sealed_secret"]
@@ -240,6 +255,10 @@ def test_sealed_public_key_and_binder() -> None:
     vectors = load("handshake.json")
     sealed = vectors["sealed_public_key"]
     aad = h(sealed["aad"])
+    # the AAD is the Hello body from msg_type to C_I, without C_I's length field
+    hello = flight("hello")
+    k = int.from_bytes(hello[54:56], "big")
+    assert aad == hello[4:54] + hello[56 : 56 + k]
     assert ks.hello_key(schedule()["early_secret"], ks.transcript_hash(aad)) == h(
         sealed["hello_key"]
     )
@@ -250,26 +269,192 @@ def test_sealed_public_key_and_binder() -> None:
     assert ks.mac(ks.binder_key(h(inputs()["psk"])), h(binder["covered"])) == h(binder["binder"])
 
 
-def test_tampered_hello_fails_at_the_binder() -> None:
-    """Any changed Hello byte fails before the private-key operation is requested."""
+def test_tampered_hello_gets_no_private_key_work() -> None:
+    """Any changed Hello byte (the timestamp included) fails at parsing, or fails the binder: then
+    no private-key operation is requested, a substitute Reply of the genuine length is sent and
+    the handshake fails at the Finish."""
     for f in load("handshake.json")["flights"]["hello"]["fields"][1:]:
         tampered = bytearray(flight("hello"))
         tampered[f["offset"]] ^= 0x01
-        _, responder, _ = make_handshakes()
+        _, responder, guard = make_handshakes()
+        try:
+            sealed = responder.receive_hello_untrusted(bytes(tampered))
+        except HandshakeFailed:
+            assert f["name"] in ("msg_type", "suite") or f["name"].endswith("_length")
+            continue
+        assert sealed is None, f["name"]
+        reply = responder.reply_untrusted(None)
+        assert len(reply) == len(flight("reply")) and reply[:4] == flight("reply")[:4]
         with pytest.raises(HandshakeFailed):
-            responder.receive_hello_untrusted(bytes(tampered))
+            responder.receive_finish_untrusted(flight("finish"))
+        assert guard.newest(identities()[0].peer_id) is None
 
 
-def test_tampered_reply_fails() -> None:
-    """Any changed Reply byte fails: at parsing (type, length) or at the Finished MAC."""
-    ini_id, _ = identities()
+def test_tampered_reply_fails_before_private_key_work() -> None:
+    """Any changed Reply byte fails in ``receive_reply_untrusted``: at parsing (type, length) or
+    at finished_R, which the initiator checks before it decrypts C_R."""
     for f in load("handshake.json")["flights"]["reply"]["fields"][1:]:
         tampered = bytearray(flight("reply"))
         tampered[f["offset"] + f["length"] - 1] ^= 0x01
         initiator, _, _ = make_handshakes()
         with pytest.raises(HandshakeFailed):
-            c_r = initiator.receive_reply_untrusted(bytes(tampered))  # type and length: here
-            initiator.complete_untrusted(ini_id.decrypt_untrusted(c_r, REPLY_OAEP_LABEL))
+            initiator.receive_reply_untrusted(bytes(tampered))
+    initiator, _, _ = make_handshakes()
+    with pytest.raises(HandshakeFailed):  # and nothing to complete without a verified Reply
+        initiator.complete_untrusted(h(inputs()["k_R"]))
+
+
+def responder_connection(case: Any) -> tuple[Connection, ReplayGuard, Scripted]:
+    """A responder set up as a ``responder_cases`` entry of handshake.json says."""
+    ini_id, res_id = identities()
+    setup = case["responder"]
+    assert setup["randomness"] == "inputs.randomness.responder"
+    guard = ReplayGuard()
+    for seen in setup["admitted_before"]:
+        assert guard.admit_hello(h(seen["binder"]), seen["timestamp_ns"], seen["now_ns"])
+    if setup["newest_accepted_for_initiator"] is not None:
+        guard.accept(ini_id.peer_id, setup["newest_accepted_for_initiator"])
+    randomness = Scripted(h(inputs()["randomness"]["responder"]))
+    conn = Connection.responder(
+        StreamConfig(),
+        res_id,
+        NetworkKey(h(setup["psk"])),
+        KnownPeers([ini_id.record] if setup["trusts_initiator"] else []),
+        guard,
+        now_ns=setup["now_ns"],
+        randomness=randomness,
+        oaep_encrypt=oaep_hook(),
+    )
+    return conn, guard, randomness
+
+
+def initiator_connection() -> Connection:
+    ini_id, res_id = identities()
+    return Connection.initiator(
+        StreamConfig(),
+        ini_id,
+        NetworkKey(h(inputs()["psk"])),
+        res_id.record,
+        timestamp_ns=inputs()["timestamp_ns"],
+        randomness=Scripted(h(inputs()["randomness"]["initiator"])),
+        oaep_encrypt=oaep_hook(),
+    )
+
+
+def state_of(conn: Connection) -> State:
+    """The state, read through a call (so type checkers do not keep an earlier narrowing)."""
+    return conn.state
+
+
+CASES = {case["name"]: case for case in load("handshake.json")["responder_cases"]}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_responder_case(name: str) -> None:
+    """Refused Hellos get nothing and cost no RSA work; every other failure gets a substitute
+    Reply with the genuine layout and fails at the Finish, the single failure point."""
+    case = CASES[name]
+    ini_id, res_id = identities()
+    expected = case["expected"]
+    hello = flight("hello") if case["hello"] == "flights.hello" else h(case["hello"]["record"])
+    conn, guard, randomness = responder_connection(case)
+    newest_before = guard.newest(ini_id.peer_id)
+    if expected["reply"] == "none":
+        with pytest.raises(HandshakeFailed):
+            conn.receive_data_untrusted(hello)
+        assert conn.state is State.FAILED and conn.data_to_send() == b""
+        assert randomness.pos == 0
+        return
+    events = conn.receive_data_untrusted(hello)
+    needs = [e for e in events if isinstance(e, PrivateKeyOperationNeeded)]
+    assert len(needs) == expected["private_key_operations"]
+    if needs:
+        reply = conn.supply_decryption(
+            res_id.decrypt_untrusted(needs[0].ciphertext, needs[0].label)
+        )
+    else:
+        reply = conn.data_to_send()
+    assert len(reply) == expected["reply_length"]
+    assert reply[:-32].hex() == expected["reply_without_finished"]
+    parsed = wire.parse_reply_untrusted(reply[4:])
+    recipient = ini_id if expected["c_r_recipient"] == "initiator" else res_id
+    assert recipient.decrypt_untrusted(parsed.sealed_secret, REPLY_OAEP_LABEL) == h(inputs()["k_R"])
+    if expected["reply"] == "genuine":
+        assert reply == flight("reply")
+        (complete,) = conn.receive_data_untrusted(flight("finish"))
+        assert isinstance(complete, HandshakeComplete)
+        return
+    if expected["reply"] == "refused at finish":
+        # Trust and freshness never change the Reply: no oracle for the Hello's author.
+        assert reply == flight("reply")
+    else:
+        assert expected["reply"] == "substitute"
+        assert reply[-32:] != flight("reply")[-32:]
+    assert conn.state is State.HANDSHAKING  # nothing has failed visibly yet
+    with pytest.raises(HandshakeFailed):
+        conn.receive_data_untrusted(flight("finish"))
+    assert state_of(conn) is State.FAILED
+    assert guard.newest(ini_id.peer_id) == newest_before
+    if "initiator" in expected:
+        initiator = initiator_connection()
+        assert initiator.start() == hello
+        with pytest.raises(HandshakeFailed):  # no PrivateKeyOperationNeeded first
+            initiator.receive_data_untrusted(reply)
+
+
+def test_untrusting_responder_replies_with_the_genuine_shape() -> None:
+    """Property: a responder that does not trust the initiator answers with a genuine Reply (real
+    OAEP, random seeds), so the Hello's author learns nothing; it fails only at the Finish."""
+    ini_id, res_id = identities()
+    psk = NetworkKey(h(inputs()["psk"]))
+    for trusted in (True, False):
+        initiator = InitiatorHandshake(ini_id, psk, res_id.record, timestamp_ns=1 << 62)
+        guard = ReplayGuard()
+        responder = ResponderHandshake(
+            res_id, psk, KnownPeers([ini_id.record] if trusted else []), guard, now_ns=1 << 62
+        )
+        c_i = responder.receive_hello_untrusted(initiator.hello_record())
+        assert c_i is not None
+        reply = responder.reply_untrusted(res_id.decrypt_untrusted(c_i, HELLO_OAEP_LABEL))
+        parsed = wire.parse_reply_untrusted(reply[4:])
+        assert len(reply) == len(flight("reply"))
+        assert reply[:4] == flight("reply")[:4] and reply[4] == wire.REPLY
+        assert len(parsed.ephemeral) == 32 and len(parsed.sealed_secret) == 256
+        assert ini_id.decrypt_untrusted(parsed.sealed_secret, REPLY_OAEP_LABEL) is not None
+        if trusted:
+            c_r = initiator.receive_reply_untrusted(reply)
+            finish, _ = initiator.complete_untrusted(
+                ini_id.decrypt_untrusted(c_r, REPLY_OAEP_LABEL)
+            )
+            assert responder.receive_finish_untrusted(finish).remote.peer_id == ini_id.peer_id
+            continue
+        c_r = initiator.receive_reply_untrusted(reply)  # the Reply verifies: no oracle
+        finish, _ = initiator.complete_untrusted(ini_id.decrypt_untrusted(c_r, REPLY_OAEP_LABEL))
+        with pytest.raises(HandshakeFailed):  # even the true initiator's Finish
+            responder.receive_finish_untrusted(finish)
+        assert guard.newest(ini_id.peer_id) is None
+
+
+# -- replay guard ------------------------------------------------------------------------------
+
+
+def test_replay_guard_defaults() -> None:
+    defaults = load("replay.json")["defaults"]
+    guard = ReplayGuard()
+    assert guard.window_ns == defaults["window_ns"] == 600 * 10**9
+    assert guard.max_recent_hellos == defaults["max_recent_hellos"] == 65536
+
+
+def test_replay_guard_script() -> None:
+    script = load("replay.json")["script"]
+    guard = ReplayGuard(
+        window_s=script["window_ns"] / 1e9, max_recent_hellos=script["max_recent_hellos"]
+    )
+    assert guard.window_ns == script["window_ns"]
+    for step in script["steps"]:
+        binder = h(script["binders"][step["binder"]])
+        admitted = guard.admit_hello(binder, step["timestamp_ns"], step["now_ns"])
+        assert admitted == step["admitted"], step
 
 
 # -- key schedule ------------------------------------------------------------------------------
@@ -437,6 +622,7 @@ def connected_pair() -> dict[str, Connection]:
         psk,
         KnownPeers([ini_id.record]),
         ReplayGuard(),
+        now_ns=inputs()["responder_now_ns"],
         randomness=Scripted(h(inputs()["randomness"]["responder"])),
         oaep_encrypt=oaep_hook(),
     )
@@ -529,6 +715,40 @@ def test_fragmentation() -> None:
         if result is not None:
             delivered.append(result)
     assert delivered == [data]
+
+
+def test_reassembly_budget_and_fragment_minimum() -> None:
+    vector = load("fragmentation.json")["reassembly"]
+    data = message()
+    budget = ReassemblyBudget()
+    reassembler = Reassembler(16 * 1024 * 1024, budget)
+    in_use = []
+    for index, fragment in enumerate(load("fragmentation.json")["fragments"]):
+        part = data[fragment["offset"] : fragment["offset"] + fragment["size"]]
+        if index == 0:
+            reassembler.start_untrusted(len(data), part)
+        else:
+            reassembler.continue_untrusted(part)
+        in_use.append(budget.in_use)
+    assert in_use == vector["budget_in_use_after_each_record"]
+    for case in vector["cases"]:
+        budget = ReassemblyBudget()
+        reassembler = Reassembler(16 * 1024 * 1024, budget)
+        outcome, charges = "incomplete", []
+        try:
+            for record in case["records"]:
+                fragment = bytes(record["fragment_length"])
+                if record["type"] == "MESSAGE_START":
+                    result = reassembler.start_untrusted(record["total"], fragment)
+                else:
+                    result = reassembler.continue_untrusted(fragment)
+                charges.append(budget.in_use)
+                if result is not None:
+                    outcome = "delivered"
+        except ProtocolError as exc:
+            outcome = type(exc).__name__
+        assert outcome == case["outcome"], case["description"]
+        assert charges == case["budget_in_use_after_each_accepted_record"]
 
 
 # -- the generator -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ._errors import (
     RecordError,
     TruncatedError,
 )
+from . import sllp
 from ._fragments import ReassemblyBudget
 from .config import StreamConfig
 from .host import Host, HostConfig, open_host, serve
@@ -60,4 +61,5 @@ __all__ = [
     "generate_psk",
     "open_host",
     "serve",
+    "sllp",
 ]

@@ -25,12 +25,14 @@ class NegotiationError(ProtocolError):
 class SessionClosed(SllpError):
     """The session is closed (locally, by the peer, by the idle timeout or by its lifeline).
 
-    ``cause`` is the :class:`~p2ptls.sllp.CloseCause`; ``code`` and ``reason`` are the close code and
-    text (the peer's, when the peer closed).
+    ``cause`` is the :class:`~p2ptls.sllp.CloseCause`; ``code`` and ``reason`` are the close code
+    and text (the peer's, when the peer closed).
     """
 
     def __init__(self, cause: object, code: int = 0, reason: str = "") -> None:
-        super().__init__(f"SLLP session closed ({cause}, code {code}{': ' + reason if reason else ''})")
+        super().__init__(
+            f"SLLP session closed ({cause}, code {code}{': ' + reason if reason else ''})"
+        )
         self.cause = cause
         self.code = code
         self.reason = reason
@@ -39,5 +41,6 @@ class SessionClosed(SllpError):
 class DatagramTooLarge(SllpError):
     """The operating system refused a datagram as larger than the path MTU (don't-fragment is set).
 
-    Lower ``SllpConfig.max_datagram_payload`` to fit the path; SLLP never relies on IP fragmentation.
+    Lower ``SllpConfig.max_datagram_payload`` to fit the path: SLLP never relies on IP
+    fragmentation.
     """

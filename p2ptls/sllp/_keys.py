@@ -52,7 +52,9 @@ def next_secret(secret: bytes) -> bytes:
 
 def key_and_iv(secret: bytes) -> tuple[bytes, bytes]:
     """The AES-256-GCM key and the 12-byte IV of one epoch."""
-    return expand_label(secret, LABEL_KEY, b"", KEY_SIZE), expand_label(secret, LABEL_IV, b"", IV_SIZE)
+    return expand_label(secret, LABEL_KEY, b"", KEY_SIZE), expand_label(
+        secret, LABEL_IV, b"", IV_SIZE
+    )
 
 
 class EpochKeys:

@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 The window is a ring of 64-bit blocks (a Python list of ints). Bit ``n % 64`` of block
-``(n // 64) % blocks`` records whether sequence number ``n`` has been accepted. ``top`` is the highest
-accepted number. A number above ``top`` is new; one at least ``size`` (the ring's bits less one block)
-below ``top`` is too old; anything between is new unless its bit is set. Moving ``top`` forward clears
-only the blocks it passes over, so no bitmap is ever shifted.
+``(n // 64) % blocks`` records whether sequence number ``n`` has been accepted. ``top`` is the
+highest accepted number. A number above ``top`` is new; one at least ``size`` (the ring's bits less
+one block) below ``top`` is too old; anything between is new unless its bit is set. Moving ``top``
+forward clears only the blocks it passes over, so no bitmap is ever shifted.
 
 The receiver calls :meth:`check` before it decrypts (so stale and replayed datagrams cost nothing)
 and :meth:`update` only after authentication succeeds, so a forged datagram with a huge sequence
@@ -45,7 +45,8 @@ class ReplayWindow:
         return not (self._blocks[(number >> 6) & self._mask] >> (number & 63)) & 1
 
     def update(self, number: int) -> None:
-        """Mark ``number`` accepted (after authentication). Older-than-window numbers are ignored."""
+        """Mark ``number`` accepted (after authentication); numbers older than the window are
+        ignored."""
         top = self.top
         blocks = self._blocks
         mask = self._mask

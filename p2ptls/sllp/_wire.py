@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Every SLLP datagram is one UDP payload::
 
-    version u8 | flags u8 | destination connection id u64 | sequence number u64     (header, 18 bytes)
+    version u8 | flags u8 | destination connection id u64 | sequence number u64   (header, 18 B)
     AES-256-GCM( type u8 | message id u64 | fragment index u32 | fragment count u32 | payload )
     tag (16 bytes)
 
@@ -75,7 +75,9 @@ MAGIC = b"SLLP"
 KIND_OFFER = 1
 KIND_ANSWER = 2
 KIND_CLOSE = 3
-OFFER = struct.Struct(">4sBBIQ16sHHI")  # magic, version, kind, epoch, cid, address, port, dgram, msg
+OFFER = struct.Struct(
+    ">4sBBIQ16sHHI"
+)  # magic, version, kind, epoch, cid, address, port, dgram, msg
 OFFER_SIZE = OFFER.size  # 42
 STREAM_CLOSE = struct.Struct(">4sBBHH")  # magic, version, kind, code, reason length
 CHANNEL_EPOCH = 1  # version 1 sends exactly one offer per stream, with epoch 1
@@ -295,5 +297,5 @@ def parse_stream_close_untrusted(data: bytes | bytearray | memoryview) -> Stream
 
 
 def is_offer(message: bytes | bytearray | memoryview) -> bool:
-    """Whether a stream message looks like an SLLP offer (for applications that share a listener)."""
+    """Whether a stream message looks like an SLLP offer (for applications sharing a listener)."""
     return len(message) == OFFER_SIZE and bytes(message[:6]) == MAGIC + bytes([VERSION, KIND_OFFER])

@@ -1,0 +1,508 @@
+"""The SLLP session: a sans-IO state machine for one channel (one peer, two directions).
+
+Theory of operation
+-------------------
+A :class:`Session` is created after the offer/answer exchange on the secure stream, with the two
+per-direction epoch-0 secrets and the negotiated parameters. It does no I/O and reads no clock:
+every method takes ``now`` (seconds, any monotonic clock), returns the datagrams to send as
+:class:`DatagramTrain` objects, and appends what the application must learn to ``events``.
+
+Sending: a message of ``n`` bytes becomes ``ceil(n / fragment_size)`` datagrams (one for an empty
+message) written back to back into one buffer; all but the last have the same size, which is what
+UDP segmentation offload wants. Each datagram takes the next sequence number; the nonce is the
+epoch's IV xor that number, so a (key, nonce) pair is never used twice. After ``rekey_after``
+datagrams the sender moves to the next key epoch and flips the key-phase bit.
+
+Receiving (:meth:`Session.receive_datagram_untrusted`), in this order, each failure a silent,
+counted drop: size within ``[51, datagram_size]``; destination connection id is ours (else nothing
+is even parsed further); version and reserved flags; the replay window (before any cryptography);
+the key chosen by the key-phase bit (current epoch; the previous one for an older sequence number
+while it is kept; the next one otherwise); AEAD authentication. Only then is the window advanced,
+the idle timer reset, and the body parsed (DATA goes to the :class:`Reassembler`, CLOSE ends the
+session, KEEPALIVE does nothing more). Nothing is ever sent in reply to a datagram.
+
+Timers (:meth:`Session.handle_timers`, due at :meth:`Session.next_deadline`): the idle timeout
+ends the session; a keep-alive goes out after ``keepalive_interval`` without sending; incomplete
+messages and message-id gaps expire; the previous receive key is dropped after
+``previous_key_lifetime``.
+
+Ending: a local :meth:`Session.close`, an authenticated CLOSE from the peer (by datagram or on the
+stream), the idle timeout, or the end of the stream. Each erases the keys (drops every reference to
+them), clears reassembly, moves to CLOSED and reports :class:`ChannelClosed`; later datagrams are
+dropped unread.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+
+import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import _wire as wire
+from ._errors import DatagramError, SessionClosed
+from ._keys import EpochKeys
+from ._reassembly import Reassembler
+from ._replay import ReplayWindow
+from .config import SllpConfig
+from .events import (
+    ChannelClosed,
+    CloseCause,
+    Event,
+    KeysUpdated,
+    LossReason,
+    Message,
+    MessagesLost,
+    Statistics,
+)
+
+_HEADER_PACK_INTO = wire.HEADER.pack_into
+_HEADER_UNPACK_FROM = wire.HEADER.unpack_from
+_BODY_PACK_INTO = wire.BODY.pack_into
+_BODY_UNPACK_FROM = wire.BODY.unpack_from
+_HEADER_SIZE = wire.HEADER_SIZE
+_BODY_SIZE = wire.BODY_SIZE
+_OVERHEAD = wire.OVERHEAD
+_TAG_SIZE = wire.TAG_SIZE
+_VERSION = wire.VERSION
+_TYPE_DATA = wire.TYPE_DATA
+_MIN_DATAGRAM = wire.MIN_DATAGRAM
+_UNKNOWN_FLAGS = 0xFF & ~wire.KNOWN_FLAGS
+# ``encrypt_into`` (cryptography 45+) seals straight into the send buffer; older versions copy.
+_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
+
+
+class SessionState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class SessionParameters:
+    """What the offer and answer settled for one session."""
+
+    local_connection_id: int
+    """Ours: datagrams to us carry it."""
+    remote_connection_id: int
+    """The peer's: datagrams we send carry it."""
+    datagram_size: int
+    """Largest UDP payload, both directions: the smaller of the two sides' values."""
+    peer_max_message_size: int
+    """The largest message the peer accepts."""
+
+    @property
+    def fragment_size(self) -> int:
+        """Payload bytes per fragment."""
+        return self.datagram_size - wire.OVERHEAD
+
+
+class DatagramTrain:
+    """Datagrams laid back to back in one buffer: ``count`` of them, each ``segment_size`` bytes
+    except the last (which may be shorter). Hand it to UDP segmentation offload as it is, or send
+    the pieces from :meth:`datagrams`."""
+
+    __slots__ = ("count", "data", "segment_size")
+
+    def __init__(self, data: bytes | bytearray, segment_size: int, count: int) -> None:
+        self.data = data
+        self.segment_size = segment_size
+        self.count = count
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def datagrams(self) -> list[bytes]:
+        """Each datagram as its own ``bytes``."""
+        data = self.data
+        size = self.segment_size
+        return [bytes(data[offset : offset + size]) for offset in range(0, len(data), size)]
+
+    def __repr__(self) -> str:
+        return f"<DatagramTrain {self.count} x {self.segment_size} ({len(self.data)} bytes)>"
+
+
+class Session:
+    """One SLLP session. See the module docstring for the rules it follows."""
+
+    def __init__(
+        self,
+        config: SllpConfig,
+        parameters: SessionParameters,
+        send_secret: bytes,
+        receive_secret: bytes,
+        now: float,
+    ) -> None:
+        self.config = config
+        self.parameters = parameters
+        self.state = SessionState.OPEN
+        self.closed: ChannelClosed | None = None
+        """How the session ended (``None`` while open)."""
+        self.events: collections.deque[Event] = collections.deque()
+        """What the application must learn, oldest first (use :meth:`next_event`)."""
+        self._local_cid = parameters.local_connection_id
+        self._remote_cid = parameters.remote_connection_id
+        self._datagram_size = parameters.datagram_size
+        self._fragment_size = parameters.fragment_size
+        self.max_send_message = min(config.max_message_size, parameters.peer_max_message_size)
+        """The largest message :meth:`send_message` accepts (ours and the peer's limit)."""
+        # Sending.
+        self._send: EpochKeys | None = EpochKeys(send_secret, 0)
+        self._sent_in_epoch = 0
+        self._send_sequence = 0
+        self._next_message_id = 0
+        self._rekey_after = config.rekey_after
+        self._scratch = bytearray(self._datagram_size)
+        self._scratch_view = memoryview(self._scratch)
+        self._last_sent = now
+        # Receiving.
+        self._receive: EpochKeys | None = EpochKeys(receive_secret, 0)
+        self._receive_min_sequence = 0  # lowest sequence authenticated under the current epoch
+        self._receive_previous: EpochKeys | None = None
+        self._previous_expires = float("inf")
+        self._receive_next: EpochKeys | None = None
+        self._window = ReplayWindow()
+        self._last_received = now
+        self._reassembler = Reassembler(config, self._fragment_size, self._deliver, self._lose)
+        self._unread_messages = 0
+        self._unread_bytes = 0
+        self._max_events = 2 * config.max_unread_messages + 64
+        # Counters.
+        self.sent = 0
+        self.received = 0
+        self.lost = 0
+        self.replayed = 0
+        self.failed_authentication = 0
+        self.datagrams_sent = 0
+        self.datagrams_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.largest_datagram_received = 0
+        self.unknown_connection_id = 0
+        self.malformed = 0
+        self.keepalives_sent = 0
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send_message(self, data: bytes | bytearray | memoryview, now: float) -> DatagramTrain:
+        """Seal one message into datagrams. Raises :class:`SessionClosed` once the session ended
+        and ``ValueError`` for a message above :attr:`max_send_message`."""
+        if self._send is None:
+            raise self._closed_error()
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        size = len(view)
+        if size > self.max_send_message:
+            raise ValueError(
+                f"message of {size} bytes exceeds the channel's maximum ({self.max_send_message})"
+            )
+        fragment_size = self._fragment_size
+        count = -(-size // fragment_size) or 1
+        if self._send_sequence + count > wire.MAX_SEQUENCE:
+            self._end(CloseCause.SEQUENCE_EXHAUSTED, wire.CLOSE_SEQUENCE_EXHAUSTED, "")
+            raise self._closed_error()
+        message_id = self._next_message_id
+        self._next_message_id = message_id + 1
+        total = size + count * _OVERHEAD
+        out = bytearray(total)
+        out_view = memoryview(out)
+        scratch = self._scratch
+        scratch_view = self._scratch_view
+        remote_cid = self._remote_cid
+        keys = self._send
+        aead = keys.aead
+        iv = keys.iv
+        flags = keys.phase
+        sequence = self._send_sequence
+        position = 0
+        offset = 0
+        for index in range(count):
+            if self._sent_in_epoch >= self._rekey_after:
+                keys = self._rekey_send()
+                aead, iv, flags = keys.aead, keys.iv, keys.phase
+            self._sent_in_epoch += 1
+            chunk = min(fragment_size, size - offset)
+            _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+            _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, index, count)
+            end = _BODY_SIZE + chunk
+            scratch_view[_BODY_SIZE:end] = view[offset : offset + chunk]
+            body_start = position + _HEADER_SIZE
+            if _ENCRYPT_INTO:
+                aead.encrypt_into(
+                    (iv ^ sequence).to_bytes(12, "big"),
+                    scratch_view[:end],
+                    out_view[position:body_start],
+                    out_view[body_start : body_start + end + _TAG_SIZE],
+                )
+            else:  # pragma: no cover - older cryptography
+                out_view[body_start : body_start + end + _TAG_SIZE] = aead.encrypt(
+                    (iv ^ sequence).to_bytes(12, "big"),
+                    bytes(scratch_view[:end]),
+                    bytes(out_view[position:body_start]),
+                )
+            position = body_start + end + _TAG_SIZE
+            offset += chunk
+            sequence += 1
+        self._send_sequence = sequence
+        self._last_sent = now
+        self.sent += 1
+        self.datagrams_sent += count
+        self.bytes_sent += total
+        return DatagramTrain(out, fragment_size + _OVERHEAD, count)
+
+    def _rekey_send(self) -> EpochKeys:
+        assert self._send is not None
+        keys = self._send = self._send.successor()
+        self._sent_in_epoch = 0
+        self._push_event(KeysUpdated("send", keys.epoch))
+        return keys
+
+    def _seal_control(self, body_type: int, payload: bytes) -> DatagramTrain:
+        """One KEEPALIVE or CLOSE datagram."""
+        keys = self._send
+        assert keys is not None
+        if self._sent_in_epoch >= self._rekey_after:
+            keys = self._rekey_send()
+        self._sent_in_epoch += 1
+        sequence = self._send_sequence
+        self._send_sequence = sequence + 1
+        header = wire.encode_header(keys.phase, self._remote_cid, sequence)
+        body = wire.encode_body(body_type, 0, 0, 0, payload)
+        datagram = header + keys.aead.encrypt(wire.nonce(keys.iv, sequence), body, header)
+        self.datagrams_sent += 1
+        self.bytes_sent += len(datagram)
+        return DatagramTrain(datagram, len(datagram), 1)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def receive_datagram_untrusted(self, datagram: memoryview | bytes, now: float) -> None:
+        """Take one UDP payload from anyone. Never raises for bad input and never replies."""
+        size = len(datagram)
+        if size < _MIN_DATAGRAM or size > self._datagram_size:
+            self.malformed += 1
+            return
+        version, flags, cid, sequence = _HEADER_UNPACK_FROM(datagram)
+        if cid != self._local_cid or self._receive is None:
+            self.unknown_connection_id += 1
+            return
+        if version != _VERSION or flags & _UNKNOWN_FLAGS:
+            self.malformed += 1
+            return
+        window = self._window
+        if sequence <= window.top and not window.check(sequence):
+            self.replayed += 1
+            return
+        keys = self._receive
+        if flags != keys.phase:
+            if sequence < self._receive_min_sequence:
+                previous = self._receive_previous
+                if previous is None:
+                    self.replayed += 1  # from an epoch whose key is gone: too old to matter
+                    return
+                keys = previous
+            else:
+                following = self._receive_next
+                if following is None:
+                    following = self._receive_next = keys.successor()
+                keys = following
+        if type(datagram) is not memoryview:
+            datagram = memoryview(datagram)
+        try:
+            plaintext = keys.aead.decrypt(
+                (keys.iv ^ sequence).to_bytes(12, "big"),
+                datagram[_HEADER_SIZE:],
+                datagram[:_HEADER_SIZE],
+            )
+        except InvalidTag:
+            self.failed_authentication += 1
+            return
+        window.update(sequence)
+        self._last_received = now
+        self.datagrams_received += 1
+        self.bytes_received += size
+        self.largest_datagram_received = max(self.largest_datagram_received, size)
+        if keys is not self._receive:
+            if keys is self._receive_next:
+                self._receive_previous = self._receive
+                self._previous_expires = now + self.config.previous_key_lifetime
+                self._receive = keys
+                self._receive_next = None
+                self._receive_min_sequence = sequence
+                self._push_event(KeysUpdated("receive", keys.epoch))
+        elif sequence < self._receive_min_sequence:
+            self._receive_min_sequence = sequence
+        body_type, message_id, index, count = _BODY_UNPACK_FROM(plaintext)
+        if body_type == _TYPE_DATA:
+            try:
+                self._reassembler.add_untrusted(
+                    message_id, index, count, memoryview(plaintext)[_BODY_SIZE:], now
+                )
+            except DatagramError:
+                self.malformed += 1
+            return
+        try:
+            body = wire.parse_body_untrusted(plaintext)
+        except DatagramError:
+            self.malformed += 1
+            return
+        if body.type == wire.TYPE_CLOSE:
+            code, reason = wire.parse_close_payload_untrusted(body.payload)
+            self._end(CloseCause.PEER, code, reason)
+
+    def _deliver(self, message: Message) -> None:
+        size = len(message.data)
+        if (
+            self._unread_messages >= self.config.max_unread_messages
+            or self._unread_bytes + size > self.config.max_unread_bytes
+        ):
+            self._lose(message.message_id, 1, LossReason.OVERFLOW)
+            return
+        self._unread_messages += 1
+        self._unread_bytes += size
+        self.received += 1
+        self.events.append(message)
+
+    def _lose(self, first_id: int, count: int, reason: LossReason) -> None:
+        self.lost += count
+        self._push_event(MessagesLost(first_id, count, reason))
+
+    def _push_event(self, event: Event) -> None:
+        if len(self.events) < self._max_events:
+            self.events.append(event)
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or ``None``."""
+        if not self.events:
+            return None
+        event = self.events.popleft()
+        if type(event) is Message:
+            self._unread_messages -= 1
+            self._unread_bytes -= len(event.data)
+        return event
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timers` next has something to do (``inf`` once closed)."""
+        if self._send is None:
+            return float("inf")
+        config = self.config
+        return min(
+            self._last_received + config.idle_timeout,
+            self._last_sent + config.keepalive_interval,
+            self._reassembler.next_deadline(),
+            self._previous_expires,
+        )
+
+    def handle_timers(self, now: float) -> list[DatagramTrain]:
+        """Run whatever is due at ``now``; return datagrams to send (keep-alive or CLOSE)."""
+        if self._send is None:
+            return []
+        config = self.config
+        if now >= self._last_received + config.idle_timeout:
+            train = self._seal_control(
+                wire.TYPE_CLOSE, wire.encode_close_payload(wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
+            )
+            self._end(CloseCause.IDLE_TIMEOUT, wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
+            return [train]
+        out = []
+        if now >= self._last_sent + config.keepalive_interval:
+            out.append(self._seal_control(wire.TYPE_KEEPALIVE, b""))
+            self._last_sent = now
+            self.keepalives_sent += 1
+        self._reassembler.expire(now)
+        if now >= self._previous_expires:
+            self._receive_previous = None
+            self._previous_expires = float("inf")
+        return out
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> DatagramTrain | None:
+        """End the session; return the CLOSE datagram to send (``None`` if already closed)."""
+        if not 0 <= code <= 0xFFFF:
+            raise ValueError("close code must fit 16 bits")
+        if self._send is None:
+            return None
+        train = self._seal_control(wire.TYPE_CLOSE, wire.encode_close_payload(code, reason))
+        self._end(CloseCause.LOCAL, code, reason)
+        return train
+
+    def close_received(self, code: int, reason: str) -> None:
+        """The peer's authenticated close arrived on the stream."""
+        if self._send is not None:
+            self._end(CloseCause.PEER, code, reason)
+
+    def lifeline_lost(self) -> DatagramTrain | None:
+        """The secure stream ended without a close: end the session, telling the peer by UDP."""
+        if self._send is None:
+            return None
+        train = self._seal_control(
+            wire.TYPE_CLOSE,
+            wire.encode_close_payload(wire.CLOSE_LIFELINE_LOST, "secure stream ended"),
+        )
+        self._end(CloseCause.LIFELINE_LOST, wire.CLOSE_LIFELINE_LOST, "secure stream ended")
+        return train
+
+    def _end(self, cause: CloseCause, code: int, reason: str) -> None:
+        self._send = None
+        self._receive = self._receive_previous = self._receive_next = None
+        self._previous_expires = float("inf")
+        self._reassembler.clear()
+        self.state = SessionState.CLOSED
+        self.closed = ChannelClosed(cause, code, reason)
+        self.events.append(self.closed)
+
+    def _closed_error(self) -> SessionClosed:
+        closed = self.closed or ChannelClosed(CloseCause.LOCAL)
+        return SessionClosed(closed.cause, closed.code, closed.reason)
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether any key is still held (``False`` once the session ended)."""
+        return any(
+            keys is not None
+            for keys in (self._send, self._receive, self._receive_previous, self._receive_next)
+        )
+
+    @property
+    def send_epoch(self) -> int:
+        return self._send.epoch if self._send is not None else -1
+
+    @property
+    def receive_epoch(self) -> int:
+        return self._receive.epoch if self._receive is not None else -1
+
+    def statistics(self) -> Statistics:
+        reassembler = self._reassembler
+        return Statistics(
+            sent=self.sent,
+            received=self.received,
+            lost=self.lost,
+            late=reassembler.late,
+            replayed=self.replayed,
+            failed_authentication=self.failed_authentication,
+            reassembly_timeouts=reassembler.timeouts,
+            partial=reassembler.partial,
+            datagrams_sent=self.datagrams_sent,
+            datagrams_received=self.datagrams_received,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            largest_datagram_received=self.largest_datagram_received,
+            unknown_connection_id=self.unknown_connection_id,
+            malformed=self.malformed,
+            duplicate_fragments=reassembler.duplicate_fragments,
+            keepalives_sent=self.keepalives_sent,
+            send_epoch=self.send_epoch,
+            receive_epoch=self.receive_epoch,
+            in_reassembly=reassembler.messages_held,
+            reassembly_bytes=reassembler.bytes_held,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session {self.state.value} cid={self._local_cid:016x} "
+            f"sent={self.sent} received={self.received}>"
+        )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -56,6 +57,8 @@ NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: network key").di
 OTHER_NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: other network").digest())
 CONFIG = StreamConfig()
 LOOPBACK = "127.0.0.1"
+SAFETY_NET = 60.0
+"""Seconds before a stuck wait fails the test (never reached when the code is right)."""
 
 
 # -- reproducible handshakes ---------------------------------------------------------------------
@@ -154,16 +157,23 @@ def make_responder(
     config: StreamConfig = CONFIG,
     budget: ReassemblyBudget | None = None,
     seed: bytes = b"responder",
+    now_ns: int = TIMESTAMP_NS,
 ) -> Connection:
-    """A reproducible responder that trusts ``parties().initiator`` and ``parties().other``."""
+    """A reproducible responder that trusts ``parties().initiator`` and ``parties().other``.
+
+    Its clock reads ``now_ns``: the reproducible Hellos (stamped ``TIMESTAMP_NS``) are on time.
+    """
     cast = parties()
-    peers = KnownPeers(trusted if trusted is not None else [cast.initiator.record, cast.other.record])
+    peers = KnownPeers(
+        trusted if trusted is not None else [cast.initiator.record, cast.other.record]
+    )
     return Connection.responder(
         config,
         identity or cast.responder,
         psk,
         peers,
         guard if guard is not None else ReplayGuard(),
+        now_ns=now_ns,
         budget=budget,
         randomness=DeterministicRandom(seed),
         oaep_encrypt=memo_encrypt,
@@ -212,13 +222,16 @@ def established_pair(
     responder_config: StreamConfig = CONFIG,
     budget: ReassemblyBudget | None = None,
     guard: ReplayGuard | None = None,
+    initiator_identity: Identity | None = None,
 ) -> tuple[Connection, Connection]:
     """``(initiator, responder)`` after a completed handshake; ``budget`` is the responder's."""
-    initiator = make_initiator(config=initiator_config, seed=b"initiator" + seed)
+    initiator = make_initiator(
+        identity=initiator_identity, config=initiator_config, seed=b"initiator" + seed
+    )
     responder = make_responder(
         config=responder_config, budget=budget, guard=guard, seed=b"responder" + seed
     )
-    handshake(initiator, responder)
+    handshake(initiator, responder, initiator_identity=initiator_identity)
     return initiator, responder
 
 
@@ -234,6 +247,11 @@ def rebound_hello(hello_record: bytes, psk: NetworkKey, **changes: Any) -> bytes
     unbound = hello.encode_unbound()
     prefix = wire.encode_header(wire.HANDSHAKE, len(unbound) + wire.MAC_SIZE) + unbound
     return prefix + ks.mac(ks.binder_key(psk.secret), prefix)
+
+
+def forged_finish(seed: bytes = b"forged finish") -> bytes:
+    """A well-formed Finish flight with a MAC nobody computed: all an impostor can send."""
+    return wire.handshake_record(wire.Finish(DeterministicRandom(seed)(wire.MAC_SIZE)).encode())
 
 
 def reframed(record: bytes, body: bytes) -> bytes:
@@ -256,9 +274,7 @@ def forged_sealer(conn: Connection) -> RecordSealer:
     result, own = conn._result, conn._sealer
     assert result is not None and own is not None, "handshake not complete"
     secrets = result.secrets
-    secret = (
-        secrets.initiator_to_responder if conn.is_initiator else secrets.responder_to_initiator
-    )
+    secret = secrets.initiator_to_responder if conn.is_initiator else secrets.responder_to_initiator
     sealer = RecordSealer(secret)
     for _ in range(own.generation):
         sealer.advance_key()
@@ -278,14 +294,13 @@ def records_of(stream: bytes) -> list[bytes]:
     return records
 
 
-_last_timestamp = 0
+_last_timestamp = [0]
 
 
 def next_timestamp() -> int:
     """A wall-clock Hello timestamp, strictly increasing in this process."""
-    global _last_timestamp
-    _last_timestamp = max(time.time_ns(), _last_timestamp + 1)
-    return _last_timestamp
+    _last_timestamp[0] = max(time.time_ns(), _last_timestamp[0] + 1)
+    return _last_timestamp[0]
 
 
 # -- the host harness ----------------------------------------------------------------------------
@@ -312,6 +327,9 @@ class Harness:
     failures: list[BaseException] = attrs.field(factory=list)
     """Errors that ended a server-side stream (after its handshake)."""
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _consumed: int = 0
+    accepted: int = 0
+    """Verified streams the host handed to the handler so far."""
 
     @property
     def server(self) -> Identity:
@@ -327,22 +345,33 @@ class Harness:
                 nursery.start_soon(self._run, handler, stream)
 
     async def _run(self, handler: Handler, stream: SecureStream) -> None:
+        self.accepted += 1
+        self._notify()
         try:
             await handler(self, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.failures.append(exc)
         finally:
             await stream.aclose()
-            self._changed.set()
-            self._changed = trio.Event()
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_accepted(self, count: int) -> None:
+        """Wait until the host has handed ``count`` verified streams to the handler."""
+        with trio.fail_after(SAFETY_NET):
+            while self.accepted < count:
+                await self._changed.wait()
 
     async def next_failure(self) -> BaseException:
-        """Wait for a server-side stream to fail and return the error."""
-        seen = len(self.failures)
-        with trio.fail_after(10):
-            while len(self.failures) == seen:
+        """The next server-side stream failure not yet returned (waiting for it if need be)."""
+        with trio.fail_after(SAFETY_NET):
+            while len(self.failures) <= self._consumed:
                 await self._changed.wait()
-        return self.failures[seen]
+        self._consumed += 1
+        return self.failures[self._consumed - 1]
 
 
 @asynccontextmanager
@@ -354,16 +383,36 @@ async def serving_host(
     host_config = HostConfig(
         identity=cast.responder,
         psk=NETWORK_KEY,
-        peers=(cast.initiator.record, cast.other.record),
+        peers=(cast.initiator.record, cast.other.record),  # type: ignore[arg-type]
         listen=(LOOPBACK, 0),
         stream=config,
         **options,
     )
-    async with open_host(host_config) as host, trio.open_nursery() as nursery:
-        harness = Harness(host, config)
-        nursery.start_soon(harness.serve, handler)
-        yield harness
-        nursery.cancel_scope.cancel()
+    alarms = _Alarms()
+    host_log = logging.getLogger("p2ptls.host")
+    host_log.addHandler(alarms)
+    try:
+        async with open_host(host_config) as host, trio.open_nursery() as nursery:
+            harness = Harness(host, config)
+            nursery.start_soon(harness.serve, handler)
+            yield harness
+            nursery.cancel_scope.cancel()
+    finally:
+        host_log.removeHandler(alarms)
+    # A hostile peer must only ever cause the protocol's own, expected failures: the host's
+    # catch-all for unexpected errors (which would hide a bug) must never have fired.
+    assert alarms.records == [], [record.getMessage() for record in alarms.records]
+
+
+class _Alarms(logging.Handler):
+    """Collects the host's warnings and errors."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 async def good_client(
@@ -386,15 +435,28 @@ async def good_client(
     return stream
 
 
-async def assert_host_serves(harness: Harness, *, local_address: str | None = None) -> None:
-    """A good peer can still connect and exchange messages: the host and its nursery are alive."""
-    with trio.fail_after(10):
+async def assert_host_serves(
+    harness: Harness, *, local_address: str | None = None, byte_stream: bool = False
+) -> None:
+    """A good peer can still connect and exchange data: the host and its nursery are alive.
+
+    ``byte_stream``: the host's handler echoes the byte stream instead of messages.
+    """
+    large = min(40_000, harness.config.max_message_size)
+    with trio.fail_after(SAFETY_NET):
         stream = await good_client(harness, local_address=local_address)
         async with stream:
             assert stream.remote_peer.peer_id == harness.server.peer_id
-            for payload in (b"the host still serves good peers", b"", b"x" * 40_000):
-                await stream.send_message(payload)
-                assert await stream.receive_message() == payload
+            for payload in (b"the host still serves good peers", b"x" * large):
+                if byte_stream:
+                    await stream.send_all(payload)
+                    echoed = b""
+                    while len(echoed) < len(payload):
+                        echoed += await stream.receive_some()
+                    assert echoed == payload
+                else:
+                    await stream.send_message(payload)
+                    assert await stream.receive_message() == payload
 
 
 async def settle(predicate: Callable[[], bool]) -> None:
@@ -403,7 +465,7 @@ async def settle(predicate: Callable[[], bool]) -> None:
     Loopback TCP delivers synchronously, so once all tasks are blocked the host has seen
     everything that was sent; worker threads (RSA) may need a few rounds.
     """
-    with trio.fail_after(10):
+    with trio.fail_after(SAFETY_NET):
         while not predicate():
             await trio.testing.wait_all_tasks_blocked(0.001)
 
@@ -414,7 +476,10 @@ class RawPeer:
     After :meth:`handshake` it can send anything: forged, replayed, truncated or flooded records.
     """
 
-    def __init__(self, tcp: trio.SocketStream, conn: Connection, identity: Identity) -> None:
+    def __init__(
+        self, harness: Harness, tcp: trio.SocketStream, conn: Connection, identity: Identity
+    ) -> None:
+        self.harness = harness
         self.tcp = tcp
         self.conn = conn
         self.identity = identity
@@ -437,9 +502,12 @@ class RawPeer:
             harness.server.record,
             timestamp_ns=next_timestamp(),
         )
-        return cls(tcp, conn, identity)
+        return cls(harness, tcp, conn, identity)
 
     async def handshake(self) -> Flights:
+        """Complete the handshake and wait until the host has handed the stream to its handler
+        (so that what is sent next reaches an established stream, not the handshake)."""
+        accepted = self.harness.accepted
         hello = self.conn.start()
         await self.tcp.send_all(hello)
         reply = b""
@@ -452,6 +520,7 @@ class RawPeer:
                     plaintext = self.identity.decrypt_untrusted(event.ciphertext, event.label)
                     finish = self.conn.supply_decryption(plaintext)
                     await self.tcp.send_all(finish)
+                    await self.harness.wait_accepted(accepted + 1)
                     return Flights(hello, reply, finish)
         raise AssertionError("no private-key operation during the handshake")
 
@@ -460,7 +529,7 @@ class RawPeer:
 
     async def receive_message(self) -> bytes:
         """The next message the host sends (pumping the sans-IO connection)."""
-        with trio.fail_after(10):
+        with trio.fail_after(SAFETY_NET):
             while True:
                 data = await self.tcp.receive_some()
                 assert data, "the host closed the connection"
@@ -477,10 +546,30 @@ class RawPeer:
         await self.tcp.aclose()
 
 
+async def read_record(tcp: trio.abc.ReceiveStream) -> bytes:
+    """One whole record from ``tcp`` (as sent by the host), or ``b""`` if it closes first."""
+    data = bytearray()
+    with trio.fail_after(SAFETY_NET):
+        while True:
+            if len(data) >= wire.HEADER_SIZE:
+                _, _, length = wire.HEADER.unpack_from(data)
+                if len(data) >= wire.HEADER_SIZE + length:
+                    assert len(data) == wire.HEADER_SIZE + length, "more than one record"
+                    return bytes(data)
+            try:
+                chunk = await tcp.receive_some()
+            except trio.BrokenResourceError:
+                chunk = b""
+            if not chunk:
+                assert not data, "the connection closed in the middle of a record"
+                return b""
+            data += chunk
+
+
 async def receive_until_closed(tcp: trio.abc.ReceiveStream) -> bytes:
     """Everything the other side sends until it closes the connection."""
     received = bytearray()
-    with trio.fail_after(10):
+    with trio.fail_after(SAFETY_NET):
         try:
             while chunk := await tcp.receive_some():
                 received += chunk

@@ -11,7 +11,9 @@ Measures, on 127.0.0.1:
 By default both ends run in this process and trio run (how the reference figures were measured);
 ``--two-process`` moves the accepting side into a child process. Every connection starts with the
 handshake; the client then sends a 9-byte command (``B`` + u64 size for bulk, ``R`` + u64 count
-for round trips) or simply closes (the handshake benchmark).
+for round trips) or simply closes (the handshake benchmark). The bulk receiver answers with the
+``time.perf_counter_ns()`` of its last byte (CLOCK_MONOTONIC, so comparable across processes).
+With ``--repeat N`` each figure is the median of N rounds, the order of the transports rotating.
 
 Examples::
 
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -60,7 +63,7 @@ WRITE_SIZE = 64 * 1024
 RTT_PAYLOAD = 64
 MIB = 1024 * 1024
 COMMAND = struct.Struct(">cQ")
-ACK = struct.Struct(">Q")
+ACK = struct.Struct(">Q32s")  # receive end time (perf_counter_ns), SHA-256 or zeros
 TLS_HOSTNAME = "localhost"
 
 # Targets from the issue: (metric, description, predicate on the row).
@@ -346,8 +349,8 @@ class Server:
             command = await reader.read_exactly(COMMAND.size)
             if command is not None:
                 op, value = COMMAND.unpack(command)
-                if op == b"B":
-                    await self.sink(stream, reader, value)
+                if op in (b"B", b"V"):
+                    await self.sink(stream, reader, value, verify=op == b"V")
                 elif op == b"R":
                     await self.echo(stream, reader, value)
                 # Wait for the client to close.
@@ -364,7 +367,10 @@ class Server:
             ):
                 await stream.aclose()
 
-    async def sink(self, stream: trio.abc.Stream, reader: Reader, total: int) -> None:
+    async def sink(
+        self, stream: trio.abc.Stream, reader: Reader, total: int, *, verify: bool
+    ) -> None:
+        digest = hashlib.sha256(reader.pending) if verify else None
         received = len(reader.pending)
         reader.pending.clear()
         receive_some = stream.receive_some
@@ -374,10 +380,12 @@ class Server:
             if not chunk:
                 raise trio.BrokenResourceError("EOF during bulk transfer")
             received += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
         end = time.perf_counter_ns()
         if received != total:
             raise trio.BrokenResourceError(f"received {received} bytes, expected {total}")
-        await stream.send_all(ACK.pack(end))
+        await stream.send_all(ACK.pack(end, digest.digest() if digest else bytes(32)))
 
     async def echo(self, stream: trio.abc.Stream, reader: Reader, count: int) -> None:
         for _ in range(count):
@@ -397,8 +405,11 @@ class Client:
         config: p2ptls.StreamConfig,
         ports: dict[Kind, int],
         read_size: int,
+        *,
+        verify: bool = False,
     ) -> None:
         self.read_size = read_size
+        self.verify = verify
         self.ports = ports
         self.server_record = material.server.record
         self.p2p_contexts = [
@@ -430,7 +441,7 @@ class Client:
         writes, tail = divmod(total, WRITE_SIZE)
         stream = await self.connect(kind)
         try:
-            await stream.send_all(COMMAND.pack(b"B", total))
+            await stream.send_all(COMMAND.pack(b"V" if self.verify else b"B", total))
             send_all = stream.send_all
             start = time.perf_counter_ns()
             for _ in range(writes):
@@ -440,9 +451,18 @@ class Client:
             ack = await Reader(stream, self.read_size).read_exactly(ACK.size)
             if ack is None:
                 raise RuntimeError("server closed before acknowledging the bulk transfer")
-            end: int = ACK.unpack(ack)[0]
+            end: int
+            digest: bytes
+            end, digest = ACK.unpack(ack)
         finally:
             await stream.aclose()
+        if self.verify:
+            expected = hashlib.sha256()
+            for _ in range(writes):
+                expected.update(payload)
+            expected.update(payload[:tail])
+            if digest != expected.digest():
+                raise RuntimeError(f"{kind}: the bytes received differ from the bytes sent")
         return total / ((end - start) / 1e9) / 1e6
 
     async def round_trips(self, kind: Kind, count: int, warmup: int) -> list[float]:
@@ -554,7 +574,7 @@ async def run_same_process(material: Material, args: argparse.Namespace, plan: P
     server = Server(material, config, args.read_size)
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
-        client = Client(material, config, server.ports, args.read_size)
+        client = Client(material, config, server.ports, args.read_size, verify=args.verify)
         results = await run_plan(client, plan)
         nursery.cancel_scope.cancel()
     if server.errors:
@@ -590,7 +610,7 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
                 raise RuntimeError("the server process exited early")
             line += chunk
         ports: dict[Kind, int] = json.loads(line)
-        client = Client(material, stream_config(args), ports, args.read_size)
+        client = Client(material, stream_config(args), ports, args.read_size, verify=args.verify)
         return await run_plan(client, plan)
     finally:
         await process.stdin.aclose()  # the child exits when its stdin closes
@@ -690,6 +710,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=KINDS, help="measure only these transports")
     parser.add_argument(
         "--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which measurements to run"
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="check the bulk bytes arrive intact (slower)"
     )
     parser.add_argument(
         "--two-process", action="store_true", help="run the accepting side in a child process"

@@ -58,7 +58,7 @@ async def main(frames: int = 300, size: int = 50_000, fps: float = 0.0) -> dict[
     bob_config = p2ptls.HostConfig(
         identity=bob_id,
         psk=psk,
-        peers=(alice_id.record,),  # type: ignore[arg-type]
+        peers=(alice_id.record,),
         listen=("127.0.0.1", 0),
     )
     async with p2ptls.open_host(bob_config) as bob, trio.open_nursery() as nursery:
@@ -66,7 +66,7 @@ async def main(frames: int = 300, size: int = 50_000, fps: float = 0.0) -> dict[
         alice_config = p2ptls.HostConfig(
             identity=alice_id,
             psk=psk,
-            peers=(bob.peer_record(),),  # type: ignore[arg-type]
+            peers=(bob.peer_record(),),
         )
         async with p2ptls.open_host(alice_config) as alice:
             channel = await sllp.connect_datagram(alice, bob_id.peer_id)

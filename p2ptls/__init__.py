@@ -6,6 +6,7 @@ gives a mutually authenticated, forward-secret, AES-256-GCM protected stream tha
 other trio stream.
 """
 
+from . import sllp
 from ._errors import (
     FloodError,
     HandshakeFailed,
@@ -19,7 +20,6 @@ from ._errors import (
     RecordError,
     TruncatedError,
 )
-from . import sllp
 from ._fragments import ReassemblyBudget
 from .config import StreamConfig
 from .host import Host, HostConfig, open_host, serve

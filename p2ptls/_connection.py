@@ -60,7 +60,7 @@ class State(enum.Enum):
 
 @attrs.frozen(repr=False)
 class PrivateKeyOperationNeeded:
-    """Decrypt ``ciphertext`` with the identity key (OAEP, ``label``) and call ``supply_decryption``."""
+    """Decrypt ``ciphertext`` with the identity key (OAEP, ``label``), then supply_decryption."""
 
     ciphertext: bytes
     label: bytes
@@ -122,7 +122,7 @@ Event = (
 
 
 class Connection:
-    """One side of a p2ptls session, without I/O. Build with :meth:`initiator` or :meth:`responder`."""
+    """One side of a p2ptls session, without I/O: build with :meth:`initiator`/:meth:`responder`."""
 
     def __init__(
         self,
@@ -266,28 +266,76 @@ class Connection:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def receive_data_untrusted(self, data: bytes | bytearray, now: float = 0.0) -> list[Event]:
+    def receive_data_untrusted(
+        self, data: bytes | bytearray | memoryview, now: float = 0.0
+    ) -> list[Event]:
         """Feed bytes from the transport; return the events they complete.
 
-        Raises only :class:`ProtocolError` (and its subclasses); after one, the connection is FAILED.
+        ``data`` is not kept, so the caller may reuse its buffer. Raises only
+        :class:`ProtocolError` (or a subclass); after one, the connection is FAILED.
         """
         if self.state is State.FAILED:
             raise ProtocolError("connection already failed")
         events: list[Event] = []
-        if self._buffer:
-            self._buffer += data
-            source: bytes | bytearray = self._buffer
-        else:
-            source = data
         if self.state is State.KEY_OPERATION:
-            if source is not self._buffer:
-                self._buffer += source
+            self._buffer += data
             self._check_buffer_bound()
             return events
-        view = memoryview(source)
-        pos = 0
-        end_of_data = len(source)
         try:
+            source: bytes | bytearray | memoryview = data
+            if self._buffer:
+                # Complete the pending record with just the bytes it lacks, rather than copying
+                # every read into the buffer behind it.
+                used = self._top_up_buffer(data)
+                if used < 0:
+                    self._check_buffer_bound()
+                    return events
+                buffered, self._buffer = self._buffer, bytearray()
+                backlog = self._parse(buffered, now, events)
+                rest = memoryview(data)[used:]
+                if self.state is State.KEY_OPERATION:
+                    self._buffer = bytearray(backlog) + rest
+                    self._check_buffer_bound()
+                    return events
+                source = backlog + bytes(rest) if backlog else rest
+            self._buffer = bytearray(self._parse(source, now, events))
+        except ProtocolError:
+            self._fail()
+            raise
+        self._check_buffer_bound()
+        return events
+
+    def _top_up_buffer(self, data: bytes | bytearray | memoryview) -> int:
+        """Move the bytes the buffered record still lacks from ``data`` into the buffer.
+
+        Returns how many bytes of ``data`` were used, or -1 if the record is still incomplete.
+        """
+        buffer = self._buffer
+        view = memoryview(data)
+        used = 0
+        if len(buffer) < wire.HEADER_SIZE:
+            used = min(wire.HEADER_SIZE - len(buffer), len(view))
+            buffer += view[:used]
+            if len(buffer) < wire.HEADER_SIZE:
+                return -1
+        content_type, version, length = wire.HEADER.unpack_from(buffer, 0)
+        wire.check_header_fields_untrusted(content_type, version, length)
+        missing = wire.HEADER_SIZE + length - len(buffer)
+        if missing > 0:
+            taken = view[used : used + missing]
+            buffer += taken
+            used += len(taken)
+            if len(taken) < missing:
+                return -1
+        return used
+
+    def _parse(
+        self, source: bytes | bytearray | memoryview, now: float, events: list[Event]
+    ) -> bytes:
+        """Handle the whole records at the start of ``source``; return the rest (a copy)."""
+        with memoryview(source) as view:
+            pos = 0
+            end_of_data = len(view)
             while end_of_data - pos >= wire.HEADER_SIZE:
                 content_type, version, length = wire.HEADER.unpack_from(view, pos)
                 wire.check_header_fields_untrusted(content_type, version, length)
@@ -302,17 +350,14 @@ class Connection:
                         content_type, view[pos:body_start], view[body_start:record_end], now, events
                     )
                 pos = record_end
-                if self.state is State.KEY_OPERATION:
+                if self.awaiting_key_operation:
                     break
-            rest = bytearray(view[pos:]) if pos < end_of_data else bytearray()
-        except ProtocolError:
-            view.release()
-            self._fail()
-            raise
-        view.release()
-        self._buffer = rest
-        self._check_buffer_bound()
-        return events
+            return bytes(view[pos:]) if pos < end_of_data else b""
+
+    @property
+    def awaiting_key_operation(self) -> bool:
+        """True while a :class:`PrivateKeyOperationNeeded` awaits :meth:`supply_decryption`."""
+        return self.state is State.KEY_OPERATION
 
     def _check_buffer_bound(self) -> None:
         if len(self._buffer) > wire.HEADER_SIZE + wire.MAX_CIPHERTEXT + self.config.receive_size:
@@ -324,17 +369,17 @@ class Connection:
         if self.state is not State.HANDSHAKING or handshake is None:
             raise ProtocolError("handshake record on an established connection")
         if isinstance(handshake, InitiatorHandshake):
-            sealed = handshake.receive_reply_untrusted(record)
+            c_r = handshake.receive_reply_untrusted(record)
             self.state = State.KEY_OPERATION
-            events.append(PrivateKeyOperationNeeded(sealed, REPLY_OAEP_LABEL))
+            events.append(PrivateKeyOperationNeeded(c_r, REPLY_OAEP_LABEL))
             return
         if record[wire.HEADER_SIZE] == wire.HELLO:
-            sealed = handshake.receive_hello_untrusted(record)
-            if sealed is None:  # wrong binder: no private-key work, a substitute Reply
+            c_i = handshake.receive_hello_untrusted(record)
+            if c_i is None:  # wrong binder: no private-key work, a substitute Reply
                 self._handshake_output.append(handshake.reply_untrusted(None))
                 return
             self.state = State.KEY_OPERATION
-            events.append(PrivateKeyOperationNeeded(sealed, HELLO_OAEP_LABEL))
+            events.append(PrivateKeyOperationNeeded(c_i, HELLO_OAEP_LABEL))
             return
         result = handshake.receive_finish_untrusted(record)
         self._establish(result, initiator=False)
@@ -368,7 +413,10 @@ class Connection:
             if message is not None:
                 events.append(MessageReceived(message))
         elif content_type == wire.CLOSE:
-            if len(plaintext) != 1 or plaintext[0] not in (wire.CLOSE_END_OF_STREAM, wire.CLOSE_GOODBYE):
+            if len(plaintext) != 1 or plaintext[0] not in (
+                wire.CLOSE_END_OF_STREAM,
+                wire.CLOSE_GOODBYE,
+            ):
                 raise ProtocolError("malformed close record")
             if self._reassembler.in_progress:
                 raise ProtocolError("close inside an unfinished message")
@@ -400,7 +448,7 @@ class Connection:
             raise FloodError("too many control records")
 
     def receive_eof(self) -> None:
-        """The transport reached EOF. Raises :class:`TruncatedError` unless the peer closed first."""
+        """The transport reached EOF: :class:`TruncatedError` unless the peer closed first."""
         if self.state is State.FAILED:
             return
         if not self.eof_received or self._buffer:
@@ -419,21 +467,33 @@ class Connection:
             raise RuntimeError("send after send_eof")
         return sealer
 
-    def _seal(self, sealer: RecordSealer, out: list[bytes], content_type: int, payload: bytes | memoryview) -> None:
+    def _seal(
+        self, sealer: RecordSealer, out: list[bytes], content_type: int, payload: bytes | memoryview
+    ) -> None:
         if sealer.needs_key_update:
             out.append(sealer.seal(wire.KEY_UPDATE, b""))
             sealer.advance_key()
         out.append(sealer.seal(content_type, payload))
 
-    def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
+    def send_data(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Protect byte-stream data; return the records to send."""
         sealer = self._sealer_for_sending()
-        out = self._take_pending()
-        view = memoryview(data)
+        total = len(data)
         step = self._fragment
-        for offset in range(0, len(view), step):
-            self._seal(sealer, out, wire.DATA, view[offset : offset + step])
-        return b"".join(out)
+        count = -(-total // step)
+        if self._pong_owed is None and sealer.sequence + count < sealer.key_update_after:
+            # Common case: seal every record in place into one buffer, with no per-record copy.
+            out = bytearray(total + count * (wire.HEADER_SIZE + wire.TAG_SIZE))
+            view = memoryview(data)
+            pos = 0
+            for offset in range(0, total, step):
+                pos = sealer.seal_into(out, pos, wire.DATA, view[offset : offset + step])
+            return out
+        records = self._take_pending()
+        view = memoryview(data)
+        for offset in range(0, total, step):
+            self._seal(sealer, records, wire.DATA, view[offset : offset + step])
+        return b"".join(records)
 
     def send_message(self, message: bytes | bytearray | memoryview) -> bytes:
         """Protect one message, fragmented to the record size; return the records to send."""

@@ -137,7 +137,7 @@ def _initiator_finished(master: bytes, transcript: bytes) -> bytes:
 
 
 def _hello_record_prefix(hello: wire.Hello) -> bytes:
-    """The bytes the binder covers: the record header (with the final length) and the unbound body."""
+    """What the binder covers: the record header (with the final length) and the unbound body."""
     unbound = hello.encode_unbound()
     return wire.encode_header(wire.HANDSHAKE, len(unbound) + wire.MAC_SIZE) + unbound
 

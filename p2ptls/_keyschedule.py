@@ -42,7 +42,7 @@ def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     """RFC 5869 HKDF-Expand with SHA-256."""
     if length > 255 * HASH_SIZE:
         raise ValueError("HKDF output too long")
-    blocks = []
+    blocks: list[bytes] = []
     block = b""
     counter = 1
     while HASH_SIZE * len(blocks) < length:
@@ -153,4 +153,6 @@ def session_secrets(master: bytes, full_transcript_hash: bytes) -> SessionSecret
 
 def export_keying_material(exporter: bytes, label: str, context: bytes, length: int) -> bytes:
     """Keying material for another protocol (SLLP) bound to this session."""
-    return expand_label(derive_secret(exporter, label), "exporter", transcript_hash(context), length)
+    return expand_label(
+        derive_secret(exporter, label), "exporter", transcript_hash(context), length
+    )

@@ -27,7 +27,7 @@ HARD_LIMIT = 1 << 24
 
 
 class _Direction:
-    __slots__ = ("_secret", "_aead", "_iv", "sequence", "generation")
+    __slots__ = ("_aead", "_iv", "_secret", "generation", "sequence")
 
     def __init__(self, secret: bytes) -> None:
         self.generation = 0
@@ -62,10 +62,27 @@ class RecordSealer(_Direction):
 
     def seal(self, content_type: int, plaintext: bytes | memoryview) -> bytes:
         """Return one complete record (header and ciphertext). The caller keeps sizes in range."""
-        header = wire.HEADER.pack(content_type, wire.PROTOCOL_VERSION, len(plaintext) + wire.TAG_SIZE)
+        header = wire.HEADER.pack(
+            content_type, wire.PROTOCOL_VERSION, len(plaintext) + wire.TAG_SIZE
+        )
         ciphertext = self._aead.encrypt(self._nonce(), plaintext, header)
         self.sequence += 1
         return header + ciphertext
+
+    def seal_into(
+        self, out: bytearray, offset: int, content_type: int, plaintext: bytes | memoryview
+    ) -> int:
+        """Write one record into ``out`` at ``offset``; return the offset just after it."""
+        size = len(plaintext)
+        body = offset + wire.HEADER_SIZE
+        end = body + size + wire.TAG_SIZE
+        wire.HEADER.pack_into(
+            out, offset, content_type, wire.PROTOCOL_VERSION, size + wire.TAG_SIZE
+        )
+        with memoryview(out) as view:
+            self._aead.encrypt_into(self._nonce(), plaintext, view[offset:body], view[body:end])
+        self.sequence += 1
+        return end
 
     @property
     def needs_key_update(self) -> bool:

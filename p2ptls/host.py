@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,10 @@ log = logging.getLogger("p2ptls.host")
 Handler = Callable[[SecureStream], Awaitable[Any]]
 
 
+def _peer_tuple(peers: Iterable[PeerRecord]) -> tuple[PeerRecord, ...]:
+    return tuple(peers)
+
+
 @attrs.frozen
 class HostConfig:
     """How a host identifies itself, whom it trusts and where it listens."""
@@ -41,7 +45,7 @@ class HostConfig:
     """This host's RSA identity."""
     psk: NetworkKey
     """The network's pre-shared key."""
-    peers: tuple[PeerRecord, ...] = attrs.field(default=(), converter=tuple)
+    peers: tuple[PeerRecord, ...] = attrs.field(default=(), converter=_peer_tuple)
     """Known peers (with addresses, to connect to them by id)."""
     listen: tuple[str, int] | None = None
     """``(address, port)`` to listen on; ``None`` for a client-only host. Port 0 picks one."""

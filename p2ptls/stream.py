@@ -21,12 +21,12 @@ Any protocol error breaks the stream: the transport is closed at once and every 
 from __future__ import annotations
 
 import collections
-import contextlib
+import functools
 import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Self
 
 import trio
@@ -103,21 +103,47 @@ class SecurityContext:
 class _ConflictDetector:
     """Raises ``trio.BusyResourceError`` when two tasks use one operation at once."""
 
-    __slots__ = ("_message", "_held")
+    __slots__ = ("_held", "_message")
 
     def __init__(self, message: str) -> None:
         self._message = message
         self._held = False
 
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
+    def __enter__(self) -> None:
         if self._held:
             raise trio.BusyResourceError(self._message)
         self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
+
+
+class _InternalLock:
+    """Serialises the stream's own tasks on one resource (the transport's send or receive side).
+
+    Unlike ``trio.Lock`` it takes no checkpoint of its own when uncontended: every holder goes on
+    to a transport call, which checkpoints anyway, and the extra trip through the scheduler would
+    cost each round trip.
+    """
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def __aenter__(self) -> None:
+        while self._held:
+            await self._waiters.park()
+        self._held = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._held = False
+        if self._waiters:
+            self._waiters.unpark()
 
 
 class SecureStream(trio.abc.HalfCloseableStream):
@@ -170,8 +196,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
             )
         self._handshake_lock = trio.Lock()
         self._handshake_done = False
-        self._transport_send_lock = trio.Lock()
-        self._pump_lock = trio.Lock()
+        self._transport_send_lock = _InternalLock()
+        self._pump_lock = _InternalLock()
         self._send_conflict = _ConflictDetector("another task is already sending on this stream")
         self._receive_conflict = _ConflictDetector("another task is already receiving bytes")
         self._message_conflict = _ConflictDetector("another task is already receiving messages")
@@ -180,6 +206,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._messages: collections.deque[bytes] = collections.deque()
         self._messages_size = 0
         self._pongs: dict[bytes, trio.Event] = {}
+        # A TCP transport is read into one reused buffer (the connection never keeps it).
+        self._receive_buffer: memoryview | None = None
+        if type(transport_stream) is trio.SocketStream:
+            self._receive_buffer = memoryview(bytearray(self.config.receive_size))
         self._closed = False
         self._error: BaseException | None = None
         self._transport_eof = False
@@ -367,7 +397,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
     async def _pump(self) -> None:
         self._check_usable()
         try:
-            data = await self.transport_stream.receive_some(self.config.receive_size)
+            data = await self._receive_transport()
             if not data:
                 self._transport_eof = True
                 self._conn.receive_eof()
@@ -384,6 +414,20 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
+    async def _receive_transport(self) -> bytes | bytearray | memoryview:
+        """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
+        buffer = self._receive_buffer
+        if buffer is None:
+            return await self.transport_stream.receive_some(self.config.receive_size)
+        sock = self.transport_stream.socket  # type: ignore[attr-defined]
+        try:
+            size: int = await sock.recv_into(buffer)
+        except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the transport was closed") from None
+            raise trio.BrokenResourceError(exc) from exc
+        return buffer[:size]
+
     def _peer_done(self) -> bool:
         return self._conn.eof_received
 
@@ -397,7 +441,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        with self._receive_conflict.guard():
+        with self._receive_conflict:
             self._check_usable()
             await self._receive_until(lambda: bool(self._bytes) or self._peer_done())
             if not self._bytes:
@@ -412,8 +456,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return chunk
 
     async def receive_message(self) -> bytes:
-        """The next whole message. Raises ``trio.EndOfChannel`` after the peer's authenticated close."""
-        with self._message_conflict.guard():
+        """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close."""
+        with self._message_conflict:
             self._check_usable()
             await self._receive_until(lambda: bool(self._messages) or self._peer_done())
             if not self._messages:
@@ -451,7 +495,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on the byte stream."""
-        with self._send_conflict.guard():
+        with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             if not data:
                 self._check_usable()
@@ -460,7 +504,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             view = memoryview(data)
             for offset in range(0, len(view), _SEND_CHUNK):
                 chunk = view[offset : offset + _SEND_CHUNK]
-                await self._send_records(lambda chunk=chunk: self._conn.send_data(chunk))
+                await self._send_records(functools.partial(self._conn.send_data, chunk))
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one message (at most ``config.max_message_size`` bytes), fragmented into records."""
@@ -469,7 +513,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 f"message of {len(message)} bytes exceeds max_message_size "
                 f"({self.config.max_message_size})"
             )
-        with self._send_conflict.guard():
+        with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._send_records(lambda: self._conn.send_message(message))
 
@@ -478,7 +522,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
         We can still receive. Calling it again does nothing.
         """
-        with self._send_conflict.guard():
+        with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_usable()
             if self._conn.eof_sent:
@@ -489,7 +533,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 await self.transport_stream.send_eof()
 
     async def wait_send_all_might_not_block(self) -> None:
-        with self._send_conflict.guard():
+        with self._send_conflict:
             self._check_usable()
             await self.transport_stream.wait_send_all_might_not_block()
 
@@ -499,7 +543,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         answered = trio.Event()
         self._pongs[payload] = answered
         start = trio.current_time()
-        with self._send_conflict.guard():
+        with self._send_conflict:
             await self._send_records(lambda: self._conn.send_ping(payload))
         while not answered.is_set():
             if self._pump_lock.locked():

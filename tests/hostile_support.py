@@ -55,7 +55,8 @@ from tests.conftest import identity_pool
 TIMESTAMP_NS = 1_700_000_000_000_000_000
 NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: network key").digest())
 OTHER_NETWORK_KEY = NetworkKey(hashlib.sha256(b"p2ptls hostile tests: other network").digest())
-CONFIG = StreamConfig()
+CONFIG = StreamConfig(record_size=16 * 1024)
+"""Smaller records than the default, so multi-record cases stay small."""
 LOOPBACK = "127.0.0.1"
 SAFETY_NET = 60.0
 """Seconds before a stuck wait fails the test (never reached when the code is right)."""
@@ -383,7 +384,7 @@ async def serving_host(
     host_config = HostConfig(
         identity=cast.responder,
         psk=NETWORK_KEY,
-        peers=(cast.initiator.record, cast.other.record),  # type: ignore[arg-type]
+        peers=(cast.initiator.record, cast.other.record),
         listen=(LOOPBACK, 0),
         stream=config,
         **options,

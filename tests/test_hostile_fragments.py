@@ -247,7 +247,7 @@ def test_a_message_is_delivered_exactly_when_its_fragments_add_up(
 
 # -- 21. a shared reassembly budget ----------------------------------------------------------------
 
-HALF_CONFIG = StreamConfig(max_message_size=64 * 1024)
+HALF_CONFIG = StreamConfig(max_message_size=64 * 1024, record_size=16 * 1024)
 
 
 def holds_at_least(budget: ReassemblyBudget, size: int) -> bool:

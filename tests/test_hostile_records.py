@@ -382,6 +382,12 @@ class _LoggingAead:
         self._log.sealed.append((self._key, bytes(nonce)))
         return self._aead.encrypt(nonce, data, aad)
 
+    def encrypt_into(
+        self, nonce: bytes, data: bytes | memoryview, aad: bytes | memoryview, out: memoryview
+    ) -> int:
+        self._log.sealed.append((self._key, bytes(nonce)))
+        return self._aead.encrypt_into(nonce, data, aad, out)
+
     def decrypt(self, nonce: bytes, data: bytes | memoryview, aad: bytes | memoryview) -> bytes:
         plaintext = self._aead.decrypt(nonce, data, aad)
         self._log.opened.append((self._key, bytes(nonce)))

@@ -461,7 +461,7 @@ async def test_connect_and_accept_through_hosts() -> None:
     bob_config = p2ptls.HostConfig(
         identity=bob,
         psk=psk,
-        peers=(alice.record,),  # type: ignore[arg-type]
+        peers=(alice.record,),
         listen=("127.0.0.1", 0),
     )
     async with p2ptls.open_host(bob_config) as bob_host:
@@ -469,7 +469,7 @@ async def test_connect_and_accept_through_hosts() -> None:
         alice_config = p2ptls.HostConfig(
             identity=alice,
             psk=psk,
-            peers=(bob_record,),  # type: ignore[arg-type]
+            peers=(bob_record,),
         )
         async with p2ptls.open_host(alice_config) as alice_host, trio.open_nursery() as nursery:
             accepted: list[SllpChannel] = []

@@ -70,7 +70,7 @@ async def _serve(directory: Path) -> dict[str, Any]:
     config = p2ptls.HostConfig(
         identity=identity,
         psk=psk,
-        peers=(client.record,),  # type: ignore[arg-type]
+        peers=(client.record,),
         listen=(SERVER_IP, PORT),
     )
     before = _ip_counters()
@@ -116,7 +116,7 @@ async def _connect(directory: Path) -> dict[str, Any]:
     server = p2ptls.Identity.load(directory / "server.key")
     psk = p2ptls.NetworkKey.load(directory / "network.psk")
     record = server.peer_record(address=(SERVER_IP, PORT))
-    config = p2ptls.HostConfig(identity=identity, psk=psk, peers=(record,))  # type: ignore[arg-type]
+    config = p2ptls.HostConfig(identity=identity, psk=psk, peers=(record,))
     before = _ip_counters()
     results: dict[str, Any] = {}
     async with p2ptls.open_host(config) as host:

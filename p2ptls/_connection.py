@@ -293,7 +293,7 @@ class Connection:
                 buffered, self._buffer = self._buffer, bytearray()
                 backlog = self._parse(buffered, now, events)
                 rest = memoryview(data)[used:]
-                if self.state is State.KEY_OPERATION:
+                if self.awaiting_key_operation:
                     self._buffer = bytearray(backlog) + rest
                     self._check_buffer_bound()
                     return events

@@ -366,7 +366,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             guard.dirty = True  # try again after the next handshake
             log.warning("could not persist the replay state to %s: %s", guard.path, exc)
 
-    async def _send_raw(self, data: bytes) -> None:
+    async def _send_raw(self, data: bytes | bytearray) -> None:
         """Write under the transport-send lock. A cancellation part-way through a write leaves a
         partial record on the wire, so it breaks the stream."""
         async with self._transport_send_lock:
@@ -478,7 +478,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send_records(self, seal: Callable[[], bytes]) -> None:
+    async def _send_records(self, seal: Callable[[], bytes | bytearray]) -> None:
         self._check_usable()
         if not self._handshake_done:
             await self.do_handshake()

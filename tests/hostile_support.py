@@ -525,7 +525,7 @@ class RawPeer:
                     return Flights(hello, reply, finish)
         raise AssertionError("no private-key operation during the handshake")
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | bytearray) -> None:
         await self.tcp.send_all(data)
 
     async def receive_message(self) -> bytes:

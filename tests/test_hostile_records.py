@@ -65,7 +65,7 @@ def delivered(events: list[Event]) -> list[bytes]:
     return [e.data for e in events if isinstance(e, DataReceived | MessageReceived)]
 
 
-def fail(conn: Connection, *chunks: bytes) -> tuple[ProtocolError, list[Event]]:
+def fail(conn: Connection, *chunks: bytes | bytearray) -> tuple[ProtocolError, list[Event]]:
     """Feed ``chunks`` then EOF: the connection must fail. Return the error and the events that
     came before it."""
     events: list[Event] = []
@@ -98,7 +98,7 @@ def test_a_flipped_bit_in_a_record_closes_and_delivers_nothing(
         "tag": (len(record) - wire.TAG_SIZE, len(record)),
     }[region]
     bit = data.draw(st.integers(bounds[0] * 8, bounds[1] * 8 - 1), label="bit")
-    error, events = fail(responder, flip_bit(record, bit))
+    error, events = fail(responder, flip_bit(bytes(record), bit))
     assert events == []
     if region != "header":
         assert isinstance(error, RecordError)
@@ -120,7 +120,7 @@ def test_a_flipped_bit_in_a_later_fragment_delivers_none_of_the_message() -> Non
 
 
 def data_records(conn: Connection, count: int) -> list[bytes]:
-    return [conn.send_data(b"record %d" % index) for index in range(count)]
+    return [bytes(conn.send_data(b"record %d" % index)) for index in range(count)]
 
 
 def test_reordered_records_close() -> None:
@@ -468,7 +468,7 @@ def _partial_record(peer: RawPeer) -> bytes:
 
 
 def _no_close(peer: RawPeer) -> bytes:
-    return peer.conn.send_data(b"and then silence")
+    return bytes(peer.conn.send_data(b"and then silence"))
 
 
 def _partial_message(peer: RawPeer) -> bytes:

@@ -557,7 +557,7 @@ def session_records(direction: str) -> list[tuple[Any, bytes]]:
     return out
 
 
-def matches(record: bytes, vector: Any) -> bool:
+def matches(record: bytes | bytearray, vector: Any) -> bool:
     if "record" in vector:
         return bool(record.hex() == vector["record"])
     return bool(hashlib.sha256(record).hexdigest() == vector["record_sha256"])

@@ -61,6 +61,10 @@ class HostConfig:
     """File where Hello timestamps are persisted (replay protection across restarts)."""
     incoming_backlog: int = 16
     """Verified streams waiting for ``incoming()`` before the accept loop waits."""
+    private_key_threads: int | None = None
+    """RSA private-key operations at once (default: half the cores)."""
+    max_private_key_operations_per_s: float | None = None
+    """Rate limit on RSA private-key operations (``None``: only the thread limit applies)."""
 
 
 class Host:
@@ -74,6 +78,8 @@ class Host:
             KnownPeers(config.peers, config.admission),
             config=config.stream,
             replay_guard=ReplayGuard(config.replay_state_path),
+            private_key_threads=config.private_key_threads,
+            max_private_key_operations_per_s=config.max_private_key_operations_per_s,
         )
         self._nursery = nursery
         self._streams: set[SecureStream] = set()

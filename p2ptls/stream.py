@@ -74,7 +74,8 @@ class SecurityContext:
         config: StreamConfig | None = None,
         replay_guard: ReplayGuard | None = None,
         budget: ReassemblyBudget | None = None,
-        private_key_threads: int = 2,
+        private_key_threads: int | None = None,
+        max_private_key_operations_per_s: float | None = None,
         offload_private_key_operations: bool = True,
     ) -> None:
         self.identity = identity
@@ -83,13 +84,34 @@ class SecurityContext:
         self.config = config or StreamConfig()
         self.replay_guard = replay_guard or ReplayGuard()
         self.budget = budget or ReassemblyBudget()
-        self.key_limiter = trio.CapacityLimiter(private_key_threads)
+        threads = private_key_threads or max(1, (os.cpu_count() or 2) // 2)
+        self.key_limiter = trio.CapacityLimiter(threads)
+        """At most this many RSA private-key operations at once (default: half the cores, so
+        established connections keep the rest)."""
+        self._key_rate = max_private_key_operations_per_s
+        self._key_tokens = max_private_key_operations_per_s or 0.0
+        self._key_time: float | None = None
         self.offload_private_key_operations = offload_private_key_operations
         """Run RSA private-key operations on worker threads (the default). In-memory test pairs
         turn it off so that trio's autojump clock does not jump while a thread works."""
         self._last_timestamp = 0
         self.private_key_operations = 0
         """How many RSA private-key operations this context has run (for monitoring and tests)."""
+
+    async def private_key_turn(self) -> None:
+        """Wait for the rate limit on private-key operations (a token bucket of one second's
+        worth), if one is set; a flood of handshakes then queues here, bounded by the host's
+        limit on handshakes in progress."""
+        rate = self._key_rate
+        if rate is None:
+            return
+        now = trio.current_time()
+        if self._key_time is not None:
+            self._key_tokens = min(rate, self._key_tokens + (now - self._key_time) * rate)
+        self._key_time = now
+        self._key_tokens -= 1
+        if self._key_tokens < 0:
+            await trio.sleep(-self._key_tokens / rate)
 
     def next_timestamp(self) -> int:
         """A Hello timestamp: wall-clock nanoseconds, strictly increasing in this process."""
@@ -314,6 +336,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 await self._send_raw(owed)
 
     async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
+        await self.context.private_key_turn()
         self.context.private_key_operations += 1
         identity = self.context.identity
         if not self.context.offload_private_key_operations:

@@ -77,6 +77,10 @@ class KnownPeers:
 DEFAULT_HELLO_WINDOW_S = 600.0
 DEFAULT_MAX_FUTURE_SKEW_S = 60.0
 DEFAULT_MAX_RECENT_HELLOS = 65536
+# Handshakes from one initiator may complete out of order (several connections opened at once);
+# timestamps this far below the newest accepted one are still taken, once each.
+DEFAULT_REORDER_WINDOW_S = 60.0
+MAX_REMEMBERED_PER_PEER = 1024
 
 
 class ReplayGuard:
@@ -106,12 +110,18 @@ class ReplayGuard:
         self._recent: OrderedDict[bytes, int] = OrderedDict()
         self._floor_ns = -1
         self._newest: dict[PeerId, int] = {}
+        self._accepted: dict[PeerId, set[int]] = {}
+        self._floor: dict[PeerId, int] = {}
+        self.reorder_window_ns = int(DEFAULT_REORDER_WINDOW_S * 1e9)
         self.dirty = False
         if path is not None and Path(path).exists():
             raw = read_private_file(path, "replay state file")
             try:
                 table = json.loads(raw)
                 self._newest = {PeerId.from_hex(k): int(v) for k, v in table.items()}
+                # After a restart the exact newest Hello stays refused; older ones in the reorder
+                # window may cost an RSA decryption but can never complete (no Finish).
+                self._accepted = {peer: {newest} for peer, newest in self._newest.items()}
             except (ValueError, AttributeError, TypeError):
                 raise PeerDatabaseError(f"replay state file {str(path)!r} is malformed") from None
 
@@ -145,12 +155,31 @@ class ReplayGuard:
         return True
 
     def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool:
-        return timestamp_ns > self._newest.get(peer_id, -1)
+        """Newer than the newest accepted timestamp of ``peer_id`` less the reorder window, and
+        never accepted before."""
+        newest = self._newest.get(peer_id)
+        if newest is None:
+            return True
+        if timestamp_ns <= max(newest - self.reorder_window_ns, self._floor.get(peer_id, -1)):
+            return False
+        return timestamp_ns not in self._accepted.get(peer_id, ())
 
     def accept(self, peer_id: PeerId, timestamp_ns: int) -> None:
-        if timestamp_ns > self._newest.get(peer_id, -1):
-            self._newest[peer_id] = timestamp_ns
+        """Record an authenticated handshake's timestamp."""
+        newest = max(timestamp_ns, self._newest.get(peer_id, timestamp_ns))
+        if newest != self._newest.get(peer_id):
+            self._newest[peer_id] = newest
             self.dirty = True
+        floor = newest - self.reorder_window_ns
+        seen = {t for t in self._accepted.get(peer_id, ()) if t > floor}
+        seen.add(timestamp_ns)
+        if len(seen) > MAX_REMEMBERED_PER_PEER:
+            ordered = sorted(seen)
+            forgotten = ordered[:-MAX_REMEMBERED_PER_PEER]
+            seen = set(ordered[-MAX_REMEMBERED_PER_PEER:])
+            # What is forgotten must stay refused: the peer's floor rises above it.
+            self._floor[peer_id] = max(self._floor.get(peer_id, -1), forgotten[-1])
+        self._accepted[peer_id] = seen
 
     def newest(self, peer_id: PeerId) -> int | None:
         return self._newest.get(peer_id)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import p2ptls
+import p2ptls.testing
 from p2ptls import HostConfig, open_host
 
 
@@ -158,3 +160,32 @@ async def test_replay_state_is_persisted(identities, tmp_path) -> None:
     assert newest is not None
     assert state.stat().st_mode & 0o777 == 0o600
     assert p2ptls.ReplayGuard(state).newest(alice.peer_id) == newest
+
+
+async def test_private_key_operations_are_rate_limited(identities, autojump_clock) -> None:
+    """With a rate limit, a burst of handshakes is spread out: the clock (autojump) must advance
+    by at least the time the bucket needs to refill, and every handshake still completes."""
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    client = p2ptls.testing.connected_contexts(identities=(alice, bob))[0]
+    server = p2ptls.SecurityContext(
+        bob,
+        psk,
+        p2ptls.KnownPeers([alice.record]),
+        max_private_key_operations_per_s=2.0,
+        offload_private_key_operations=False,
+    )
+    client = p2ptls.SecurityContext(
+        alice, psk, p2ptls.KnownPeers([bob.record]), offload_private_key_operations=False
+    )
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            client_stream, server_stream = p2ptls.testing.secure_stream_pair_over(
+                trio.testing.memory_stream_pair(), (client, server)
+            )
+            nursery.start_soon(client_stream.do_handshake)
+            nursery.start_soon(server_stream.do_handshake)
+    assert server.private_key_operations == 6
+    # Two tokens at the start, then one every half second for the other four.
+    assert trio.current_time() - start >= 2.0

@@ -394,8 +394,10 @@ def test_older_hello_with_a_fresh_binder_cannot_complete() -> None:
     cast = parties()
     guard = ReplayGuard()
     handshake(make_initiator(), make_responder(guard=guard))
-    # Even the true initiator's own, correctly finished, older Hello never completes.
-    older = make_initiator(timestamp_ns=TIMESTAMP_NS - 1, seed=b"older")
+    # Even the true initiator's own, correctly finished Hello never completes when it is older
+    # than the reorder window allows (parallel connects may finish out of order within it).
+    too_old = TIMESTAMP_NS - guard.reorder_window_ns
+    older = make_initiator(timestamp_ns=too_old, seed=b"older")
     responder = make_responder(guard=guard, seed=b"older target")
     finish = initiator_finish(older, responder_reply(responder, older.start()))
     with pytest.raises(HandshakeFailed):
@@ -1020,3 +1022,21 @@ async def test_host_closes_a_stream_that_sends_a_handshake_flight_after_the_hand
         assert isinstance(failure.__cause__, ProtocolError)
         await peer.aclose()
         await assert_host_serves(harness)
+
+
+def test_parallel_handshakes_may_finish_out_of_order_but_each_timestamp_once() -> None:
+    """Several connections opened at once may complete in any order: a slightly older timestamp
+    is accepted once, and the same timestamp never twice."""
+    cast = parties()
+    guard = ReplayGuard()
+    handshake(make_initiator(timestamp_ns=TIMESTAMP_NS + 5), make_responder(guard=guard))
+    handshake(
+        make_initiator(timestamp_ns=TIMESTAMP_NS + 3, seed=b"slower"),
+        make_responder(guard=guard, seed=b"slower target"),
+    )
+    assert guard.newest(cast.initiator.peer_id) == TIMESTAMP_NS + 5
+    again = make_initiator(timestamp_ns=TIMESTAMP_NS + 3, seed=b"same timestamp")
+    responder = make_responder(guard=guard, seed=b"same target")
+    finish = initiator_finish(again, responder_reply(responder, again.start()))
+    with pytest.raises(HandshakeFailed):
+        responder.receive_data_untrusted(finish)

@@ -26,8 +26,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check p2ptls tests benchmarks examples
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/stream.py --quick
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' || echo "optional benchmark extras unavailable; comparisons will be skipped"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/stream.py --quick --json bench-results/stream.json
+	$(BIN)/python benchmarks/sllp.py --quick --json bench-results/sllp.json
+	@if [ -f benchmarks/replication.py ]; then $(BIN)/python benchmarks/replication.py --quick --json bench-results/replication.json; fi
+	@if [ -f benchmarks/camera_stream.py ]; then $(BIN)/python benchmarks/camera_stream.py --quick --json bench-results/camera.json --plot bench-results; fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -56,6 +56,7 @@ log = logging.getLogger("p2ptls.stream")
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _SEND_CHUNK = 256 * 1024
+_DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
 
 
 class SecurityContext:
@@ -469,14 +470,28 @@ class SecureStream(trio.abc.HalfCloseableStream):
             await self._receive_until(lambda: bool(self._bytes) or self._peer_done())
             if not self._bytes:
                 return b""
-            chunk = self._bytes.popleft()
-            self._bytes_size -= len(chunk) + _ITEM_OVERHEAD
-            if max_bytes is not None and len(chunk) > max_bytes:
-                rest = chunk[max_bytes:]
-                self._bytes.appendleft(rest)
-                self._bytes_size += len(rest) + _ITEM_OVERHEAD
-                chunk = chunk[:max_bytes]
-            return chunk
+            return self._take_bytes(_DEFAULT_RECEIVE_MAX if max_bytes is None else max_bytes)
+
+    def _take_bytes(self, limit: int) -> bytes:
+        """Up to ``limit`` buffered bytes, across record boundaries (not one record per call)."""
+        chunks = self._bytes
+        chunk = chunks.popleft()
+        self._bytes_size -= len(chunk) + _ITEM_OVERHEAD
+        if len(chunk) < limit and chunks:
+            parts = [chunk]
+            room = limit - len(chunk)
+            while chunks and room > 0:
+                following = chunks.popleft()
+                self._bytes_size -= len(following) + _ITEM_OVERHEAD
+                parts.append(following)
+                room -= len(following)
+            chunk = b"".join(parts)
+        if len(chunk) > limit:
+            rest = chunk[limit:]
+            chunks.appendleft(rest)
+            self._bytes_size += len(rest) + _ITEM_OVERHEAD
+            chunk = chunk[:limit]
+        return chunk
 
     async def receive_message(self) -> bytes:
         """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close."""

@@ -320,6 +320,7 @@ class Connection:
                 return -1
         content_type, version, length = wire.HEADER.unpack_from(buffer, 0)
         wire.check_header_fields_untrusted(content_type, version, length)
+        self._check_type_allowed_untrusted(content_type)
         missing = wire.HEADER_SIZE + length - len(buffer)
         if missing > 0:
             taken = view[used : used + missing]
@@ -339,6 +340,7 @@ class Connection:
             while end_of_data - pos >= wire.HEADER_SIZE:
                 content_type, version, length = wire.HEADER.unpack_from(view, pos)
                 wire.check_header_fields_untrusted(content_type, version, length)
+                self._check_type_allowed_untrusted(content_type)
                 body_start = pos + wire.HEADER_SIZE
                 record_end = body_start + length
                 if record_end > end_of_data:
@@ -353,6 +355,11 @@ class Connection:
                 if self.awaiting_key_operation:
                     break
             return bytes(view[pos:]) if pos < end_of_data else b""
+
+    def _check_type_allowed_untrusted(self, content_type: int) -> None:
+        """Refuse, from the header alone, a protected record before the handshake completed."""
+        if content_type != wire.HANDSHAKE and self._opener is None:
+            raise HandshakeFailed()
 
     @property
     def awaiting_key_operation(self) -> bool:

@@ -12,6 +12,7 @@ cancel the host's nursery. Leaving ``open_host`` closes every stream the host ma
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 from collections import Counter
@@ -65,6 +66,17 @@ class HostConfig:
     """RSA private-key operations at once (default: half the cores)."""
     max_private_key_operations_per_s: float | None = None
     """Rate limit on RSA private-key operations (``None``: only the thread limit applies)."""
+
+
+def _source_key(address: str) -> str:
+    """What the per-source handshake bound counts: the IPv4 address, or the IPv6 /64 (one host
+    usually owns a whole /64)."""
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
 
 
 class Host:
@@ -175,7 +187,7 @@ class Host:
 
     async def _handle_connection(self, tcp: trio.SocketStream, deliver: Handler) -> None:
         try:
-            source = str(tcp.socket.getpeername()[0])
+            source = _source_key(str(tcp.socket.getpeername()[0]))
         except OSError:
             await trio.aclose_forcefully(tcp)
             return

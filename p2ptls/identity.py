@@ -27,6 +27,10 @@ PSK_SIZE = 32
 _PSK_HEADER = b"p2ptls-network-key-v1 "
 
 
+PSS_SALT_LENGTH = 32
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
+
+
 def _oaep(label: bytes) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=label)
 
@@ -218,6 +222,14 @@ class Identity:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise KeyFileError(f"identity key file {str(path)!r} does not hold an RSA key")
         return cls(key)
+
+    def sign_pss(self, data: bytes) -> bytes:
+        """RSA-PSS signature of ``data``: SHA-256, MGF1-SHA-256, salt length 32.
+
+        The only signature an identity makes (state epoch certificates); callers prefix ``data``
+        with a context string of their own so no signature serves two purposes.
+        """
+        return self._private_key.sign(data, _PSS, hashes.SHA256())
 
     def decrypt_untrusted(self, ciphertext: bytes, label: bytes) -> bytes | None:
         """RSA-OAEP(SHA-256) decryption; ``None`` on any failure (no detail, no exception)."""

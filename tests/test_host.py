@@ -9,6 +9,7 @@ import trio.testing
 import p2ptls
 import p2ptls.testing
 from p2ptls import HostConfig, open_host
+from p2ptls.host import _source_key
 
 
 def _config(identity, psk, peers=(), listen=("127.0.0.1", 0), **options) -> HostConfig:
@@ -189,3 +190,10 @@ async def test_private_key_operations_are_rate_limited(identities, autojump_cloc
     assert server.private_key_operations == 6
     # Two tokens at the start, then one every half second for the other four.
     assert trio.current_time() - start >= 2.0
+
+
+def test_per_source_bound_counts_ipv6_by_prefix() -> None:
+    assert _source_key("192.0.2.7") == "192.0.2.7"
+    assert _source_key("2001:db8:1:2:aaaa::1") == _source_key("2001:db8:1:2:bbbb::9")
+    assert _source_key("2001:db8:1:2::1") != _source_key("2001:db8:1:3::1")
+    assert _source_key("::ffff:192.0.2.7") == "192.0.2.7"

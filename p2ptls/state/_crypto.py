@@ -20,7 +20,7 @@ import hashlib
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .._keyschedule import ZERO_SALT, expand_label, hkdf_extract
@@ -55,8 +55,7 @@ def sign_certificate(
     raw_key = signing_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     owner = identity.peer_id.digest
     unsigned = wire.EpochCertificate(network, owner, epoch, raw_key, b"", b"")
-    private_key: rsa.RSAPrivateKey = identity._private_key
-    signature = private_key.sign(CERT_CONTEXT + unsigned.body, _pss(), hashes.SHA256())
+    signature = identity.sign_pss(CERT_CONTEXT + unsigned.body)
     return wire.EpochCertificate(
         network, owner, epoch, raw_key, signature, identity.record.public_key_der
     )

@@ -29,7 +29,7 @@ import os
 import attrs
 
 from . import _wire as wire
-from ._errors import FloodError, HandshakeFailed, ProtocolError, TruncatedError
+from ._errors import FloodError, HandshakeFailed, PeerRefused, ProtocolError, TruncatedError
 from ._fragments import Reassembler, ReassemblyBudget, fragment_sizes
 from ._handshake import (
     HELLO_OAEP_LABEL,
@@ -38,6 +38,7 @@ from ._handshake import (
     InitiatorHandshake,
     OaepEncrypt,
     Randomness,
+    Refusal,
     ResponderHandshake,
     TimestampGuard,
     TrustPolicy,
@@ -140,6 +141,8 @@ class Connection:
         self._result: HandshakeResult | None = None
         self._reassembler = Reassembler(config.max_message_size, budget)
         self._handshake_output: list[bytes] = []
+        self.farewell = b""
+        """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
         self._control_tokens = float(config.control_burst)
         self._control_time: float | None = None
@@ -388,7 +391,13 @@ class Connection:
             self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_i, HELLO_OAEP_LABEL))
             return
-        result = handshake.receive_finish_untrusted(record)
+        try:
+            result = handshake.receive_finish_untrusted(record)
+        except Refusal as refusal:
+            # Tell the initiator (only it can open this record) before the connection closes.
+            sealer = RecordSealer(refusal.secrets.responder_to_initiator)
+            self.farewell = sealer.seal(wire.CLOSE, bytes([wire.CLOSE_REFUSED]))
+            raise HandshakeFailed() from None
         self._establish(result, initiator=False)
         events.append(HandshakeComplete(result.remote))
 
@@ -420,6 +429,8 @@ class Connection:
             if message is not None:
                 events.append(MessageReceived(message))
         elif content_type == wire.CLOSE:
+            if len(plaintext) == 1 and plaintext[0] == wire.CLOSE_REFUSED and self.is_initiator:
+                raise PeerRefused()
             if len(plaintext) != 1 or plaintext[0] not in (
                 wire.CLOSE_END_OF_STREAM,
                 wire.CLOSE_GOODBYE,

@@ -28,6 +28,16 @@ class HandshakeFailed(ProtocolError):
         super().__init__("handshake failed")
 
 
+class PeerRefused(ProtocolError):
+    """The responder authenticated us but does not accept us (not trusted, or a stale timestamp).
+
+    Only the true holder of our private key can read this refusal, so it reveals nothing to others.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the peer refused this identity (not trusted by it, or a stale timestamp)")
+
+
 class HandshakeTimeout(ProtocolError):
     """The handshake did not complete within its total deadline."""
 

@@ -98,6 +98,14 @@ class HandshakeResult:
         return f"HandshakeResult(remote={self.remote.peer_id!r})"
 
 
+class Refusal(HandshakeFailed):
+    """The initiator proved its identity but is not accepted (see ``receive_finish_untrusted``)."""
+
+    def __init__(self, secrets: ks.SessionSecrets) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+
 class Role(enum.Enum):
     INITIATOR = "initiator"
     RESPONDER = "responder"
@@ -379,7 +387,9 @@ class ResponderHandshake:
     def receive_finish_untrusted(self, record: bytes) -> HandshakeResult:
         """Verify the initiator's Finished; on success, advance the timestamp guard.
 
-        This is the one place where a failed handshake is reported.
+        This is the one place where a failed handshake is reported. When the Finished is genuine
+        but the initiator is not authorised, :class:`Refusal` (a ``HandshakeFailed``) carries the
+        session, so that the caller can tell that initiator, and only it, with a sealed CLOSE.
         """
         if not self._replied:
             raise HandshakeFailed()
@@ -393,7 +403,9 @@ class ResponderHandshake:
             self._hello_record, accepted.reply_record, accepted.initiator.peer_id, own_id
         )
         expected = _initiator_finished(accepted.master, full)
-        if not hmac.compare_digest(expected, finish.finished) or not accepted.authorized:
+        if not hmac.compare_digest(expected, finish.finished):
             raise HandshakeFailed()
+        if not accepted.authorized:
+            raise Refusal(ks.session_secrets(accepted.master, full))
         self._guard.accept(accepted.initiator.peer_id, accepted.timestamp_ns)
         return HandshakeResult(accepted.initiator, ks.session_secrets(accepted.master, full), full)

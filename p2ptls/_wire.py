@@ -54,6 +54,7 @@ MAX_HANDSHAKE_BODY = 2048
 # CLOSE reasons.
 CLOSE_END_OF_STREAM = 0
 CLOSE_GOODBYE = 1
+CLOSE_REFUSED = 2  # responder -> initiator only, right after a Finish it will not accept
 
 PING_PAYLOAD_SIZE = 8
 MESSAGE_LENGTH = struct.Struct(">I")

@@ -21,6 +21,7 @@ Any protocol error breaks the stream: the transport is closed at once and every 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import operator
@@ -277,7 +278,16 @@ class SecureStream(trio.abc.HalfCloseableStream):
         """Mark the stream broken, drop the transport, and return the error to raise."""
         if self._error is None:
             self._error = error
+        farewell = self._conn.farewell
         self._conn.abandon()
+        if farewell and not self._transport_send_lock.locked():
+            # Best effort: the refused initiator learns why (nothing else ever gets a reason).
+            # (If the peer is gone already there is nobody left to tell.)
+            with (
+                trio.move_on_after(1.0),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self.transport_stream.send_all(farewell)
         await trio.aclose_forcefully(self.transport_stream)
         return trio.BrokenResourceError(str(error) or type(error).__name__)
 

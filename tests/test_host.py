@@ -78,13 +78,13 @@ async def test_unknown_peer_is_refused_and_host_keeps_serving(identities) -> Non
     async with trio.open_nursery() as nursery:
         bob_host = await nursery.start(p2ptls.serve, handler, _config(bob, psk, [alice.record]))
         # Mallory holds the network key and knows bob, but bob does not know mallory. As with a
-        # TLS 1.3 client certificate, she completes her side and learns of the refusal when bob
-        # closes the connection without an authenticated close.
+        # TLS 1.3 client certificate, she completes her side; bob's refusal then arrives sealed
+        # under keys only she can derive.
         async with open_host(_config(mallory, psk, [bob_host.peer_record()], listen=None)) as host:
             stream = await host.connect(bob.peer_id)
             with pytest.raises(trio.BrokenResourceError) as failure:
                 await stream.receive_message()
-            assert isinstance(failure.value.__cause__, p2ptls.TruncatedError)
+            assert isinstance(failure.value.__cause__, p2ptls.PeerRefused)
         async with open_host(_config(alice, psk, [bob_host.peer_record()], listen=None)) as host:
             stream = await host.connect(bob.peer_id)
             assert await stream.receive_message() == b"welcome"

@@ -40,6 +40,7 @@ from p2ptls import (
     HostConfig,
     Identity,
     KnownPeers,
+    PeerRefused,
     ProtocolError,
     RecordError,
     ReplayGuard,
@@ -1040,3 +1041,23 @@ def test_parallel_handshakes_may_finish_out_of_order_but_each_timestamp_once() -
     finish = initiator_finish(again, responder_reply(responder, again.start()))
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(finish)
+
+
+def test_an_authenticated_but_untrusted_initiator_gets_a_sealed_refusal() -> None:
+    """The true holder of an untrusted key learns it was refused, from a CLOSE sealed under keys
+    only it can derive; a forger (who cannot produce the Finish) never gets one."""
+    cast = parties()
+    initiator = make_initiator()
+    responder = make_responder(trusted=[cast.other.record])
+    finish = initiator_finish(initiator, responder_reply(responder, initiator.start()))
+    with pytest.raises(HandshakeFailed):
+        responder.receive_data_untrusted(finish)
+    assert responder.farewell
+    with pytest.raises(PeerRefused):
+        initiator.receive_data_untrusted(responder.farewell)
+    # Without the genuine Finish there is no refusal to send.
+    forger = make_responder(trusted=[cast.other.record], seed=b"forged finish")
+    responder_reply(forger, make_initiator(seed=b"forger").start())
+    with pytest.raises(HandshakeFailed):
+        forger.receive_data_untrusted(finish)
+    assert forger.farewell == b""

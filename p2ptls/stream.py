@@ -232,8 +232,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._pongs: dict[bytes, trio.Event] = {}
         # A TCP transport is read into one reused buffer (the connection never keeps it).
         self._receive_buffer: memoryview | None = None
+        self._tcp_socket: trio.socket.SocketType | None = None
         if type(transport_stream) is trio.SocketStream:
             self._receive_buffer = memoryview(bytearray(self.config.receive_size))
+            self._tcp_socket = transport_stream.socket
         self._closed = False
         self._error: BaseException | None = None
         self._transport_eof = False
@@ -364,27 +366,34 @@ class SecureStream(trio.abc.HalfCloseableStream):
         return result
 
     async def _handle_events(self, events: list[Event]) -> None:
+        """File the events of a handshake read, running what the handshake needs."""
         conn = self._conn
         for event in events:
-            if isinstance(event, DataReceived):
-                self._bytes.append(event.data)
-                self._bytes_size += len(event.data) + _ITEM_OVERHEAD
-            elif isinstance(event, MessageReceived):
-                self._messages.append(event.data)
-                self._messages_size += len(event.data) + _ITEM_OVERHEAD
-            elif isinstance(event, EndOfStream):
-                pass  # conn.eof_received records it
-            elif isinstance(event, PongReceived):
-                waiter = self._pongs.pop(event.payload, None)
-                if waiter is not None:
-                    waiter.set()
-            elif isinstance(event, PrivateKeyOperationNeeded):
+            if isinstance(event, PrivateKeyOperationNeeded):
                 plaintext = await self._private_key_operation(event)
                 await self._send_raw(conn.supply_decryption(plaintext))
                 events.extend(conn.receive_data_untrusted(b"", trio.current_time()))
             elif isinstance(event, HandshakeComplete):
                 self.context.peers.note_authenticated(event.remote)
                 await self._persist_replay_state()
+            else:
+                self._file_events([event])
+
+    def _file_events(self, events: list[Event]) -> None:
+        """File application events into the byte and message buffers (after the handshake)."""
+        for event in events:
+            if type(event) is DataReceived:
+                self._bytes.append(event.data)
+                self._bytes_size += len(event.data) + _ITEM_OVERHEAD
+            elif isinstance(event, MessageReceived):
+                self._messages.append(event.data)
+                self._messages_size += len(event.data) + _ITEM_OVERHEAD
+            elif isinstance(event, PongReceived):
+                waiter = self._pongs.pop(event.payload, None)
+                if waiter is not None:
+                    waiter.set()
+            elif not isinstance(event, EndOfStream):  # EndOfStream: conn.eof_received says it
+                raise ProtocolError(f"unexpected {type(event).__name__} after the handshake")
         limit = self.config.max_unread_bytes
         if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
@@ -405,7 +414,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
         partial record on the wire, so it breaks the stream."""
         async with self._transport_send_lock:
             try:
-                await self.transport_stream.send_all(data)
+                if self._tcp_socket is None:
+                    await self.transport_stream.send_all(data)
+                else:
+                    await self._send_tcp(self._tcp_socket, data)
             except trio.Cancelled:
                 if self._error is None:
                     self._error = ProtocolError("a send was cancelled part-way through a record")
@@ -436,7 +448,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._transport_eof = True
                 self._conn.receive_eof()
                 return
-            await self._handle_events(self._conn.receive_data_untrusted(data, trio.current_time()))
+            self._file_events(self._conn.receive_data_untrusted(data, trio.current_time()))
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 await self._send_raw(self._conn.data_to_send())
         except ProtocolError as exc:
@@ -448,12 +460,24 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
+    async def _send_tcp(self, sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
+        """``SocketStream.send_all`` without its per-call wrappers (our locks already serialise)."""
+        try:
+            with memoryview(data) as view:
+                sent = await sock.send(view)
+                while sent < len(view):
+                    sent += await sock.send(view[sent:])
+        except OSError as exc:
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the transport was closed") from None
+            raise trio.BrokenResourceError(exc) from exc
+
     async def _receive_transport(self) -> bytes | bytearray | memoryview:
         """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
         buffer = self._receive_buffer
-        if buffer is None:
+        sock = self._tcp_socket
+        if buffer is None or sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
-        sock = self.transport_stream.socket  # type: ignore[attr-defined]
         try:
             size: int = await sock.recv_into(buffer)
         except OSError as exc:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -47,6 +48,9 @@ from ._keyschedule import export_keying_material
 from ._records import RecordOpener, RecordSealer
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
+
+SEND_CHUNK = 256 * 1024
+"""About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
 
 
 class State(enum.Enum):
@@ -141,6 +145,7 @@ class Connection:
         self._result: HandshakeResult | None = None
         self._reassembler = Reassembler(config.max_message_size, budget)
         self._handshake_output: list[bytes] = []
+        self._send_buffer = bytearray()
         self.farewell = b""
         """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
@@ -493,42 +498,68 @@ class Connection:
             sealer.advance_key()
         out.append(sealer.seal(content_type, payload))
 
-    def send_data(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
-        """Protect byte-stream data; return the records to send."""
-        sealer = self._sealer_for_sending()
-        total = len(data)
-        step = self._fragment
-        count = -(-total // step)
-        if self._pong_owed is None and sealer.sequence + count < sealer.key_update_after:
-            # Common case: seal every record in place into one buffer, with no per-record copy.
-            out = bytearray(total + count * (wire.HEADER_SIZE + wire.TAG_SIZE))
-            view = memoryview(data)
-            pos = 0
-            for offset in range(0, total, step):
-                pos = sealer.seal_into(out, pos, wire.DATA, view[offset : offset + step])
-            return out
-        records = self._take_pending()
+    def seal_data(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """The records carrying ``data`` on the byte stream, a chunk at a time (see ``_chunks``)."""
         view = memoryview(data)
-        for offset in range(0, total, step):
-            self._seal(sealer, records, wire.DATA, view[offset : offset + step])
-        return b"".join(records)
+        step = self._fragment
+        return self._chunks(
+            (wire.DATA, view[offset : offset + step]) for offset in range(0, len(view), step)
+        )
+
+    def seal_message(self, message: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """The records carrying one message, fragmented to the record size, a chunk at a time."""
+        if len(message) > self.config.max_message_size:
+            raise ValueError("message larger than max_message_size")
+        view = memoryview(message)
+
+        def records() -> Iterator[tuple[int, bytes | memoryview]]:
+            fragments = fragment_sizes(len(view), self._first_fragment, self._fragment)
+            offset, size = fragments[0]
+            first = wire.MESSAGE_LENGTH.pack(len(view)) + view[offset : offset + size]
+            yield wire.MESSAGE_START, first
+            for offset, size in fragments[1:]:
+                yield wire.MESSAGE_CONTINUE, view[offset : offset + size]
+
+        return self._chunks(records())
+
+    def _chunks(self, records: Iterable[tuple[int, bytes | memoryview]]) -> Iterator[memoryview]:
+        """Seal ``records`` (with any pong owed first, and key updates where due) into one buffer
+        the connection reuses, yielding about ``SEND_CHUNK`` bytes at a time.
+
+        Records are sealed lazily: each yielded view must be sent, and is invalid, before the next
+        is asked for. So other records sealed in between (a pong) still go out in sequence order.
+        """
+        sealer = self._sealer_for_sending()
+        overhead = wire.HEADER_SIZE + wire.TAG_SIZE
+        buffer = self._send_buffer
+        pos = 0
+        for record in records:
+            batch = [record]
+            if self._pong_owed is not None:  # control records interleave with fragments
+                batch.insert(0, (wire.PONG, self._pong_owed))
+                self._pong_owed = None
+            for content_type, payload in batch:
+                need = len(payload) + 2 * overhead  # room for a key update too
+                if pos and pos + need > len(buffer):
+                    yield memoryview(buffer)[:pos]
+                    pos = 0
+                if pos + need > len(buffer):
+                    # Grow on demand (small messages keep small buffers), up to about a chunk.
+                    buffer = self._send_buffer = bytearray(max(need, min(SEND_CHUNK, 4 * need)))
+                if sealer.needs_key_update:
+                    pos = sealer.seal_into(buffer, pos, wire.KEY_UPDATE, b"")
+                    sealer.advance_key()
+                pos = sealer.seal_into(buffer, pos, content_type, payload)
+        if pos:
+            yield memoryview(buffer)[:pos]
+
+    def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Protect byte-stream data; return the records to send."""
+        return b"".join(bytes(chunk) for chunk in self.seal_data(data))
 
     def send_message(self, message: bytes | bytearray | memoryview) -> bytes:
         """Protect one message, fragmented to the record size; return the records to send."""
-        if len(message) > self.config.max_message_size:
-            raise ValueError("message larger than max_message_size")
-        sealer = self._sealer_for_sending()
-        out = self._take_pending()
-        view = memoryview(message)
-        for index, (offset, size) in enumerate(
-            fragment_sizes(len(view), self._first_fragment, self._fragment)
-        ):
-            if index == 0:
-                header = wire.MESSAGE_LENGTH.pack(len(view))
-                self._seal(sealer, out, wire.MESSAGE_START, header + view[offset : offset + size])
-            else:
-                self._seal(sealer, out, wire.MESSAGE_CONTINUE, view[offset : offset + size])
-        return b"".join(out)
+        return b"".join(bytes(chunk) for chunk in self.seal_message(message))
 
     def send_ping(self, payload: bytes) -> bytes:
         """A PING record; the peer answers with a PONG carrying ``payload`` (8 bytes)."""

@@ -27,7 +27,7 @@ import logging
 import operator
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Self
 
 import trio
@@ -56,7 +56,6 @@ log = logging.getLogger("p2ptls.stream")
 # records cannot hold far more memory than max_unread_bytes says.
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
-_SEND_CHUNK = 256 * 1024
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
 
 
@@ -160,14 +159,18 @@ class _InternalLock:
         return self._held
 
     async def __aenter__(self) -> None:
-        while self._held:
-            await self._waiters.park()
-        self._held = True
+        if self._held:
+            await self._waiters.park()  # woken by __aexit__, which hands us the lock
+        else:
+            self._held = True
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._held = False
+        # FIFO hand-off: the first waiter becomes the owner (so a task that loops re-acquiring
+        # the lock cannot starve the others).
         if self._waiters:
             self._waiters.unpark()
+        else:
+            self._held = False
 
 
 class SecureStream(trio.abc.HalfCloseableStream):
@@ -410,18 +413,40 @@ class SecureStream(trio.abc.HalfCloseableStream):
             log.warning("could not persist the replay state to %s: %s", guard.path, exc)
 
     async def _send_raw(self, data: bytes | bytearray) -> None:
-        """Write under the transport-send lock. A cancellation part-way through a write leaves a
-        partial record on the wire, so it breaks the stream."""
+        """Write ``data`` (a handshake flight, or records already in order) under the lock."""
         async with self._transport_send_lock:
-            try:
-                if self._tcp_socket is None:
-                    await self.transport_stream.send_all(data)
-                else:
-                    await self._send_tcp(self._tcp_socket, data)
-            except trio.Cancelled:
-                if self._error is None:
-                    self._error = ProtocolError("a send was cancelled part-way through a record")
-                raise
+            await self._write(data)
+
+    async def _send_chunks(self, chunks: Iterator[memoryview]) -> None:
+        """Seal and write records chunk by chunk, each chunk sealed while holding the lock, so
+        that records sealed elsewhere (a pong) always reach the wire in sequence order."""
+        started = False
+        try:
+            while True:
+                async with self._transport_send_lock:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        return
+                    started = True
+                    await self._write(chunk)
+        except trio.Cancelled:
+            if started and self._error is None:
+                # Part of a message is on the wire; the stream cannot carry another one.
+                self._error = ProtocolError("a send was cancelled part-way through")
+            raise
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """One write to the transport. A cancellation part-way through a write leaves a partial
+        record on the wire, so it breaks the stream."""
+        try:
+            if self._tcp_socket is None:
+                await self.transport_stream.send_all(data)
+            else:
+                await self._send_tcp(self._tcp_socket, data)
+        except trio.Cancelled:
+            if self._error is None:
+                self._error = ProtocolError("a send was cancelled part-way through a record")
+            raise
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -450,7 +475,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 return
             self._file_events(self._conn.receive_data_untrusted(data, trio.current_time()))
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
-                await self._send_raw(self._conn.data_to_send())
+                async with self._transport_send_lock:  # sealed under the lock: keeps order
+                    owed = self._conn.data_to_send()
+                    if owed:
+                        await self._write(owed)
         except ProtocolError as exc:
             raise await self._break(exc) from exc
         except trio.ClosedResourceError:
@@ -460,7 +488,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
-    async def _send_tcp(self, sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
+    async def _send_tcp(
+        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
+    ) -> None:
         """``SocketStream.send_all`` without its per-call wrappers (our locks already serialise)."""
         try:
             with memoryview(data) as view:
@@ -550,18 +580,18 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send_records(self, seal: Callable[[], bytes | bytearray]) -> None:
+    async def _send_records(self, chunks: Callable[[], Iterator[memoryview]]) -> None:
         self._check_usable()
         if not self._handshake_done:
             await self.do_handshake()
         if self._conn.eof_sent:
             raise trio.ClosedResourceError("send_eof was already called")
         try:
-            records = seal()
+            await self._send_chunks(chunks())
+            if self._conn.has_pending_output:  # a pong owed while we held the transport
+                await self._send_chunks(iter([memoryview(self._conn.data_to_send())]))
         except ProtocolError as exc:
             raise await self._break(exc) from exc
-        try:
-            await self._send_raw(records)
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
@@ -573,13 +603,14 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            view = memoryview(data)
-            for offset in range(0, len(view), _SEND_CHUNK):
-                chunk = view[offset : offset + _SEND_CHUNK]
-                await self._send_records(functools.partial(self._conn.send_data, chunk))
+            await self._send_records(functools.partial(self._conn.seal_data, data))
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
-        """Send one message (at most ``config.max_message_size`` bytes), fragmented into records."""
+        """Send one message (at most ``config.max_message_size`` bytes), fragmented into records.
+
+        Records are sealed and written about 256 KiB at a time into one reused buffer, so a large
+        message never needs a second copy of itself in memory.
+        """
         if len(message) > self.config.max_message_size:
             raise ValueError(
                 f"message of {len(message)} bytes exceeds max_message_size "
@@ -587,7 +618,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             )
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._send_records(lambda: self._conn.send_message(message))
+            await self._send_records(functools.partial(self._conn.seal_message, message))
 
     async def send_eof(self) -> None:
         """Send the authenticated end of our direction; the peer's reads then return ``b""``.
@@ -600,7 +631,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if self._conn.eof_sent:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            await self._send_records(lambda: self._conn.send_eof(wire.CLOSE_END_OF_STREAM))
+            await self._send_records(lambda: iter([memoryview(self._conn.send_eof())]))
             if isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
                 await self.transport_stream.send_eof()
 
@@ -616,14 +647,13 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._pongs[payload] = answered
         start = trio.current_time()
         with self._send_conflict:
-            await self._send_records(lambda: self._conn.send_ping(payload))
+            await self._send_records(lambda: iter([memoryview(self._conn.send_ping(payload))]))
         while not answered.is_set():
-            if self._pump_lock.locked():
-                await answered.wait()
-            else:
-                async with self._pump_lock:
-                    if not answered.is_set():
-                        await self._pump()
+            # Whoever holds the pump lock may be the one reading our pong; the hand-off lets us
+            # look again as soon as it lets go.
+            async with self._pump_lock:
+                if not answered.is_set():
+                    await self._pump()
             if self._peer_done() and not answered.is_set():
                 raise trio.BrokenResourceError("peer closed before answering the ping")
         return trio.current_time() - start

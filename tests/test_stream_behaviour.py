@@ -177,3 +177,27 @@ async def test_concurrent_senders_are_refused(pair) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.send_all, b"x" * (1 << 20))
             nursery.start_soon(client.send_message, b"y")
+
+
+async def test_pongs_interleave_with_a_large_message_in_sequence_order(pair) -> None:
+    """The receive side answers pings while the same stream is in the middle of sending a large
+    message: the pong records must reach the wire in sequence order between the fragments."""
+    client, server = pair
+    message = bytes(range(256)) * (16 * 1024)  # 4 MiB: many chunks of records
+    pings_done = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def client_receives() -> None:  # its pump answers the server's pings
+            assert await client.receive_some() == b""
+
+        async def server_pings() -> None:
+            for _ in range(5):
+                await server.ping()
+            pings_done.set()
+
+        nursery.start_soon(client_receives)
+        nursery.start_soon(client.send_message, message)
+        nursery.start_soon(server_pings)
+        assert await server.receive_message() == message
+        await pings_done.wait()
+        await server.send_eof()

@@ -27,7 +27,6 @@ import math
 import random
 import struct
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -49,17 +48,6 @@ _BARS = (
     (0, 0, 192),
     (16, 16, 16),
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear interpolation between closest ranks; NaN if
-    ``values`` is empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class SyntheticCamera:

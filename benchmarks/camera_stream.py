@@ -86,8 +86,8 @@ from benchmarks._camera import (
     TcpImpairment,
     encode_jpeg,
     have_pillow,
-    percentile,
 )
+from benchmarks._common import log, percentile
 from benchmarks.stream import TLS_HOSTNAME, tls_contexts, write_tls_material
 from p2ptls import sllp
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
@@ -128,10 +128,6 @@ CASE_PATTERN = re.compile(
     r"^(?:loss(?P<loss>\d+(?:\.\d+)?)_)?(?:unpaced|paced_(?P<cameras>\d+)x(?P<fps>\d+(?:\.\d+)?))"
     r"_(?P<source>480p_raw|720p_raw|jpeg)$"
 )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- cases --------------------------------------------------------------------------------------

@@ -32,11 +32,16 @@ import socket as stdsocket
 import struct
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
 import p2ptls
+from benchmarks._common import log, percentile
 from p2ptls.sllp import Message, SllpChannel, SllpConfig
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
 from p2ptls.sllp.testing import channel_pair
@@ -47,19 +52,6 @@ STAMP = struct.Struct(">d")
 LOSS_RATES = (0, 1, 5)
 LOSS_SIZES = (1_000, 10_000, 50_000)
 JSON_LOSS_SIZE = 10_000
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- throughput ---------------------------------------------------------------------------------

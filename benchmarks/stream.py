@@ -45,6 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import p2ptls
+from benchmarks._common import log, percentile
 
 Kind = Literal["p2ptls", "tls", "tcp"]
 KINDS: tuple[Kind, ...] = ("p2ptls", "tls", "tcp")
@@ -97,19 +101,6 @@ TARGETS: list[tuple[str, str, Callable[[Row], float], Callable[[float], bool]]] 
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    if low == high:
-        return ordered[low]
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def format_value(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -135,10 +126,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
                 for i, (c, w) in enumerate(zip(row, widths, strict=True))
             )
         )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- key material -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ``p2ptls`` command: create identities and network keys, show peer records, run the demo."""
+"""The ``p2ptls`` command: create identities and network keys, show peer records, run the demo,
+run a state node and use it (``p2ptls node --help``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from . import Identity, NetworkKey, P2PTLSError
 from .demo import main as demo_main
+from .state.cli import add_node_commands
 
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> bytes | None:
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the three-peer local demo")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(run=_demo)
+
+    add_node_commands(commands)
     return parser
 
 

@@ -3,7 +3,8 @@
 Creates (or reuses) identity keys for alice, bob and carol, a network key and an encrypted peer
 database in ``./demo-run``; starts three hosts on 127.0.0.1; connects every pair; exchanges
 messages; transfers a file-sized payload with a progress bar; and prints who authenticated whom,
-the cipher suite and the throughput.
+the cipher suite and the throughput. Then three state nodes replicate signed state, one stops and
+is reported stale, and a consensus query is printed (:mod:`p2ptls.state.demo`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from . import (
     SecureStream,
     open_host,
 )
+from .state import demo as state_demo
 
 NAMES = ("alice", "bob", "carol")
 CHUNK = 64 * 1024
@@ -136,6 +138,7 @@ async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
             await _exchange(hosts, records, log)
             await _transfer(alice, records["bob"], payload_mib)
             nursery.cancel_scope.cancel()
+    await state_demo.run(directory / "state", psk, identities)
 
 
 def _host_config(identity: Identity, psk: NetworkKey) -> HostConfig:

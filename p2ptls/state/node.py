@@ -75,6 +75,17 @@ log = logging.getLogger("p2ptls.state")
 
 _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
+PULL_INTERVAL = 0.5
+"""Seconds (jittered by ±50 %) between the digests a node sends, one peer at a time in turn,
+while some member it knows is not connected to it.
+
+Records a node receives straight from their owner are not pushed on: members keep a connection
+to every other member, so the owner's own push reaches each of them, and pushing on as well
+would send every update N² times. A member that is not connected to some owner (a firewall, a
+peer filter, a member that is down) asks for what it lacks instead: its digest makes the peer
+push every owner it holds more of. Records received from another relay are pushed on at once
+(they travel a path the owner's push did not)."""
+
 
 class _Subscriber:
     __slots__ = ("buffer", "send", "types")
@@ -179,6 +190,8 @@ class StateNode:
         )
         self._counters: collections.Counter[str] = collections.Counter()
         self._closed = False
+        self.pull_interval = PULL_INTERVAL
+        """Seconds between digests while a member is not connected; see :data:`PULL_INTERVAL`."""
 
     # -- identity and addresses -----------------------------------------------------------------
 
@@ -246,7 +259,7 @@ class StateNode:
             self._pending_local.append(record)
             last = record.version
         self._counters["records_written"] += len(checked)
-        self._store_wake.set()
+        self._store_now()
         await self._wait_durable(last)
 
     async def _wait_durable(self, version: wire.Version) -> None:
@@ -469,7 +482,13 @@ class StateNode:
                     self._queue(peer, gossip)
         elif (
             address is not None
-            and (authoritative or member.address is None)
+            # Gossip replaces an address that failed (e.g. one stored by an earlier run): the
+            # gossiper's may be the member's new one.
+            and (
+                authoritative
+                or member.address is None
+                or (member.peer is None and member.backoff > 0)
+            )
             and member.address != address
         ):
             member.address = address
@@ -500,6 +519,7 @@ class StateNode:
             self._learn(record.public_key_der, record.address, authoritative=True)
         self._nursery.start_soon(self._store_loop)
         self._nursery.start_soon(self._sign_loop)
+        self._nursery.start_soon(self._pull_loop)
         if self.host.listeners:
             self._nursery.start_soon(self._accept_loop)
         self._store_wake.set()  # the new epoch's certificate and any records issued again
@@ -515,12 +535,26 @@ class StateNode:
             if changes.empty and not members:
                 continue
             await self._apply(changes, members)
-            if changes.durable_through is not None:
-                self._note_durable(changes.durable_through)
-            if changes.published_through is not None and core.publish(changes.published_through):
-                for peer in self._peers.values():
-                    peer.outbound.note_changed(core.own_id)
-                    peer.kick()
+            self._committed(changes)
+
+    def _committed(self, changes: ChangeSet) -> None:
+        """``changes`` are stored: acknowledge own writes and offer published batches."""
+        core = self._core
+        if changes.durable_through is not None:
+            self._note_durable(changes.durable_through)
+        if changes.published_through is not None and core.publish(changes.published_through):
+            for peer in self._peers.values():
+                peer.outbound.note_changed(core.own_id)
+                peer.kick()
+
+    def _store_now(self) -> None:
+        """A node without a database file has nothing to write (see :meth:`_apply`): commit
+        its own writes and batches in place instead of waking the store task."""
+        if self._store.persistent:
+            self._store_wake.set()
+            return
+        self._pending_members = {}
+        self._committed(self._core.take_changes())
 
     async def _apply(self, changes: ChangeSet, members: list[tuple[bytes, StoredMember]]) -> None:
         """Write one group commit on a worker thread.
@@ -566,7 +600,7 @@ class StateNode:
                     await trio.sleep(config.coalesce_delay)
                 if core.sign_pending(config.max_batch) is not None:
                     self._counters["batches_signed"] += 1
-                    self._store_wake.set()
+                    self._store_now()
 
     async def _rotate(self) -> None:
         """Our id is held elsewhere at versions we do not have (our store was lost or rolled
@@ -791,8 +825,7 @@ class StateNode:
         digest = self._core.digest()
         peer.outbound.note_digest_sent(digest)
         await stream.send_message(digest.encode())
-        for chunk in _chunks(self._member_infos(), wire.MAX_MEMBERS_PER_MESSAGE):
-            await stream.send_message(wire.Members(tuple(chunk)).encode())
+        await self._send_members(stream)
         while True:
             await peer.wake.wait()
             peer.wake = trio.Event()
@@ -809,6 +842,12 @@ class StateNode:
                     if updates is None:
                         break
                     await stream.send_message(updates.encode())
+
+    async def _send_members(self, stream: SecureStream) -> None:
+        """Tell a new connection every member we know (a helper, so that the list is not kept
+        alive by the sender's frame for the life of the connection)."""
+        for chunk in _chunks(self._member_infos(), wire.MAX_MEMBERS_PER_MESSAGE):
+            await stream.send_message(wire.Members(tuple(chunk)).encode())
 
     def _member_infos(self) -> list[wire.MemberInfo]:
         infos = [wire.MemberInfo(self.config.identity.record.public_key_der, self.address)]
@@ -862,6 +901,8 @@ class StateNode:
                 self._note_changed()
             self._store_wake.set()
             for owner in outcome.advanced:
+                if owner == peer.peer_id.digest:
+                    continue  # straight from its owner: not pushed on (see PULL_INTERVAL)
                 for other in self._peers.values():
                     if other is not peer:
                         other.outbound.note_changed(owner)
@@ -903,6 +944,21 @@ class StateNode:
             pass  # any message proves the peer alive (last_received)
         else:  # a second hello
             raise StateProtocolError("unexpected hello")
+
+    async def _pull_loop(self) -> None:
+        """While some member is not connected, send a digest to one peer after another, so that
+        it pushes what we lack of the owners we cannot reach (see :data:`PULL_INTERVAL`)."""
+        turn = 0
+        while True:
+            await trio.sleep(self.pull_interval * random.uniform(0.5, 1.5))
+            if not self._peers or all(m.peer is not None for m in self._members.values()):
+                continue
+            peers = list(self._peers.values())
+            peer = peers[turn % len(peers)]
+            turn += 1
+            digest = self._core.digest()
+            peer.outbound.note_digest_sent(digest)
+            self._queue(peer, digest.encode())
 
     def _report(self, equivocations: list[Equivocation]) -> None:
         for evidence in equivocations:

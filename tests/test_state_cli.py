@@ -1,0 +1,363 @@
+"""``p2ptls node``: real nodes in subprocesses on 127.0.0.1, driven through the command line.
+
+The only polling is for process start-up (``wait_for_socket``: a bounded retry loop on the
+control socket); everything else waits for events (``get --wait``, the watcher's own output).
+The control socket's security (directory and socket modes, peer uid) is checked in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import p2ptls
+from p2ptls.state import StateNodeConfig, open_state_node
+from p2ptls.state.cli import ConfigError, load_node_config, parse_address
+from p2ptls.state.control import (
+    FRAME,
+    ControlClient,
+    ControlError,
+    ControlServer,
+    encode_frame,
+    peer_credentials,
+    wait_for_socket,
+)
+
+DEADLINE = 60
+ROOT = Path(__file__).resolve().parent.parent
+NODE = (sys.executable, "-m", "p2ptls", "node")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (Unix socket paths are limited to about 100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="p2c", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(directory: Path, name: str, **extra: Any) -> Path:
+    lines = [
+        f'name = "{name}"',
+        f'identity = "{name}.key"',
+        'network_key = "network.psk"',
+        f'database = "{name}.sqlite3"',
+        'listen = "127.0.0.1:0"',
+        f'control_socket = "ctl-{name}/sock"',
+        f'record_file = "{name}.record.json"',
+    ]
+    bootstrap = extra.pop("bootstrap", None)
+    lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+    lines += ["[state]", "coalesce_delay = 0.0", "reconnect_min = 0.05", "reconnect_max = 0.5"]
+    if bootstrap:
+        lines += ["[[bootstrap]]", f'record_file = "{bootstrap}"']
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(DEADLINE):
+        result = await trio.run_process(
+            [sys.executable, "-m", "p2ptls", "node", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=ROOT,
+        )
+    if check:
+        assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+class NodeProcess:
+    def __init__(self, process: trio.Process, config: Path) -> None:
+        self.process = process
+        self.config = load_node_config(config)
+
+    async def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(DEADLINE):
+            return await self.process.wait()
+
+
+async def start_node(config: Path, log: Path) -> NodeProcess:
+    output = log.open("wb")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "p2ptls", "node", "run", str(config)],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    output.close()
+    node = NodeProcess(process, config)
+    # Start-up only: poll the control socket (bounded) until the node answers.
+    await trio.to_thread.run_sync(wait_for_socket, node.config.control_socket, DEADLINE)
+    return node
+
+
+async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
+    directory = short_dir
+    p2ptls.generate_psk(directory / "network.psk")
+    identities[0].save(directory / "alice.key")
+    identities[1].save(directory / "bob.key")
+    alice_config = write_config(directory, "alice")
+    bob_config = write_config(directory, "bob", bootstrap="alice.record.json")
+    alice = await start_node(alice_config, directory / "alice.log")
+    bob = None
+    try:
+        bob = await start_node(bob_config, directory / "bob.log")
+        alice_id = identities[0].peer_id.hex()
+        bob_id = identities[1].peer_id.hex()
+        assert "listening on 127.0.0.1:" in (directory / "alice.log").read_text()
+
+        # put on alice, get alice's key on bob (waiting for it to arrive).
+        put = await cli("put", "-c", str(alice_config), "color", "blue", "--json")
+        assert json.loads(put.stdout)["key"] == "color"
+        got = await cli(
+            "get", "-c", str(bob_config), "color", "--owner", alice_id[:10], "--wait", "30"
+        )
+        assert got.stdout == b"blue\n"
+        own = await cli("get", "-s", str(alice.config.control_socket), "color", "--json")
+        record = json.loads(own.stdout)
+        assert record["owner"] == alice_id and record["value"] == "blue"
+
+        # watch on bob: started, then a put on alice, then exactly one event.
+        async with trio.open_nursery() as nursery:
+            watcher = await trio.lowlevel.open_process(
+                [*NODE, "watch", "-c", str(bob_config), "--key", "x", "--count", "1"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            assert watcher.stderr is not None and watcher.stdout is not None
+            with trio.fail_after(DEADLINE):
+                seen = b""
+                while b"watching" not in seen:
+                    chunk = await watcher.stderr.receive_some(4096)
+                    assert chunk, seen
+                    seen += chunk
+            nursery.start_soon(cli, "put", "-c", str(alice_config), "x", "42")
+            with trio.fail_after(DEADLINE):
+                out = b""
+                while chunk := await watcher.stdout.receive_some(4096):
+                    out += chunk
+                assert await watcher.wait() == 0
+        event = json.loads(out.decode().strip())
+        assert event["type"] == "changed"
+        assert (event["owner"], event["key"], event["value"]) == (alice_id, "x", "42")
+
+        # peers: each sees the other connected.
+        peers = json.loads((await cli("peers", "-c", str(alice_config), "--json")).stdout)
+        assert peers["self"]["peer_id"] == alice_id
+        assert [(m["peer_id"], m["state"]) for m in peers["members"]] == [(bob_id, "connected")]
+        table = (await cli("peers", "-c", str(bob_config))).stdout.decode()
+        assert alice_id[:16] in table and "connected" in table
+
+        # consensus: bob agrees on blue, then both hold it.
+        await cli("put", "-c", str(bob_config), "color", "blue")
+        await cli("get", "-c", str(alice_config), "color", "--owner", bob_id, "--wait", "30")
+        ranked = (await cli("consensus", "-c", str(alice_config), "color")).stdout.decode()
+        assert ranked.startswith("2\tblue\t")
+        data = json.loads((await cli("consensus", "-c", str(bob_config), "color", "--json")).stdout)
+        assert data["entries"][0]["count"] == 2
+
+        # info, delete, typed errors and their exit codes.
+        info = json.loads((await cli("info", "-c", str(bob_config))).stdout)
+        assert info["peer_id"] == bob_id and info["record"]["peer_id"] == bob_id
+        await cli("delete", "-c", str(alice_config), "color")
+        missing = await cli("get", "-c", str(alice_config), "color", check=False)
+        assert missing.returncode == 1 and b"has no key" in missing.stderr
+        await cli("put", "-c", str(alice_config), "bin", "AP8=", "--b64")
+        binary = json.loads((await cli("get", "-c", str(alice_config), "bin", "--json")).stdout)
+        assert binary["value_b64"] == "AP8="
+        bad_owner = await cli("get", "-c", str(alice_config), "k", "--owner", "zz", check=False)
+        assert bad_owner.returncode == 2
+        nowhere = await cli("peers", "-s", str(directory / "nowhere.sock"), check=False)
+        assert nowhere.returncode == 3 and b"no node answers" in nowhere.stderr
+
+        # Stop bob: alice reports him stale.
+        assert await bob.stop() == 0
+        bob = None
+        peers = json.loads((await cli("peers", "-c", str(alice_config), "--json")).stdout)
+        # (the member turns unreachable when bob's connection closes, before bob exits)
+        assert peers["members"][0]["stale"] is True
+    finally:
+        if bob is not None:
+            await bob.stop()
+        assert await alice.stop() == 0
+    assert not alice.config.control_socket.exists()
+    socket_dir = alice.config.control_socket.parent
+    assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+    record = json.loads((directory / "alice.record.json").read_text())
+    assert record["peer_id"] == identities[0].peer_id.hex()
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('identity = "a.key"\n')
+    with pytest.raises(ConfigError, match="network_key is required"):
+        load_node_config(bad)
+    bad.write_text('identity = "a.key"\nnetwork_key = "n"\ncolour = 1\n')
+    with pytest.raises(ConfigError, match="unknown settings"):
+        load_node_config(bad)
+    bad.write_text('identity = "a.key"\nnetwork_key = "n"\n[state]\nping_interval = "x"\n')
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_node_config(bad)
+    bad.write_text('identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nrecord_file = "no"\n')
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_node_config(bad)
+    bad.write_text("identity = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_node_config(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('identity = "a.key"\nnetwork_key = "n.psk"\nlisten = "[::1]:7400"\n')
+    config = load_node_config(good)
+    assert config.listen == ("::1", 7400)
+    assert config.identity == tmp_path / "a.key"
+    assert config.control_socket == tmp_path / "good.control" / "sock"
+    assert parse_address("127.0.0.1:1", "x") == ("127.0.0.1", 1)
+    with pytest.raises(ConfigError):
+        parse_address("127.0.0.1", "x")
+
+
+def test_run_refuses_a_missing_identity(tmp_path: Path) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text('identity = "none.key"\nnetwork_key = "none.psk"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "p2ptls", "node", "run", str(config)],
+        capture_output=True,
+        timeout=DEADLINE,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and b"does not exist" in done.stderr
+
+
+async def test_control_socket_is_private(short_dir: Path, identities) -> None:
+    psk = p2ptls.generate_psk()
+    loose = short_dir / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    async with open_state_node(StateNodeConfig(identity=identities[0], psk=psk)) as node:
+        with pytest.raises(ControlError, match="accessible by group or others"):
+            await ControlServer(node, loose / "sock").serve()
+        path = short_dir / "ctl" / "sock"
+        server = ControlServer(node, path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+            assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+            with pytest.raises(ControlError, match="another node"):
+                await ControlServer(node, path).serve()
+            await trio.to_thread.run_sync(_check_requests, path)
+            if os.getuid() == 0 and Path("/usr/bin/python3").exists():
+                await _check_other_user(path, server)
+            nursery.cancel_scope.cancel()
+    assert not path.exists()
+
+
+def _check_requests(path: Path) -> None:
+    with ControlClient(path) as client:
+        assert client.request("put", key="k", value="v")["key"] == "k"
+        assert client.request("get", key="k")["value"] == "v"
+        for request, kind in (
+            ({"op": "nonsense"}, "bad_request"),
+            ({"op": "put", "key": 5, "value": "v"}, "bad_request"),
+            ({"op": "put", "key": "k", "value_b64": "***"}, "bad_request"),
+            ({"op": "get", "key": "absent"}, "not_found"),
+            ({"op": "get", "key": "k", "owner": "abcdef"}, "not_found"),
+            ({"op": "get", "key": "k", "wait": -1}, "bad_request"),
+            ({"op": "send", "to": "ab" * 32, "value": "x"}, "not_connected"),
+        ):
+            with pytest.raises(ControlError) as caught:
+                client.request(**request)
+            assert caught.value.kind == kind, request
+        assert client.request("consensus", key="k")["entries"][0]["count"] == 1
+        # A watcher gets events; one that goes away mid-stream ends only its own connection.
+        with ControlClient(path) as watcher:
+            events = watcher.watch(key="w")
+            client.request("put", key="w", value="1")
+            event = next(events)
+            assert (event["type"], event["key"], event["value"]) == ("changed", "w", "1")
+        for value in "234":
+            client.request("put", key="w", value=value)
+        assert client.request("get", key="w")["value"] == "4"
+    # Not JSON, then a frame larger than the node accepts: typed errors, then the end.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(DEADLINE)
+        raw.connect(os.fspath(path))
+        raw.sendall(FRAME.pack(3) + b"{x]")
+        assert b'"bad_request"' in _read_frame(raw)
+        raw.sendall(FRAME.pack(1 << 30))
+        assert b'"too_large"' in _read_frame(raw)
+        assert raw.recv(1) == b""
+    # Our own uid is what SO_PEERCRED reports for our connections.
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        assert peer_credentials(left)[1] == os.getuid()
+    assert encode_frame({"a": 1})[FRAME.size :] == b'{"a":1}'
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < FRAME.size or len(data) < FRAME.size + FRAME.unpack_from(data)[0]:
+        chunk = sock.recv(65536)
+        assert chunk
+        data += chunk
+    return data[FRAME.size :]
+
+
+async def _check_other_user(path: Path, server: ControlServer) -> None:
+    """Another user (nobody) can neither reach the socket through its 0700 directory nor, when
+    the directory and socket are opened up by mistake, get an answer (SO_PEERCRED)."""
+    probe = (
+        "import socket, struct, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.settimeout(20)\n"
+        "try:\n"
+        "    s.connect(sys.argv[1])\n"
+        "except PermissionError:\n"
+        "    print('denied'); sys.exit(0)\n"
+        "try:\n"
+        "    s.sendall(struct.pack('>I', 13) + b'{\"op\":\"info\"}')\n"
+        "    print('closed' if s.recv(1) == b'' else 'answered')\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    print('closed')\n"
+    )
+
+    async def attempt() -> str:
+        with trio.fail_after(DEADLINE):
+            done = await trio.run_process(
+                ["/usr/bin/python3", "-c", probe, str(path)],
+                capture_stdout=True,
+                check=True,
+                user=65534,
+                group=65534,
+                extra_groups=[],
+            )
+        return done.stdout.decode().strip()
+
+    assert await attempt() == "denied"
+    path.parent.chmod(0o755)
+    path.chmod(0o666)
+    try:
+        assert await attempt() == "closed"
+        assert server.refused == 1
+    finally:
+        path.parent.chmod(0o700)
+        path.chmod(0o600)

@@ -8,6 +8,7 @@ failure; nothing sleeps.
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ def start(
         node_id=node_id,
         port=0,
         network_key_file=key,
-        bootstrap_nodes=bootstrap or [],  # type: ignore[arg-type]
+        bootstrap_nodes=bootstrap or [],
         data_dir=data_dir,
         **options,
     )
@@ -302,7 +303,7 @@ def test_unreachable_bootstrap_alerts_and_carries_on(
         node_id="lonely",
         network_key_file=network_key,
         data_dir=tmp_path / "lonely",
-        bootstrap_nodes=[{"record_file": record_path}],  # type: ignore[list-item]
+        bootstrap_nodes=[{"record_file": record_path}],
         start_timeout=0.5,
         persistent=False,
     )
@@ -328,8 +329,8 @@ def test_config_from_dict() -> None:
         }
     )
     assert config.data_dir == Path("creds")
-    assert config.bootstrap_nodes[0].address == "coordinator.local"
-    assert config.bootstrap_nodes[0].to_dict() == {"address": "coordinator.local", "port": 8000}
+    assert config.entries[0].address == "coordinator.local"
+    assert config.entries[0].to_dict() == {"address": "coordinator.local", "port": 8000}
     with pytest.raises(ValueError, match="network_key_file"):
         DSNodeConfig.from_dict({"node_id": "x", "aes_key": "00" * 16})
     with pytest.raises(ValueError, match="unknown"):
@@ -339,7 +340,7 @@ def test_config_from_dict() -> None:
     with pytest.raises(ValueError):
         DSNodeConfig(node_id="a" * 64)  # looks like a peer id
     with pytest.raises(BootstrapError):
-        DSNodeConfig(node_id="x", bootstrap_nodes=[{"port": 1}])  # type: ignore[list-item]
+        DSNodeConfig(node_id="x", bootstrap_nodes=[{"port": 1}])
     with pytest.raises(ValueError, match="network_key_file"):
         DSNodeServer(DSNodeConfig(node_id="x"))
 
@@ -355,3 +356,19 @@ def test_record_file_round_trip(tmp_path: Path, identities) -> None:
     path.chmod(0o600)
     with pytest.raises(BootstrapError, match="not the hash"):
         load_peer_record(path)
+
+
+def test_a_port_in_use_is_reported(tmp_path: Path, identities, network_key: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = DSNodeConfig(
+            node_id="late",
+            port=taken.getsockname()[1],
+            network_key_file=network_key,
+            data_dir=tmp_path / "late",
+        )
+        (tmp_path / "late").mkdir(mode=0o700)
+        identities[0].save(config.identity_path)
+        with pytest.raises(OSError):
+            DSNodeServer.start(config)

@@ -265,7 +265,8 @@ class DSNodeConfig:
     node_id: str
     port: int = 0
     network_key_file: StrPath | None = None
-    bootstrap_nodes: list[BootstrapNode] = field(default_factory=list)
+    bootstrap_nodes: Sequence[BootstrapNode | Mapping[str, Any]] = field(default_factory=list)
+    """Members to join through: :class:`BootstrapNode` entries or their dict forms."""
     data_dir: Path = Path("dsn-data")
     """Identity, database, replay state and peer record of the node (created mode 0700)."""
     network_ip: str = "127.0.0.1"
@@ -283,6 +284,8 @@ class DSNodeConfig:
     """Seconds ``start`` waits for the first bootstrap node (then alerts and carries on)."""
     coalesce_delay: float = 0.001
     """Seconds to wait for more writes to sign in one batch (0: sign at once)."""
+    entries: list[BootstrapNode] = field(init=False, repr=False)
+    """``bootstrap_nodes``, parsed."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
@@ -298,7 +301,8 @@ class DSNodeConfig:
             )
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ValueError("port must be an integer in 0..65535")
-        self.bootstrap_nodes = [_bootstrap_entry(entry) for entry in self.bootstrap_nodes]
+        self.entries = [_bootstrap_entry(entry) for entry in self.bootstrap_nodes]
+        self.bootstrap_nodes = list(self.entries)
         self.data_dir = Path(self.data_dir)
         if self.record_dir is not None:
             self.record_dir = Path(self.record_dir)
@@ -717,7 +721,7 @@ class DSNodeServer:
         psk = NetworkKey.load(config.network_key_file)
         identity = _load_or_create_identity(config)
         self._bootstrap = resolve_bootstrap(
-            config.bootstrap_nodes, config.record_dir or config.data_dir, identity.peer_id
+            config.entries, config.record_dir or config.data_dir, identity.peer_id
         )
         for record in self._bootstrap:
             if record.name:
@@ -786,7 +790,7 @@ class DSNodeServer:
             trio.run(self._trio_main, state_config)
         except BaseException as exc:
             if not self._ready.is_set():
-                self._failure = exc
+                self._failure = _single(exc)
             else:
                 log.exception("%s: the node's thread failed", self.config.node_id)
                 self._alert(f"node stopped after an error: {exc!r}")
@@ -1001,6 +1005,13 @@ class DSNodeServer:
 
     def __repr__(self) -> str:
         return f"DSNodeServer({self.config.node_id!r}, running={self.running})"
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one exception, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _log_alert(message: str) -> None:

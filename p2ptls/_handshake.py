@@ -34,7 +34,6 @@ The per-initiator timestamp guard is only advanced once Finish verifies.
 
 from __future__ import annotations
 
-import enum
 import hmac
 import os
 from collections.abc import Callable
@@ -104,11 +103,6 @@ class Refusal(HandshakeFailed):
     def __init__(self, secrets: ks.SessionSecrets) -> None:
         super().__init__()
         self.secrets = secrets
-
-
-class Role(enum.Enum):
-    INITIATOR = "initiator"
-    RESPONDER = "responder"
 
 
 def _x25519_public_bytes(private: X25519PrivateKey) -> bytes:

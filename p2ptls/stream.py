@@ -241,7 +241,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
             self._tcp_socket = transport_stream.socket
         self._closed = False
         self._error: BaseException | None = None
-        self._transport_eof = False
 
     # -- public attributes ----------------------------------------------------------------------
 
@@ -470,7 +469,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
         try:
             data = await self._receive_transport()
             if not data:
-                self._transport_eof = True
                 self._conn.receive_eof()
                 return
             self._file_events(self._conn.receive_data_untrusted(data, trio.current_time()))
@@ -646,16 +644,19 @@ class SecureStream(trio.abc.HalfCloseableStream):
         answered = trio.Event()
         self._pongs[payload] = answered
         start = trio.current_time()
-        with self._send_conflict:
-            await self._send_records(lambda: iter([memoryview(self._conn.send_ping(payload))]))
-        while not answered.is_set():
-            # Whoever holds the pump lock may be the one reading our pong; the hand-off lets us
-            # look again as soon as it lets go.
-            async with self._pump_lock:
-                if not answered.is_set():
-                    await self._pump()
-            if self._peer_done() and not answered.is_set():
-                raise trio.BrokenResourceError("peer closed before answering the ping")
+        try:
+            with self._send_conflict:
+                await self._send_records(lambda: iter([memoryview(self._conn.send_ping(payload))]))
+            while not answered.is_set():
+                if self._peer_done():
+                    raise trio.BrokenResourceError("peer closed before answering the ping")
+                # Whoever holds the pump lock may be the one reading our pong; the hand-off lets
+                # us look again as soon as it lets go.
+                async with self._pump_lock:
+                    if not answered.is_set():
+                        await self._pump()
+        finally:
+            self._pongs.pop(payload, None)  # also when cancelled: no waiter is left behind
         return trio.current_time() - start
 
     # -- closing --------------------------------------------------------------------------------

@@ -168,7 +168,6 @@ async def test_private_key_operations_are_rate_limited(identities, autojump_cloc
     by at least the time the bucket needs to refill, and every handshake still completes."""
     alice, bob = identities[0], identities[1]
     psk = p2ptls.generate_psk()
-    client = p2ptls.testing.connected_contexts(identities=(alice, bob))[0]
     server = p2ptls.SecurityContext(
         bob,
         psk,

@@ -201,3 +201,21 @@ async def test_pongs_interleave_with_a_large_message_in_sequence_order(pair) -> 
         assert await server.receive_message() == message
         await pings_done.wait()
         await server.send_eof()
+
+
+async def test_a_cancelled_ping_leaves_no_waiter_behind(pair) -> None:
+    client, server = pair
+    await _both_handshake(client, server)
+    with trio.move_on_after(0.01):  # nobody on the server side reads, so no pong ever comes
+        await client.ping()
+    assert client._pongs == {}
+
+
+async def test_ping_after_the_peer_closed_is_an_error(pair) -> None:
+    client, server = pair
+    await _both_handshake(client, server)
+    await server.send_eof()
+    assert await client.receive_some() == b""
+    with pytest.raises(trio.BrokenResourceError):
+        await client.ping()
+    assert client._pongs == {}

@@ -514,6 +514,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(exc) from exc
         return buffer[:size]
 
+    def _bytes_ready(self) -> bool:
+        return bool(self._bytes) or self._conn.eof_received
+
+    def _message_ready(self) -> bool:
+        return bool(self._messages) or self._conn.eof_received
+
     def _peer_done(self) -> bool:
         return self._conn.eof_received
 
@@ -529,7 +535,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
             self._check_usable()
-            await self._receive_until(lambda: bool(self._bytes) or self._peer_done())
+            await self._receive_until(self._bytes_ready)
             if not self._bytes:
                 return b""
             return self._take_bytes(_DEFAULT_RECEIVE_MAX if max_bytes is None else max_bytes)
@@ -559,7 +565,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close."""
         with self._message_conflict:
             self._check_usable()
-            await self._receive_until(lambda: bool(self._messages) or self._peer_done())
+            await self._receive_until(self._message_ready)
             if not self._messages:
                 raise trio.EndOfChannel
             message = self._messages.popleft()

@@ -786,11 +786,11 @@ def responder_cases(ref: ReferenceHandshake, initiator: Party, responder: Party)
     out = []
     for case in cases:
         check_responder_case(case, ref, initiator, responder)
-        out.append(_case_json(case, initiator))
+        out.append(_case_json(case, initiator, ref))
     return out
 
 
-def _case_json(case: ResponderCase, initiator: Party) -> Json:
+def _case_json(case: ResponderCase, initiator: Party, ref: ReferenceHandshake) -> Json:
     expected: Json = {
         "private_key_operations": case.private_key_operations,
         "reply": case.reply,
@@ -808,6 +808,7 @@ def _case_json(case: ResponderCase, initiator: Party) -> Json:
         expected["finish"] = (
             "flights.finish: HandshakeFailed (trust and freshness are enforced only here)"
         )
+        expected["refusal_record"] = refusal_record(ref).hex()
     elif case.reply == "substitute":
         expected["finished_r"] = "32 random bytes"
         expected["finish"] = "flights.finish: HandshakeFailed (the single failure point)"
@@ -833,6 +834,12 @@ def _case_json(case: ResponderCase, initiator: Party) -> Json:
         },
         "expected": expected,
     }
+
+
+def refusal_record(ref: ReferenceHandshake) -> bytes:
+    """The sealed CLOSE (reason 0x02) a responder sends an authenticated but refused initiator."""
+    record, _ = ReferenceSealer(ref.schedule.values["r2i_traffic_secret"]).seal(CLOSE, b"\x02")
+    return record
 
 
 def check_responder_case(
@@ -889,6 +896,11 @@ def check_responder_case(
         pass
     else:
         _require(False, f"{what}: the Finish must fail")
+    expected_farewell = b""
+    if case.reply == "refused at finish":
+        # SPEC.md section 3.4 step 5: CLOSE 0x02 as record 0 under the r2i traffic key.
+        expected_farewell = refusal_record(ref)
+    _require(conn.farewell == expected_farewell, f"{what}: the refusal record")
     newest = guard.newest(initiator.identity.peer_id)
     _require(newest == case.newest_for_initiator, f"{what}: guard untouched")
     if case.hello is None and case.reply == "substitute":

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from p2ptls import PeerRefused
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
 from p2ptls._connection import (
@@ -395,6 +396,16 @@ def test_responder_case(name: str) -> None:
         conn.receive_data_untrusted(flight("finish"))
     assert state_of(conn) is State.FAILED
     assert guard.newest(ini_id.peer_id) == newest_before
+    # Only an authenticated but refused initiator is told, with the sealed CLOSE 0x02.
+    assert conn.farewell.hex() == expected.get("refusal_record", "")
+    if "refusal_record" in expected:
+        refused = initiator_connection()
+        refused.start()
+        (need,) = refused.receive_data_untrusted(reply)
+        assert isinstance(need, PrivateKeyOperationNeeded)
+        refused.supply_decryption(ini_id.decrypt_untrusted(need.ciphertext, need.label))
+        with pytest.raises(PeerRefused):
+            refused.receive_data_untrusted(h(expected["refusal_record"]))
     if "initiator" in expected:
         initiator = initiator_connection()
         assert initiator.start() == hello

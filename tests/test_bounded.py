@@ -1,0 +1,85 @@
+"""FairTable: per-source and total bounds with fair eviction."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2ptls._bounded import FairTable
+
+
+def test_a_source_at_its_share_evicts_only_its_own_oldest() -> None:
+    table: FairTable[int, str, str] = FairTable(capacity=10, per_source=3)
+    table.put(100, "honest", "honest")
+    evicted = []
+    for key in range(8):
+        evicted += table.put(key, "flood", "flooder", now=key)
+    assert table.count("flooder") == 3
+    assert table.get(100) == "honest"
+    assert [e.key for e in evicted] == [0, 1, 2, 3, 4]
+    assert all(e.source == "flooder" for e in evicted)
+
+
+def test_when_full_the_largest_source_loses_its_oldest_entry() -> None:
+    table: FairTable[str, int, str] = FairTable(capacity=6, per_source=4)
+    for i in range(4):
+        table.put(f"a{i}", i, "a", now=i)
+    table.put("b0", 0, "b", now=10)
+    table.put("b1", 1, "b", now=11)
+    evicted = table.put("c0", 0, "c", now=12)
+    assert [(e.key, e.source) for e in evicted] == [("a0", "a")]
+    assert len(table) == 6
+    assert "c0" in table
+
+
+def test_a_single_entry_source_survives_a_flood_from_a_few_sources() -> None:
+    table: FairTable[str, None, str] = FairTable(capacity=8, per_source=4)
+    table.put("honest", None, "h", now=0)
+    for i in range(1000):
+        table.put(f"x{i}", None, f"attacker{i % 3}", now=i + 1)
+        assert "honest" in table
+    assert len(table) == 8
+
+
+def test_replacing_a_key_moves_it_and_expire_removes_old_entries() -> None:
+    table: FairTable[str, int, str] = FairTable(capacity=4, per_source=4)
+    table.put("k", 1, "a", now=0)
+    table.put("k", 2, "b", now=5)
+    assert table.source_of("k") == "b"
+    assert table.count("a") == 0
+    table.put("old", 0, "a", now=1)
+    expired = table.expire(now=10, max_age=6)
+    assert [e.key for e in expired] == ["old"]
+    assert table.get("k") == 2
+    assert table.pop("k") == 2
+    assert table.pop("k") is None
+    assert len(table) == 0
+
+
+def test_would_evict_other() -> None:
+    table: FairTable[int, None, str] = FairTable(capacity=2, per_source=2)
+    table.put(1, None, "a")
+    assert not table.would_evict_other("b")
+    table.put(2, None, "a")
+    assert table.would_evict_other("b")
+    assert not table.would_evict_other("a")  # a evicts its own
+
+
+def test_bounds_are_validated() -> None:
+    with pytest.raises(ValueError):
+        FairTable(capacity=0, per_source=1)
+
+
+@given(
+    st.integers(1, 20),
+    st.integers(1, 20),
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=200),
+)
+def test_bounds_always_hold(capacity: int, per_source: int, puts: list[tuple[int, int]]) -> None:
+    table: FairTable[int, int, int] = FairTable(capacity, per_source)
+    for now, (key, source) in enumerate(puts):
+        table.put(key, now, source, now=now)
+        assert len(table) <= capacity
+        assert all(table.count(s) <= per_source for s in range(7))
+        assert sum(table.count(s) for s in range(7)) == len(table)

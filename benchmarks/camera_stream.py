@@ -432,7 +432,7 @@ class Connector:
                 await secure_client.send_message(views[i])
 
             async def receive_messages(sink: FrameSink) -> None:
-                async for message in secure_server:
+                async for message in secure_server.messages():
                     sink(message, 0, len(message))
 
             return Link(send_message, receive_messages, [secure_client, secure_server])

@@ -141,13 +141,11 @@ class BootstrapError(FacadeError):
 def generate_key(path: StrPath) -> NetworkKey:
     """Create the network key file ``path`` (mode 0600) that every node of a network uses.
 
-    Refuses to overwrite an existing file. Returns the key (its ``fingerprint`` is safe to show).
+    Refuses to overwrite an existing file (``FileExistsError``; the check and the creation are
+    one atomic step). Returns the key (its ``fingerprint`` is safe to show).
     """
-    target = Path(path)
-    if target.exists():
-        raise FileExistsError(f"{target} exists; refusing to overwrite a network key")
     key = NetworkKey.generate()
-    key.save(target)
+    key.save(path)
     return key
 
 

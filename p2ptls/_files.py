@@ -51,9 +51,8 @@ def create_private_file(path: StrPath, data: bytes, what: str = "file") -> None:
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    refused = FileExistsError(
-        errno.EEXIST, f"refusing to overwrite the existing {what} (pass overwrite=True)", str(target)
-    )
+    message = f"refusing to overwrite the existing {what} (pass overwrite=True)"
+    refused = FileExistsError(errno.EEXIST, message, str(target))
     if target.exists() or target.is_symlink():
         raise refused
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)

@@ -1,4 +1,4 @@
-"""Key files at rest: ``hostile-inputs.md``, "Operations", items 37 and 38.
+"""Key files at rest: files others can read (37 below) and encrypted identities (38 below).
 
 Identity and network-key files are written with mode 0600 whatever the umask; a file that group
 or others may read or write is refused with a message that names the file and the fix; a

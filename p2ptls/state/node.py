@@ -778,8 +778,8 @@ class StateNode:
                 initiator=initiator.digest,
                 incarnation=first.incarnation,
             )
-            if not self._register(member, peer):
-                peer = None
+            if not self._allowed(remote.peer_id) or not self._register(member, peer):
+                peer = None  # refused meanwhile (peer_filter changed during the hello), or lost
                 return
             self._counters["connections_opened"] += 1
             with peer.scope:

@@ -7,8 +7,8 @@ encoded once ahead of time with Pillow so that encoding never blurs the transpor
 Pillow the JPEG cases are skipped). Every frame starts with a 16-byte header: camera, sequence
 number, capture time.
 
-Transports, all on 127.0.0.1 with both ends in this process and one trio run (as the reference
-figures in ``design/prior-art.md`` were measured):
+Transports, all on 127.0.0.1 with both ends in this process and one trio run (the same set-up as
+the figures measured for the earlier Artifice implementation):
 
 * ``p2ptls_stream``: a :class:`p2ptls.SecureStream` (RSA-3072 identities); one frame per
   ``send_message`` / ``receive_message``;
@@ -432,7 +432,7 @@ class Connector:
                 await secure_client.send_message(views[i])
 
             async def receive_messages(sink: FrameSink) -> None:
-                async for message in secure_server:
+                async for message in secure_server.messages():
                     sink(message, 0, len(message))
 
             return Link(send_message, receive_messages, [secure_client, secure_server])

@@ -270,7 +270,7 @@ async def receive_frames(
 
         async def from_stream() -> AsyncIterator[bytes]:
             yield first
-            async for message in stream:
+            async for message in stream.messages():
                 yield message
 
         messages = from_stream()

@@ -18,7 +18,7 @@ import p2ptls
 
 
 async def echo(stream: p2ptls.SecureStream) -> None:
-    async for message in stream:
+    async for message in stream.messages():
         await stream.send_message(b"echo: " + message)
 
 

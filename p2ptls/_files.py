@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -37,6 +38,58 @@ def write_private_file(path: StrPath, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def create_private_file(path: StrPath, data: bytes, what: str = "file") -> None:
+    """Write ``data`` to a new file ``path`` (mode 0600), atomically, never replacing a file.
+
+    The data goes to a temporary file (created with ``O_EXCL``, mode 0600) that is fsynced and
+    then hard-linked to ``path``: the link fails if ``path`` exists, even when another process
+    creates it at the same moment, and a crash leaves either no file or the whole file. Raises
+    ``FileExistsError`` if ``path`` exists. On a file system without hard links the file is
+    created with ``O_CREAT | O_EXCL`` and written in place instead.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    message = f"refusing to overwrite the existing {what} (pass overwrite=True)"
+    refused = FileExistsError(errno.EEXIST, message, str(target))
+    if target.exists() or target.is_symlink():
+        raise refused
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        try:
+            os.link(tmp_name, target)
+        except FileExistsError:
+            raise refused from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            _write_exclusive(target, data, refused)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_exclusive(target: Path, data: bytes, refused: FileExistsError) -> None:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise refused from None
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def read_private_file(path: StrPath, what: str) -> bytes:

@@ -95,7 +95,7 @@ async def _handle(stream: SecureStream, name: str, remote_name: str, log: list[s
     remote = stream.remote_peer.peer_id
     log.append(f"  {name} verified {remote_name} (peer id {remote.short}…) by its RSA key")
     async with stream:
-        async for message in stream:
+        async for message in stream.messages():
             if message.startswith(b"SEND "):
                 size = int(message.split()[1])
                 digest = hashlib.sha256()

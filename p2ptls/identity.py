@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ._errors import KeyFileError, PeerDatabaseError
-from ._files import StrPath, read_private_file, write_private_file
+from ._files import StrPath, create_private_file, read_private_file, write_private_file
 
 DEFAULT_KEY_BITS = 3072
 ALLOWED_KEY_BITS = (2048, 3072, 4096)
@@ -193,8 +193,14 @@ class Identity:
         """This identity's public record, with a label and address to hand to other peers."""
         return attrs.evolve(self.record, name=name, address=address)
 
-    def save(self, path: StrPath, passphrase: bytes | None = None) -> None:
-        """Write the private key as PKCS#8 PEM, mode 0600, encrypted if a passphrase is given."""
+    def save(
+        self, path: StrPath, passphrase: bytes | None = None, *, overwrite: bool = False
+    ) -> None:
+        """Write the private key as PKCS#8 PEM, mode 0600, encrypted if a passphrase is given.
+
+        Refuses to replace an existing file (``FileExistsError``) unless ``overwrite=True``; the
+        file appears whole or not at all.
+        """
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase
@@ -203,7 +209,7 @@ class Identity:
         pem = self._private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
-        write_private_file(path, pem)
+        _write_key_file(path, pem, "identity key file", overwrite)
 
     @classmethod
     def load(cls, path: StrPath, passphrase: bytes | None = None) -> Identity:
@@ -262,9 +268,13 @@ class NetworkKey:
     def generate(cls) -> NetworkKey:
         return cls(secrets.token_bytes(PSK_SIZE))
 
-    def save(self, path: StrPath) -> None:
-        """Write the key file, mode 0600."""
-        write_private_file(path, _PSK_HEADER + base64.b64encode(self.secret) + b"\n")
+    def save(self, path: StrPath, *, overwrite: bool = False) -> None:
+        """Write the key file, mode 0600, atomically.
+
+        Refuses to replace an existing file (``FileExistsError``) unless ``overwrite=True``.
+        """
+        data = _PSK_HEADER + base64.b64encode(self.secret) + b"\n"
+        _write_key_file(path, data, "network key file", overwrite)
 
     @classmethod
     def load(cls, path: StrPath) -> NetworkKey:
@@ -289,12 +299,22 @@ class NetworkKey:
         return f"NetworkKey(fingerprint={self.fingerprint})"
 
 
-def generate_psk(path: StrPath | None = None) -> NetworkKey:
-    """Create a network key, writing it to ``path`` (mode 0600) when given."""
+def generate_psk(path: StrPath | None = None, *, overwrite: bool = False) -> NetworkKey:
+    """Create a network key, writing it to ``path`` (mode 0600) when given.
+
+    Refuses to replace an existing file (``FileExistsError``) unless ``overwrite=True``.
+    """
     key = NetworkKey.generate()
     if path is not None:
-        key.save(path)
+        key.save(path, overwrite=overwrite)
     return key
+
+
+def _write_key_file(path: StrPath, data: bytes, what: str, overwrite: bool) -> None:
+    if overwrite:
+        write_private_file(path, data)
+    else:
+        create_private_file(path, data, what)
 
 
 def random_bytes(size: int) -> bytes:

@@ -173,6 +173,24 @@ class _InternalLock:
             self._held = False
 
 
+class _Messages:
+    """The iterator of :meth:`SecureStream.messages`."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, stream: SecureStream) -> None:
+        self._receive = stream.receive_message
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
 class SecureStream(trio.abc.HalfCloseableStream):
     """An authenticated, encrypted stream over ``transport_stream``.
 
@@ -184,7 +202,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
       config: overrides ``context.config``.
 
     Besides the byte stream, :meth:`send_message` and :meth:`receive_message` carry whole messages
-    of up to ``config.max_message_size`` bytes.
+    of up to ``config.max_message_size`` bytes. ``async for chunk in stream`` yields byte chunks
+    until EOF (as for any trio stream); ``async for message in stream.messages()`` yields messages.
     """
 
     def __init__(
@@ -572,15 +591,17 @@ class SecureStream(trio.abc.HalfCloseableStream):
             self._messages_size -= len(message) + _ITEM_OVERHEAD
             return message
 
-    def __aiter__(self) -> Self:
-        return self
+    # ``async for chunk in stream`` is trio's: byte chunks from receive_some() until EOF, as for
+    # any trio.abc.ReceiveStream. Whole messages have their own iterator:
 
-    async def __anext__(self) -> bytes:
-        """Iterate over messages until the peer closes."""
-        try:
-            return await self.receive_message()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
+    def messages(self) -> _Messages:
+        """An iterator over whole messages until the peer closes (:meth:`receive_message` in a
+        loop): ``async for message in stream.messages(): ...``.
+
+        Iterating over the stream itself (``async for chunk in stream``) yields the byte stream,
+        as it does for every ``trio.abc.ReceiveStream``.
+        """
+        return _Messages(self)
 
     # -- sending --------------------------------------------------------------------------------
 

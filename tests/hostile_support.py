@@ -312,7 +312,7 @@ Handler = Callable[["Harness", SecureStream], Awaitable[None]]
 
 async def echo_messages(harness: Harness, stream: SecureStream) -> None:
     """Echo every message until the peer closes."""
-    async for message in stream:
+    async for message in stream.messages():
         harness.received.append(message)
         await stream.send_message(message)
 

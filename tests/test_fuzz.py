@@ -1,4 +1,4 @@
-"""Fuzzing every parser: ``hostile-inputs.md``, "Operations", item 41.
+"""Fuzzing every parser: random and mutated input never raises anything but the protocol's error.
 
 Whatever bytes arrive, the only exception that may leave a parser or the sans-IO connection is the
 protocol's own :class:`~p2ptls.ProtocolError` (or a subclass); after one, the connection is FAILED,

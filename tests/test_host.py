@@ -52,7 +52,7 @@ async def test_connect_by_peer_id_uses_the_known_address(identities) -> None:
     psk = p2ptls.generate_psk()
 
     async def echo(stream: p2ptls.SecureStream) -> None:
-        async for message in stream:
+        async for message in stream.messages():
             await stream.send_message(message)
 
     async with trio.open_nursery() as nursery:

@@ -1,4 +1,4 @@
-"""Hostile inputs against fragmentation and reassembly: ``hostile-inputs.md``, items 19-21.
+"""Hostile inputs against fragmentation and reassembly, one numbered section per attack.
 
 Fragments are crafted with an independent :class:`~p2ptls._records.RecordSealer` in step with the
 sender (``hostile_support.forged_sealer``), so every record authenticates and only the message

@@ -1,9 +1,9 @@
-"""Hostile inputs against the handshake: ``hostile-inputs.md``, "Handshake", items 1-11.
+"""Hostile inputs against the handshake, one numbered section per attack (items 1-11 below).
 
 p2ptls authenticates by decryption, not by signatures: each side encrypts fresh key material to the
 other's known RSA key and proves with a Finished MAC that it could derive the session keys. The
-attacks the catalogue expects to fail "at the signature" therefore fail at a Finished MAC or at the
-check that a peer id is the hash of its key; each test is named after the attack it mounts.
+attacks a signature-based handshake stops "at the signature" therefore fail at a Finished MAC or
+at the check that a peer id is the hash of its key; each test is named after the attack it mounts.
 
 Item 2 as implemented: a responder answers every well-formed, on-time, non-replayed Hello with a
 Reply of the genuine shape (a *substitute*, with a random Finished MAC, when the network key, the

@@ -1,4 +1,4 @@
-"""Hostile inputs against the record layer: ``hostile-inputs.md``, "Record layer", items 12-18.
+"""Hostile inputs against the record layer, one numbered section per attack (items 12-18 below).
 
 Each test first establishes a reproducible session (``hostile_support.established_pair``), then
 feeds the receiving side tampered, reordered, truncated, forged or flooded records. The expected

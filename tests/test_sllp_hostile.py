@@ -1,5 +1,5 @@
-"""Hostile inputs to the datagram mode: items 22-29 of design/hostile-inputs.md, one test (or more)
-each, on the sans-IO session and, where the socket matters, on real UDP."""
+"""Hostile inputs to the datagram mode, one numbered section per attack (items 22-29 below), one
+test (or more) each, on the sans-IO session and, where the socket matters, on real UDP."""
 
 from __future__ import annotations
 

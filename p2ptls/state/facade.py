@@ -2,28 +2,29 @@
 
 ``DSNodeServer``, ``DSNodeConfig`` and ``generate_key`` follow the API of the PyPI package
 distributed-state-network 1.2.0 (``DSNodeServer.start(config, create_alert, disconnect_callback,
-update_callback, receive_callback)``, ``server.node.update_data(key, value)``,
+update_callback, receive_callback)`` or ``DSNodeServer(config, ...)``, both of which start the
+node, with a :class:`DSNodeConfig` or a dict; ``server.node.update_data(key, value)``,
 ``server.node.read_data(node_id, key)``, ``peers()``, ``send_to_node()``, ``stop()``), on top of a
 :class:`~p2ptls.state.StateNode` that runs ``trio`` in a background thread::
 
-    from p2ptls.state.facade import DSNodeConfig, DSNodeServer, generate_key
+    from p2ptls.state.facade import DSNodeServer, generate_key
 
     generate_key("network.key")                       # once; copy it to every node (mode 0600)
-    bootstrap = DSNodeServer.start(DSNodeConfig(
-        node_id="bootstrap", port=8000, network_key_file="network.key", bootstrap_nodes=[]))
-    connector = DSNodeServer.start(DSNodeConfig(
-        node_id="connector", port=8001, network_key_file="network.key",
-        bootstrap_nodes=[{"address": "127.0.0.1", "port": 8000}]))
-    connector.node.update_data("foo", "bar")
-    bootstrap.node.wait_for_data("connector", "foo")  # "bar" (replication is asynchronous)
+    bootstrap = DSNodeServer({"node_id": "bootstrap", "port": 8000,
+                              "aes_key_file": "network.key", "bootstrap_nodes": []})
+    connector = DSNodeServer({"node_id": "connector", "port": 8001,
+                              "aes_key_file": "network.key",
+                              "bootstrap_nodes": [{"address": "127.0.0.1", "port": 8000}]})
+    connector.node.update_data("foo", "bar")          # returns once bootstrap acknowledged it
     bootstrap.node.read_data("connector", "foo")      # "bar"
     connector.stop(); bootstrap.stop()
 
 How the concepts map (what differs from distributed-state-network, and why):
 
 * **Network key.** :func:`generate_key` writes a p2ptls network key file (32 random bytes, mode
-  0600). Every node needs it: it admits members to connections and derives the state network id.
-  There is no unencrypted mode.
+  0600). Every node needs it (``network_key_file``, or its other name ``aes_key_file``): it admits
+  members to connections and derives the state network id. There is no unencrypted mode, and no
+  key given inline (``aes_key`` is refused: a key belongs in a 0600 file).
 * **Identities.** Every node has an RSA identity, created on first start and kept in
   ``data_dir`` with its database, its replay state and its own peer record. File names are
   derived from a hash of ``node_id`` (``node-<sha256 prefix>.key``, ``.sqlite3``,
@@ -48,9 +49,12 @@ How the concepts map (what differs from distributed-state-network, and why):
   learned from the network and admitted with ``admit_network_members`` (they must hold the
   network key and prove their own key).
 * **Values** are strings (UTF-8) as in the original; ``read_bytes`` returns raw bytes.
-  ``update_data`` returns once the write is durable locally; members receive it within about a
-  millisecond, so a read on another node right after it may still see the old value:
-  ``wait_for_data`` waits for it (the original's HTTP push is synchronous).
+  ``update_data`` returns once the write is durable locally and every member connected at that
+  moment has acknowledged it (it proved it holds the write: see
+  :meth:`~p2ptls.state.StateNode.wait_acknowledged`), so a read on such a node right after it
+  sees the new value, as with the original's synchronous HTTP push. After ``ack_timeout``
+  (default 5 s) it raises :class:`NotAcknowledged`; ``update_data(..., wait=False)`` returns
+  once durable locally. ``wait_for_data`` waits for a key on the reading side.
 * **Stale state.** A member that goes away is no longer listed by ``peers()`` (as in the
   original), but its last known state stays readable.
 * **Callbacks** are called on one dispatcher thread (never the trio thread, so they may call
@@ -138,16 +142,25 @@ class BootstrapError(FacadeError):
     """A ``bootstrap_nodes`` entry cannot be resolved to a peer record."""
 
 
+class NotAcknowledged(FacadeError, TimeoutError):
+    """Connected members did not acknowledge a write in time (``node_ids`` lists them).
+
+    The write itself is durable here and reaches them later, as it reaches any member.
+    """
+
+    def __init__(self, message: str, node_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.node_ids = list(node_ids)
+
+
 def generate_key(path: StrPath) -> NetworkKey:
     """Create the network key file ``path`` (mode 0600) that every node of a network uses.
 
-    Refuses to overwrite an existing file. Returns the key (its ``fingerprint`` is safe to show).
+    Refuses to overwrite an existing file (``FileExistsError``; the check and the creation are
+    one atomic step). Returns the key (its ``fingerprint`` is safe to show).
     """
-    target = Path(path)
-    if target.exists():
-        raise FileExistsError(f"{target} exists; refusing to overwrite a network key")
     key = NetworkKey.generate()
-    key.save(target)
+    key.save(path)
     return key
 
 
@@ -265,6 +278,7 @@ class DSNodeConfig:
     node_id: str
     port: int = 0
     network_key_file: StrPath | None = None
+    """The network key file (see :func:`generate_key`); ``aes_key_file`` is another name for it."""
     bootstrap_nodes: Sequence[BootstrapNode | Mapping[str, Any]] = field(default_factory=list)
     """Members to join through: :class:`BootstrapNode` entries or their dict forms."""
     data_dir: Path = Path("dsn-data")
@@ -284,10 +298,21 @@ class DSNodeConfig:
     """Seconds ``start`` waits for the first bootstrap node (then alerts and carries on)."""
     coalesce_delay: float = 0.001
     """Seconds to wait for more writes to sign in one batch (0: sign at once)."""
+    ack_timeout: float = 5.0
+    """Seconds ``update_data`` waits for connected members to acknowledge a write."""
+    aes_key_file: StrPath | None = None
+    """Another name for ``network_key_file`` (distributed-state-network users know the network
+    key as the AES key)."""
     entries: list[BootstrapNode] = field(init=False, repr=False)
     """``bootstrap_nodes``, parsed."""
 
     def __post_init__(self) -> None:
+        if self.aes_key_file is not None:
+            if self.network_key_file is not None and Path(self.network_key_file) != Path(
+                self.aes_key_file
+            ):
+                raise ValueError("network_key_file and aes_key_file name different files")
+            self.network_key_file = self.aes_key_file
         if not isinstance(self.node_id, str) or not self.node_id:
             raise ValueError("node_id must be a non-empty string")
         if len(self.node_id.encode("utf-8")) > MAX_NODE_ID_BYTES:
@@ -310,19 +335,24 @@ class DSNodeConfig:
             raise ValueError("durability must be 'full' or 'normal'")
         if self.start_timeout <= 0:
             raise ValueError("start_timeout must be positive")
+        if self.ack_timeout <= 0:
+            raise ValueError("ack_timeout must be positive")
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> DSNodeConfig:
         """Build a config from a dict of the original's shape (``node_id``, ``port``,
         ``bootstrap_nodes``) plus ``network_key_file`` and the fields of this class.
 
-        ``credential_dir`` is taken as ``data_dir``; ``logging_dir`` is ignored; ``aes_key`` is
-        refused (use a network key file); unknown keys are refused.
+        ``aes_key_file`` is another name for ``network_key_file``; ``credential_dir`` is taken as
+        ``data_dir``; ``logging_dir`` is ignored, and so is ``network_ip: None`` (the default
+        address is used); ``aes_key`` is refused (use a key file); unknown keys are refused.
         """
         known = {
             "node_id",
             "port",
             "network_key_file",
+            "aes_key_file",
+            "ack_timeout",
             "bootstrap_nodes",
             "data_dir",
             "network_ip",
@@ -339,6 +369,8 @@ class DSNodeConfig:
             raise ValueError("aes_key is not used: pass network_key_file (see generate_key)")
         options.pop("aes_key", None)
         options.pop("logging_dir", None)
+        if options.get("network_ip", "") is None:
+            del options["network_ip"]
         if "credential_dir" in options:
             options.setdefault("data_dir", options.pop("credential_dir"))
         if options.get("whitelist_node_ids"):
@@ -514,21 +546,36 @@ class DSNode:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def update_data(self, key: str, value: str | bytes) -> None:
+    def update_data(
+        self, key: str, value: str | bytes, *, wait: bool = True, timeout: float | None = None
+    ) -> None:
         """Set ``key`` of this node's state to ``value`` (a string, stored as UTF-8, or bytes).
 
-        Returns once the write is durable locally; members receive it asynchronously.
+        The write is durable locally first. Then, as in distributed-state-network, the call
+        waits until every member connected at that moment has acknowledged it (proved that it
+        holds it), so ``read_data`` on those nodes sees it as soon as this returns. ``timeout``
+        (default ``config.ack_timeout``) bounds that wait: then :class:`NotAcknowledged` names
+        the members that did not answer (the write still reaches them later). A member whose
+        connection ends meanwhile is not waited for. ``wait=False`` returns once durable locally.
         """
-        self._server._call(self._server.state_node.set, _user_key(key), _encode(value))
+        self.update_many({key: value}, wait=wait, timeout=timeout)
 
-    def update_many(self, values: Mapping[str, str | bytes | None]) -> None:
-        """Set several keys in one write (``None`` deletes a key)."""
+    def update_many(
+        self,
+        values: Mapping[str, str | bytes | None],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Set several keys in one write (``None`` deletes a key); waits as :meth:`update_data`."""
         changes = {_user_key(k): None if v is None else _encode(v) for k, v in values.items()}
-        self._server._call(self._server.state_node.update, changes)
+        server = self._server
+        server._call(server._write, changes, wait, timeout)
 
-    def delete_data(self, key: str) -> None:
-        """Delete ``key`` from this node's state (a signed tombstone replaces it everywhere)."""
-        self._server._call(self._server.state_node.delete, _user_key(key))
+    def delete_data(self, key: str, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Delete ``key`` from this node's state (a signed tombstone replaces it everywhere);
+        waits as :meth:`update_data`."""
+        self.update_many({key: None}, wait=wait, timeout=timeout)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -660,12 +707,16 @@ class DSNodeServer:
 
     def __init__(
         self,
-        config: DSNodeConfig,
+        config: DSNodeConfig | Mapping[str, Any],
         create_alert: AlertCallback | None = None,
         disconnect_callback: DisconnectCallback | None = None,
         update_callback: UpdateCallback | None = None,
         receive_callback: ReceiveCallback | None = None,
     ) -> None:
+        """Start a node (see :meth:`start`); ``config`` may be a dict of
+        :meth:`DSNodeConfig.from_dict`'s shape."""
+        if not isinstance(config, DSNodeConfig):
+            config = DSNodeConfig.from_dict(config)
         if config.network_key_file is None:
             raise ValueError("network_key_file is required (create one with generate_key)")
         self.config = config
@@ -686,6 +737,7 @@ class DSNodeServer:
         self._pinned: dict[str, PeerId] = {}
         self._bootstrap: list[PeerRecord] = []
         self._lock = threading.Lock()
+        self._start()
 
     generate_key = staticmethod(generate_key)
 
@@ -693,24 +745,24 @@ class DSNodeServer:
 
     @staticmethod
     def start(
-        config: DSNodeConfig,
+        config: DSNodeConfig | Mapping[str, Any],
         create_alert: AlertCallback | None = None,
         disconnect_callback: DisconnectCallback | None = None,
         update_callback: UpdateCallback | None = None,
         receive_callback: ReceiveCallback | None = None,
     ) -> DSNodeServer:
         """Create the node's files if needed, start it in a background thread and join the
-        network through ``bootstrap_nodes``.
+        network through ``bootstrap_nodes`` (the same as ``DSNodeServer(config, ...)``).
 
-        Returns once the node listens and, if it has bootstrap nodes, once it is connected to
-        one of them and holds its state (or, after ``start_timeout``, with an alert "Could not
-        connect to any bootstrap node", like the original; it keeps trying in the background).
+        ``config`` is a :class:`DSNodeConfig` or a dict of :meth:`DSNodeConfig.from_dict`'s
+        shape. Returns once the node listens and, if it has bootstrap nodes, once it is connected
+        to one of them and holds its state (or, after ``start_timeout``, with an alert "Could
+        not connect to any bootstrap node", like the original; it keeps trying in the
+        background).
         """
-        server = DSNodeServer(
+        return DSNodeServer(
             config, create_alert, disconnect_callback, update_callback, receive_callback
         )
-        server._start()
-        return server
 
     def _start(self) -> None:
         config = self.config
@@ -901,9 +953,11 @@ class DSNodeServer:
         """See :meth:`DSNode.read_data`."""
         return self.node.read_data(node_id, key)
 
-    def update_data(self, key: str, value: str | bytes) -> None:
+    def update_data(
+        self, key: str, value: str | bytes, *, wait: bool = True, timeout: float | None = None
+    ) -> None:
         """See :meth:`DSNode.update_data`."""
-        self.node.update_data(key, value)
+        self.node.update_data(key, value, wait=wait, timeout=timeout)
 
     def send_to_node(self, node_id: str, data: bytes) -> None:
         """See :meth:`DSNode.send_to_node`."""
@@ -960,6 +1014,32 @@ class DSNodeServer:
         if self._shut_down or self._token is None:
             raise NodeStopped("the node is not running")
         return self._token
+
+    async def _write(
+        self, changes: Mapping[str, bytes | None], wait: bool, limit: float | None
+    ) -> None:
+        """(trio thread) One durable write, then the members' acknowledgements if ``wait``."""
+        node = self.state_node
+        await node.update(changes)
+        if not wait:
+            return
+        if limit is None:
+            limit = self.config.ack_timeout
+        waiting = {
+            member.peer_id for member in node.members() if member.state is MemberState.CONNECTED
+        }
+
+        async def acknowledge(peer_id: PeerId) -> None:
+            await node.wait_acknowledged(peer_id)  # False: it went away, so not waited for
+            waiting.discard(peer_id)
+
+        with trio.move_on_after(limit):
+            async with trio.open_nursery() as nursery:
+                for peer_id in list(waiting):
+                    nursery.start_soon(acknowledge, peer_id)
+        if waiting:
+            names = sorted(self._name_of(peer_id) for peer_id in waiting)
+            raise NotAcknowledged(f"not acknowledged within {limit} s by {', '.join(names)}", names)
 
     def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         async def wait() -> None:
@@ -1028,6 +1108,7 @@ __all__ = [
     "DSNodeServer",
     "FacadeError",
     "NodeStopped",
+    "NotAcknowledged",
     "NotConnected",
     "UnknownNode",
     "generate_key",

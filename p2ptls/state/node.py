@@ -25,6 +25,12 @@ network key and its own private key), one SQLite store and the sans-IO
   with the epoch's Ed25519 key, and the store task makes the batch durable before the own mark
   moves and the batch is offered to members.
 
+**Acknowledgements** (:meth:`StateNode.wait_acknowledged`): once the sender has nothing left to
+push and the member holds or was sent the version a waiter wants, it sends a PING whose nonce it
+remembers with that version. A member reads its connection in order and answers a PING only
+after it applied every message before it (asking with a PULL first if something was missing), so
+the PONG proves the member holds that version, unless a PULL for our state came first.
+
 A member whose connection ends is reported (:class:`~p2ptls.state.events.MemberChanged`) and its
 state kept, marked stale, until it comes back. A peer that breaks the protocol (a bad signature
 included) is disconnected and reported (:class:`~p2ptls.state.events.PeerRejected`); nothing from
@@ -74,6 +80,12 @@ from .proof import RecordProof
 log = logging.getLogger("p2ptls.state")
 
 _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+Value = str | bytes | bytearray | memoryview
+"""A value to store: bytes, or a ``str`` stored as its UTF-8 encoding (reads return bytes)."""
+
+MAX_ACK_PINGS = 4
+"""Acknowledgement pings in flight per connection; a newer one replaces the oldest."""
 
 PULL_INTERVAL = 0.5
 """Seconds (jittered by ±50 %) between the digests a node sends, one peer at a time in turn,
@@ -131,6 +143,12 @@ class _Peer:
         self.scope = trio.CancelScope()
         self.failure: BaseException | None = None
         self.last_received = trio.current_time()
+        self.ack_target = wire.NO_VERSION
+        """The own version a ``wait_acknowledged`` call wants this member to prove it holds."""
+        self.ack_pings: dict[bytes, wire.Version] = {}
+        """Nonce of each acknowledgement ping in flight -> the own version it covers."""
+        self.acked = wire.NO_VERSION
+        """The highest own version this member proved it holds (a PONG to an ack ping)."""
 
     def kick(self) -> None:
         self.wake.set()
@@ -224,8 +242,11 @@ class StateNode:
 
     # -- writing --------------------------------------------------------------------------------
 
-    async def set(self, key: str, value: bytes | bytearray | memoryview) -> None:
+    async def set(self, key: str, value: Value) -> None:
         """Set ``key`` of this node's state; returns once the write is durable locally.
+
+        ``value`` is bytes, or a ``str`` stored as its UTF-8 encoding; reads (:meth:`get`)
+        always return bytes. Anything else raises ``TypeError``.
 
         Members receive it within about ``coalesce_delay`` plus a round trip. If the call is
         cancelled while waiting, the write still happens (like a write whose acknowledgement was
@@ -239,8 +260,9 @@ class StateNode:
         Returns once durable locally."""
         await self.update({key: None})
 
-    async def update(self, changes: Mapping[str, bytes | bytearray | memoryview | None]) -> None:
-        """Set several keys at once (``None`` deletes); one durable write, returns when done."""
+    async def update(self, changes: Mapping[str, Value | None]) -> None:
+        """Set several keys at once (``None`` deletes; a ``str`` is stored as UTF-8); one
+        durable write, returns when done."""
         if self._closed:
             raise trio.ClosedResourceError("the state node is closed")
         checked = [(_check_key(key), _check_value(value)) for key, value in changes.items()]
@@ -273,7 +295,9 @@ class StateNode:
     # -- reading --------------------------------------------------------------------------------
 
     def get(self, owner: PeerId, key: str, default: bytes | None = None) -> bytes | None:
-        """The value ``owner`` holds for ``key`` as this node knows it (local, no I/O)."""
+        """The value ``owner`` holds for ``key`` as this node knows it (local, no I/O), as bytes
+        (``.decode()`` a value written as ``str``). Another owner's write may not have arrived
+        yet: :meth:`wait_for` waits for it."""
         record = self._core.get(owner.digest, key)
         if record is None or record.value is None:
             return default
@@ -364,6 +388,62 @@ class StateNode:
             if self._closed:
                 raise trio.ClosedResourceError("the state node is closed")
             await self._changed.wait()
+
+    async def wait_for(self, owner: PeerId, key: str, value: Value | None = None) -> bytes:
+        """Wait until this node holds ``key`` of ``owner`` (equal to ``value``, if given) and
+        return it. Combine with ``trio.fail_after`` for a deadline."""
+        expected = _check_value(value)
+
+        def ready() -> bool:
+            held = self.get(owner, key)
+            return held is not None and (expected is None or held == expected)
+
+        await self.wait_until(ready)
+        found = self.get(owner, key)
+        assert found is not None
+        return found
+
+    async def wait_acknowledged(self, peer_id: PeerId) -> bool:
+        """Wait until the member ``peer_id`` proves it holds every write this node made before
+        the call (its PONG to a PING sent after them; see the module docs), and return True.
+
+        Returns False if the member is not connected, or its connection ends first (it gets the
+        writes when it is back). Combine with ``trio.fail_after`` for a deadline.
+        """
+        core = self._core
+        target = core.staged_version
+        await self.wait_until(lambda: core.mark(core.own_id) >= target)  # signed and published
+        while True:
+            peer = self._peers.get(peer_id)
+            if peer is None:
+                return False
+            if peer.acked >= target:
+                return True
+            if self._closed:
+                raise trio.ClosedResourceError("the state node is closed")
+            if peer.ack_target < target:
+                peer.ack_target = target
+                peer.kick()
+            await self._changed.wait()
+
+    def _ack_due(self, peer: _Peer) -> bool:
+        """(sender, with nothing left to push) Whether an acknowledgement PING would prove what
+        a waiter wants: the member holds or was sent that version, and no PING in flight
+        covers it already."""
+        target = peer.ack_target
+        return (
+            target > peer.acked
+            and peer.outbound.belief.get(self._core.own_id, wire.NO_VERSION) >= target
+            and not any(covered >= target for covered in peer.ack_pings.values())
+        )
+
+    def _ack_ping(self, peer: _Peer) -> bytes:
+        """(sender) An acknowledgement PING covering what the peer holds or was sent."""
+        if len(peer.ack_pings) >= MAX_ACK_PINGS:
+            del peer.ack_pings[next(iter(peer.ack_pings))]
+        nonce = os.urandom(wire.NONCE_SIZE)
+        peer.ack_pings[nonce] = peer.outbound.belief.get(self._core.own_id, wire.NO_VERSION)
+        return wire.Ping(nonce).encode()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -546,6 +626,7 @@ class StateNode:
             for peer in self._peers.values():
                 peer.outbound.note_changed(core.own_id)
                 peer.kick()
+            self._note_changed()  # wait_acknowledged waits for publication
 
     def _store_now(self) -> None:
         """A node without a database file has nothing to write (see :meth:`_apply`): commit
@@ -697,8 +778,8 @@ class StateNode:
                 initiator=initiator.digest,
                 incarnation=first.incarnation,
             )
-            if not self._register(member, peer):
-                peer = None
+            if not self._allowed(remote.peer_id) or not self._register(member, peer):
+                peer = None  # refused meanwhile (peer_filter changed during the hello), or lost
                 return
             self._counters["connections_opened"] += 1
             with peer.scope:
@@ -795,6 +876,7 @@ class StateNode:
         member.incarnation = peer.incarnation
         member.backoff = 0.0
         self._set_state(member, MemberState.CONNECTED)
+        self._note_changed()  # a new connection to a member that was connected (waiters)
         return True
 
     def _unregister(self, peer: _Peer) -> None:
@@ -840,6 +922,8 @@ class StateNode:
                 else:
                     updates = peer.outbound.next_updates()
                     if updates is None:
+                        if self._ack_due(peer):
+                            await stream.send_message(self._ack_ping(peer))
                         break
                     await stream.send_message(updates.encode())
 
@@ -928,6 +1012,8 @@ class StateNode:
             self._check_own(own_seen)
         elif isinstance(message, wire.Pull):
             peer.outbound.note_pull(message)
+            if peer.ack_pings and any(owner == core.own_id for owner, _ in message.entries):
+                peer.ack_pings.clear()  # it lacked our state: pings in flight prove nothing
             peer.kick()
         elif isinstance(message, wire.Members):
             for info in message.members:
@@ -941,7 +1027,12 @@ class StateNode:
         elif isinstance(message, wire.Ping):
             self._queue(peer, wire.Pong(message.nonce).encode())
         elif isinstance(message, wire.Pong):
-            pass  # any message proves the peer alive (last_received)
+            # Any message proves the peer alive (last_received); an acknowledgement ping's
+            # answer also proves what it holds of our state.
+            covered = peer.ack_pings.pop(message.nonce, None)
+            if covered is not None:
+                peer.acked = max(peer.acked, covered)
+                self._note_changed()  # wake wait_acknowledged
         else:  # a second hello
             raise StateProtocolError("unexpected hello")
 
@@ -1008,11 +1099,16 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _check_value(value: bytes | bytearray | memoryview | None) -> bytes | None:
+def _check_value(value: Value | None) -> bytes | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a str value must be encodable as UTF-8") from None
     if not isinstance(value, bytes | bytearray | memoryview):
-        raise TypeError("a value is bytes (or None to delete)")
+        raise TypeError(f"a value is bytes or str (None deletes), not {type(value).__name__}")
     return bytes(value)
 
 
@@ -1023,14 +1119,42 @@ async def open_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
     Opens (or creates) the database, moves to a new epoch (durably, before anything is signed),
     certifies a fresh Ed25519 key, starts listening and joins the members it knows. The node
     serves its stored state at once and catches up in the background. Leaving the block closes
-    every connection and the database.
+    every connection and the database. An exception raised in the block comes out as it was
+    raised (not wrapped in exception groups).
 
     Example::
 
         async with open_state_node(config) as node:
-            await node.set("foo", b"bar")
-            other_value = node.get(other_id, "foo")
+            await node.set("foo", "bar")                       # str: stored as UTF-8
+            other_value = await node.wait_for(other_id, "foo")  # bytes, once it arrived
     """
+    body_error: BaseException | None = None
+    try:
+        async with _run_state_node(config) as node:
+            try:
+                yield node
+            except BaseException as exc:
+                body_error = exc
+                raise
+    except BaseExceptionGroup as group:
+        # The block's own exception comes out as it was raised, not wrapped in the groups of
+        # the node's nurseries.
+        if body_error is None or _single(group) is not body_error:
+            raise
+        unwrapped = body_error
+    else:
+        return
+    raise unwrapped
+
+
+def _single(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def _run_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
     identity = config.identity
     network = _crypto.network_id(config.psk)
     own = identity.peer_id.digest

@@ -429,6 +429,8 @@ class ResponderHandshake:
             return None
         if not hmac.compare_digest(presented.peer_id.digest, claimed_id):
             return None
+        if presented.public_key.key_size // 8 != wire.initiator_rsa_bytes(hello):
+            return None  # cannot happen for a canonical key; keeps C_R the announced size
         shared = _x25519_shared_or_none(ephemeral, hello.ephemeral)
         if shared is None:
             return None

@@ -5,7 +5,8 @@ Theory of operation
 A :class:`SecureStream` drives a sans-IO :class:`~p2ptls._connection.Connection`. The handshake runs
 lazily on the first send or receive, or explicitly through :meth:`SecureStream.do_handshake`, under
 a total deadline; its one RSA private-key operation runs on a worker thread through the context's
-capacity limiter, so a flood of handshakes never stalls established connections.
+capacity limiter, so a flood of handshakes never stalls established connections. Identical
+operations in flight at once (copies of one Hello on several connections) share one thread.
 
 Sending seals records synchronously and writes them under an internal transport-send lock (shared
 with pongs owed by the receive side). Receiving is a *pump*: whichever receiver needs data reads the

@@ -98,6 +98,10 @@ class Admission(enum.Enum):
     is known (no RSA work); a copy is never refused, so whoever races a copy of a genuine Hello in
     ahead of it cannot make the genuine one fail."""
 
+    def __bool__(self) -> bool:
+        """Only a refusal is false (``if guard.admit_hello(...)`` reads as "admitted")."""
+        return self is not Admission.REFUSED
+
 
 @attrs.frozen(repr=False)
 class KnownDecryption:

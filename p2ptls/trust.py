@@ -95,8 +95,8 @@ class Admission(enum.Enum):
     """Not seen before: decrypt ``C_I``, then :meth:`ReplayGuard.remember_decryption`."""
     SEEN = "seen"
     """A copy of a remembered Hello: answer it from :meth:`ReplayGuard.decryption_of` when that
-    is known (no RSA work); a copy is never refused, so whoever races a copy of a genuine Hello in
-    ahead of it cannot make the genuine one fail."""
+    is known (no RSA work). A remembered copy is answered, not refused, so whoever races a copy
+    of a genuine Hello in ahead of it cannot make the genuine one fail."""
 
     def __bool__(self) -> bool:
         """Only a refusal is false (``if guard.admit_hello(...)`` reads as "admitted")."""

@@ -390,8 +390,8 @@ class Connection:
             return
         if record[wire.HEADER_SIZE] == wire.HELLO:
             c_i = handshake.receive_hello_untrusted(record)
-            if c_i is None:  # wrong binder: no private-key work, a substitute Reply
-                self._handshake_output.append(handshake.reply_untrusted(None))
+            if c_i is None:  # wrong binder, or a copy already decrypted: no private-key work
+                self._handshake_output.append(handshake.reply_without_key_operation())
                 return
             self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_i, HELLO_OAEP_LABEL))

@@ -6,26 +6,31 @@ Authentication is by decryption (the KEMTLS idea): each side encrypts fresh key 
 other's RSA key with OAEP, and only the holder of the matching private key can derive the secret
 that the other side's Finished MAC proves.
 
-1. **Hello** (initiator -> responder): suite, the initiator's wall-clock timestamp, ephemeral X25519
-   key ``e_I``, the first 8 bytes of the responder's id, ``C_I = OAEP(responder, id_I | k_I)``, the
-   initiator's public key sealed under a key from ``k_I``, and a binder: HMAC under a key from the
-   network PSK over the whole record before it.
-2. **Reply** (responder -> initiator): ``e_R``, ``C_R = OAEP(initiator, k_R)``, and the responder's
-   Finished MAC, keyed from a secret that needs ``k_I`` and the X25519 secret.
+1. **Hello** (initiator -> responder): suite, the initiator's wall clock in whole seconds, an
+   ephemeral X25519 key ``e_I``, ``C_I = OAEP(responder, id_I | k_I | timestamp in ns)``, the
+   initiator's public key sealed under a key from ``k_I``, and a binder: HMAC under a key derived
+   from the network PSK *and the responder's full id* over the whole record before it. Nothing in
+   the clear names either party.
+2. **Reply** (responder -> initiator): ``e_R``, ``C_R = OAEP(initiator, k_R)`` sealed with AES-GCM
+   under a key from the handshake secret (needs ``k_I`` and the X25519 secret, so only the two
+   true parties can open it and nobody else can tell to which RSA key ``C_R`` was encrypted), and
+   the responder's Finished MAC, keyed from that same secret.
 3. **Finish** (initiator -> responder): the initiator's Finished MAC, keyed from a secret that
    needs ``k_R``.
 
-Cheap checks come first and cost no private-key work: the Hello's structure, its timestamp against
-the replay window, and a cache of recently seen binders (a replayed Hello is dropped with no
-reply). Then, if the binder is right, the responder does its one RSA decryption; if it is wrong, it
-does none. From there on the responder always answers with a Reply of the right shape. If the key
-material is unsound (wrong PSK, bad OAEP, bad sealed key, id that is not the hash of the key,
-low-order X25519 point) the Reply is a *substitute*: fresh key material, ``C_R`` encrypted to the
-presented key (or our own), and a random Finished MAC; the Hello's author already knows these facts,
-so this reveals nothing. Trust and timestamp freshness never change the Reply (the Hello's author
-can verify the responder's Finished, so a different Reply would be an oracle on who is trusted and
-when they last connected); they are enforced when the Finish arrives. Every failure is reported at
-that one place, with one error.
+Cheap checks come first and cost no private-key work: the Hello's structure, its binder (a Hello
+made for another responder fails here), the coarse timestamp against the replay window, and a
+cache of recently admitted binders: a copy of a Hello already decrypted is answered from the
+remembered decryption, so replays cost no RSA work and a copy raced in ahead of the genuine Hello
+cannot make the genuine one fail. From there on the responder always answers with a Reply of the
+genuine shape. If the key material is unsound (wrong binder, bad OAEP, timestamps that disagree,
+bad or non-canonical sealed key, an id that is not the hash of the key, a low-order X25519 point)
+the Reply is a *substitute*: a fresh ``e_R`` and random bytes where the sealed ``C_R`` and the
+Finished MAC go, of the lengths a genuine Reply to that initiator has. The Hello's author already
+knows these facts, so this reveals nothing. Trust and timestamp freshness never change the Reply
+(the Hello's author can verify the responder's Finished, so a different Reply would be an oracle
+on who is trusted and when they last connected); they are enforced when the Finish arrives. Every
+failure is reported at that one place, with one error.
 
 The initiator checks the responder's Finished (which it can compute from ``k_I`` and the X25519
 secret) *before* its own RSA decryption, so an impostor answering its connection costs it nothing.
@@ -48,6 +53,7 @@ from . import _keyschedule as ks
 from . import _wire as wire
 from ._errors import HandshakeFailed
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, encrypt_to
+from .trust import Admission, KnownDecryption
 
 HELLO_OAEP_LABEL = b"p2ptls1 hello"
 REPLY_OAEP_LABEL = b"p2ptls1 reply"
@@ -70,8 +76,16 @@ class TrustPolicy(Protocol):
 class TimestampGuard(Protocol):
     """Replay protection for Hellos (see :class:`p2ptls.ReplayGuard`)."""
 
-    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> bool:
-        """Before any RSA work: False for a Hello outside the window or already seen."""
+    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> Admission:
+        """Before any RSA work: refuse a Hello outside the window; tell a copy from a new one."""
+        ...
+
+    def decryption_of(self, binder: bytes) -> KnownDecryption | None:
+        """The remembered decryption of an admitted Hello, if it is known yet."""
+        ...
+
+    def remember_decryption(self, binder: bytes, plaintext: bytes | None) -> None:
+        """Keep the decryption of an admitted Hello for its copies."""
         ...
 
     def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool:
@@ -148,10 +162,22 @@ def _sealed_key_aad(hello: wire.Hello) -> bytes:
     return b"".join(
         [
             bytes([wire.HELLO, hello.suite]),
-            wire.TIMESTAMP.pack(hello.timestamp_ns),
+            wire.TIMESTAMP.pack(hello.timestamp_s),
             hello.ephemeral,
-            hello.responder_id_prefix,
             hello.sealed_secret,
+        ]
+    )
+
+
+def _reply_prefix(ephemeral: bytes, rsa_bytes: int) -> bytes:
+    """The Reply record up to its sealed ``C_R``: the AAD of that seal."""
+    body_length = 1 + wire.X25519_SIZE + 2 + rsa_bytes + wire.TAG_SIZE + wire.MAC_SIZE
+    return b"".join(
+        [
+            wire.encode_header(wire.HANDSHAKE, body_length),
+            bytes([wire.REPLY]),
+            ephemeral,
+            wire.U16.pack(rsa_bytes + wire.TAG_SIZE),
         ]
     )
 
@@ -175,14 +201,15 @@ class InitiatorHandshake:
         self._ephemeral = ephemeral or X25519PrivateKey.from_private_bytes(randomness(32))
         k_initiator = randomness(wire.RANDOM_SIZE)
         sealed_secret = oaep_encrypt(
-            responder, identity.peer_id.digest + k_initiator, HELLO_OAEP_LABEL
+            responder,
+            identity.peer_id.digest + k_initiator + wire.TIMESTAMP.pack(timestamp_ns),
+            HELLO_OAEP_LABEL,
         )
         self._early = ks.early_secret(psk.secret, k_initiator)
         unsealed = wire.Hello(
             suite=wire.SUITE_RSA_OAEP_X25519_AES256GCM_SHA256,
-            timestamp_ns=timestamp_ns,
+            timestamp_s=timestamp_ns // wire.NS_PER_S,
             ephemeral=_x25519_public_bytes(self._ephemeral),
-            responder_id_prefix=responder.peer_id.digest[: wire.ID_PREFIX_SIZE],
             sealed_secret=sealed_secret,
             sealed_public_key=b"",
             binder=b"",
@@ -193,7 +220,8 @@ class InitiatorHandshake:
             _ZERO_NONCE, identity.record.public_key_der, aad
         )
         unbound = attrs.evolve(unsealed, sealed_public_key=sealed_public_key)
-        binder = ks.mac(ks.binder_key(psk.secret), _hello_record_prefix(unbound))
+        binder_key = ks.binder_key(psk.secret, responder.peer_id.digest)
+        binder = ks.mac(binder_key, _hello_record_prefix(unbound))
         self._hello_record = wire.handshake_record(attrs.evolve(unbound, binder=binder).encode())
         self._handshake_secret: bytes | None = None
         self._reply_record = b""
@@ -205,7 +233,7 @@ class InitiatorHandshake:
     def receive_reply_untrusted(self, record: bytes) -> bytes:
         """Take the Reply record and verify the responder's Finished.
 
-        Returns ``C_R``, which the caller decrypts with the identity key. Raises
+        Returns ``C_R`` (unsealed), which the caller decrypts with the identity key. Raises
         :class:`HandshakeFailed` before any private-key work if the Reply is not from the true
         responder.
         """
@@ -227,9 +255,16 @@ class InitiatorHandshake:
         )
         if not hmac.compare_digest(expected, reply.finished):
             raise HandshakeFailed()
+        sealed_end = len(record) - wire.MAC_SIZE - len(reply.sealed_secret)
+        try:
+            c_r = AESGCM(ks.reply_key(handshake)).decrypt(
+                _ZERO_NONCE, reply.sealed_secret, record[:sealed_end]
+            )
+        except InvalidTag:
+            raise HandshakeFailed() from None
         self._handshake_secret = handshake
         self._reply_record = record
-        return reply.sealed_secret
+        return c_r
 
     def complete_untrusted(self, k_responder: bytes | None) -> tuple[bytes, HandshakeResult]:
         """Given the decrypted ``C_R`` (``None`` if decryption failed), return
@@ -280,6 +315,7 @@ class ResponderHandshake:
     ) -> None:
         self._identity = identity
         self._psk = psk
+        self._binder_key = ks.binder_key(psk.secret, identity.peer_id.digest)
         self._policy = policy
         self._guard = guard
         self._now_ns = now_ns
@@ -288,95 +324,122 @@ class ResponderHandshake:
         self._oaep_encrypt = oaep_encrypt
         self._hello: wire.Hello | None = None
         self._hello_record = b""
-        self._binder_ok = False
+        self._known: KnownDecryption | None = None
         self._replied = False
         self._accepted: _Accepted | None = None
 
     def receive_hello_untrusted(self, record: bytes) -> bytes | None:
         """Take the Hello record.
 
-        Raises :class:`HandshakeFailed` (the caller closes without a reply) for a malformed Hello,
-        one outside the replay window, or a replay. Otherwise returns ``C_I`` for the caller to
-        decrypt with the identity key, or ``None`` when the binder is wrong: then no private-key
-        work is done and :meth:`reply_untrusted` is called with ``None`` straight away.
+        Raises :class:`HandshakeFailed` (the caller closes without a reply) for a malformed Hello
+        or one outside the replay window. Otherwise returns ``C_I`` for the caller to decrypt with
+        the identity key and hand to :meth:`reply_untrusted`, or ``None`` when no private-key
+        operation is needed (the binder is wrong, or this is a copy of a Hello whose decryption is
+        remembered): then :meth:`reply_without_key_operation` is called straight away.
         """
         if self._hello is not None:
             raise HandshakeFailed()
         hello = wire.parse_hello_untrusted(record[wire.HEADER_SIZE :])
-        expected_binder = ks.mac(ks.binder_key(self._psk.secret), record[: -wire.MAC_SIZE])
-        self._binder_ok = hmac.compare_digest(expected_binder, hello.binder)
-        if self._binder_ok and not self._guard.admit_hello(
-            hello.binder, hello.timestamp_ns, self._now_ns
-        ):
-            raise HandshakeFailed()
+        expected_binder = ks.mac(self._binder_key, record[: -wire.MAC_SIZE])
+        known: KnownDecryption | None = KnownDecryption(None)  # wrong binder: unsound
+        if hmac.compare_digest(expected_binder, hello.binder):
+            admission = self._guard.admit_hello(
+                hello.binder, hello.timestamp_s * wire.NS_PER_S, self._now_ns
+            )
+            if admission is Admission.REFUSED:
+                raise HandshakeFailed()
+            known = None
+            if admission is Admission.SEEN:
+                known = self._guard.decryption_of(hello.binder)
         self._hello = hello
         self._hello_record = record
-        return hello.sealed_secret if self._binder_ok else None
+        self._known = known
+        return hello.sealed_secret if known is None else None
 
     def reply_untrusted(self, hello_secret: bytes | None) -> bytes:
-        """Given the decrypted ``C_I`` (``None`` if decryption failed or was skipped), return the
-        Reply record: genuine if every check passed, an indistinguishable substitute otherwise."""
+        """Given the decrypted ``C_I`` (``None`` if decryption failed), return the Reply record:
+        genuine if every soundness check passed, an indistinguishable substitute otherwise."""
         hello = self._hello
-        if hello is None or self._replied:
+        if hello is None or self._known is not None:
+            raise HandshakeFailed()
+        self._guard.remember_decryption(hello.binder, hello_secret)
+        return self._reply(hello, hello_secret)
+
+    def reply_without_key_operation(self) -> bytes:
+        """The Reply when :meth:`receive_hello_untrusted` returned ``None``."""
+        hello, known = self._hello, self._known
+        if hello is None or known is None:
+            raise HandshakeFailed()
+        return self._reply(hello, known.plaintext)
+
+    def _reply(self, hello: wire.Hello, hello_secret: bytes | None) -> bytes:
+        if self._replied:
             raise HandshakeFailed()
         self._replied = True
-        ok = self._binder_ok
-        if hello_secret is None or len(hello_secret) != wire.HELLO_SECRET_SIZE:
-            ok = False
-            hello_secret = os.urandom(wire.HELLO_SECRET_SIZE)
-        claimed_id = hello_secret[: wire.ID_SIZE]
-        k_initiator = hello_secret[wire.ID_SIZE :]
+        ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
+        ephemeral_public = _x25519_public_bytes(ephemeral)
+        rsa_bytes = wire.initiator_rsa_bytes(hello)
+        prefix = _reply_prefix(ephemeral_public, rsa_bytes)
+        sound = self._check_hello(hello, hello_secret, ephemeral)
+        if sound is None:
+            # A substitute: random bytes where the sealed C_R and finished_R go. Without the
+            # handshake secret nobody can tell them from a genuine Reply's.
+            sealed = self._randomness(rsa_bytes + wire.TAG_SIZE)
+            return prefix + sealed + self._randomness(wire.MAC_SIZE)
+        initiator, timestamp_ns, handshake, authorized = sound
+        k_responder = self._randomness(wire.RANDOM_SIZE)
+        c_r = self._oaep_encrypt(initiator, k_responder, REPLY_OAEP_LABEL)
+        unfinished_record = prefix + AESGCM(ks.reply_key(handshake)).encrypt(
+            _ZERO_NONCE, c_r, prefix
+        )
         own_id = self._identity.peer_id
-        own_prefix = own_id.digest[: wire.ID_PREFIX_SIZE]
-        ok = hmac.compare_digest(hello.responder_id_prefix, own_prefix) and ok
+        reply_record = unfinished_record + _responder_finished(
+            handshake,
+            _reply_transcript(self._hello_record, unfinished_record, initiator.peer_id, own_id),
+        )
+        self._accepted = _Accepted(
+            initiator,
+            timestamp_ns,
+            ks.master_secret(handshake, k_responder),
+            reply_record,
+            authorized,
+        )
+        return reply_record
+
+    def _check_hello(
+        self, hello: wire.Hello, hello_secret: bytes | None, ephemeral: X25519PrivateKey
+    ) -> tuple[PeerRecord, int, bytes, bool] | None:
+        """The soundness checks; ``(initiator, timestamp_ns, handshake_secret, authorized)`` or
+        ``None`` if one fails. Authorisation (trust, freshness) is only evaluated, not enforced."""
+        if hello_secret is None or len(hello_secret) != wire.HELLO_SECRET_SIZE:
+            return None
+        claimed_id = hello_secret[: wire.ID_SIZE]
+        k_initiator = hello_secret[wire.ID_SIZE : wire.ID_SIZE + wire.RANDOM_SIZE]
+        (timestamp_ns,) = wire.TIMESTAMP.unpack(hello_secret[wire.ID_SIZE + wire.RANDOM_SIZE :])
+        if timestamp_ns // wire.NS_PER_S != hello.timestamp_s:
+            return None
         early = ks.early_secret(self._psk.secret, k_initiator)
         aad = _sealed_key_aad(hello)
-        presented: PeerRecord | None = None
         try:
             der = AESGCM(ks.hello_key(early, ks.transcript_hash(aad))).decrypt(
                 _ZERO_NONCE, hello.sealed_public_key, aad
             )
             presented = PeerRecord.from_public_key(der)
         except (InvalidTag, ValueError):
-            ok = False
-        authorized = False
-        if presented is not None:
-            ok = hmac.compare_digest(presented.peer_id.digest, claimed_id) and ok
-            # Trust and freshness do not change the Reply: the author of a Hello can check the
-            # responder's Finished itself, so a different Reply would tell a network-key holder
-            # who is trusted and when they last connected. They are enforced at the Finish.
-            trusted = self._policy.is_trusted(presented)
-            authorized = self._guard.is_fresh(presented.peer_id, hello.timestamp_ns) and trusted
-        ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
+            return None
+        if not hmac.compare_digest(presented.peer_id.digest, claimed_id):
+            return None
+        if presented.public_key.key_size // 8 != wire.initiator_rsa_bytes(hello):
+            return None  # cannot happen for a canonical key; keeps C_R the announced size
         shared = _x25519_shared_or_none(ephemeral, hello.ephemeral)
-        ok = ok and shared is not None
-        k_responder = self._randomness(wire.RANDOM_SIZE)
-        # C_R goes to the presented key when there is one, so a substitute Reply has the right
-        # shape for the key the initiator claimed; otherwise to our own key.
-        recipient = presented or self._identity.record
-        unfinished = wire.Reply(
-            ephemeral=_x25519_public_bytes(ephemeral),
-            sealed_secret=self._oaep_encrypt(recipient, k_responder, REPLY_OAEP_LABEL),
-            finished=b"",
-        ).encode_unfinished()
-        unfinished_record = (
-            wire.encode_header(wire.HANDSHAKE, len(unfinished) + wire.MAC_SIZE) + unfinished
-        )
-        if not ok or presented is None or shared is None:
-            return unfinished_record + os.urandom(wire.MAC_SIZE)
-        handshake = ks.handshake_secret(early, shared)
-        reply_record = unfinished_record + _responder_finished(
-            handshake,
-            _reply_transcript(self._hello_record, unfinished_record, presented.peer_id, own_id),
-        )
-        self._accepted = _Accepted(
-            presented,
-            hello.timestamp_ns,
-            ks.master_secret(handshake, k_responder),
-            reply_record,
-            authorized,
-        )
-        return reply_record
+        if shared is None:
+            return None
+        # Trust and freshness do not change the Reply: the author of a Hello can check the
+        # responder's Finished itself, so a different Reply would tell a network-key holder who
+        # is trusted and when they last connected. They are enforced at the Finish.
+        trusted = self._policy.is_trusted(presented)
+        authorized = self._guard.is_fresh(presented.peer_id, timestamp_ns) and trusted
+        return presented, timestamp_ns, ks.handshake_secret(early, shared), authorized
 
     def receive_finish_untrusted(self, record: bytes) -> HandshakeResult:
         """Verify the initiator's Finished; on success, advance the timestamp guard.

@@ -7,10 +7,15 @@ The schedule has the shape of TLS 1.3's (RFC 8446 section 7.1). Every label is p
 earlier input::
 
     psk_secret     = Extract(salt=0^32, ikm=network PSK)
-    binder_key     = ExpandLabel(psk_secret, "binder", "", 32)
+    binder_key     = ExpandLabel(psk_secret, "binder", id_R, 32)    (one per responder)
     early_secret   = Extract(salt=Derive(psk_secret, "derived"), ikm=k_I)
     handshake_sec  = Extract(salt=Derive(early_secret, "derived"), ikm=X25519(e_I, e_R))
     master_secret  = Extract(salt=Derive(handshake_sec, "derived"), ikm=k_R)
+
+The binder key is bound to the responder's full peer id (as WireGuard keys its mac1 with the
+responder's public key), so a Hello is only valid at the responder it was made for. The Reply's
+``C_R`` travels sealed under ``reply_key = ExpandLabel(handshake_sec, "reply key")``, which only
+the two true parties can derive.
 
 ``k_I`` is only known to the initiator and the holder of the responder's private key, ``k_R`` only
 to the responder and the holder of the initiator's private key. The responder's Finished key comes
@@ -110,8 +115,9 @@ def psk_secret(psk: bytes) -> bytes:
     return hkdf_extract(ZERO_SALT, psk)
 
 
-def binder_key(psk: bytes) -> bytes:
-    return expand_label(psk_secret(psk), "binder", b"", HASH_SIZE)
+def binder_key(psk: bytes, responder_id: bytes) -> bytes:
+    """The key of the binders of Hellos addressed to ``responder_id`` (its full 32-byte id)."""
+    return expand_label(psk_secret(psk), "binder", responder_id, HASH_SIZE)
 
 
 def early_secret(psk: bytes, k_initiator: bytes) -> bytes:
@@ -125,6 +131,11 @@ def hello_key(early: bytes, hello_prefix_hash: bytes) -> bytes:
 
 def handshake_secret(early: bytes, shared_secret: bytes) -> bytes:
     return hkdf_extract(derive_secret(early, "derived"), shared_secret)
+
+
+def reply_key(handshake: bytes) -> bytes:
+    """The one-use key that seals ``C_R`` inside the Reply."""
+    return expand_label(handshake, "reply key", b"", KEY_SIZE)
 
 
 def master_secret(handshake: bytes, k_responder: bytes) -> bytes:

@@ -23,7 +23,7 @@ import attrs
 
 from ._errors import HandshakeFailed, ProtocolError, RecordError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SUITE_RSA_OAEP_X25519_AES256GCM_SHA256 = 1
 
 # Content types.
@@ -60,15 +60,17 @@ PING_PAYLOAD_SIZE = 8
 MESSAGE_LENGTH = struct.Struct(">I")
 
 ID_SIZE = 32
-ID_PREFIX_SIZE = 8
 X25519_SIZE = 32
 MAC_SIZE = 32
 RANDOM_SIZE = 32
 TIMESTAMP = struct.Struct(">Q")
-HELLO_SECRET_SIZE = ID_SIZE + RANDOM_SIZE  # id_I | k_I
+NS_PER_S = 10**9
+HELLO_SECRET_SIZE = ID_SIZE + RANDOM_SIZE + TIMESTAMP.size  # id_I | k_I | ts_ns
 MIN_RSA_BYTES = 256  # RSA-2048
 MAX_RSA_BYTES = 512  # RSA-4096
-MAX_PUBLIC_KEY_DER = 1024
+# The canonical DER SubjectPublicKeyInfo of an RSA key with e = 65537 has one length per size,
+# so a Hello's sealed key announces the initiator's modulus size (in the clear, as its length).
+RSA_BYTES_FOR_DER_SIZE = {294: 256, 422: 384, 550: 512}
 U16 = struct.Struct(">H")
 
 
@@ -148,12 +150,12 @@ class Hello:
     """Flight 1, initiator to responder (see SPEC.md, "Hello")."""
 
     suite: int
-    timestamp_ns: int
-    """The initiator's wall clock (ns since the epoch): bound by the binder and the transcript."""
+    timestamp_s: int
+    """The initiator's wall clock in whole seconds (coarse, in the clear): enough for the replay
+    window before any RSA work. The precise value travels inside ``C_I``."""
     ephemeral: bytes
-    responder_id_prefix: bytes
     sealed_secret: bytes
-    """``C_I``: OAEP(responder key, initiator id | k_I)."""
+    """``C_I``: OAEP(responder key, initiator id | k_I | timestamp in ns)."""
     sealed_public_key: bytes
     """The initiator's public key (DER), AES-GCM under the hello key."""
     binder: bytes
@@ -163,9 +165,8 @@ class Hello:
         return b"".join(
             [
                 bytes([HELLO, self.suite]),
-                TIMESTAMP.pack(self.timestamp_ns),
+                TIMESTAMP.pack(self.timestamp_s),
                 self.ephemeral,
-                self.responder_id_prefix,
                 U16.pack(len(self.sealed_secret)),
                 self.sealed_secret,
                 U16.pack(len(self.sealed_public_key)),
@@ -187,15 +188,22 @@ def parse_hello_untrusted(body: bytes) -> Hello:
         raise HandshakeFailed()
     hello = Hello(
         suite=suite,
-        timestamp_ns=TIMESTAMP.unpack(reader.take(TIMESTAMP.size))[0],
+        timestamp_s=TIMESTAMP.unpack(reader.take(TIMESTAMP.size))[0],
         ephemeral=reader.take(X25519_SIZE),
-        responder_id_prefix=reader.take(ID_PREFIX_SIZE),
         sealed_secret=reader.take_vector(MIN_RSA_BYTES, MAX_RSA_BYTES),
-        sealed_public_key=reader.take_vector(TAG_SIZE + 1, MAX_PUBLIC_KEY_DER + TAG_SIZE),
+        sealed_public_key=reader.take_vector(TAG_SIZE + 294, TAG_SIZE + 550),
         binder=reader.take(MAC_SIZE),
     )
     reader.finish()
+    if len(hello.sealed_public_key) - TAG_SIZE not in RSA_BYTES_FOR_DER_SIZE:
+        raise HandshakeFailed()
     return hello
+
+
+def initiator_rsa_bytes(hello: Hello) -> int:
+    """The initiator's modulus size, as its sealed key's length announces it (checked in parsing):
+    what a Reply's ``C_R`` is sized to, genuine or substitute."""
+    return RSA_BYTES_FOR_DER_SIZE[len(hello.sealed_public_key) - TAG_SIZE]
 
 
 @attrs.frozen
@@ -204,7 +212,8 @@ class Reply:
 
     ephemeral: bytes
     sealed_secret: bytes
-    """``C_R``: OAEP(initiator key, k_R)."""
+    """``C_R`` = OAEP(initiator key, k_R), sealed with AES-GCM under the reply key (16 bytes
+    longer than the modulus)."""
     finished: bytes
 
     def encode_unfinished(self) -> bytes:
@@ -222,7 +231,7 @@ def parse_reply_untrusted(body: bytes) -> Reply:
         raise HandshakeFailed()
     reply = Reply(
         ephemeral=reader.take(X25519_SIZE),
-        sealed_secret=reader.take_vector(MIN_RSA_BYTES, MAX_RSA_BYTES),
+        sealed_secret=reader.take_vector(MIN_RSA_BYTES + TAG_SIZE, MAX_RSA_BYTES + TAG_SIZE),
         finished=reader.take(MAC_SIZE),
     )
     reader.finish()

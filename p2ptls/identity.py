@@ -89,6 +89,13 @@ def _load_public_key(der: bytes) -> rsa.RSAPublicKey:
         raise ValueError("RSA key size must be 2048, 3072 or 4096 bits with e = 65537")
     if numbers.n % 2 == 0 or numbers.n.bit_length() != key.key_size:
         raise ValueError("malformed RSA modulus")
+    # One key, one id: a PKCS#1 RSAPublicKey (or any other encoding the parser accepts) of the
+    # same key would hash to a second peer id, so only the canonical SubjectPublicKeyInfo DER is.
+    canonical = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if canonical != der:
+        raise ValueError("not the canonical DER SubjectPublicKeyInfo of an RSA key")
     return key
 
 

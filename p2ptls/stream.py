@@ -5,7 +5,8 @@ Theory of operation
 A :class:`SecureStream` drives a sans-IO :class:`~p2ptls._connection.Connection`. The handshake runs
 lazily on the first send or receive, or explicitly through :meth:`SecureStream.do_handshake`, under
 a total deadline; its one RSA private-key operation runs on a worker thread through the context's
-capacity limiter, so a flood of handshakes never stalls established connections.
+capacity limiter, so a flood of handshakes never stalls established connections. Identical
+operations in flight at once (copies of one Hello on several connections) share one thread.
 
 Sending seals records synchronously and writes them under an internal transport-send lock (shared
 with pongs owed by the receive side). Receiving is a *pump*: whichever receiver needs data reads the
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Self
 
+import attrs
 import trio
 
 from . import _wire as wire
@@ -57,6 +59,15 @@ log = logging.getLogger("p2ptls.stream")
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
+
+
+@attrs.define(repr=False)
+class _Decryption:
+    """One private-key operation in flight, awaited by every identical request."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    finished: bool = False
+    result: bytes | None = None
 
 
 class SecurityContext:
@@ -98,6 +109,7 @@ class SecurityContext:
         self._last_timestamp = 0
         self.private_key_operations = 0
         """How many RSA private-key operations this context has run (for monitoring and tests)."""
+        self._decryptions_in_flight: dict[tuple[bytes, bytes], _Decryption] = {}
 
     async def private_key_turn(self) -> None:
         """Wait for the rate limit on private-key operations (a token bucket of one second's
@@ -113,6 +125,39 @@ class SecurityContext:
         self._key_tokens -= 1
         if self._key_tokens < 0:
             await trio.sleep(-self._key_tokens / rate)
+
+    async def decrypt_once(self, ciphertext: bytes, label: bytes) -> bytes | None:
+        """RSA-OAEP decryption with the identity key, on a worker thread under the limiter.
+
+        Identical requests in flight at the same time share one operation: copies of one Hello
+        raced in on several connections at once cost one decryption (the replay guard answers
+        later copies from the remembered result).
+        """
+        key = (label, ciphertext)
+        while (pending := self._decryptions_in_flight.get(key)) is not None:
+            await pending.done.wait()
+            if pending.finished:
+                return pending.result
+        pending = _Decryption()
+        self._decryptions_in_flight[key] = pending
+        try:
+            pending.result = await self._decrypt(ciphertext, label)
+            pending.finished = True
+        finally:
+            del self._decryptions_in_flight[key]
+            pending.done.set()
+        return pending.result
+
+    async def _decrypt(self, ciphertext: bytes, label: bytes) -> bytes | None:
+        await self.private_key_turn()
+        self.private_key_operations += 1
+        identity = self.identity
+        if not self.offload_private_key_operations:
+            await trio.lowlevel.checkpoint()
+            return identity.decrypt_untrusted(ciphertext, label)
+        return await trio.to_thread.run_sync(
+            identity.decrypt_untrusted, ciphertext, label, limiter=self.key_limiter
+        )
 
     def next_timestamp(self) -> int:
         """A Hello timestamp: wall-clock nanoseconds, strictly increasing in this process."""
@@ -370,18 +415,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 await self._send_raw(owed)
 
     async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
-        await self.context.private_key_turn()
-        self.context.private_key_operations += 1
-        identity = self.context.identity
-        if not self.context.offload_private_key_operations:
-            await trio.lowlevel.checkpoint()
-            return identity.decrypt_untrusted(event.ciphertext, event.label)
-        result = await trio.to_thread.run_sync(
-            identity.decrypt_untrusted,
-            event.ciphertext,
-            event.label,
-            limiter=self.context.key_limiter,
-        )
+        result = await self.context.decrypt_once(event.ciphertext, event.label)
         if self._closed:
             raise trio.ClosedResourceError("this stream was closed during its handshake")
         return result

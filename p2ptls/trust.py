@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ._errors import PeerDatabaseError
 from ._files import StrPath, read_private_file, write_private_file
@@ -83,12 +86,47 @@ DEFAULT_REORDER_WINDOW_S = 60.0
 MAX_REMEMBERED_PER_PEER = 1024
 
 
+class Admission(enum.Enum):
+    """What :meth:`ReplayGuard.admit_hello` decides about a Hello whose binder verified."""
+
+    REFUSED = "refused"
+    """Outside the window or at or below the floor: no reply, no RSA work."""
+    NEW = "new"
+    """Not seen before: decrypt ``C_I``, then :meth:`ReplayGuard.remember_decryption`."""
+    SEEN = "seen"
+    """A copy of a remembered Hello: answer it from :meth:`ReplayGuard.decryption_of` when that
+    is known (no RSA work). A remembered copy is answered, not refused, so whoever races a copy
+    of a genuine Hello in ahead of it cannot make the genuine one fail."""
+
+    def __bool__(self) -> bool:
+        """Only a refusal is false (``if guard.admit_hello(...)`` reads as "admitted")."""
+        return self is not Admission.REFUSED
+
+
+@attrs.frozen(repr=False)
+class KnownDecryption:
+    """The result of the RSA decryption of a remembered Hello's ``C_I`` (``None``: it failed)."""
+
+    plaintext: bytes | None
+
+    def __repr__(self) -> str:
+        return "KnownDecryption(<secret>)"
+
+
+@attrs.define(repr=False)
+class _SeenHello:
+    timestamp_ns: int
+    decryption: KnownDecryption | None = None
+
+
 class ReplayGuard:
     """Replay protection for Hellos.
 
-    Two layers: before any RSA work, a Hello's timestamp must lie within ``window_s`` of our clock
-    and its binder must not have been seen (bounded memory); after authentication, the newest
-    accepted timestamp per initiator, optionally persisted to a file, must increase.
+    Two layers: before any RSA work, a Hello's coarse timestamp must lie within ``window_s`` of
+    our clock, and a copy of a Hello seen before (same binder, bounded memory) is answered with
+    the remembered decryption instead of a new RSA operation; after authentication, each precise
+    timestamp of an initiator is accepted at most once and must be newer than its newest accepted
+    one less a reorder window (that table is optionally persisted to a file).
 
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
     With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
@@ -107,7 +145,7 @@ class ReplayGuard:
         self.window_ns = int(window_s * 1e9)
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.max_recent_hellos = max_recent_hellos
-        self._recent: OrderedDict[bytes, int] = OrderedDict()
+        self._recent: OrderedDict[bytes, _SeenHello] = OrderedDict()
         self._floor_ns = -1
         self._newest: dict[PeerId, int] = {}
         self._accepted: dict[PeerId, set[int]] = {}
@@ -125,34 +163,52 @@ class ReplayGuard:
             except (ValueError, AttributeError, TypeError):
                 raise PeerDatabaseError(f"replay state file {str(path)!r} is malformed") from None
 
-    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> bool:
+    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> Admission:
         """Cheap replay check run before any RSA work, for Hellos whose binder verified.
 
         Refuses a timestamp more than ``window_s`` behind our clock or ``max_future_skew_s`` ahead
-        of it, and a binder seen within the window. The memory of binders is bounded: when it is
-        full the oldest is forgotten and the floor rises to its timestamp, so a forgotten Hello can
-        still not be replayed. (The short future bound limits how far a network-key holder who
-        floods Hellos can push the floor ahead of honest clocks.)
+        of it. A binder seen within the window is :attr:`Admission.SEEN`. The memory of binders is
+        bounded: when it is full the oldest is forgotten and the floor rises to its timestamp, so
+        a forgotten Hello is refused. (The short future bound limits how far a network-key holder
+        who floods Hellos can push the floor ahead of honest clocks.)
         """
         if (
             timestamp_ns < now_ns - self.window_ns
             or timestamp_ns > now_ns + self.max_future_skew_ns
             or timestamp_ns <= self._floor_ns
         ):
-            return False
+            return Admission.REFUSED
         recent = self._recent
         horizon = now_ns - self.window_ns
         while recent:
-            oldest_binder, oldest_ts = next(iter(recent.items()))
-            if oldest_ts >= horizon and len(recent) < self.max_recent_hellos:
+            oldest_binder, oldest = next(iter(recent.items()))
+            if oldest.timestamp_ns >= horizon and len(recent) < self.max_recent_hellos:
                 break
             del recent[oldest_binder]
-            if oldest_ts >= horizon:
-                self._floor_ns = max(self._floor_ns, oldest_ts)
-        if binder in recent or timestamp_ns <= self._floor_ns:
-            return False
-        recent[binder] = timestamp_ns
-        return True
+            if oldest.timestamp_ns >= horizon:
+                self._floor_ns = max(self._floor_ns, oldest.timestamp_ns)
+        if binder in recent:
+            return Admission.SEEN
+        if timestamp_ns <= self._floor_ns:
+            return Admission.REFUSED
+        recent[binder] = _SeenHello(timestamp_ns)
+        return Admission.NEW
+
+    def decryption_of(self, binder: bytes) -> KnownDecryption | None:
+        """The remembered decryption of an admitted Hello, ``None`` while unknown."""
+        seen = self._recent.get(binder)
+        return seen.decryption if seen is not None else None
+
+    def remember_decryption(self, binder: bytes, plaintext: bytes | None) -> None:
+        """Keep the RSA result of an admitted Hello, so that copies of it cost no RSA work.
+
+        Kept as long as the binder (at most the window, 600 s by default): the plaintext holds
+        ``k_I``, which with the network key gives the early secret but, without the initiator's
+        X25519 key, no session key.
+        """
+        seen = self._recent.get(binder)
+        if seen is not None and seen.decryption is None:
+            seen.decryption = KnownDecryption(plaintext)
 
     def is_fresh(self, peer_id: PeerId, timestamp_ns: int) -> bool:
         """Newer than the newest accepted timestamp of ``peer_id`` less the reorder window, and

@@ -50,7 +50,7 @@ from p2ptls._fragments import Reassembler, ReassemblyBudget
 from p2ptls._handshake import InitiatorHandshake, ResponderHandshake
 from p2ptls.config import StreamConfig
 from p2ptls.identity import Identity, NetworkKey
-from p2ptls.trust import KnownPeers, ReplayGuard
+from p2ptls.trust import Admission, KnownPeers, ReplayGuard
 from protocol.fixed_oaep import OaepEncrypt, eme_oaep_encode, fixed_seed_oaep, rsaep
 
 Json = dict[str, Any]
@@ -66,7 +66,7 @@ FILES = (
 
 # --- protocol constants, as SPEC.md states them (deliberately not imported from p2ptls) ---------
 
-VERSION = 0x01
+VERSION = 0x02
 SUITE = 0x01
 HANDSHAKE, DATA, MESSAGE_START, MESSAGE_CONTINUE = 0x16, 0x17, 0x18, 0x19
 CLOSE, PING, PONG, KEY_UPDATE = 0x1A, 0x1B, 0x1C, 0x1D
@@ -105,9 +105,16 @@ K_INITIATOR = _fixed("k_I")
 K_RESPONDER = _fixed("k_R")
 SEED_HELLO = _fixed("oaep seed hello")
 SEED_REPLY = _fixed("oaep seed reply")
-TIMESTAMP_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+TIMESTAMP_NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
+TIMESTAMP_S = TIMESTAMP_NS // 10**9  # what travels in the clear
+COARSE_NS = TIMESTAMP_S * 10**9  # the clear timestamp, as the window check sees it
 NOW_NS = TIMESTAMP_NS  # the responder's clock when the Hello arrives
 OTHER_PSK = _fixed("other psk")
+OTHER_RESPONDER_ID = _fixed("other responder id")  # a member the Hello was not made for
+# The responder's randomness for a substitute Reply: e_R, then the sealed C_R (k' + 16) and
+# finished_R (32) as random bytes.
+SUBSTITUTE_SEALED = hashlib.sha256(b"p2ptls1 test vector substitute").digest() * 9
+SUBSTITUTE_FINISHED = _fixed("substitute finished")
 # RFC 7748 section 6.1: Alice is the initiator's ephemeral, Bob the responder's.
 EPHEMERAL_INITIATOR = bytes.fromhex(
     "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
@@ -267,25 +274,22 @@ class ReferenceHello:
 
 def reference_hello(
     initiator: Party,
-    responder: Party,
     *,
-    timestamp: int,
+    timestamp_s: int,
     e_i_pub: bytes,
     c_i: bytes,
     early_secret: bytes,
     binder_key: bytes,
 ) -> ReferenceHello:
-    prefix = responder.peer_id[:8]
-    ts = timestamp.to_bytes(8, "big")
-    aad = bytes([HELLO, SUITE]) + ts + e_i_pub + prefix + c_i
+    ts = timestamp_s.to_bytes(8, "big")
+    aad = bytes([HELLO, SUITE]) + ts + e_i_pub + c_i
     hello_key = expand_label(early_secret, "hello key", sha256(aad), 32)
     sealed_pk = AESGCM(hello_key).encrypt(bytes(12), initiator.der, aad)
     unbound = [
         ("msg_type", bytes([HELLO])),
         ("suite", bytes([SUITE])),
-        ("timestamp_ns", ts),
+        ("timestamp_s", ts),
         ("initiator_ephemeral", e_i_pub),
-        ("responder_id_prefix", prefix),
         ("sealed_secret_length", u16(len(c_i))),
         ("sealed_secret", c_i),
         ("sealed_public_key_length", u16(len(sealed_pk))),
@@ -298,16 +302,22 @@ def reference_hello(
     return ReferenceHello(parts, aad, hello_key, sealed_pk, covered, binder)
 
 
-def reference_reply_unfinished(e_r_pub: bytes, c_r: bytes) -> list[tuple[str, bytes]]:
-    """The Reply record without finished_R (SPEC.md section 3.2)."""
-    body = [
+def reference_reply_prefix(e_r_pub: bytes, sealed_length: int) -> list[tuple[str, bytes]]:
+    """The Reply record up to its sealed C_R (SPEC.md section 3.2): the AAD of that seal."""
+    length = 1 + 32 + 2 + sealed_length + 32
+    return [
+        ("record_header", header(HANDSHAKE, length)),
         ("msg_type", bytes([REPLY])),
         ("responder_ephemeral", e_r_pub),
-        ("sealed_secret_length", u16(len(c_r))),
-        ("sealed_secret", c_r),
+        ("sealed_c_r_length", u16(sealed_length)),
     ]
-    length = sum(len(d) for _, d in body) + 32
-    return [("record_header", header(HANDSHAKE, length)), *body]
+
+
+def reference_substitute(e_r_pub: bytes, modulus_bytes: int) -> bytes:
+    """A substitute Reply: the genuine layout, random bytes for the sealed C_R and finished_R."""
+    sealed = SUBSTITUTE_SEALED[: modulus_bytes + TAG_SIZE]
+    prefix = b"".join(d for _, d in reference_reply_prefix(e_r_pub, len(sealed)))
+    return prefix + sealed + SUBSTITUTE_FINISHED
 
 
 def reference_oaep(recipient: Party, message: bytes, label: bytes, seed: bytes) -> bytes:
@@ -329,6 +339,7 @@ class ReferenceHandshake:
     finish: bytes
     sealed_key: Json
     binder: Json
+    sealed_c_r: Json
 
 
 def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshake:
@@ -341,8 +352,8 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
     if shared != RFC7748_SHARED:
         raise SystemExit("X25519 does not reproduce RFC 7748 section 6.1")
 
-    # OAEP: C_I = OAEP(responder, id_I | k_I), C_R = OAEP(initiator, k_R)
-    hello_secret = initiator.peer_id + K_INITIATOR
+    # OAEP: C_I = OAEP(responder, id_I | k_I | ts_ns), C_R = OAEP(initiator, k_R)
+    hello_secret = initiator.peer_id + K_INITIATOR + TIMESTAMP_NS.to_bytes(8, "big")
     k = (responder.public_key.key_size + 7) // 8
     em_i = eme_oaep_encode(hello_secret, HELLO_OAEP_LABEL, SEED_HELLO, k)
     c_i = rsaep(responder.public_key, em_i)
@@ -356,7 +367,7 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
             "recipient": "responder",
             "label": HELLO_OAEP_LABEL.decode(),
             "plaintext": hello_secret.hex(),
-            "plaintext_layout": "initiator id (32) | k_I (32)",
+            "plaintext_layout": "initiator id (32) | k_I (32) | timestamp_ns (u64)",
             "seed": SEED_HELLO.hex(),
             "encoded_message": em_i.hex(),
             "ciphertext": c_i.hex(),
@@ -374,15 +385,15 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
 
     s.value("psk", PSK, "input")
     s.extract("psk_secret", "zeros(32)", bytes(32), "psk", PSK)
-    s.expand("binder_key", "psk_secret", "binder", "empty", b"")
+    s.value("responder_id", responder.peer_id, "input: the responder's peer id")
+    s.expand("binder_key", "psk_secret", "binder", "responder_id", responder.peer_id)
     s.expand("derived_psk", "psk_secret", "derived", "empty", b"")
     s.value("k_I", K_INITIATOR, "input")
     s.extract("early_secret", "derived_psk", s.values["derived_psk"], "k_I", K_INITIATOR)
 
     built = reference_hello(
         initiator,
-        responder,
-        timestamp=TIMESTAMP_NS,
+        timestamp_s=TIMESTAMP_S,
         e_i_pub=e_i_pub,
         c_i=c_i,
         early_secret=s.values["early_secret"],
@@ -399,7 +410,11 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
     s.extract(
         "handshake_secret", "derived_early", s.values["derived_early"], "x25519_shared", shared
     )
-    reply_parts = reference_reply_unfinished(e_r_pub, c_r)
+    s.expand("reply_key", "handshake_secret", "reply key", "empty", b"")
+    reply_parts = reference_reply_prefix(e_r_pub, len(c_r) + TAG_SIZE)
+    sealed_aad = b"".join(d for _, d in reply_parts)
+    sealed_c_r = AESGCM(s.values["reply_key"]).encrypt(bytes(12), c_r, sealed_aad)
+    reply_parts.append(("sealed_c_r", sealed_c_r))
     reply_prefix = b"".join(d for _, d in reply_parts)
     ids = initiator.peer_id + responder.peer_id
     s.value("reply_transcript_hash", sha256(hello, reply_prefix, ids), "SHA-256(...)")
@@ -436,8 +451,7 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
         "hello_key": hello_key.hex(),
         "nonce": bytes(12).hex(),
         "aad": built.aad.hex(),
-        "aad_layout": "0x01 | suite | timestamp_ns | initiator_ephemeral | responder_id_prefix "
-        "| sealed_secret",
+        "aad_layout": "0x01 | suite | timestamp_s | initiator_ephemeral | sealed_secret",
         "plaintext": initiator.der.hex(),
         "ciphertext": built.sealed_pk.hex(),
     }
@@ -445,7 +459,18 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
         "key": s.values["binder_key"].hex(),
         "covered": built.covered.hex(),
         "covered_layout": "record header (with the final length) | Hello body without binder",
+        "key_context": "the responder's full peer id (binder_key in key_schedule.json)",
         "binder": built.binder.hex(),
+    }
+    sealed_c_r_json = {
+        "key": "reply_key (key_schedule.json)",
+        "reply_key": s.values["reply_key"].hex(),
+        "nonce": bytes(12).hex(),
+        "aad": sealed_aad.hex(),
+        "aad_layout": "record header | 0x02 | responder_ephemeral | sealed_c_r_length",
+        "plaintext": c_r.hex(),
+        "plaintext_layout": "C_R (oaep.reply.ciphertext)",
+        "ciphertext": sealed_c_r.hex(),
     }
     return ReferenceHandshake(
         s,
@@ -458,6 +483,7 @@ def reference_handshake(initiator: Party, responder: Party) -> ReferenceHandshak
         finish,
         sealed_key,
         binder_json,
+        sealed_c_r_json,
     )
 
 
@@ -520,22 +546,24 @@ class ReferenceReplayCache:
         self.entries: list[tuple[bytes, int]] = []  # (binder, timestamp) in arrival order
         self.floor_ns = -1
 
-    def admit(self, binder: bytes, timestamp: int, now: int) -> tuple[bool, str]:
+    def admit(self, binder: bytes, timestamp: int, now: int) -> tuple[str, str]:
+        """``(outcome, reason)``; outcome "refused", "new" (decrypt C_I) or "seen" (a copy:
+        answered from the remembered decryption, or decrypted again while that is pending)."""
         if timestamp < now - self.window_ns or timestamp > now + self.future_ns:
-            return False, "outside the window"
+            return "refused", "outside the window"
         if timestamp <= self.floor_ns:
-            return False, "at or below the floor"
+            return "refused", "at or below the floor"
         horizon = now - self.window_ns
         while self.entries and (self.entries[0][1] < horizon or len(self.entries) >= self.capacity):
             _, oldest = self.entries.pop(0)
             if oldest >= horizon:
                 self.floor_ns = max(self.floor_ns, oldest)
         if any(seen == binder for seen, _ in self.entries):
-            return False, "binder seen"
+            return "seen", "binder remembered"
         if timestamp <= self.floor_ns:
-            return False, "at or below the floor"
+            return "refused", "at or below the floor"
         self.entries.append((binder, timestamp))
-        return True, "admitted"
+        return "new", "admitted"
 
 
 def reference_reassembly_charges(fragment_sizes_: Sequence[int]) -> list[int]:
@@ -638,9 +666,9 @@ def check_handshake_classes(ref: ReferenceHandshake, initiator: Party, responder
 
 @dataclass
 class ResponderCase:
-    """One Hello a responder must refuse or answer with a substitute (SPEC.md sections 3.4, 3.5).
-
-    The expectations are the reference's; ``check_responder_case`` runs ``Connection``.
+    """One Hello a responder must refuse, answer from memory, or answer with a substitute
+    (SPEC.md sections 3.4, 3.5). The expectations are the reference's; ``check_responder_case``
+    runs ``Connection``.
     """
 
     name: str
@@ -651,33 +679,58 @@ class ResponderCase:
     trusts_initiator: bool
     now_ns: int
     admitted_before: list[tuple[bytes, int, int]]  # admit_hello(binder, ts, now) calls
+    remembered: bool  # the decryption of flights.hello's C_I is remembered for its binder
     newest_for_initiator: int | None  # ReplayGuard.accept() before the Hello
     reply: str  # "none", "genuine", "refused at finish" or "substitute"
     private_key_operations: int
-    reply_without_finished: bytes | None  # the expected Reply minus its last 32 bytes
-    c_r_recipient: str | None
+    randomness: str  # a key of inputs.randomness
+    expected_reply: bytes | None
+
+
+def responder_randomness() -> dict[str, bytes]:
+    return {
+        "responder": EPHEMERAL_RESPONDER + K_RESPONDER,
+        "responder_substitute": EPHEMERAL_RESPONDER
+        + SUBSTITUTE_SEALED[: 256 + TAG_SIZE]
+        + SUBSTITUTE_FINISHED,
+    }
 
 
 def responder_cases(ref: ReferenceHandshake, initiator: Party, responder: Party) -> list[Json]:
     """Build the cases from the reference, run each through p2ptls, return their JSON."""
     values = ref.schedule.values
     e_r_pub = X25519PrivateKey.from_private_bytes(EPHEMERAL_RESPONDER).public_key()
+    e_i_pub = X25519PrivateKey.from_private_bytes(EPHEMERAL_INITIATOR).public_key()
     c_i = bytes.fromhex(ref.oaep["hello"]["ciphertext"])
+    hello_inputs: Json = {
+        "c_i": c_i,
+        "early_secret": values["early_secret"],
+    }
     low_order = reference_hello(
         initiator,
-        responder,
-        timestamp=TIMESTAMP_NS,
+        timestamp_s=TIMESTAMP_S,
         e_i_pub=bytes(32),
-        c_i=c_i,
-        early_secret=values["early_secret"],
         binder_key=values["binder_key"],
+        **hello_inputs,
     ).record
-    own_c_r = reference_oaep(responder, K_RESPONDER, REPLY_OAEP_LABEL, SEED_REPLY)
-    to_self = b"".join(
-        d for _, d in reference_reply_unfinished(e_r_pub.public_bytes_raw(), own_c_r)
-    )
-    genuine_prefix = ref.reply[:-32]
+    moved_clock = reference_hello(
+        initiator,
+        timestamp_s=TIMESTAMP_S + 1,
+        e_i_pub=e_i_pub.public_bytes_raw(),
+        binder_key=values["binder_key"],
+        **hello_inputs,
+    ).record
+    other_binder_key = expand_label(values["psk_secret"], "binder", OTHER_RESPONDER_ID, 32)
+    misdirected = reference_hello(
+        initiator,
+        timestamp_s=TIMESTAMP_S,
+        e_i_pub=e_i_pub.public_bytes_raw(),
+        binder_key=other_binder_key,
+        **hello_inputs,
+    ).record
+    substitute_reply = reference_substitute(e_r_pub.public_bytes_raw(), 256)
     binder = ref.hello[-32:]
+    admitted = [(binder, COARSE_NS, NOW_NS)]
     base: Json = {
         "hello": None,
         "hello_change": "",
@@ -685,112 +738,122 @@ def responder_cases(ref: ReferenceHandshake, initiator: Party, responder: Party)
         "trusts_initiator": True,
         "now_ns": NOW_NS,
         "admitted_before": [],
+        "remembered": False,
         "newest_for_initiator": None,
+        "randomness": "responder",
     }
-    refused: Json = {
-        "reply": "none",
-        "private_key_operations": 0,
-        "reply_without_finished": None,
-        "c_r_recipient": None,
-    }
-    genuine: Json = {
-        "reply": "genuine",
+    refused: Json = {"reply": "none", "private_key_operations": 0, "expected_reply": None}
+    genuine: Json = {"reply": "genuine", "private_key_operations": 1, "expected_reply": ref.reply}
+    refused_at_finish: Json = {**genuine, "reply": "refused at finish"}
+    substitute: Json = {
+        "reply": "substitute",
         "private_key_operations": 1,
-        "reply_without_finished": genuine_prefix,
-        "c_r_recipient": "initiator",
+        "expected_reply": substitute_reply,
+        "randomness": "responder_substitute",
     }
-    substitute: Json = {**genuine, "reply": "substitute"}
     window = REPLAY_WINDOW_NS
-    cases = [
-        ResponderCase(
-            **{
-                **base,
-                **refused,
-                "name": "replayed Hello",
-                "description": "the same Hello arrives again while its binder is remembered",
-                "admitted_before": [(binder, TIMESTAMP_NS, NOW_NS)],
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **refused,
-                "name": "Hello too old",
-                "description": "timestamp more than the window behind the responder's clock",
-                "now_ns": TIMESTAMP_NS + window + 1,
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **refused,
-                "name": "Hello from the future",
-                "description": "timestamp more than the future skew ahead of the responder's clock",
-                "now_ns": TIMESTAMP_NS - MAX_FUTURE_SKEW_NS - 1,
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **genuine,
-                "name": "window edge",
-                "description": "timestamp exactly the window behind: still admitted",
-                "now_ns": TIMESTAMP_NS + window,
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **substitute,
-                "name": "wrong network key",
-                "description": "the responder's PSK differs: no private-key work, a substitute "
-                "Reply with C_R encrypted to the responder's own key",
-                "psk": OTHER_PSK,
-                "private_key_operations": 0,
-                "reply_without_finished": to_self,
-                "c_r_recipient": "responder",
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **genuine,
-                "reply": "refused at finish",
-                "name": "untrusted initiator",
-                "description": "the trust policy refuses the initiator",
-                "trusts_initiator": False,
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **genuine,
-                "reply": "refused at finish",
-                "name": "stale timestamp",
-                "description": "the initiator's last accepted timestamp is not older",
-                "newest_for_initiator": TIMESTAMP_NS,
-            }
-        ),
-        ResponderCase(
-            **{
-                **base,
-                **substitute,
-                "name": "low-order X25519 key",
-                "description": "e_I is the all-zero point (valid binder)",
-                "hello": low_order,
-                "hello_change": "initiator_ephemeral = 0^32, sealed_public_key and binder "
-                "recomputed",
-            }
-        ),
+    specs: list[Json] = [
+        {
+            **refused,
+            "name": "Hello too old",
+            "description": "clear timestamp more than the window behind the responder's clock",
+            "now_ns": COARSE_NS + window + 1,
+        },
+        {
+            **refused,
+            "name": "Hello from the future",
+            "description": "clear timestamp more than the future skew ahead of the responder's "
+            "clock",
+            "now_ns": COARSE_NS - MAX_FUTURE_SKEW_NS - 1,
+        },
+        {
+            **genuine,
+            "name": "window edge",
+            "description": "clear timestamp exactly the window behind: still admitted",
+            "now_ns": COARSE_NS + window,
+        },
+        {
+            **genuine,
+            "name": "copy, decryption remembered",
+            "description": "a copy of a Hello already admitted and decrypted (a replay, or a copy "
+            "raced in ahead of the genuine one): answered from the remembered decryption with no "
+            "private-key operation; only the true initiator can finish",
+            "admitted_before": admitted,
+            "remembered": True,
+            "private_key_operations": 0,
+        },
+        {
+            **genuine,
+            "name": "copy, decryption pending",
+            "description": "a copy of a Hello admitted but whose decryption has not finished: "
+            "decrypted again (an I/O layer shares one operation between identical requests)",
+            "admitted_before": admitted,
+        },
+        {
+            **refused_at_finish,
+            "name": "copy of a completed Hello",
+            "description": "a replay after the original completed: answered from memory, "
+            "refused at the Finish (the initiator's timestamp is not fresh)",
+            "admitted_before": admitted,
+            "remembered": True,
+            "newest_for_initiator": TIMESTAMP_NS,
+            "private_key_operations": 0,
+        },
+        {
+            **substitute,
+            "name": "wrong network key",
+            "description": "the responder's PSK differs: the binder fails, no private-key work, "
+            "a substitute Reply",
+            "psk": OTHER_PSK,
+            "private_key_operations": 0,
+        },
+        {
+            **substitute,
+            "name": "made for another responder",
+            "description": "a Hello whose binder is keyed with another member's id (a capture "
+            "replayed to the wrong member): the binder fails, no private-key work",
+            "hello": misdirected,
+            "hello_change": "binder keyed with responder id SHA-256('p2ptls1 test vector other "
+            "responder id')",
+            "private_key_operations": 0,
+        },
+        {
+            **refused_at_finish,
+            "name": "untrusted initiator",
+            "description": "the trust policy refuses the initiator",
+            "trusts_initiator": False,
+        },
+        {
+            **refused_at_finish,
+            "name": "stale timestamp",
+            "description": "the initiator's last accepted timestamp is not older",
+            "newest_for_initiator": TIMESTAMP_NS,
+        },
+        {
+            **substitute,
+            "name": "low-order X25519 key",
+            "description": "e_I is the all-zero point (valid binder)",
+            "hello": low_order,
+            "hello_change": "initiator_ephemeral = 0^32, sealed_public_key and binder recomputed",
+        },
+        {
+            **substitute,
+            "name": "clear timestamp disagrees",
+            "description": "timestamp_s is one more than the precise timestamp inside C_I allows "
+            "(re-bound by a network member): unsound",
+            "hello": moved_clock,
+            "hello_change": "timestamp_s + 1, sealed_public_key and binder recomputed",
+        },
     ]
     out = []
-    for case in cases:
+    for spec in specs:
+        case = ResponderCase(**{**base, **spec})
         check_responder_case(case, ref, initiator, responder)
-        out.append(_case_json(case, initiator, ref))
+        out.append(_case_json(case, ref))
     return out
 
 
-def _case_json(case: ResponderCase, initiator: Party, ref: ReferenceHandshake) -> Json:
+def _case_json(case: ResponderCase, ref: ReferenceHandshake) -> Json:
     expected: Json = {
         "private_key_operations": case.private_key_operations,
         "reply": case.reply,
@@ -798,10 +861,8 @@ def _case_json(case: ResponderCase, initiator: Party, ref: ReferenceHandshake) -
     if case.reply == "none":
         expected["responder"] = "HandshakeFailed on the Hello; nothing is sent"
     else:
-        assert case.reply_without_finished is not None
-        expected["reply_length"] = len(case.reply_without_finished) + 32
-        expected["reply_without_finished"] = case.reply_without_finished.hex()
-        expected["c_r_recipient"] = case.c_r_recipient
+        assert case.expected_reply is not None
+        expected["reply_record"] = case.expected_reply.hex()
     if case.reply == "genuine":
         expected["finish"] = "flights.finish completes the handshake"
     elif case.reply == "refused at finish":
@@ -810,7 +871,6 @@ def _case_json(case: ResponderCase, initiator: Party, ref: ReferenceHandshake) -
         )
         expected["refusal_record"] = refusal_record(ref).hex()
     elif case.reply == "substitute":
-        expected["finished_r"] = "32 random bytes"
         expected["finish"] = "flights.finish: HandshakeFailed (the single failure point)"
         if case.hello is None:
             expected["initiator"] = "HandshakeFailed on this Reply, before its private-key work"
@@ -829,8 +889,9 @@ def _case_json(case: ResponderCase, initiator: Party, ref: ReferenceHandshake) -
                 {"binder": b.hex(), "timestamp_ns": ts, "now_ns": now}
                 for b, ts, now in case.admitted_before
             ],
+            "decryption_remembered": "oaep.hello.plaintext" if case.remembered else None,
             "newest_accepted_for_initiator": case.newest_for_initiator,
-            "randomness": "inputs.randomness.responder",
+            "randomness": f"inputs.randomness.{case.randomness}",
         },
         "expected": expected,
     }
@@ -848,10 +909,12 @@ def check_responder_case(
     what = f"responder case {case.name!r}"
     guard = ReplayGuard()
     for binder, ts, now in case.admitted_before:
-        _require(guard.admit_hello(binder, ts, now), f"{what}: setup")
+        _require(guard.admit_hello(binder, ts, now) is Admission.NEW, f"{what}: setup")
+        if case.remembered:
+            guard.remember_decryption(binder, bytes.fromhex(ref.oaep["hello"]["plaintext"]))
     if case.newest_for_initiator is not None:
         guard.accept(initiator.identity.peer_id, case.newest_for_initiator)
-    rand = ScriptedRandomness(EPHEMERAL_RESPONDER + K_RESPONDER)
+    rand = ScriptedRandomness(responder_randomness()[case.randomness])
     conn = Connection.responder(
         StreamConfig(),
         responder.identity,
@@ -877,19 +940,12 @@ def check_responder_case(
     else:
         reply = conn.data_to_send()
     _require(rand.exhausted, f"{what}: randomness")
-    assert case.reply_without_finished is not None
-    _require(reply[:-32] == case.reply_without_finished, f"{what}: Reply without finished_R")
+    _require(reply == case.expected_reply, f"{what}: the Reply")
     _require(len(reply) == len(ref.reply), f"{what}: Reply length")
     if case.reply == "genuine":
-        _require(reply == ref.reply, f"{what}: genuine Reply")
         done = conn.receive_data_untrusted(ref.finish)
         _require([type(e) for e in done] == [HandshakeComplete], f"{what}: Finish")
         return
-    if case.reply == "refused at finish":
-        # Trust and freshness never change the Reply (no oracle for the Hello's author).
-        _require(reply == ref.reply, f"{what}: the Reply is the genuine one")
-    else:
-        _require(reply[-32:] != ref.reply[-32:], f"{what}: substitute finished_R")
     try:
         conn.receive_data_untrusted(ref.finish)
     except HandshakeFailed:
@@ -930,7 +986,7 @@ def _initiator_connection(initiator: Party, responder: Party) -> Connection:
 
 REPLAY_SCRIPT_WINDOW_S = 600
 REPLAY_SCRIPT_CAPACITY = 3
-T = TIMESTAMP_NS
+T = COARSE_NS
 W = REPLAY_WINDOW_NS
 # (binder name, timestamp, now)
 REPLAY_SCRIPT: tuple[tuple[str, int, int], ...] = (
@@ -963,15 +1019,15 @@ def replay_vectors() -> Json:
     steps = []
     for number, (name, ts, now) in enumerate(REPLAY_SCRIPT, 1):
         binder = _replay_binder(name)
-        admitted, reason = reference.admit(binder, ts, now)
-        _require(guard.admit_hello(binder, ts, now) == admitted, f"replay step {number}")
+        outcome, reason = reference.admit(binder, ts, now)
+        _require(guard.admit_hello(binder, ts, now).value == outcome, f"replay step {number}")
         steps.append(
             {
                 "step": number,
                 "binder": name,
                 "timestamp_ns": ts,
                 "now_ns": now,
-                "admitted": admitted,
+                "outcome": outcome,
                 "reason": reason,
                 "remembered_after": [names[b] for b, _ in reference.entries],
                 "floor_ns_after": reference.floor_ns,
@@ -979,8 +1035,10 @@ def replay_vectors() -> Json:
         )
     return {
         "description": "ReplayGuard.admit_hello, the cheap check a responder runs on a Hello "
-        "whose binder verified, before its RSA work (SPEC.md section 3.5). Binder NAME is "
-        "SHA-256('p2ptls1 test vector binder NAME'). A refused Hello gets no reply.",
+        "whose binder verified, before its RSA work (SPEC.md section 3.5); timestamp_ns is the "
+        "Hello's clear timestamp_s times 10^9. Binder NAME is "
+        "SHA-256('p2ptls1 test vector binder NAME'). 'refused': no reply; 'new': decrypt C_I; "
+        "'seen': a copy, answered from the remembered decryption (no RSA work once it is known).",
         "defaults": {
             "window_ns": REPLAY_WINDOW_NS,
             "max_future_skew_ns": MAX_FUTURE_SKEW_NS,
@@ -1303,19 +1361,23 @@ def build_vectors(initiator: Party, responder: Party) -> dict[str, Json]:
             "k_I": K_INITIATOR.hex(),
             "k_R": K_RESPONDER.hex(),
             "timestamp_ns": TIMESTAMP_NS,
+            "timestamp_s": TIMESTAMP_S,
             "responder_now_ns": NOW_NS,
             "oaep_seed_hello": SEED_HELLO.hex(),
             "oaep_seed_reply": SEED_REPLY.hex(),
             "randomness": {
                 "note": "bytes for the randomness= hooks of Connection.initiator/responder, "
-                "in the order the code draws them: X25519 private key (32), then k_I or k_R (32)",
+                "in the order the code draws them: X25519 private key (32), then k_I or k_R (32); "
+                "for a substitute Reply the responder draws its X25519 key (32), then the sealed "
+                "C_R (k' + 16 = 272) and finished_R (32)",
                 "initiator": (EPHEMERAL_INITIATOR + K_INITIATOR).hex(),
-                "responder": (EPHEMERAL_RESPONDER + K_RESPONDER).hex(),
+                **{name: data.hex() for name, data in responder_randomness().items()},
             },
         },
         "oaep": ref.oaep,
         "sealed_public_key": ref.sealed_key,
         "binder": ref.binder,
+        "sealed_c_r": ref.sealed_c_r,
         "flights": {
             "hello": {"record": ref.hello.hex(), "fields": ref.hello_fields},
             "reply": {"record": ref.reply.hex(), "fields": ref.reply_fields},

@@ -23,6 +23,8 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2ptls import (
     Host,
@@ -35,6 +37,7 @@ from p2ptls import (
     SecureStream,
     SecurityContext,
     StreamConfig,
+    _handshake,
     open_host,
 )
 from p2ptls import _keyschedule as ks
@@ -122,6 +125,11 @@ def initiator_k(seed: bytes = b"initiator") -> bytes:
     rng = DeterministicRandom(seed)
     rng(32)  # the ephemeral X25519 key comes first
     return rng(wire.RANDOM_SIZE)
+
+
+def initiator_ephemeral(seed: bytes = b"initiator") -> X25519PrivateKey:
+    """The X25519 key an initiator made by :func:`make_initiator` with ``seed`` uses."""
+    return X25519PrivateKey.from_private_bytes(DeterministicRandom(seed)(32))
 
 
 def make_initiator(
@@ -239,15 +247,74 @@ def established_pair(
 # -- forgery -------------------------------------------------------------------------------------
 
 
-def rebound_hello(hello_record: bytes, psk: NetworkKey, **changes: Any) -> bytes:
-    """``hello_record`` with fields replaced and a binder valid under ``psk``.
+def rebound_hello(
+    hello_record: bytes, psk: NetworkKey, *, responder: PeerRecord | None = None, **changes: Any
+) -> bytes:
+    """``hello_record`` with fields replaced and a binder valid under ``psk`` at ``responder``
+    (``parties().responder`` by default).
 
     This is what any holder of the network key can forge.
     """
     hello = attrs.evolve(wire.parse_hello_untrusted(hello_record[wire.HEADER_SIZE :]), **changes)
     unbound = hello.encode_unbound()
     prefix = wire.encode_header(wire.HANDSHAKE, len(unbound) + wire.MAC_SIZE) + unbound
-    return prefix + ks.mac(ks.binder_key(psk.secret), prefix)
+    target = responder or parties().responder.record
+    return prefix + ks.mac(ks.binder_key(psk.secret, target.peer_id.digest), prefix)
+
+
+def crafted_hello(
+    presented_der: bytes,
+    claimed_id: bytes,
+    *,
+    seed: bytes = b"crafted",
+    timestamp_ns: int = TIMESTAMP_NS,
+    responder: PeerRecord | None = None,
+    psk: NetworkKey = NETWORK_KEY,
+) -> bytes:
+    """A Hello built by hand, as any network-key holder can: it presents ``presented_der`` (any
+    bytes) as its public key and claims ``claimed_id`` inside ``C_I``. Its ``e_I`` and ``k_I`` are
+    those of :func:`make_initiator` with ``seed`` (see :func:`reply_is_genuine`)."""
+    target = responder or parties().responder.record
+    ephemeral = initiator_ephemeral(seed)
+    secret = claimed_id + initiator_k(seed) + wire.TIMESTAMP.pack(timestamp_ns)
+    unsealed = wire.Hello(
+        suite=wire.SUITE_RSA_OAEP_X25519_AES256GCM_SHA256,
+        timestamp_s=timestamp_ns // wire.NS_PER_S,
+        ephemeral=ephemeral.public_key().public_bytes_raw(),
+        sealed_secret=memo_encrypt(target, secret, _handshake.HELLO_OAEP_LABEL),
+        sealed_public_key=b"",
+        binder=b"",
+    )
+    aad = _handshake._sealed_key_aad(unsealed)
+    hello_key = ks.hello_key(
+        ks.early_secret(psk.secret, initiator_k(seed)), ks.transcript_hash(aad)
+    )
+    sealed = AESGCM(hello_key).encrypt(bytes(12), presented_der, aad)
+    unbound = attrs.evolve(unsealed, sealed_public_key=sealed).encode_unbound()
+    prefix = wire.encode_header(wire.HANDSHAKE, len(unbound) + wire.MAC_SIZE) + unbound
+    return prefix + ks.mac(ks.binder_key(psk.secret, target.peer_id.digest), prefix)
+
+
+def reply_is_genuine(
+    hello: bytes,
+    reply: bytes,
+    *,
+    claimed_id: bytes,
+    seed: bytes = b"initiator",
+    responder: PeerRecord | None = None,
+    psk: NetworkKey = NETWORK_KEY,
+) -> bool:
+    """What the author of ``hello`` (made with ``seed``) learns from ``reply``: True if the
+    responder's Finished MAC verifies, i.e. the responder accepted the Hello as sound."""
+    target = responder or parties().responder.record
+    parsed = wire.parse_reply_untrusted(reply[wire.HEADER_SIZE :])
+    shared = initiator_ephemeral(seed).exchange(X25519PublicKey.from_public_bytes(parsed.ephemeral))
+    secret = ks.handshake_secret(ks.early_secret(psk.secret, initiator_k(seed)), shared)
+    transcript = ks.transcript_hash(
+        hello, reply[: -wire.MAC_SIZE], claimed_id, target.peer_id.digest
+    )
+    expected = ks.mac(ks.expand_label(secret, "r finished", b"", ks.HASH_SIZE), transcript)
+    return expected == parsed.finished
 
 
 def forged_finish(seed: bytes = b"forged finish") -> bytes:

@@ -22,10 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2ptls import ProtocolError
+from p2ptls import ProtocolError, ReplayGuard
 from p2ptls import _wire as wire
 from p2ptls._connection import Connection, State
 from p2ptls._records import RecordSealer
+from p2ptls.trust import Admission
+from protocol.generate_vectors import ReferenceReplayCache
 from tests.hostile_support import (
     Flights,
     decrypt,
@@ -310,3 +312,37 @@ def test_connection_states_are_what_they_claim(state: str) -> None:
     if sealer is not None:
         events = conn.receive_data_untrusted(sealer.seal(wire.DATA, b"authentic"))
         assert [type(e).__name__ for e in events] == ["DataReceived"]
+
+
+# -- the replay guard against the specification's reference -----------------------------------
+
+
+@FAST
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(-14, 4), st.integers(0, 3), st.booleans()),
+        max_size=80,
+    )
+)
+def test_replay_guard_matches_the_reference_and_remembers_decryptions(
+    steps: list[tuple[int, int, int, bool]],
+) -> None:
+    """Random Hellos (binder, timestamp relative to the clock, clock advance, whether the first
+    decryption finished) against the reference rule of SPEC.md section 3.5: the same outcome every
+    time, memory within its bound, and a copy answered only with its own Hello's decryption."""
+    reference = ReferenceReplayCache(window_ns=10, capacity=3, future_ns=2)
+    guard = ReplayGuard(window_s=10e-9, max_future_skew_s=2e-9, max_recent_hellos=3)
+    assert (guard.window_ns, guard.max_future_skew_ns) == (10, 2)
+    now = 100
+    for binder_index, offset, advance, decrypted in steps:
+        now += advance
+        binder = bytes([binder_index]) * 32
+        expected, _ = reference.admit(binder, now + offset, now)
+        outcome = guard.admit_hello(binder, now + offset, now)
+        assert outcome.value == expected
+        if outcome is Admission.NEW and decrypted:
+            guard.remember_decryption(binder, b"plaintext of %d" % binder_index)
+        known = guard.decryption_of(binder)
+        if known is not None:  # only ever this binder's own decryption
+            assert known.plaintext == b"plaintext of %d" % binder_index
+        assert len(reference.entries) <= 3

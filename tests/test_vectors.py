@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,13 @@ from p2ptls._handshake import (
     REPLY_OAEP_LABEL,
     HandshakeResult,
     InitiatorHandshake,
+    Randomness,
     ResponderHandshake,
 )
 from p2ptls._records import RecordOpener, RecordSealer
 from p2ptls.config import StreamConfig
 from p2ptls.identity import Identity, NetworkKey
-from p2ptls.trust import KnownPeers, ReplayGuard
+from p2ptls.trust import Admission, KnownPeers, ReplayGuard
 from protocol import generate_vectors
 from protocol.fixed_oaep import OaepEncrypt, fixed_seed_oaep, oaep_encrypt_with_seed
 
@@ -111,7 +113,9 @@ def flight(name: str) -> bytes:
     return h(load("handshake.json")["flights"][name]["record"])
 
 
-def make_handshakes() -> tuple[InitiatorHandshake, ResponderHandshake, ReplayGuard]:
+def make_handshakes(
+    responder_randomness: Randomness | None = None,
+) -> tuple[InitiatorHandshake, ResponderHandshake, ReplayGuard]:
     ini_id, res_id = identities()
     psk = NetworkKey(h(inputs()["psk"]))
     guard = ReplayGuard()
@@ -130,7 +134,7 @@ def make_handshakes() -> tuple[InitiatorHandshake, ResponderHandshake, ReplayGua
         KnownPeers([ini_id.record]),
         guard,
         now_ns=inputs()["responder_now_ns"],
-        randomness=Scripted(h(inputs()["k_R"])),
+        randomness=responder_randomness or Scripted(h(inputs()["k_R"])),
         ephemeral=X25519PrivateKey.from_private_bytes(h(inputs()["responder_ephemeral_private"])),
         oaep_encrypt=oaep_hook(),
     )
@@ -176,9 +180,10 @@ def test_oaep_vector_decrypts_with_real_oaep(which: str) -> None:
     label = vector["label"].encode("ascii")
     ciphertext = h(vector["ciphertext"])
     assert recipient.decrypt_untrusted(ciphertext, label) == h(vector["plaintext"])
-    if which == "hello":  # id_I | k_I; the timestamp travels in the clear
-        assert h(vector["plaintext"]) == ini_id.peer_id.digest + h(inputs()["k_I"])
-        assert len(h(vector["plaintext"])) == wire.HELLO_SECRET_SIZE == 64
+    if which == "hello":  # id_I | k_I | the precise timestamp (only whole seconds are clear)
+        timestamp = inputs()["timestamp_ns"].to_bytes(8, "big")
+        assert h(vector["plaintext"]) == ini_id.peer_id.digest + h(inputs()["k_I"]) + timestamp
+        assert len(h(vector["plaintext"])) == wire.HELLO_SECRET_SIZE == 72
     assert recipient.decrypt_untrusted(ciphertext, label + b"x") is None  # label is bound
     # and the raw RSA private operation gives back the documented EME-OAEP encoding
     pem = inputs()["responder" if which == "hello" else "initiator"]["private_key_pem"]
@@ -232,22 +237,34 @@ def test_flight_fields_match_records_and_parsers() -> None:
         assert wire.parse_header_untrusted(record[:4]) == (wire.HANDSHAKE, len(record) - 4)
     by_name = {f["name"]: h(f["hex"]) for f in flights["hello"]["fields"]}
     hello = wire.parse_hello_untrusted(flight("hello")[4:])
-    assert [(f["name"], f["offset"], f["length"]) for f in flights["hello"]["fields"][:6]] == [
+    assert [(f["name"], f["offset"], f["length"]) for f in flights["hello"]["fields"]] == [
         ("record_header", 0, 4),
         ("msg_type", 4, 1),
         ("suite", 5, 1),
-        ("timestamp_ns", 6, 8),
+        ("timestamp_s", 6, 8),
         ("initiator_ephemeral", 14, 32),
-        ("responder_id_prefix", 46, 8),
+        ("sealed_secret_length", 46, 2),
+        ("sealed_secret", 48, 256),
+        ("sealed_public_key_length", 304, 2),
+        ("sealed_public_key", 306, 294 + 16),
+        ("binder", 616, 32),
     ]
-    assert hello.timestamp_ns == inputs()["timestamp_ns"]
-    assert by_name["timestamp_ns"] == inputs()["timestamp_ns"].to_bytes(8, "big")
+    assert hello.timestamp_s == inputs()["timestamp_s"] == inputs()["timestamp_ns"] // 10**9
+    assert by_name["timestamp_s"] == inputs()["timestamp_s"].to_bytes(8, "big")
     assert hello.ephemeral == by_name["initiator_ephemeral"]
-    assert hello.responder_id_prefix == by_name["responder_id_prefix"]
     assert hello.sealed_secret == by_name["sealed_secret"]
     assert hello.sealed_public_key == by_name["sealed_public_key"]
     assert hello.binder == by_name["binder"]
     reply = wire.parse_reply_untrusted(flight("reply")[4:])
+    assert [(f["name"], f["offset"], f["length"]) for f in flights["reply"]["fields"]] == [
+        ("record_header", 0, 4),
+        ("msg_type", 4, 1),
+        ("responder_ephemeral", 5, 32),
+        ("sealed_c_r_length", 37, 2),
+        ("sealed_c_r", 39, 256 + 16),
+        ("finished", 311, 32),
+    ]
+    assert reply.sealed_secret.hex() == flights["reply"]["fields"][4]["hex"]
     assert reply.finished.hex() == flights["reply"]["fields"][-1]["hex"]
     assert wire.parse_finish_untrusted(flight("finish")[4:]).finished == schedule()["i_finished"]
 
@@ -258,8 +275,8 @@ def test_sealed_public_key_and_binder() -> None:
     aad = h(sealed["aad"])
     # the AAD is the Hello body from msg_type to C_I, without C_I's length field
     hello = flight("hello")
-    k = int.from_bytes(hello[54:56], "big")
-    assert aad == hello[4:54] + hello[56 : 56 + k]
+    k = int.from_bytes(hello[46:48], "big")
+    assert aad == hello[4:46] + hello[48 : 48 + k]
     assert ks.hello_key(schedule()["early_secret"], ks.transcript_hash(aad)) == h(
         sealed["hello_key"]
     )
@@ -267,7 +284,26 @@ def test_sealed_public_key_and_binder() -> None:
     assert der == identities()[0].record.public_key_der == h(sealed["plaintext"])
     binder = vectors["binder"]
     assert h(binder["covered"]) == flight("hello")[:-32]
-    assert ks.mac(ks.binder_key(h(inputs()["psk"])), h(binder["covered"])) == h(binder["binder"])
+    binder_key = ks.binder_key(h(inputs()["psk"]), identities()[1].peer_id.digest)
+    assert binder_key == h(binder["key"]) == schedule()["binder_key"]
+    assert ks.mac(binder_key, h(binder["covered"])) == h(binder["binder"])
+    # Keyed by the responder's id: the same Hello is not valid at any other member.
+    other_key = ks.binder_key(h(inputs()["psk"]), identities()[0].peer_id.digest)
+    assert ks.mac(other_key, h(binder["covered"])) != h(binder["binder"])
+
+
+def test_sealed_c_r() -> None:
+    """C_R travels sealed under reply_key (from the handshake secret), AAD = the Reply up to it."""
+    vector = load("handshake.json")["sealed_c_r"]
+    reply = flight("reply")
+    assert h(vector["aad"]) == reply[:39]
+    assert ks.reply_key(schedule()["handshake_secret"]) == h(vector["reply_key"])
+    assert schedule()["reply_key"] == h(vector["reply_key"])
+    sealed = AESGCM(h(vector["reply_key"])).encrypt(
+        h(vector["nonce"]), h(vector["plaintext"]), h(vector["aad"])
+    )
+    assert sealed == h(vector["ciphertext"]) == reply[39:-32]
+    assert h(vector["plaintext"]).hex() == load("handshake.json")["oaep"]["reply"]["ciphertext"]
 
 
 def test_tampered_hello_gets_no_private_key_work() -> None:
@@ -277,14 +313,14 @@ def test_tampered_hello_gets_no_private_key_work() -> None:
     for f in load("handshake.json")["flights"]["hello"]["fields"][1:]:
         tampered = bytearray(flight("hello"))
         tampered[f["offset"]] ^= 0x01
-        _, responder, guard = make_handshakes()
+        _, responder, guard = make_handshakes(os.urandom)  # a substitute draws random bytes
         try:
             sealed = responder.receive_hello_untrusted(bytes(tampered))
         except HandshakeFailed:
             assert f["name"] in ("msg_type", "suite") or f["name"].endswith("_length")
             continue
         assert sealed is None, f["name"]
-        reply = responder.reply_untrusted(None)
+        reply = responder.reply_without_key_operation()
         assert len(reply) == len(flight("reply")) and reply[:4] == flight("reply")[:4]
         with pytest.raises(HandshakeFailed):
             responder.receive_finish_untrusted(flight("finish"))
@@ -309,13 +345,19 @@ def responder_connection(case: Any) -> tuple[Connection, ReplayGuard, Scripted]:
     """A responder set up as a ``responder_cases`` entry of handshake.json says."""
     ini_id, res_id = identities()
     setup = case["responder"]
-    assert setup["randomness"] == "inputs.randomness.responder"
     guard = ReplayGuard()
     for seen in setup["admitted_before"]:
-        assert guard.admit_hello(h(seen["binder"]), seen["timestamp_ns"], seen["now_ns"])
+        binder = h(seen["binder"])
+        outcome = guard.admit_hello(binder, seen["timestamp_ns"], seen["now_ns"])
+        assert outcome is Admission.NEW
+        if setup["decryption_remembered"] is not None:
+            assert setup["decryption_remembered"] == "oaep.hello.plaintext"
+            plaintext = h(load("handshake.json")["oaep"]["hello"]["plaintext"])
+            guard.remember_decryption(binder, plaintext)
     if setup["newest_accepted_for_initiator"] is not None:
         guard.accept(ini_id.peer_id, setup["newest_accepted_for_initiator"])
-    randomness = Scripted(h(inputs()["randomness"]["responder"]))
+    source = setup["randomness"].removeprefix("inputs.randomness.")
+    randomness = Scripted(h(inputs()["randomness"][source]))
     conn = Connection.responder(
         StreamConfig(),
         res_id,
@@ -375,11 +417,9 @@ def test_responder_case(name: str) -> None:
         )
     else:
         reply = conn.data_to_send()
-    assert len(reply) == expected["reply_length"]
-    assert reply[:-32].hex() == expected["reply_without_finished"]
-    parsed = wire.parse_reply_untrusted(reply[4:])
-    recipient = ini_id if expected["c_r_recipient"] == "initiator" else res_id
-    assert recipient.decrypt_untrusted(parsed.sealed_secret, REPLY_OAEP_LABEL) == h(inputs()["k_R"])
+    assert reply.hex() == expected["reply_record"]
+    assert randomness.pos == len(randomness.data)  # every scripted byte drawn, in this order
+    assert len(reply) == len(flight("reply"))  # genuine or substitute, one length
     if expected["reply"] == "genuine":
         assert reply == flight("reply")
         (complete,) = conn.receive_data_untrusted(flight("finish"))
@@ -390,7 +430,8 @@ def test_responder_case(name: str) -> None:
         assert reply == flight("reply")
     else:
         assert expected["reply"] == "substitute"
-        assert reply[-32:] != flight("reply")[-32:]
+        assert reply[:37] == flight("reply")[:37]  # same header, type and e_R
+        assert reply[37:] != flight("reply")[37:]
     assert conn.state is State.HANDSHAKING  # nothing has failed visibly yet
     with pytest.raises(HandshakeFailed):
         conn.receive_data_untrusted(flight("finish"))
@@ -430,8 +471,9 @@ def test_untrusting_responder_replies_with_the_genuine_shape() -> None:
         parsed = wire.parse_reply_untrusted(reply[4:])
         assert len(reply) == len(flight("reply"))
         assert reply[:4] == flight("reply")[:4] and reply[4] == wire.REPLY
-        assert len(parsed.ephemeral) == 32 and len(parsed.sealed_secret) == 256
-        assert ini_id.decrypt_untrusted(parsed.sealed_secret, REPLY_OAEP_LABEL) is not None
+        assert len(parsed.ephemeral) == 32 and len(parsed.sealed_secret) == 256 + 16
+        # C_R is sealed: what travels is no OAEP ciphertext, not even for its recipient.
+        assert ini_id.decrypt_untrusted(parsed.sealed_secret[:256], REPLY_OAEP_LABEL) is None
         if trusted:
             c_r = initiator.receive_reply_untrusted(reply)
             finish, _ = initiator.complete_untrusted(
@@ -464,8 +506,8 @@ def test_replay_guard_script() -> None:
     assert guard.window_ns == script["window_ns"]
     for step in script["steps"]:
         binder = h(script["binders"][step["binder"]])
-        admitted = guard.admit_hello(binder, step["timestamp_ns"], step["now_ns"])
-        assert admitted == step["admitted"], step
+        outcome = guard.admit_hello(binder, step["timestamp_ns"], step["now_ns"])
+        assert outcome.value == step["outcome"], step
 
 
 # -- key schedule ------------------------------------------------------------------------------
@@ -489,7 +531,9 @@ def test_key_schedule_functions() -> None:
     v = schedule()
     psk = h(inputs()["psk"])
     assert ks.psk_secret(psk) == v["psk_secret"]
-    assert ks.binder_key(psk) == v["binder_key"]
+    assert ks.binder_key(psk, v["responder_id"]) == v["binder_key"]
+    assert v["responder_id"] == identities()[1].peer_id.digest
+    assert ks.reply_key(v["handshake_secret"]) == v["reply_key"]
     assert ks.derive_secret(v["psk_secret"], "derived") == v["derived_psk"]
     assert ks.early_secret(psk, v["k_I"]) == v["early_secret"]
     assert ks.hello_key(v["early_secret"], v["hello_aad_hash"]) == v["hello_key"]

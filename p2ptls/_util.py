@@ -42,6 +42,20 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _same(member: BaseException, raised: BaseException) -> bool:
+    """Whether the group's ``member`` is the exception the block raised. (Trio re-creates an
+    exception group on its way through a nursery, with the same message and members.)"""
+    if member is raised:
+        return True
+    return (
+        isinstance(member, BaseExceptionGroup)
+        and isinstance(raised, BaseExceptionGroup)
+        and member.message == raised.message
+        and len(member.exceptions) == len(raised.exceptions)
+        and all(a is b for a, b in zip(member.exceptions, raised.exceptions, strict=True))
+    )
+
+
 @asynccontextmanager
 async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery for the background tasks of a context manager that runs user code.
@@ -64,7 +78,7 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
             others = [exc for exc in group.exceptions if not _is_cancellation(exc)]
             # The block's exception alone (the background tasks were only cancelled), or only
             # cancellations, of which the block's stands for all (trio re-delivers the others).
-            if (len(others) == 1 and others[0] is raised) or (
+            if (len(others) == 1 and _same(others[0], raised)) or (
                 not others and isinstance(raised, trio.Cancelled)
             ):
                 _raise_keeping_context(raised)

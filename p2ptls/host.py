@@ -137,41 +137,45 @@ def _set_receive_low_water(sock: trio.socket.SocketType, size: int) -> bool:
     return True
 
 
-async def _peek_until(sock: trio.socket.SocketType, size: int) -> bytes:
-    """The first ``size`` bytes received, left unread; fewer if the peer closed (``b""``: EOF at
-    once) or the platform cannot wait for that many."""
-    waits = _set_receive_low_water(sock, size)
-    peeked = await sock.recv(size, socket.MSG_PEEK)
-    while waits and 0 < len(peeked) < size:
-        await trio.lowlevel.wait_readable(sock)
-        more = await sock.recv(size, socket.MSG_PEEK)
-        if len(more) == len(peeked):
-            return more  # readable without more data: the peer closed part-way
-        peeked = more
-    return peeked
+def _first_record_size(peeked: bytes) -> int:
+    """How many bytes the first record needs, from what has arrived of it (0: no valid Hello
+    header, which the handshake refuses at once, so there is nothing to wait for)."""
+    if len(peeked) < wire.HEADER_SIZE:
+        return wire.HEADER_SIZE
+    try:
+        content_type, length = wire.parse_header_untrusted(peeked[: wire.HEADER_SIZE])
+    except RecordError:
+        return 0
+    return wire.HEADER_SIZE + length if content_type == wire.HANDSHAKE else 0
 
 
 async def _first_flight_arrived(sock: trio.socket.SocketType) -> bool:
-    """Wait until the first record (the Hello) is buffered whole, without reading it.
+    """Wait until the first record (the Hello) is buffered whole, without reading it; False if
+    the peer closed first.
 
-    False if the peer closed first. A header that cannot start a handshake counts as arrived:
-    the handshake refuses it at once.
+    Usually the whole Hello is there with its first byte, and one peek settles it. Otherwise the
+    socket's receive low-water mark is raised to the size still missing, so the wait costs no
+    wake-up per byte of a dribbling peer.
     """
-    try:
-        header = await _peek_until(sock, wire.HEADER_SIZE)
-        if not header:
-            return False
-        if len(header) < wire.HEADER_SIZE:
+    most = wire.HEADER_SIZE + wire.MAX_HANDSHAKE_BODY
+    peeked = await sock.recv(most, socket.MSG_PEEK)
+    while peeked:
+        needed = _first_record_size(peeked)
+        if len(peeked) >= needed:
             return True
+        if not _set_receive_low_water(sock, needed):
+            return True  # cannot wait for the whole record here: its first bytes must do
         try:
-            content_type, length = wire.parse_header_untrusted(header)
-        except RecordError:
+            await trio.lowlevel.wait_readable(sock)
+            more = await sock.recv(most, socket.MSG_PEEK)
+        finally:
+            _set_receive_low_water(sock, 1)
+        if 0 < len(more) <= len(peeked):
+            # Readable without more data: the peer closed part-way (the handshake reads what
+            # came and fails at once).
             return True
-        if content_type != wire.HANDSHAKE:
-            return True
-        return bool(await _peek_until(sock, wire.HEADER_SIZE + length))
-    finally:
-        _set_receive_low_water(sock, 1)
+        peeked = more
+    return False
 
 
 class Host:

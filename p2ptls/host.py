@@ -77,6 +77,7 @@ def _positive(_instance: Any, attribute: Any, value: float | None) -> None:
 # trio.serve_listeners): the host waits a moment and goes on instead of ending.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _ACCEPT_CAPACITY_PAUSE = 0.1
+_PRUNE_MINIMUM = 64
 
 
 @attrs.frozen
@@ -178,6 +179,13 @@ async def _first_flight_arrived(sock: trio.socket.SocketType) -> bool:
     return False
 
 
+def _transport_closed(stream: SecureStream) -> bool:
+    """Whether nothing is left to close: the stream's TCP socket is closed (by ``aclose``, or
+    because the stream broke)."""
+    transport = stream.transport_stream
+    return isinstance(transport, trio.SocketStream) and transport.socket.fileno() == -1
+
+
 class Host:
     """A running p2ptls host. Create with :func:`open_host`."""
 
@@ -193,7 +201,10 @@ class Host:
             max_private_key_operations_per_s=config.max_private_key_operations_per_s,
         )
         self._nursery = nursery
+        # Every stream to close on exit. Streams the application closed are pruned now and then
+        # (each holds its receive buffer), so a peer that connects again and again cannot grow it.
         self._streams: set[SecureStream] = set()
+        self._prune_at = _PRUNE_MINIMUM
         # Handshakes in progress, each with the cancel scope that evicts it.
         self._pending: FairTable[trio.CancelScope, trio.CancelScope, str] = FairTable(
             config.max_pending_handshakes, config.max_pending_per_address
@@ -260,7 +271,7 @@ class Host:
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
-        self._streams.add(stream)
+        self._track(stream)
         try:
             await stream.do_handshake()
         except BaseException:
@@ -327,7 +338,7 @@ class Host:
         stream = await self._verified(tcp)
         if stream is None:
             return
-        self._streams.add(stream)
+        self._track(stream)
         await deliver(stream)
 
     async def _verified(self, tcp: trio.SocketStream) -> SecureStream | None:
@@ -404,6 +415,14 @@ class Host:
             await entry.value.aclose()
 
     # -- closing --------------------------------------------------------------------------------
+
+    def _track(self, stream: SecureStream) -> None:
+        """Close ``stream`` on exit. Amortised O(1): when the set has doubled since the last
+        prune, streams whose transport is closed already are dropped from it."""
+        self._streams.add(stream)
+        if len(self._streams) > self._prune_at:
+            self._streams = {s for s in self._streams if not _transport_closed(s)}
+            self._prune_at = max(_PRUNE_MINIMUM, 2 * len(self._streams))
 
     def forget(self, stream: SecureStream) -> None:
         """Stop tracking ``stream`` (the host will not close it on exit)."""

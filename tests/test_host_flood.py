@@ -250,3 +250,25 @@ async def test_unread_incoming_streams_are_bounded_per_peer_and_in_total(identit
                 assert await server_stream.receive_message() == b"kept"
                 await client_stream.aclose()
                 await server_stream.aclose()
+
+
+async def test_closed_streams_do_not_pile_up_in_the_host(
+    identities, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that connects again and again, each stream closed after use, leaves the host
+    tracking only a bounded number of streams (each holds a receive buffer)."""
+    monkeypatch.setattr(p2ptls.host, "_PRUNE_MINIMUM", 4)
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    with trio.fail_after(SAFETY_NET):
+        async with open_host(_config(bob, psk, [alice.record])) as bob_host:
+            alice_config = _config(alice, psk, [bob_host.peer_record()], listen=None)
+            async with open_host(alice_config) as alice_host:
+                incoming = bob_host.incoming()
+                for _ in range(12):
+                    stream = await alice_host.connect(bob.peer_id)
+                    served = await incoming.__anext__()
+                    await stream.aclose()
+                    await served.aclose()
+                assert len(alice_host._streams) <= 8
+                assert len(bob_host._streams) <= 8

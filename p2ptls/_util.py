@@ -64,6 +64,10 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
     ``@asynccontextmanager``: an exception raised in the caller's block comes out unwrapped (so
     ``except KeyError`` catches it), while a failure of a background task still surfaces as the
     nursery's ``ExceptionGroup``. A cancellation of the block behaves as with a plain nursery.
+
+    Clean-up that runs after the block inside this nursery, once its scope is cancelled, must be
+    shielded: a ``Cancelled`` raised there would replace the block's exception, and the nursery
+    would then absorb it (as a plain nursery would).
     """
     raised: BaseException | None = None
     try:

@@ -4,18 +4,40 @@ Theory of operation
 -------------------
 A :class:`Host` owns one :class:`~p2ptls.SecurityContext` (identity, network key, trusted peers)
 and one nursery. When it listens, an accept loop hands every TCP connection to its own task, which
-runs the handshake under the total deadline and the bounds on handshakes in progress (globally and
-per source address), then delivers the verified stream to ``host.incoming()`` or to a handler. A
-connection that fails its handshake is closed and logged with the generic reason; it can never
-cancel the host's nursery. Leaving ``open_host`` closes every stream the host made or accepted.
+runs the handshake and then delivers the verified stream to ``host.incoming()`` or to a handler.
+
+Nothing a connection claims is known before its handshake ends, so every resource an
+unauthenticated connection holds is bounded and can be taken back:
+
+* a handshake in progress holds a *slot* in a :class:`~p2ptls._bounded.FairTable`, charged to its
+  source address (the IPv4 address or the IPv6 /64). A source that holds
+  ``max_pending_per_address`` slots loses its own oldest one to open another; when all
+  ``max_pending_handshakes`` slots are taken, the oldest slot of the source holding the most is
+  evicted. A newcomer is never refused for lack of room, and a flood from a few sources only
+  ever displaces the flooders' own handshakes. An evicted handshake is cancelled and its
+  connection closed.
+* the first handshake record (the Hello) must arrive whole within ``first_flight_timeout``, much
+  shorter than the total ``handshake_timeout``; until then the connection costs no cryptography
+  (the record is only peeked at). Silent and dribbling connections give their slot back early.
+* verified streams that the application has not taken from ``incoming()`` wait in a second fair
+  table, charged to the authenticated peer: ``incoming_backlog`` in total,
+  ``incoming_backlog_per_peer`` per peer; when it is full the oldest waiting stream of the peer
+  holding the most is closed.
+
+A connection that fails its handshake is closed and logged with the generic reason; it can never
+cancel the host's nursery. Every path closes what it opened, cancellation included (a host
+closing mid-handshake, a cancelled :meth:`Host.connect`). Leaving ``open_host`` closes every stream
+the host made or accepted; an exception raised in its block comes out as itself, not wrapped in
+an ``ExceptionGroup``.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import math
-from collections import Counter
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +45,10 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import P2PTLSError
+from . import _wire as wire
+from ._bounded import FairTable
+from ._errors import P2PTLSError, RecordError
+from ._util import open_service_nursery
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerId, PeerRecord
 from .stream import SecureStream, SecurityContext
@@ -36,6 +61,23 @@ Handler = Callable[[SecureStream], Awaitable[Any]]
 
 def _peer_tuple(peers: Iterable[PeerRecord]) -> tuple[PeerRecord, ...]:
     return tuple(peers)
+
+
+def _at_least_one(_instance: Any, attribute: Any, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1")
+
+
+def _positive(_instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive")
+
+
+# What accept() raises when the process or system is out of descriptors or memory (as in
+# trio.serve_listeners): the host waits a moment and goes on instead of ending.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_CAPACITY_PAUSE = 0.1
+_PRUNE_MINIMUM = 64
 
 
 @attrs.frozen
@@ -54,14 +96,22 @@ class HostConfig:
     """Whether to admit an authenticated peer that holds the network key but is not known."""
     stream: StreamConfig = attrs.field(factory=StreamConfig)
     """Limits of every stream of this host."""
-    max_pending_handshakes: int = 64
-    """Handshakes in progress at once; further connections are closed at once."""
-    max_pending_per_address: int = 8
-    """Handshakes in progress from one source address."""
+    max_pending_handshakes: int = attrs.field(default=64, validator=_at_least_one)
+    """Handshakes in progress at once; a new connection then evicts the oldest handshake of the
+    source holding the most."""
+    max_pending_per_address: int = attrs.field(default=8, validator=_at_least_one)
+    """Handshakes in progress from one source address (IPv4 address or IPv6 /64); a new one from
+    that source evicts its own oldest."""
+    first_flight_timeout: float | None = attrs.field(default=2.0, validator=_positive)
+    """Seconds from accept until the whole first handshake record (the Hello) must have arrived
+    (``None``: only ``stream.handshake_timeout`` applies)."""
     replay_state_path: str | None = None
     """File where Hello timestamps are persisted (replay protection across restarts)."""
-    incoming_backlog: int = 16
-    """Verified streams waiting for ``incoming()`` before the accept loop waits."""
+    incoming_backlog: int = attrs.field(default=16, validator=_at_least_one)
+    """Verified streams waiting for ``incoming()``; beyond it the oldest waiting stream of the
+    peer holding the most is closed."""
+    incoming_backlog_per_peer: int = attrs.field(default=4, validator=_at_least_one)
+    """Verified streams of one peer waiting for ``incoming()``; beyond it its oldest is closed."""
     private_key_threads: int | None = None
     """RSA private-key operations at once (default: half the cores)."""
     max_private_key_operations_per_s: float | None = None
@@ -79,6 +129,63 @@ def _source_key(address: str) -> str:
     return address
 
 
+def _set_receive_low_water(sock: trio.socket.SocketType, size: int) -> bool:
+    """Make ``sock`` readable only once ``size`` bytes are buffered; False where unsupported."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _first_record_size(peeked: bytes) -> int:
+    """How many bytes the first record needs, from what has arrived of it (0: no valid Hello
+    header, which the handshake refuses at once, so there is nothing to wait for)."""
+    if len(peeked) < wire.HEADER_SIZE:
+        return wire.HEADER_SIZE
+    try:
+        content_type, length = wire.parse_header_untrusted(peeked[: wire.HEADER_SIZE])
+    except RecordError:
+        return 0
+    return wire.HEADER_SIZE + length if content_type == wire.HANDSHAKE else 0
+
+
+async def _first_flight_arrived(sock: trio.socket.SocketType) -> bool:
+    """Wait until the first record (the Hello) is buffered whole, without reading it; False if
+    the peer closed first.
+
+    Usually the whole Hello is there with its first byte, and one peek settles it. Otherwise the
+    socket's receive low-water mark is raised to the size still missing, so the wait costs no
+    wake-up per byte of a dribbling peer.
+    """
+    most = wire.HEADER_SIZE + wire.MAX_HANDSHAKE_BODY
+    peeked = await sock.recv(most, socket.MSG_PEEK)
+    while peeked:
+        needed = _first_record_size(peeked)
+        if len(peeked) >= needed:
+            return True
+        if not _set_receive_low_water(sock, needed):
+            return True  # cannot wait for the whole record here: its first bytes must do
+        try:
+            await trio.lowlevel.wait_readable(sock)
+            more = await sock.recv(most, socket.MSG_PEEK)
+        finally:
+            _set_receive_low_water(sock, 1)
+        if 0 < len(more) <= len(peeked):
+            # Readable without more data: the peer closed part-way (the handshake reads what
+            # came and fails at once).
+            return True
+        peeked = more
+    return False
+
+
+def _transport_closed(stream: SecureStream) -> bool:
+    """Whether nothing is left to close: the stream's TCP socket is closed (by ``aclose``, or
+    because the stream broke)."""
+    transport = stream.transport_stream
+    return isinstance(transport, trio.SocketStream) and transport.socket.fileno() == -1
+
+
 class Host:
     """A running p2ptls host. Create with :func:`open_host`."""
 
@@ -94,15 +201,28 @@ class Host:
             max_private_key_operations_per_s=config.max_private_key_operations_per_s,
         )
         self._nursery = nursery
+        # Every stream to close on exit. Streams the application closed are pruned now and then
+        # (each holds its receive buffer), so a peer that connects again and again cannot grow it.
         self._streams: set[SecureStream] = set()
-        self._pending_total = 0
-        self._pending_by_address: Counter[str] = Counter()
-        self._incoming_send, self._incoming_receive = trio.open_memory_channel[SecureStream](
-            config.incoming_backlog
+        self._prune_at = _PRUNE_MINIMUM
+        # Handshakes in progress, each with the cancel scope that evicts it.
+        self._pending: FairTable[trio.CancelScope, trio.CancelScope, str] = FairTable(
+            config.max_pending_handshakes, config.max_pending_per_address
         )
+        # Verified streams not yet taken from incoming(), charged to their peer.
+        self._backlog: FairTable[SecureStream, SecureStream, PeerId] = FairTable(
+            config.incoming_backlog, config.incoming_backlog_per_peer
+        )
+        self._arrivals = trio.lowlevel.ParkingLot()
+        self._closing = False
         self.listeners: list[trio.SocketListener] = []
         self.handshake_failures = 0
-        """Connections closed because their handshake failed or timed out."""
+        """Connections closed because their handshake failed, timed out or was evicted."""
+        self.handshakes_evicted = 0
+        """Handshakes cancelled to make room for newer connections (also in
+        ``handshake_failures``)."""
+        self.incoming_dropped = 0
+        """Verified streams closed because ``incoming()`` was not read fast enough."""
 
     @property
     def peer_id(self) -> PeerId:
@@ -115,6 +235,11 @@ class Host:
             raise RuntimeError("this host is not listening")
         host, port = self.listeners[0].socket.getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Incoming handshakes in progress."""
+        return len(self._pending)
 
     def peer_record(self, name: str = "") -> PeerRecord:
         """This host's public record, with its listening address if it has one."""
@@ -134,15 +259,19 @@ class Host:
 
         The returned stream has completed its handshake: ``stream.remote_peer`` is ``peer``.
         Raises ``OSError`` if the address is unreachable and ``trio.BrokenResourceError`` if the
-        handshake fails.
+        handshake fails. If it fails or is cancelled, the connection is closed.
         """
         record = self._resolve(peer)
         target = address or record.address
         if target is None:
             raise ValueError(f"no address known for peer {record.peer_id.short}")
         tcp = await trio.open_tcp_stream(*target)
-        stream = SecureStream(tcp, self.context, remote=record)
-        self._streams.add(stream)
+        try:
+            stream = SecureStream(tcp, self.context, remote=record)
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        self._track(stream)
         try:
             await stream.do_handshake()
         except BaseException:
@@ -162,11 +291,22 @@ class Host:
     # -- accepting ------------------------------------------------------------------------------
 
     async def incoming(self) -> AsyncIterator[SecureStream]:
-        """Verified incoming streams, as they arrive. The caller owns (and closes) each one."""
+        """Verified incoming streams, oldest first, as they arrive; ends when the host closes.
+
+        The caller owns (and closes) each one. Streams wait here at most ``incoming_backlog`` at
+        once (``incoming_backlog_per_peer`` per peer); beyond that the oldest waiting stream of
+        the peer holding the most is closed.
+        """
         if not self.listeners:
             raise RuntimeError("this host is not listening (set HostConfig.listen)")
-        async for stream in self._incoming_receive:
-            yield stream
+        while True:
+            while not self._backlog:
+                if self._closing:
+                    return
+                await self._arrivals.park()
+            oldest = next(iter(self._backlog))
+            self._backlog.pop(oldest)
+            yield oldest
 
     async def _listen(self, deliver: Handler, *, task_status: trio.TaskStatus[None]) -> None:
         assert self.config.listen is not None
@@ -182,54 +322,107 @@ class Host:
     ) -> None:
         async with listener:
             while True:
-                tcp = await listener.accept()
+                try:
+                    tcp = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.warning("accept failed (%s); pausing before the next one", exc)
+                    await trio.sleep(_ACCEPT_CAPACITY_PAUSE)
+                    continue
+                # From here the task owns the connection, and closes it on every path (a task
+                # started in a cancelled nursery still runs until its first checkpoint).
                 nursery.start_soon(self._handle_connection, tcp, deliver)
 
     async def _handle_connection(self, tcp: trio.SocketStream, deliver: Handler) -> None:
+        stream = await self._verified(tcp)
+        if stream is None:
+            return
+        self._track(stream)
+        await deliver(stream)
+
+    async def _verified(self, tcp: trio.SocketStream) -> SecureStream | None:
+        """Run the handshake of an accepted connection under the host's bounds.
+
+        Returns the verified stream, or ``None`` once the connection is closed. Closes the
+        connection on every other path, cancellation included.
+        """
         try:
             source = _source_key(str(tcp.socket.getpeername()[0]))
-        except OSError:
+        except OSError:  # already reset by the peer
             await trio.aclose_forcefully(tcp)
-            return
-        limits = self.config
-        if (
-            self._pending_total >= limits.max_pending_handshakes
-            or self._pending_by_address[source] >= limits.max_pending_per_address
-        ):
-            self.handshake_failures += 1
-            await trio.aclose_forcefully(tcp)
-            return
-        stream = SecureStream(tcp, self.context, server_side=True)
-        self._pending_total += 1
-        self._pending_by_address[source] += 1
+            return None
+        slot = trio.CancelScope()
+        for evicted in self._pending.put(slot, slot, source, trio.current_time()):
+            evicted.value.cancel()
+            self.handshakes_evicted += 1
+        stream: SecureStream | None = None
+        reason: str | None = None
         try:
-            await stream.do_handshake()
+            with slot:
+                if await self._first_flight(tcp):
+                    stream = SecureStream(tcp, self.context, server_side=True)
+                    await stream.do_handshake()
+                    return stream
+                reason = "no Hello within first_flight_timeout"
+            if slot.cancelled_caught:
+                reason = "evicted by newer connections"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.handshake_failures += 1
             cause = exc.__cause__
             reason = str(cause) if isinstance(cause, P2PTLSError) else "connection lost"
-            log.info("handshake from %s failed: %s", source, reason)
-            await trio.aclose_forcefully(stream)
-            return
         except Exception:
             # A bug reached by one peer's input must not take the whole host down: record it
             # loudly (with the traceback) and drop only that connection.
-            self.handshake_failures += 1
             log.exception("unexpected error in the handshake from %s", source)
-            await trio.aclose_forcefully(stream)
-            return
+        except BaseException:  # cancelled: the host is closing
+            await trio.aclose_forcefully(stream if stream is not None else tcp)
+            raise
         finally:
-            self._pending_total -= 1
-            self._pending_by_address[source] -= 1
-            if not self._pending_by_address[source]:
-                del self._pending_by_address[source]
-        self._streams.add(stream)
-        await deliver(stream)
+            self._pending.pop(slot)
+        # Counted and logged before the close, so whoever sees the close sees the count.
+        self.handshake_failures += 1
+        if reason is not None:
+            log.info("handshake from %s failed: %s", source, reason)
+        await trio.aclose_forcefully(stream if stream is not None else tcp)
+        return None
+
+    async def _first_flight(self, tcp: trio.SocketStream) -> bool:
+        """Whether the Hello arrived whole within ``first_flight_timeout``."""
+        timeout = self.config.first_flight_timeout
+        if timeout is None:
+            return True
+        with trio.move_on_after(timeout):
+            try:
+                return await _first_flight_arrived(tcp.socket)
+            except OSError:  # reset by the peer
+                return False
+        return False
 
     async def _deliver_to_incoming(self, stream: SecureStream) -> None:
-        await self._incoming_send.send(stream)
+        if self._closing:
+            self._streams.discard(stream)
+            await trio.aclose_forcefully(stream)
+            return
+        evicted = self._backlog.put(stream, stream, stream.remote_peer.peer_id, trio.current_time())
+        self._arrivals.unpark_all()
+        for entry in evicted:
+            self.incoming_dropped += 1
+            log.info(
+                "closed a stream from %s that incoming() did not take in time",
+                entry.source.short,
+            )
+            self._streams.discard(entry.value)
+            await entry.value.aclose()
 
     # -- closing --------------------------------------------------------------------------------
+
+    def _track(self, stream: SecureStream) -> None:
+        """Close ``stream`` on exit. Amortised O(1): when the set has doubled since the last
+        prune, streams whose transport is closed already are dropped from it."""
+        self._streams.add(stream)
+        if len(self._streams) > self._prune_at:
+            self._streams = {s for s in self._streams if not _transport_closed(s)}
+            self._prune_at = max(_PRUNE_MINIMUM, 2 * len(self._streams))
 
     def forget(self, stream: SecureStream) -> None:
         """Stop tracking ``stream`` (the host will not close it on exit)."""
@@ -238,16 +431,27 @@ class Host:
     async def aclose(self) -> None:
         """Stop listening and close every stream of this host."""
         self._nursery.cancel_scope.cancel()
-        self._incoming_send.close()
+        self._closing = True
+        self._arrivals.unpark_all()
+        for waiting in list(self._backlog):  # closed below, with the host's other streams
+            self._backlog.pop(waiting)
         streams, self._streams = list(self._streams), set()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            for stream in streams:
-                await stream.aclose()
+        # Shielded: this runs while an exception (or the block's cancellation) propagates, and a
+        # checkpoint raising Cancelled here would replace that exception.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                for stream in streams:
+                    await stream.aclose()
+            for stream in streams:  # any the polite close ran out of time for
+                await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
 async def open_host(config: HostConfig) -> AsyncIterator[Host]:
     """Run a host for the duration of the block; listen if ``config.listen`` is set.
+
+    An exception raised in the block comes out as itself (not in an ``ExceptionGroup``); a
+    failure of the host's own tasks comes out as an ``ExceptionGroup``.
 
     Example::
 
@@ -255,7 +459,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
             stream = await host.connect(bob)
             await stream.send_all(b"hello")
     """
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         host = Host(config, nursery)
         try:
             if config.listen is not None:

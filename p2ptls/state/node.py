@@ -52,6 +52,7 @@ from typing import Any
 import trio
 
 from .. import _errors
+from .._util import open_service_nursery
 from ..host import Host, HostConfig, open_host
 from ..identity import PeerId, PeerRecord
 from ..stream import SecureStream
@@ -1186,7 +1187,7 @@ async def _run_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
             stream=config.stream,
             replay_state_path=config.replay_state_path,
         )
-        async with open_host(host_config) as host, trio.open_nursery() as nursery:
+        async with open_host(host_config) as host, open_service_nursery() as nursery:
             node = StateNode(config, host, store, core, nursery)
             node._start(members)
             clean = False

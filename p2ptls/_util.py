@@ -1,0 +1,89 @@
+"""Small trio helpers shared by the package's context managers.
+
+Theory of operation
+-------------------
+Under trio's strict exception groups, every exception leaving a nursery comes wrapped in an
+``ExceptionGroup``. A context manager such as :func:`~p2ptls.open_host` runs the caller's block
+inside its own nursery (the host's background tasks live there), so without care a ``KeyError``
+raised in the block would come out as ``ExceptionGroup([KeyError])`` and ``except KeyError`` would
+miss it: the nursery is an implementation detail and must not change the caller's exceptions.
+
+:func:`open_service_nursery` is the one place that handles this. It remembers the exception the
+block raised; if the nursery's group holds that exception and nothing else but cancellations, the
+exception is raised on its own (its own traceback, cause and context kept). Anything else the
+group holds is a failure of the background tasks and comes out as the group, so it is never
+hidden. (This follows trio's own rule for ``trio.as_safe_channel``: unwrap a group only when it
+holds a single non-cancellation exception.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import NoReturn
+
+import trio
+
+
+def _raise_keeping_context(exc: BaseException) -> NoReturn:
+    """``raise exc`` from inside an ``except`` block without chaining the handled group to it."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """A ``trio.Cancelled``, or a group of nothing else (from a nested nursery)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(member) for member in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _same(member: BaseException, raised: BaseException) -> bool:
+    """Whether the group's ``member`` is the exception the block raised. (Trio re-creates an
+    exception group on its way through a nursery, with the same message and members.)"""
+    if member is raised:
+        return True
+    return (
+        isinstance(member, BaseExceptionGroup)
+        and isinstance(raised, BaseExceptionGroup)
+        and member.message == raised.message
+        and len(member.exceptions) == len(raised.exceptions)
+        and all(a is b for a, b in zip(member.exceptions, raised.exceptions, strict=True))
+    )
+
+
+@asynccontextmanager
+async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for the background tasks of a context manager that runs user code.
+
+    Use it in place of ``trio.open_nursery()`` around the ``yield`` of an
+    ``@asynccontextmanager``: an exception raised in the caller's block comes out unwrapped (so
+    ``except KeyError`` catches it), while a failure of a background task still surfaces as the
+    nursery's ``ExceptionGroup``. A cancellation of the block behaves as with a plain nursery.
+
+    Clean-up that runs after the block inside this nursery, once its scope is cancelled, must be
+    shielded: a ``Cancelled`` raised there would replace the block's exception, and the nursery
+    would then absorb it (as a plain nursery would).
+    """
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                raised = exc
+                raise
+    except BaseExceptionGroup as group:
+        if raised is not None:
+            others = [exc for exc in group.exceptions if not _is_cancellation(exc)]
+            # The block's exception alone (the background tasks were only cancelled), or only
+            # cancellations, of which the block's stands for all (trio re-delivers the others).
+            if (len(others) == 1 and _same(others[0], raised)) or (
+                not others and isinstance(raised, trio.Cancelled)
+            ):
+                _raise_keeping_context(raised)
+        raise

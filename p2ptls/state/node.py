@@ -1129,29 +1129,8 @@ async def open_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
             await node.set("foo", "bar")                       # str: stored as UTF-8
             other_value = await node.wait_for(other_id, "foo")  # bytes, once it arrived
     """
-    body_error: BaseException | None = None
-    try:
-        async with _run_state_node(config) as node:
-            try:
-                yield node
-            except BaseException as exc:
-                body_error = exc
-                raise
-    except BaseExceptionGroup as group:
-        # The block's own exception comes out as it was raised, not wrapped in the groups of
-        # the node's nurseries.
-        if body_error is None or _single(group) is not body_error:
-            raise
-        unwrapped = body_error
-    else:
-        return
-    raise unwrapped
-
-
-def _single(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    async with _run_state_node(config) as node:
+        yield node
 
 
 @asynccontextmanager

@@ -94,6 +94,9 @@ class HostConfig:
     """``(address, port)`` to listen on; ``None`` for a client-only host. Port 0 picks one."""
     admission: AdmissionPolicy = deny_unknown
     """Whether to admit an authenticated peer that holds the network key but is not known."""
+    max_admitted_peers: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
+    """Admitted peers remembered (``host.context.peers.admitted``); the least recently
+    authenticated is forgotten first."""
     stream: StreamConfig = attrs.field(factory=StreamConfig)
     """Limits of every stream of this host."""
     max_pending_handshakes: int = attrs.field(default=64, validator=_at_least_one)
@@ -194,7 +197,7 @@ class Host:
         self.context = SecurityContext(
             config.identity,
             config.psk,
-            KnownPeers(config.peers, config.admission),
+            KnownPeers(config.peers, config.admission, max_admitted=config.max_admitted_peers),
             config=config.stream,
             replay_guard=ReplayGuard(config.replay_state_path),
             private_key_threads=config.private_key_threads,

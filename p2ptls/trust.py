@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from ._bounded import FairTable
 from ._errors import PeerDatabaseError
 from ._files import StrPath, read_private_file, write_private_file
 from .identity import PeerId, PeerRecord
@@ -31,50 +32,70 @@ def admit_network_members(_record: PeerRecord) -> bool:
     return True
 
 
+DEFAULT_MAX_ADMITTED = 4096
+
+
 class KnownPeers:
     """The set of peers a host trusts, plus an admission policy for the others.
 
-    Implements the handshake's trust policy. Admitted peers are remembered (``admitted``), so an
-    application can persist them into its peer database.
+    Implements the handshake's trust policy. Peers that the policy admitted (not configured ones)
+    are remembered, most recently authenticated last, so an application can persist them into its
+    peer database (``admitted``). Identities are cheap to make, so that memory is bounded: beyond
+    ``max_admitted`` the admitted peer authenticated longest ago is forgotten (the policy still
+    admits it again on its next handshake). Configured peers are never forgotten.
     """
 
     def __init__(
-        self, peers: Iterable[PeerRecord] = (), admission: AdmissionPolicy = deny_unknown
+        self,
+        peers: Iterable[PeerRecord] = (),
+        admission: AdmissionPolicy = deny_unknown,
+        *,
+        max_admitted: int = DEFAULT_MAX_ADMITTED,
     ) -> None:
         self._peers: dict[PeerId, PeerRecord] = {}
         self.admission = admission
-        self.admitted: list[PeerRecord] = []
+        # Each admitted peer is its own source: the table then evicts the oldest entry (LRU).
+        self._admitted: FairTable[PeerId, PeerRecord, PeerId] = FairTable(max_admitted, 1)
+        self._clock = 0
         for record in peers:
             self.add(record)
 
+    @property
+    def admitted(self) -> list[PeerRecord]:
+        """Peers admitted by the policy and still remembered, oldest authentication first."""
+        return [record for _, record in self._admitted.items()]
+
     def add(self, record: PeerRecord) -> None:
         """Trust ``record`` (replacing any earlier record with the same id)."""
+        self._admitted.pop(record.peer_id)
         self._peers[record.peer_id] = record
 
     def remove(self, peer_id: PeerId) -> None:
         self._peers.pop(peer_id, None)
+        self._admitted.pop(peer_id)
 
     def get(self, peer_id: PeerId) -> PeerRecord | None:
-        return self._peers.get(peer_id)
+        return self._peers.get(peer_id) or self._admitted.get(peer_id)
 
     def __contains__(self, peer_id: object) -> bool:
-        return peer_id in self._peers
+        return peer_id in self._peers or peer_id in self._admitted
 
     def __iter__(self) -> Any:
-        return iter(list(self._peers.values()))
+        return iter([*self._peers.values(), *self.admitted])
 
     def __len__(self) -> int:
-        return len(self._peers)
+        return len(self._peers) + len(self._admitted)
 
     def is_trusted(self, record: PeerRecord) -> bool:
         """Known, or admitted by the policy. Has no side effect: a handshake may still fail."""
-        return record.peer_id in self._peers or self.admission(record)
+        return record.peer_id in self or self.admission(record)
 
     def note_authenticated(self, record: PeerRecord) -> None:
         """Called once a handshake with ``record`` completed; remembers admitted peers."""
-        if record.peer_id not in self._peers:
-            self._peers[record.peer_id] = record
-            self.admitted.append(record)
+        if record.peer_id in self._peers:
+            return
+        self._clock += 1
+        self._admitted.put(record.peer_id, record, record.peer_id, now=self._clock)
 
 
 DEFAULT_HELLO_WINDOW_S = 600.0

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2ptls._bounded import FairTable
+from p2ptls.trust import KnownPeers, admit_network_members
 
 
 def test_a_source_at_its_share_evicts_only_its_own_oldest() -> None:
@@ -83,3 +84,16 @@ def test_bounds_always_hold(capacity: int, per_source: int, puts: list[tuple[int
         assert len(table) <= capacity
         assert all(table.count(s) <= per_source for s in range(7))
         assert sum(table.count(s) for s in range(7)) == len(table)
+
+
+def test_admitted_peers_are_bounded_and_configured_peers_are_never_forgotten(identities) -> None:
+    configured, first, second, third = (identity.record for identity in identities[:4])
+    peers = KnownPeers([configured], admit_network_members, max_admitted=2)
+    for record in (first, second, first, third):  # first authenticates again: most recent
+        peers.note_authenticated(record)
+    assert [r.peer_id for r in peers.admitted] == [first.peer_id, third.peer_id]
+    assert second.peer_id not in peers
+    assert configured.peer_id in peers
+    peers.note_authenticated(configured)
+    assert len(peers) == 3
+    assert peers.is_trusted(second)  # the policy still admits a forgotten peer

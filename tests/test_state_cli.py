@@ -185,9 +185,9 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
         assert [(m["peer_id"], m["state"]) for m in peers["members"]] == [(bob_id, "connected")]
         table = (await cli("peers", "-c", str(bob_config))).stdout.decode()
         assert alice_id[:16] in table and "connected" in table
-        header, own, member = table.splitlines()
-        assert "state version" in header and "bob" in own and "self" in own
-        assert member.startswith("alice ") and "connected" in member
+        header, own_row, member_row = table.splitlines()
+        assert "state version" in header and "bob" in own_row and "self" in own_row
+        assert member_row.startswith("alice ") and "connected" in member_row
         assert peers["members"][0]["handshake_failures"] == 0
 
         # A second node on alice's port: the error names the address.
@@ -295,7 +295,7 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
     good.write_text(base + "listen = false\n[state]\nreconnect_min = 2\nreconnect_max = 1.0\n")
     config = load_node_config(good)
     assert config.listen is None and config.options["reconnect_min"] == 2.0
-    with pytest.raises(ConfigError, match="good.toml: state: reconnect_max must be at least"):
+    with pytest.raises(ConfigError, match=r"good\.toml: state: reconnect_max must be at least"):
         config.state_config(identities[0], p2ptls.generate_psk())
     assert parse_address("127.0.0.1:1", "x") == ("127.0.0.1", 1)
     with pytest.raises(ConfigError, match="x: expected"):

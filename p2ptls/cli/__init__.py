@@ -58,6 +58,7 @@ def cli(verbose: int, quiet: bool) -> None:
     "demo",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
+    short_help="the local demo (its options: p2ptls demo --help)",
 )
 @click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
 def demo(arguments: tuple[str, ...]) -> None:

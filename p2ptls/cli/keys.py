@@ -19,7 +19,7 @@ from ._common import (
 FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.group()
+@click.group(short_help="identity key files (RSA): new, show, id")
 def identity() -> None:
     """An identity: this peer's RSA key pair; its peer id is the SHA-256 of the public key."""
 
@@ -37,7 +37,9 @@ def identity() -> None:
 def identity_new(*, path: Path, bits: str, ask: bool, passphrase_file: Path | None) -> None:
     """Create an identity key file (mode 0600; never overwrites one).
 
-    Example: p2ptls identity new alice.key
+    \b
+    Example:
+      p2ptls identity new alice.key
     """
     check_new_file(path, "an identity")
     passphrase = new_passphrase(ask, passphrase_file)
@@ -68,7 +70,9 @@ def identity_show(
 
     Give it to other peers: p2ptls peers add, or a node's [[bootstrap]] record_file.
 
-    Example: p2ptls identity show bob.key --name bob --address 192.0.2.11:7401 > bob.json
+    \b
+    Example:
+      p2ptls identity show bob.key --name bob --address 192.0.2.11:7401 > bob.json
     """
     loaded = load_identity(path, ask, passphrase_file)
     record = loaded.peer_record(name=name, address=address)
@@ -81,12 +85,14 @@ def identity_show(
 def identity_id(*, path: Path, ask: bool, passphrase_file: Path | None) -> None:
     """Print the peer id of an identity (64 hex digits).
 
-    Example: p2ptls identity id alice.key
+    \b
+    Example:
+      p2ptls identity id alice.key
     """
     click.echo(load_identity(path, ask, passphrase_file).peer_id.hex())
 
 
-@click.group()
+@click.group(short_help="network key files: new, show")
 def psk() -> None:
     """The network key: 32 random bytes every member holds; it proves membership."""
 
@@ -97,7 +103,9 @@ def psk_new(*, path: Path) -> None:
     """Create a network key file (mode 0600; never overwrites one). Copy it to every member
     over a secure channel.
 
-    Example: p2ptls psk new network.psk
+    \b
+    Example:
+      p2ptls psk new network.psk
     """
     check_new_file(path, "a network key")
     key = NetworkKey.generate()
@@ -111,6 +119,8 @@ def psk_show(*, path: Path) -> None:
     """Print the network key's fingerprint (never the key): the same on two machines means
     the same key.
 
-    Example: p2ptls psk show network.psk
+    \b
+    Example:
+      p2ptls psk show network.psk
     """
     click.echo(NetworkKey.load(path).fingerprint)

@@ -26,7 +26,7 @@ import click
 import trio
 
 from .._errors import P2PTLSError
-from ..identity import Identity, NetworkKey
+from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey
 from ..state.cli import ConfigError, NodeFileConfig, load_node_config, render_node_config, run_node
 from ..state.control import ControlClient, ControlError
 from ..state.node import StateNode
@@ -48,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.group()
+@click.group(short_help="run a state node, and use a running one")
 def node() -> None:
     """A state node: init writes its configuration, run runs it; put, get, delete, watch, peers,
     consensus and info use a running node through its control socket (-c CONFIG or -s SOCKET)."""
@@ -57,7 +57,7 @@ def node() -> None:
 # -- init ---------------------------------------------------------------------------------------
 
 
-@node.command("init")
+@node.command("init", short_help="Write a commented configuration (and keys).")
 @click.argument("path", type=FILE, default="node.toml")
 @click.option("--name", help="the node's label  [default: the file's name]")
 @click.option("--identity", help="identity key file  [default: NAME.key]")
@@ -84,6 +84,13 @@ def node() -> None:
 )
 @click.option("--new-identity", is_flag=True, help="also create the identity file")
 @click.option("--new-network-key", is_flag=True, help="also create the network key file")
+@click.option(
+    "--bits",
+    type=click.Choice([str(b) for b in ALLOWED_KEY_BITS]),
+    default=str(DEFAULT_KEY_BITS),
+    show_default=True,
+    help="RSA key size of a new identity",
+)
 @passphrase_options
 def node_init(
     *,
@@ -98,13 +105,16 @@ def node_init(
     bootstrap: tuple[str, ...],
     new_identity: bool,
     new_network_key: bool,
+    bits: str,
     ask: bool,
     passphrase_file: Path | None,
 ) -> None:
     """Write a commented node configuration (and, with --new-identity / --new-network-key, the
     files it names). Never overwrites a file. Paths are relative to the configuration's directory.
 
-    Example: p2ptls node init alice.toml --new-identity --new-network-key
+    \b
+    Example:
+      p2ptls node init alice.toml --new-identity --new-network-key
     """
     name = path.stem if name is None else name
     stem = name or "node"
@@ -135,7 +145,7 @@ def node_init(
         created_key.save(key_path)
         click.echo(f"wrote {key_path} (mode 0600); fingerprint {created_key.fingerprint}")
     if new_identity:
-        created = Identity.generate()
+        created = Identity.generate(int(bits))
         created.save(identity_path, passphrase)
         click.echo(f"wrote {identity_path} (mode 0600); peer id {created.peer_id.hex()}")
     with path.open("x", encoding="utf-8") as out:
@@ -147,6 +157,11 @@ def node_init(
     ):
         if not needed.exists():
             click.echo(f"  {needed} does not exist yet: {command}")
+    if listen[0] in ("0.0.0.0", "::") and advertise is None:
+        click.echo(
+            "  note: the record file will say "
+            f"{format_address(listen)}; nodes on other machines need --advertise HOST:PORT"
+        )
     click.echo(f"run it with: p2ptls node run {path}")
 
 
@@ -167,7 +182,9 @@ def node_run(*, config: Path, verbose: int, passphrase_file: Path | None) -> Non
     An encrypted identity's passphrase comes from --passphrase-file, P2PTLS_PASSPHRASE, or a
     prompt on a terminal.
 
-    Example: p2ptls node run alice.toml
+    \b
+    Example:
+      p2ptls node run alice.toml
     """
     if verbose:
         logging.getLogger().setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
@@ -259,7 +276,7 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-@node.command("put")
+@node.command("put", short_help="Set a key of the node's own state.")
 @click.argument("key")
 @click.argument("value")
 @click.option("--b64", is_flag=True, help="VALUE is base64 (any bytes)")
@@ -278,8 +295,10 @@ def node_put(
     """Set KEY of the node's own state to VALUE (- reads the value's bytes from standard input,
     exactly as they are).
 
-    Examples: p2ptls node put -c alice.toml color blue;
-    p2ptls node put -c alice.toml settings - < settings.json
+    \b
+    Examples:
+      p2ptls node put -c alice.toml color blue
+      p2ptls node put -c alice.toml settings - < settings.json
     """
     argument: dict[str, str]
     if value == "-" and not b64:
@@ -308,13 +327,15 @@ def node_delete(
 ) -> None:
     """Delete KEY from the node's own state.
 
-    Example: p2ptls node delete -c alice.toml color
+    \b
+    Example:
+      p2ptls node delete -c alice.toml color
     """
     with ControlClient(_socket(config, socket), timeout=timeout) as client:
         client.request("delete", key=key)
 
 
-@node.command("get")
+@node.command("get", short_help="Print a key of the node's state or of another owner's.")
 @click.argument("key")
 @click.option("--owner", help="whose state: a name, or a peer id (6+ hex digits)  [default: own]")
 @click.option("--wait", type=float, default=0.0, help="wait up to this many seconds for the key")
@@ -332,7 +353,9 @@ def node_get(
 ) -> None:
     """Print KEY of the node's own state, or of another owner's replica.
 
-    Example: p2ptls node get -c bob.toml color --owner alice --wait 10
+    \b
+    Example:
+      p2ptls node get -c bob.toml color --owner alice --wait 10
     """
     request: dict[str, Any] = {"key": key}
     if owner:
@@ -370,7 +393,9 @@ def node_watch(
 ) -> None:
     """Print changes as they happen, one JSON object per line.
 
-    Example: p2ptls node watch -c bob.toml --owner alice
+    \b
+    Example:
+      p2ptls node watch -c bob.toml --owner alice
     """
     request: dict[str, Any] = {"members": members}
     if owner:
@@ -387,7 +412,7 @@ def node_watch(
                 return
 
 
-@node.command("peers")
+@node.command("peers", short_help="List the members and their status.")
 @click.option("--json", "as_json", is_flag=True, help="print the members as JSON")
 @client_options()
 def node_peers(
@@ -396,7 +421,9 @@ def node_peers(
     """List the members: connected, or stale (their last known state is kept), and whether
     this node's handshakes with one keep failing (often: a different network key).
 
-    Example: p2ptls node peers -c alice.toml
+    \b
+    Example:
+      p2ptls node peers -c alice.toml
     """
     with ControlClient(_socket(config, socket), timeout=timeout) as client:
         result = client.request("peers")
@@ -432,11 +459,11 @@ def _status(member: dict[str, Any]) -> str:
     if failures and member["stale"]:
         last = member.get("last_handshake_failure")
         when = time.strftime("%H:%M:%S", time.localtime(last)) if last else "?"
-        status = f"handshake failing ({failures}x, last {when}); " + status
+        status = f"handshake failing ({failures}x, last {when})"
     return status
 
 
-@node.command("consensus")
+@node.command("consensus", short_help="Values held for a key, most widely held first.")
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="print the entries as JSON")
 @client_options()
@@ -445,7 +472,9 @@ def node_consensus(
 ) -> None:
     """The values the nodes hold for KEY, most widely held first: count, value, owners.
 
-    Example: p2ptls node consensus -c alice.toml color
+    \b
+    Example:
+      p2ptls node consensus -c alice.toml color
     """
     with ControlClient(_socket(config, socket), timeout=timeout) as client:
         result = client.request("consensus", key=key)
@@ -469,7 +498,9 @@ def node_consensus(
 def node_info(*, config: Path | None, socket: Path | None, timeout: float | None) -> None:
     """The node's peer id, name, address and peer record (JSON).
 
-    Example: p2ptls node info -c alice.toml
+    \b
+    Example:
+      p2ptls node info -c alice.toml
     """
     with ControlClient(_socket(config, socket), timeout=timeout) as client:
         _print_json(client.request("info"))

@@ -53,7 +53,7 @@ def _open(database: Path, network_key: Path) -> PeerDatabase:
     return PeerDatabase.open(database, NetworkKey.load(network_key))
 
 
-@click.group()
+@click.group(short_help="the encrypted peer database: add, list, remove")
 def peers() -> None:
     """The peer database: the public records of the peers a host trusts, encrypted at rest."""
 
@@ -74,7 +74,9 @@ def peers_add(
     """Add (or replace) a peer from its record file (JSON from p2ptls identity show; - reads
     standard input).
 
-    Example: p2ptls peers add bob.json --db peers.db
+    \b
+    Example:
+      p2ptls peers add bob.json --db peers.db
     """
     loaded = _read_record(record)
     if name is not None:
@@ -121,7 +123,9 @@ def _read_record(source: str) -> PeerRecord:
 def peers_list(*, as_json: bool, database: Path, network_key: Path) -> None:
     """List the peers in the database.
 
-    Example: p2ptls peers list --db peers.db
+    \b
+    Example:
+      p2ptls peers list --db peers.db
     """
     records = sorted(_open(database, network_key), key=lambda r: (r.name, r.peer_id.hex()))
     if as_json:
@@ -141,7 +145,9 @@ def peers_list(*, as_json: bool, database: Path, network_key: Path) -> None:
 def peers_remove(*, peer: str, database: Path, network_key: Path) -> None:
     """Remove a peer, given by name or by the first digits of its id.
 
-    Example: p2ptls peers remove bob --db peers.db
+    \b
+    Example:
+      p2ptls peers remove bob --db peers.db
     """
     if not database.exists():
         raise CliError(f"peer database {str(database)!r} does not exist")

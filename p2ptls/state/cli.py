@@ -16,6 +16,8 @@ are required)::
     control_socket = "run/alice.sock"   # default: <config stem>.control/sock beside the file
     record_file = "alice.record.json"   # written at start: give it to nodes that join
     replay_state = "alice.replay"       # handshake replay state kept across restarts
+    peer_database = "peers.db"          # p2ptls peers add ...: names of peers, and members to
+                                        #   join through (the records with an address)
 
     [state]                             # StateNodeConfig tunables (see StateOptions)
     durability = "full"                 # or "normal"
@@ -39,7 +41,7 @@ import logging
 import math
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -52,6 +54,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from .._errors import PeerDatabaseError
 from ..identity import Identity, NetworkKey, PeerRecord
+from ..peerdb import PeerDatabase
 from .config import StateNodeConfig
 from .control import ControlServer
 from .errors import StateError
@@ -133,6 +136,7 @@ class NodeFile:
     control_socket: str | None = None
     record_file: str | None = None
     replay_state: str | None = None
+    peer_database: str | None = None
     state: StateOptions = attrs.field(factory=StateOptions)
     bootstrap: list[BootstrapEntry] = attrs.field(factory=list)
 
@@ -299,12 +303,21 @@ class NodeFileConfig:
     advertise: tuple[str, int] | None = None
     record_file: Path | None = None
     replay_state: Path | None = None
+    peer_database: Path | None = None
+    """A :class:`~p2ptls.PeerDatabase` (encrypted with the network key): names of peers, and
+    members to join through (its records with an address)."""
     bootstrap: list[PeerRecord] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     """Further :class:`StateNodeConfig` fields (the ``[state]`` table)."""
 
-    def state_config(self, identity: Identity, psk: NetworkKey) -> StateNodeConfig:
-        """The :class:`StateNodeConfig` this file describes."""
+    def state_config(
+        self, identity: Identity, psk: NetworkKey, known: Sequence[PeerRecord] = ()
+    ) -> StateNodeConfig:
+        """The :class:`StateNodeConfig` this file describes; ``known`` are the peer database's
+        records (those with an address join the bootstrap members)."""
+        bootstrap = {record.peer_id: record for record in known if record.address is not None}
+        bootstrap.update((record.peer_id, record) for record in self.bootstrap)
+        bootstrap.pop(identity.peer_id, None)
         try:
             return StateNodeConfig(
                 identity=identity,
@@ -312,7 +325,7 @@ class NodeFileConfig:
                 database=self.database,
                 listen=self.listen,
                 advertise=self.advertise,
-                bootstrap=self.bootstrap,
+                bootstrap=list(bootstrap.values()),
                 name=self.name,
                 replay_state_path=str(self.replay_state) if self.replay_state else None,
                 **self.options,
@@ -360,6 +373,7 @@ def load_node_config(path: str | Path) -> NodeFileConfig:
         advertise=parsed.advertise,
         record_file=resolve("record_file", parsed.record_file),
         replay_state=resolve("replay_state", parsed.replay_state),
+        peer_database=resolve("peer_database", parsed.peer_database),
         bootstrap=[
             _bootstrap(entry, base, f"{where}: bootstrap[{index}]")
             for index, entry in enumerate(parsed.bootstrap)
@@ -469,6 +483,12 @@ def render_node_config(
             quoted(f"{name or 'node'}.record.json"),
         ),
         setting("replay_state", None, "handshake replay state kept across restarts", '"replay"'),
+        setting(
+            "peer_database",
+            None,
+            "p2ptls peers add ...: peers' names; those with an address are joined",
+            '"peers.db"',
+        ),
         "",
         "[state]                                 # tunables; each line shows the default",
     ]
@@ -521,12 +541,19 @@ async def run_node(
     """
     identity = await trio.to_thread.run_sync(_identity, config, passphrase)
     psk = await trio.to_thread.run_sync(NetworkKey.load, config.network_key)
-    state_config = config.state_config(identity, psk)
+    known: list[PeerRecord] = []
+    if config.peer_database is not None:
+        if not config.peer_database.exists():
+            raise ConfigError(f"peer database {str(config.peer_database)!r} does not exist")
+        database = await trio.to_thread.run_sync(PeerDatabase.open, config.peer_database, psk)
+        known = list(database)
+    state_config = config.state_config(identity, psk, known)
+    names = {record.peer_id: record.name for record in known if record.name}
     async with open_state_node(state_config) as node:
         if config.record_file is not None:
             record = node.peer_record(config.name)
             await trio.to_thread.run_sync(save_peer_record, config.record_file, record)
-        server = ControlServer(node, config.control_socket)
+        server = ControlServer(node, config.control_socket, names)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             task_status.started(node)

@@ -326,7 +326,8 @@ class ControlServer:
                 await node.wait_until(lambda: node.get(owner, key) is not None)
         record = node.record(owner, key)
         if record is None or record.value is None:
-            raise ControlError("not_found", f"{owner.short} has no key {key!r}")
+            label = self.names.get(owner) or owner.short
+            raise ControlError("not_found", f"{label} has no key {key!r}")
         member = node.member(owner)
         return {
             "owner": owner.hex(),

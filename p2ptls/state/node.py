@@ -691,11 +691,11 @@ class StateNode:
         if member.handshake_failures >= member.warn_at:
             member.warn_at *= 2
             log.warning(
-                "handshakes with member %s at %s failed %d times in a row: check that both "
+                "handshakes with member %s at %s:%d failed %d times in a row: check that both "
                 "nodes use the same network key (compare `p2ptls psk show`) and that its "
                 "peer record is current",
                 member.record.peer_id.short,
-                address,
+                *address,
                 member.handshake_failures,
             )
         self._note_changed()

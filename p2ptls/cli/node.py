@@ -27,8 +27,8 @@ import trio
 
 from .._errors import P2PTLSError
 from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey
-from ..state.cli import ConfigError, NodeFileConfig, load_node_config, render_node_config, run_node
-from ..state.control import ControlClient, ControlError
+from ..state.cli import NodeFileConfig, load_node_config, render_node_config, run_node
+from ..state.control import ControlClient
 from ..state.node import StateNode
 from ._common import (
     CliError,
@@ -506,4 +506,4 @@ def node_info(*, config: Path | None, socket: Path | None, timeout: float | None
         _print_json(client.request("info"))
 
 
-__all__ = ["ConfigError", "ControlError", "node"]
+__all__ = ["node"]

@@ -225,7 +225,7 @@ def _converter() -> cattrs.Converter:
         int, _expect("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
     )
     converter.register_structure_hook(float, _number)
-    converter.register_structure_hook(Address | None, _optional_address)
+    converter.register_structure_hook_func(lambda t: t == Address | None, _optional_address)
     converter.register_structure_hook_func(_is_literal, _literal)
     for cls in (StateOptions, BootstrapEntry, NodeFile):
         converter.register_structure_hook(cls, _table_of(converter, cls))

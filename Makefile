@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m p2ptls.demo
+	@echo ""
+	@echo "The p2ptls command is $(BIN)/p2ptls (or run: source $(BIN)/activate); see 'Command line' in README.md."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -91,4 +91,4 @@ def test_cli_creates_keys(tmp_path: Path) -> None:
         check=False,
         timeout=60,
     )
-    assert refused.returncode == 2 and "chmod 600" in refused.stderr
+    assert refused.returncode == 1 and "chmod 600" in refused.stderr

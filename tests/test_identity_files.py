@@ -106,7 +106,7 @@ def test_cli_refuses_to_start_with_an_exposed_identity(
     path.chmod(0o644)
     with pytest.raises(SystemExit) as info:
         cli(["identity", "show", str(path)])
-    assert info.value.code == 2
+    assert info.value.code == 1
     err = capsys.readouterr().err
     assert str(path) in err and "chmod 600" in err
     assert "Traceback" not in err
@@ -184,7 +184,7 @@ def test_cli_refuses_a_wrong_passphrase_cleanly(
     monkeypatch.setattr("getpass.getpass", lambda _prompt="": "not the passphrase")
     with pytest.raises(SystemExit) as info:
         cli(["identity", "show", "--passphrase", str(path)])
-    assert info.value.code == 2
+    assert info.value.code == 1
     err = capsys.readouterr().err
     assert "wrong passphrase" in err and str(path) in err
     assert "Traceback" not in err

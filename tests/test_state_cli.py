@@ -70,10 +70,13 @@ def write_config(directory: Path, name: str, **extra: Any) -> Path:
     return path
 
 
-async def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+async def cli(
+    *args: str, check: bool = True, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(DEADLINE):
         result = await trio.run_process(
             [sys.executable, "-m", "p2ptls", "node", *args],
+            stdin=stdin,
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -95,13 +98,15 @@ class NodeProcess:
             return await self.process.wait()
 
 
-async def start_node(config: Path, log: Path) -> NodeProcess:
+async def start_node(config: Path, log: Path, env: dict[str, str] | None = None) -> NodeProcess:
     output = log.open("wb")
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "p2ptls", "node", "run", str(config)],
         stdout=output,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     output.close()
     node = NodeProcess(process, config)
@@ -114,13 +119,19 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
     directory = short_dir
     p2ptls.generate_psk(directory / "network.psk")
     identities[0].save(directory / "alice.key")
-    identities[1].save(directory / "bob.key")
+    identities[1].save(directory / "bob.key", b"bob's passphrase")  # encrypted
     alice_config = write_config(directory, "alice")
     bob_config = write_config(directory, "bob", bootstrap="alice.record.json")
     alice = await start_node(alice_config, directory / "alice.log")
     bob = None
     try:
-        bob = await start_node(bob_config, directory / "bob.log")
+        # No terminal: an encrypted identity needs its passphrase from somewhere.
+        refused = await cli("run", str(bob_config), check=False)
+        assert refused.returncode == 1
+        assert b"p2ptls: error: " in refused.stderr and b"P2PTLS_PASSPHRASE" in refused.stderr
+        bob = await start_node(
+            bob_config, directory / "bob.log", env={"P2PTLS_PASSPHRASE": "bob's passphrase"}
+        )
         alice_id = identities[0].peer_id.hex()
         bob_id = identities[1].peer_id.hex()
         assert "listening on 127.0.0.1:" in (directory / "alice.log").read_text()
@@ -132,6 +143,13 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
             "get", "-c", str(bob_config), "color", "--owner", alice_id[:10], "--wait", "30"
         )
         assert got.stdout == b"blue\n"
+        # Owners by name: alice's name comes from the record file bob joined through.
+        by_name = await cli("get", "-c", str(bob_config), "color", "--owner", "alice")
+        assert by_name.stdout == b"blue\n"
+        # A value from standard input, byte for byte.
+        await cli("put", "-c", str(alice_config), "raw", "-", stdin=b"\x00\xff line\n")
+        raw = json.loads((await cli("get", "-c", str(alice_config), "raw", "--json")).stdout)
+        assert raw["value_b64"] == "AP8gbGluZQo="
         own = await cli("get", "-s", str(alice.config.control_socket), "color", "--json")
         record = json.loads(own.stdout)
         assert record["owner"] == alice_id and record["value"] == "blue"
@@ -167,6 +185,24 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
         assert [(m["peer_id"], m["state"]) for m in peers["members"]] == [(bob_id, "connected")]
         table = (await cli("peers", "-c", str(bob_config))).stdout.decode()
         assert alice_id[:16] in table and "connected" in table
+        header, own_row, member_row = table.splitlines()
+        assert "state version" in header and "bob" in own_row and "self" in own_row
+        assert member_row.startswith("alice ") and "connected" in member_row
+        assert peers["members"][0]["handshake_failures"] == 0
+
+        # A second node on alice's port: the error names the address.
+        port = json.loads((await cli("info", "-c", str(alice_config))).stdout)["address"]
+        identities[2].save(directory / "carol.key")
+        carol_config = write_config(directory, "carol")
+        carol_config.write_text(
+            carol_config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "{port}"')
+        )
+        busy = await cli("run", str(carol_config), check=False)
+        assert busy.returncode == 1, busy.stderr
+        assert f"p2ptls: error: cannot listen on {port}: address already in use".encode() in (
+            busy.stderr
+        )
+        assert b"Traceback" not in busy.stderr
 
         # consensus: bob agrees on blue, then both hold it.
         await cli("put", "-c", str(bob_config), "color", "blue")
@@ -187,6 +223,7 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
         assert binary["value_b64"] == "AP8="
         bad_owner = await cli("get", "-c", str(alice_config), "k", "--owner", "zz", check=False)
         assert bad_owner.returncode == 2
+        assert b"p2ptls: error: 'zz' is neither a known name nor a peer id" in bad_owner.stderr
         nowhere = await cli("peers", "-s", str(directory / "nowhere.sock"), check=False)
         assert nowhere.returncode == 3 and b"no node answers" in nowhere.stderr
 
@@ -207,31 +244,61 @@ async def test_cli_against_running_nodes(short_dir: Path, identities) -> None:
     assert record["peer_id"] == identities[0].peer_id.hex()
 
 
-def test_config_errors(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('identity = "a.key"\n')
-    with pytest.raises(ConfigError, match="network_key is required"):
-        load_node_config(bad)
-    bad.write_text('identity = "a.key"\nnetwork_key = "n"\ncolour = 1\n')
-    with pytest.raises(ConfigError, match="unknown settings"):
-        load_node_config(bad)
-    bad.write_text('identity = "a.key"\nnetwork_key = "n"\n[state]\nping_interval = "x"\n')
-    with pytest.raises(ConfigError, match="must be a number"):
-        load_node_config(bad)
-    bad.write_text('identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nrecord_file = "no"\n')
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_node_config(bad)
-    bad.write_text("identity = [")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_node_config(bad)
+def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identities) -> None:
+    """Every problem is reported with the file and the path of the setting in it."""
+    monkeypatch.chdir(tmp_path)
+    bad = Path("node.toml")
+
+    def errors(text: str) -> list[str]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_node_config(bad)
+        return str(caught.value).splitlines()
+
+    base = 'identity = "a.key"\nnetwork_key = "n"\n'
+    assert errors('identity = "a.key"\n') == ["node.toml: network_key is required"]
+    assert errors(base + "colour = 1\n") == ["node.toml: unknown setting colour"]
+    assert errors(base + '[state]\ncoalesce_delay = "fast"\n') == [
+        'node.toml: state.coalesce_delay: expected a number, got "fast"'
+    ]
+    assert sorted(
+        errors(base + "listen = 7\nkey_bits = 1000\n[state]\nmax_batch = 1.5\nx = 1")
+    ) == [
+        "node.toml: key_bits: expected one of 2048, 3072, 4096, got 1000",
+        'node.toml: listen: expected a "host:port" address, got 7',
+        "node.toml: state.max_batch: expected an integer, got 1.5",
+        "node.toml: state: unknown setting x",
+    ]
+    assert errors(base + '[state]\ndurability = "fast"\nping_interval = true\n') == [
+        'node.toml: state.durability: expected one of "full", "normal", got "fast"',
+        "node.toml: state.ping_interval: expected a number, got true",
+    ]
+    assert errors(base + "[[bootstrap]]\naddress = 5\nrecord = 1\n") == [
+        'node.toml: bootstrap[0].address: expected a "host:port" address, got 5',
+        "node.toml: bootstrap[0]: unknown setting record",
+    ]
+    assert errors(base + '[[bootstrap]]\nrecord_file = "no"\n') == [
+        f"node.toml: bootstrap[0]: peer record file {str(tmp_path / 'no')!r} does not exist"
+    ]
+    assert errors(base + '[bootstrap]\nrecord_file = "x"\n') == [
+        "node.toml: bootstrap: expected an array of tables ([[bootstrap]])"
+    ]
+    assert errors(base + "state = 3\n") == ["node.toml: state: expected a table, got 3"]
+    assert errors("identity = [")[0].startswith("node.toml: not valid TOML")
+
     good = tmp_path / "good.toml"
-    good.write_text('identity = "a.key"\nnetwork_key = "n.psk"\nlisten = "[::1]:7400"\n')
+    good.write_text(base.replace('"n"', '"n.psk"') + 'listen = "[::1]:7400"\n')
     config = load_node_config(good)
     assert config.listen == ("::1", 7400)
     assert config.identity == tmp_path / "a.key"
     assert config.control_socket == tmp_path / "good.control" / "sock"
+    good.write_text(base + "listen = false\n[state]\nreconnect_min = 2\nreconnect_max = 1.0\n")
+    config = load_node_config(good)
+    assert config.listen is None and config.options["reconnect_min"] == 2.0
+    with pytest.raises(ConfigError, match=r"good\.toml: state: reconnect_max must be at least"):
+        config.state_config(identities[0], p2ptls.generate_psk())
     assert parse_address("127.0.0.1:1", "x") == ("127.0.0.1", 1)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="x: expected"):
         parse_address("127.0.0.1", "x")
 
 
@@ -245,7 +312,8 @@ def test_run_refuses_a_missing_identity(tmp_path: Path) -> None:
         check=False,
         cwd=ROOT,
     )
-    assert done.returncode == 2 and b"does not exist" in done.stderr
+    assert done.returncode == 1 and b"does not exist" in done.stderr
+    assert done.stderr.startswith(b"p2ptls: error: ") and b"Traceback" not in done.stderr
 
 
 async def test_control_socket_is_private(short_dir: Path, identities) -> None:

@@ -21,7 +21,10 @@ arrive within :data:`REQUEST_TIMEOUT` seconds of the previous answer.
 
 Values travel as ``"value"`` (text, UTF-8) or ``"value_b64"`` (any bytes, base64); answers carry
 ``value`` (``null`` if the bytes are not UTF-8) and ``value_b64``. Owners are peer ids in hex; a
-request may give a unique prefix of at least :data:`MIN_PREFIX` digits.
+request may give a unique prefix of at least :data:`MIN_PREFIX` digits, or a name: this node's
+own, or one of the names in its peer records (the ``names`` the server was given, e.g. those of
+its bootstrap records). Names are local labels, never sent by a peer: answers carry them
+(``name``) for display only.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +158,21 @@ def check_socket_dir(directory: Path, *, create: bool) -> None:
 class ControlServer:
     """Serves one node's control socket. Run with :meth:`serve` (``nursery.start``)."""
 
-    def __init__(self, node: StateNode, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        node: StateNode,
+        path: str | os.PathLike[str],
+        names: Mapping[PeerId, str] | None = None,
+    ) -> None:
         self.node = node
         self.path = Path(path)
+        self.names: dict[PeerId, str] = {
+            record.peer_id: record.name for record in node.config.bootstrap if record.name
+        }
+        """Local labels of peers (the node's bootstrap records' names, then ``names``)."""
+        self.names.update(names or {})
+        if node.config.name:
+            self.names[node.peer_id] = node.config.name
         self.max_request = max_request_size(node.config.max_value_size)
         self.refused = 0
         """Connections closed because their peer was another user."""
@@ -311,7 +326,8 @@ class ControlServer:
                 await node.wait_until(lambda: node.get(owner, key) is not None)
         record = node.record(owner, key)
         if record is None or record.value is None:
-            raise ControlError("not_found", f"{owner.short} has no key {key!r}")
+            label = self.names.get(owner) or owner.short
+            raise ControlError("not_found", f"{label} has no key {key!r}")
         member = node.member(owner)
         return {
             "owner": owner.hex(),
@@ -331,7 +347,7 @@ class ControlServer:
                 "address": _address(node.address),
                 "version": list(node.version(node.peer_id)),
             },
-            "members": [_member(m) for m in node.members()],
+            "members": [self._member(m) for m in node.members()],
         }
 
     def _consensus(self, key: str) -> dict[str, Any]:
@@ -351,7 +367,13 @@ class ControlServer:
                     "stale": stale,
                 }
             )
-        return {"key": key, "entries": entries}
+        names = {
+            owner: self.names[PeerId.from_hex(owner)]
+            for entry in entries
+            for owner in entry["owners"]
+            if PeerId.from_hex(owner) in self.names
+        }
+        return {"key": key, "entries": entries, "names": names}
 
     async def _watch(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         node = self.node
@@ -387,7 +409,7 @@ class ControlServer:
                     }
                 else:
                     assert isinstance(event, MemberChanged)
-                    body = {"type": "member", **_member(event.status)}
+                    body = {"type": "member", **self._member(event.status)}
                 await stream.send_all(encode_frame({"ok": True, "event": body}))
             nursery.cancel_scope.cancel()
 
@@ -395,11 +417,18 @@ class ControlServer:
         node = self.node
         if value is None or value == "self":
             return node.peer_id
-        if not isinstance(value, str) or not value or len(value) > 64:
-            raise ControlError("bad_request", "owner is a peer id in hex (or a prefix of one)")
+        if not isinstance(value, str) or not value or len(value) > 256:
+            raise ControlError("bad_request", "owner is a name or a peer id in hex")
+        named = [peer_id for peer_id, name in self.names.items() if name == value]
+        if len(named) > 1:
+            raise ControlError("ambiguous", f"several peers are named {value!r}; give a peer id")
+        if named:
+            return named[0]
         text = value.lower()
-        if any(c not in "0123456789abcdef" for c in text):
-            raise ControlError("bad_request", "owner is a peer id in hex (or a prefix of one)")
+        if len(text) > 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ControlError(
+                "bad_request", f"{value!r} is neither a known name nor a peer id in hex"
+            )
         if len(text) == 64:
             return PeerId.from_hex(text)
         if len(text) < MIN_PREFIX:
@@ -411,6 +440,9 @@ class ControlServer:
         if len(found) > 1:
             raise ControlError("ambiguous", f"several owners start with {text}")
         return found[0]
+
+    def _member(self, status: MemberStatus) -> dict[str, Any]:
+        return {"name": self.names.get(status.peer_id, ""), **_member(status)}
 
 
 async def _until_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -493,6 +525,8 @@ def _member(status: MemberStatus) -> dict[str, Any]:
         "since": status.since,
         "incarnation": status.incarnation,
         "version": list(status.version),
+        "handshake_failures": status.handshake_failures,
+        "last_handshake_failure": status.last_handshake_failure,
     }
 
 

@@ -49,6 +49,11 @@ class MemberStatus:
     """The member's epoch when it last connected (0 if never): it grows at every restart."""
     version: tuple[int, int]
     """The highest ``(epoch, sequence)`` of its state this node holds."""
+    handshake_failures: int = 0
+    """Handshakes of this node's own dials to the member that failed in a row (reset by one that
+    succeeds). Persistent failures usually mean the two use different network keys."""
+    last_handshake_failure: float | None = None
+    """Wall-clock time of the last of those failures; for display only."""
 
     @property
     def stale(self) -> bool:

@@ -99,6 +99,10 @@ peer filter, a member that is down) asks for what it lacks instead: its digest m
 push every owner it holds more of. Records received from another relay are pushed on at once
 (they travel a path the owner's push did not)."""
 
+HANDSHAKE_WARN_AFTER = 3
+"""Failed handshakes in a row, on this node's own dials to a member, before a warning is logged
+(then again each time the count doubles). Most often the two use different network keys."""
+
 
 class _Subscriber:
     __slots__ = ("buffer", "send", "types")
@@ -168,6 +172,10 @@ class _Member:
         self.peer: _Peer | None = None
         self.poke = trio.Event()
         self.backoff = 0.0
+        self.handshake_failures = 0
+        """Handshakes of this node's own dials to the member that failed in a row."""
+        self.last_handshake_failure: float | None = None
+        self.warn_at = HANDSHAKE_WARN_AFTER
 
 
 class StateNode:
@@ -366,6 +374,8 @@ class StateNode:
             member.since,
             member.incarnation,
             self._core.mark(member.record.peer_id.digest),
+            member.handshake_failures,
+            member.last_handshake_failure,
         )
 
     @property
@@ -745,10 +755,32 @@ class StateNode:
                 stream = await self.host.connect(member.record, address)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("dial %s at %s failed: %r", member.record.peer_id.short, address, exc)
+                if isinstance(exc.__cause__, _errors.HandshakeFailed | _errors.PeerRefused):
+                    self._handshake_failed(member, address)
                 return
         if stream is None:
             return
+        member.handshake_failures = 0
+        member.last_handshake_failure = None
+        member.warn_at = HANDSHAKE_WARN_AFTER
         await self._serve_stream(stream, member)
+
+    def _handshake_failed(self, member: _Member, address: tuple[str, int]) -> None:
+        """Count a failed handshake of our own dial. Only what our dials saw is reported, and
+        nothing changes on the wire: the failure stays the one generic ``HandshakeFailed``."""
+        member.handshake_failures += 1
+        member.last_handshake_failure = time.time()
+        if member.handshake_failures >= member.warn_at:
+            member.warn_at *= 2
+            log.warning(
+                "handshakes with member %s at %s:%d failed %d times in a row: check that both "
+                "nodes use the same network key (compare `p2ptls psk show`) and that its "
+                "peer record is current",
+                member.record.peer_id.short,
+                *address,
+                member.handshake_failures,
+            )
+        self._note_changed()
 
     # -- one connection -------------------------------------------------------------------------
 

@@ -1,0 +1,162 @@
+"""What every ``p2ptls`` command shares: its errors, passphrases, new files, names of peers."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .._files import read_private_file
+from ..identity import Identity, PeerId, PeerRecord
+
+PASSPHRASE_ENV = "P2PTLS_PASSPHRASE"
+"""The environment variable that may hold an encrypted identity's passphrase."""
+MIN_PREFIX = 6
+"""Hex digits of a peer id that a command accepts as a prefix."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """A failure to report as ``p2ptls: error: MESSAGE`` with exit status ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_new_file(path: Path, what: str) -> None:
+    """Refuse to overwrite ``path``, and say so when its directory does not exist."""
+    if path.exists() or path.is_symlink():
+        raise CliError(f"{str(path)!r} exists; refusing to overwrite {what}")
+    directory = path.parent
+    if not directory.is_dir():
+        raise CliError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+
+
+def passphrase_options(function: F) -> F:
+    """``--passphrase`` (ask for it) and ``--passphrase-file FILE``."""
+    function = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="read the passphrase from FILE (its first line; mode 0600)",
+    )(function)
+    return click.option("--passphrase", "ask", is_flag=True, help="ask for the passphrase")(
+        function
+    )
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    """The first line of a private file (refused when group or others may read it)."""
+    lines = read_private_file(path, "passphrase file").splitlines()
+    if not lines or not lines[0]:
+        raise CliError(f"passphrase file {str(path)!r} is empty")
+    return lines[0]
+
+
+def ask_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
+    first = getpass.getpass(prompt)
+    if not first:
+        raise CliError("the passphrase is empty")
+    if confirm and getpass.getpass("again: ") != first:
+        raise CliError("the passphrases differ")
+    return first.encode()
+
+
+def new_passphrase(ask: bool, passphrase_file: Path | None) -> bytes | None:
+    """The passphrase to encrypt a new identity with (``None``: unencrypted)."""
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
+    if ask:
+        return ask_passphrase("passphrase: ", confirm=True)
+    return None
+
+
+def is_encrypted(path: Path) -> bool:
+    """Whether an identity file is passphrase-encrypted (checks its permissions first)."""
+    return b"ENCRYPTED PRIVATE KEY" in read_private_file(path, "identity key file")
+
+
+def identity_passphrase(path: Path, ask: bool, passphrase_file: Path | None) -> bytes | None:
+    """The passphrase for the identity at ``path``: from ``--passphrase-file``, asked for with
+    ``--passphrase``; else, if the file is encrypted, from :data:`PASSPHRASE_ENV` or asked for on
+    a terminal."""
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
+    if ask:
+        return ask_passphrase("passphrase: ")
+    if not is_encrypted(path):
+        return None
+    from_environment = os.environ.get(PASSPHRASE_ENV)
+    if from_environment:
+        return from_environment.encode()
+    if sys.stdin.isatty():
+        return ask_passphrase(f"passphrase for {path}: ")
+    raise CliError(
+        f"identity key file {str(path)!r} is encrypted: give --passphrase-file FILE, "
+        f"set {PASSPHRASE_ENV}, or run on a terminal to be asked"
+    )
+
+
+def load_identity(path: Path, ask: bool, passphrase_file: Path | None) -> Identity:
+    return Identity.load(path, identity_passphrase(path, ask, passphrase_file))
+
+
+def parse_address_option(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` from the command line."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def address_callback(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, int] | None:
+    return None if value is None else parse_address_option(value)
+
+
+def format_address(address: tuple[str, int] | list[Any] | None) -> str:
+    if not address:
+        return "-"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def find_record(records: Iterable[PeerRecord], wanted: str) -> PeerRecord:
+    """The one record named ``wanted``, or whose peer id starts with it (``MIN_PREFIX`` hex
+    digits at least)."""
+    records = list(records)
+    named = [r for r in records if r.name and r.name == wanted]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise CliError(f"several peers are named {wanted!r}; give a peer id")
+    text = wanted.lower()
+    if len(text) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in text):
+        raise CliError(f"no peer is named {wanted!r} (or give {MIN_PREFIX}+ hex digits of its id)")
+    found = [r for r in records if r.peer_id.hex().startswith(text)]
+    if not found:
+        raise CliError(f"no peer id starts with {text}")
+    if len(found) > 1:
+        raise CliError(f"several peer ids start with {text}; give more digits")
+    return found[0]
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+
+
+def short_id(peer_id: PeerId | str) -> str:
+    return (peer_id.hex() if isinstance(peer_id, PeerId) else peer_id)[:16]

@@ -198,10 +198,12 @@ def print_table(
     title: str | None = None,
     left: int = 1,
 ) -> None:
-    """Print :func:`table` on standard output, after its ``title`` line if given."""
+    """Print :func:`table` on standard output, after its ``title`` line if given, and a blank
+    line."""
     if title is not None:
         out.print(Text(title, style="bold"), soft_wrap=True)
     out.print(table(headers, rows, left=left))
+    out.print()
 
 
 def progress() -> Progress:

@@ -8,7 +8,7 @@ Pillow the JPEG cases are skipped). Every frame starts with a 16-byte header: ca
 number, capture time.
 
 Transports, all on 127.0.0.1 with both ends in this process and one trio run (as the reference
-figures in ``design/prior-art.md`` were measured):
+figures were measured):
 
 * ``p2ptls_stream``: a :class:`p2ptls.SecureStream` (RSA-3072 identities); one frame per
   ``send_message`` / ``receive_message``;

@@ -1,7 +1,7 @@
 """Benchmark SLLP (encrypted datagrams) against plain trio UDP sockets, and SLLP under loss.
 
-Measures, on 127.0.0.1, with both ends in this process and trio run (as the reference figures in
-``design/prior-art.md`` were measured):
+Measures, on 127.0.0.1, with both ends in this process and trio run (as the reference figures
+were measured):
 
 * throughput: for ``--seconds`` the sender sends as fast as it can while the receiver reads;
   datagrams per second and MB/s (10**6 bytes of UDP payload) *delivered*, for

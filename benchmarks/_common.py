@@ -66,6 +66,11 @@ def percentile(values: Sequence[float], q: int) -> float:
     return percentiles(values, q)[0]
 
 
+def median_of(runs: int) -> str:
+    """How a figure was taken, in words: ``"median of 3 runs"``, or ``"one run"``."""
+    return "one run" if runs == 1 else f"median of {runs} runs"
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

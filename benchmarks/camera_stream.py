@@ -92,6 +92,7 @@ from benchmarks._camera import (
 )
 from benchmarks._common import (
     log,
+    median_of,
     median_of_runs,
     percentile,
     percentiles,
@@ -845,7 +846,7 @@ def print_report(figures: Figures, args: argparse.Namespace, elapsed: float) -> 
         f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera; "
         f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; {elapsed:.0f} s in all"
     )
-    print_results(figures, f"Camera streams on 127.0.0.1, one process (median of {args.runs} runs)")
+    print_results(figures, f"Camera streams on 127.0.0.1, one process ({median_of(args.runs)})")
     checks = verdicts(figures)
     if checks:
         print_table(["target", "measured", "verdict"], checks, title="Targets", left=2)

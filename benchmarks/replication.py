@@ -65,7 +65,7 @@ import trio
 from rich.progress import Progress, TaskID
 
 import p2ptls
-from benchmarks._common import log, percentiles, print_table, progress, say, write_json
+from benchmarks._common import log, median_of, percentiles, print_table, progress, say, write_json
 from p2ptls.state import MemberState, StateChanged, StateNode, StateNodeConfig, open_state_node
 
 KEY_BITS = 2048
@@ -485,7 +485,7 @@ def report(
     print_table(
         headers,
         table,
-        title=f"State replication on 127.0.0.1 (latency and updates/s: median of {plan.runs} runs)",
+        title=f"State replication on 127.0.0.1 (latency and updates/s: {median_of(plan.runs)})",
     )
     return [(name, bool(met)) for name, _o, _t, _target, met in rows if met is not None]
 

@@ -44,6 +44,7 @@ import trio
 import p2ptls
 from benchmarks._common import (
     log,
+    median_of,
     median_of_runs,
     percentiles,
     print_table,
@@ -260,8 +261,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             for name, row in throughput.items()
         ],
         title=(
-            f"Throughput on 127.0.0.1, one process, {args.seconds:g} s each, median of "
-            f"{args.runs} runs; datagrams of {DATAGRAM} bytes"
+            f"Throughput on 127.0.0.1, one process, {args.seconds:g} s each, "
+            f"{median_of(args.runs)}; datagrams of {DATAGRAM} bytes"
         ),
     )
     ratio = throughput["sllp"]["datagrams_per_s"] / throughput["udp"]["datagrams_per_s"]
@@ -286,7 +287,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         rows,
         title=(
             f"Loss through the relay: {args.messages} messages at {args.rate:g}/s "
-            f"(delivered fraction, message latency; median of {args.runs} runs)"
+            f"(delivered fraction, message latency; {median_of(args.runs)})"
         ),
         left=0,
     )

@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import p2ptls
-from benchmarks._common import log, percentiles, print_table, progress, say, write_json
+from benchmarks._common import log, median_of, percentiles, print_table, progress, say, write_json
 
 Kind = Literal["p2ptls", "tls", "tcp"]
 KINDS: tuple[Kind, ...] = ("p2ptls", "tls", "tcp")
@@ -654,7 +654,7 @@ def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
                 format_value(_ratio(row, "p2ptls", "tcp")),
             ]
         )
-    print_table(headers, rows, title=f"Streams on 127.0.0.1 (median of {plan.runs} runs)")
+    print_table(headers, rows, title=f"Streams on 127.0.0.1 ({median_of(plan.runs)})")
     checks = []
     for metric, description, measure, ok in TARGETS:
         value = measure(table[metric])

@@ -41,5 +41,9 @@ bench: $(BENCH_STAMP)
 	@if [ -f benchmarks/replication.py ]; then $(BIN)/python benchmarks/replication.py --quick --json bench-results/replication.json; fi
 	@if [ -f benchmarks/camera_stream.py ]; then $(BIN)/python benchmarks/camera_stream.py --quick --json bench-results/camera.json --plot bench-results; fi
 
+# Everything the targets above leave behind: the venv, build output, tool caches, the demo's keys and
+# databases (demo-run/), the benchmark results (bench-results/) and bytecode.
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf demo-run bench-results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

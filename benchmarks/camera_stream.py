@@ -46,6 +46,9 @@ in the window, delivered whenever they arrive before the drain ends):
 * ``cpu``: ``time.process_time()`` of this one process (sender, receiver, relays) over wall time,
   in cores.
 
+Every case runs ``--runs`` times (3), the runs interleaved; the table and the JSON give the median
+of each figure, and the plots pool the frames of all runs.
+
 Examples::
 
     .venv/bin/python benchmarks/camera_stream.py --quick
@@ -59,12 +62,12 @@ import argparse
 import functools
 import gc
 import importlib
-import json
 import math
 import random
 import re
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,7 +90,17 @@ from benchmarks._camera import (
     encode_jpeg,
     have_pillow,
 )
-from benchmarks._common import log, percentile
+from benchmarks._common import (
+    log,
+    median_of,
+    median_of_runs,
+    percentile,
+    percentiles,
+    print_table,
+    progress,
+    say,
+    write_json,
+)
 from benchmarks.stream import TLS_HOSTNAME, tls_contexts, write_tls_material
 from p2ptls import sllp
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
@@ -287,11 +300,12 @@ def summarise(case: Case, recorder: Recorder, window: tuple[float, float], cpu: 
     latencies = [(r - c) * 1e3 for c, r in arrivals]
     deadline_ms = case.deadline * 1e3
     on_time = sum(1 for latency in latencies if latency <= deadline_ms)
+    p50, p99 = percentiles(latencies, 50, 99)
     return Result(
         frames=captured,
         fps=len(arrivals) / seconds,
-        p50_ms=percentile(latencies, 50),
-        p99_ms=percentile(latencies, 99),
+        p50_ms=p50,
+        p99_ms=p99,
         delivered=len(arrivals) / captured if captured else math.nan,
         on_time=on_time / captured if captured else math.nan,
         cpu=cpu,
@@ -513,12 +527,10 @@ class Connector:
 
 
 @dataclass
-class Progress:
-    """What the progress line shows."""
+class LiveStatus:
+    """What the progress bar shows of the measurement under way."""
 
     label: str = ""
-    index: int = 0
-    total: int = 0
     window: tuple[float, float] = (math.inf, math.inf)
     recorder: Recorder | None = None
     phase: str = ""
@@ -568,7 +580,7 @@ async def run_one(
     case: Case,
     kind: Transport,
     args: argparse.Namespace,
-    progress: Progress,
+    progress: LiveStatus,
 ) -> Result:
     frames = library.frames(case.source)
     recorder = Recorder(verify=frames if args.verify else None)
@@ -641,6 +653,11 @@ async def run_one(
 
 # -- the whole run ------------------------------------------------------------------------------
 
+Runs = dict[str, dict[Transport, list[Result]]]
+"""Per case, per transport: the result of every run."""
+Figures = dict[str, dict[Transport, dict[str, Any]]]
+"""Per case, per transport: the medians over the runs of :meth:`Result.summary`."""
+
 
 def format_value(value: float | None, digits: int = 1) -> str:
     if value is None or math.isnan(value):
@@ -659,197 +676,213 @@ def result_line(case: Case, kind: Transport, result: Result) -> str:
     )
 
 
-async def show_progress(progress: Progress, tty: bool) -> None:
-    """A single updating line on a terminal; nothing here otherwise (a line per result)."""
-    if not tty:
-        return
-    while True:
-        recorder = progress.recorder
-        line = f"[{progress.index}/{progress.total}] {progress.label}"
-        if recorder is not None:
-            now = trio.current_time()
-            start, end = progress.window
-            if now < start:
-                state = "warm-up"
-            elif progress.phase == "drain":
-                state = "draining"
-            else:
-                state = f"{min(now, end) - start:4.1f}/{end - start:.1f} s"
-            recent = [r - c for c, r in recorder.arrivals[-200:]]
-            p99 = percentile(recent, 99) * 1e3 if recent else math.nan
-            line += (
-                f"  {state}  sent {recorder.sent}  received {recorder.received}"
-                f"  recent p99 {format_value(p99, 1)} ms"
-            )
-        else:
-            line += "  setting up"
-        sys.stderr.write("\r\x1b[K" + line[:160])
-        sys.stderr.flush()
-        await trio.sleep(0.2)
+def live_status(status: LiveStatus) -> str:
+    """The progress bar's status text: the measurement under way, and how it goes."""
+    recorder = status.recorder
+    if recorder is None:
+        return f"{status.label}: setting up"
+    now = trio.current_time()
+    start, end = status.window
+    if now < start:
+        state = "warm-up"
+    elif status.phase == "drain":
+        state = "draining"
+    else:
+        state = f"{min(now, end) - start:4.1f}/{end - start:.1f} s"
+    recent = [r - c for c, r in recorder.arrivals[-200:]]
+    p99 = percentile(recent, 99) * 1e3
+    return (
+        f"{status.label}: {state}, sent {recorder.sent}, received {recorder.received}, "
+        f"recent p99 {format_value(p99, 1)} ms"
+    )
 
 
 async def run_all(
     cases: list[Case], kinds: list[Transport], args: argparse.Namespace, material: Material
-) -> dict[str, dict[Transport, Result]]:
+) -> Runs:
     library = FrameLibrary()
     for source in dict.fromkeys(case.source for case in cases):
         log(f"frames {library.describe(source)}")
-    results: dict[str, dict[Transport, Result]] = {}
-    tty = sys.stderr.isatty()
-    progress = Progress(total=len(cases) * len(kinds))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(show_progress, progress, tty)
-        for case_index, case in enumerate(cases):
-            # Rotate the order per case so that no transport always runs first on a cold machine.
-            order = kinds[case_index % len(kinds) :] + kinds[: case_index % len(kinds)]
-            for kind in order:
-                gc.collect()  # not inside a measurement
-                await trio.sleep(0.1)
-                progress.index += 1
-                progress.label = f"{case.name} / {kind}"
-                progress.phase = "setup"
-                result = await run_one(
-                    material=material,
-                    library=library,
-                    case=case,
-                    kind=kind,
-                    args=args,
-                    progress=progress,
-                )
-                results.setdefault(case.name, {})[kind] = result
-                if tty:
-                    sys.stderr.write("\r\x1b[K")
-                log(f"[{progress.index}/{progress.total}] " + result_line(case, kind, result))
-                notes = []
-                if result.skipped:
-                    notes.append(f"{result.skipped} frames skipped by late cameras")
-                if result.datagrams_lost >= 0.0005:
-                    notes.append(f"{result.datagrams_lost:.2%} of datagrams lost")
-                if result.damaged:
-                    notes.append(f"WARNING: {result.damaged} frames arrived damaged")
-                if notes:
-                    log("  (" + "; ".join(notes) + ")")
-        nursery.cancel_scope.cancel()
-    if tty:
-        sys.stderr.write("\r\x1b[K")
+    results: Runs = {case.name: {} for case in cases}
+    status = LiveStatus()
+    total = args.runs * len(cases) * len(kinds)
+    with progress() as bar:
+        task = bar.add_task("camera", total=total, status="")
+        async with trio.open_nursery() as nursery:
+
+            async def refresh() -> None:
+                while True:
+                    bar.update(task, status=live_status(status))
+                    await trio.sleep(0.2)
+
+            nursery.start_soon(refresh)
+            step = 0
+            for run_index in range(args.runs):
+                for case_index, case in enumerate(cases):
+                    # Rotate the order so that no transport always runs first on a cold machine.
+                    shift = (case_index + run_index) % len(kinds)
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        gc.collect()  # not inside a measurement
+                        await trio.sleep(0.1)
+                        step += 1
+                        status.label = f"run {run_index + 1}: {case.name} / {kind}"
+                        status.phase = "setup"
+                        result = await run_one(
+                            material=material,
+                            library=library,
+                            case=case,
+                            kind=kind,
+                            args=args,
+                            progress=status,
+                        )
+                        results[case.name].setdefault(kind, []).append(result)
+                        log(f"[{step}/{total}] " + result_line(case, kind, result))
+                        notes = []
+                        if result.skipped:
+                            notes.append(f"{result.skipped} frames skipped by late cameras")
+                        if result.datagrams_lost >= 0.0005:
+                            notes.append(f"{result.datagrams_lost:.2%} of datagrams lost")
+                        if result.damaged:
+                            notes.append(f"WARNING: {result.damaged} frames arrived damaged")
+                        if notes:
+                            log("  (" + "; ".join(notes) + ")")
+                        bar.advance(task)
+            nursery.cancel_scope.cancel()
+        bar.update(task, status="")
     return {name: {k: r[k] for k in kinds if k in r} for name, r in results.items()}
 
 
 # -- report -------------------------------------------------------------------------------------
 
 
-def print_table(results: dict[str, dict[Transport, Result]]) -> None:
+def medians(results: Runs) -> Figures:
+    """The median of each figure over the runs."""
+    return {
+        name: {
+            kind: median_of_runs([run.summary() for run in runs]) for kind, runs in by_kind.items()
+        }
+        for name, by_kind in results.items()
+    }
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def print_results(figures: Figures, title: str) -> None:
     headers = ["case", "transport", "fps", "p50 ms", "p99 ms", "delivered", "on time", "cpu"]
     rows: list[list[str]] = []
-    for name, by_kind in results.items():
-        for i, (kind, r) in enumerate(by_kind.items()):
+    for name, by_kind in figures.items():
+        for i, (kind, f) in enumerate(by_kind.items()):
             rows.append(
                 [
                     name if i == 0 else "",
                     kind,
-                    format_value(r.fps),
-                    format_value(r.p50_ms, 2),
-                    format_value(r.p99_ms, 2),
-                    format_value(r.delivered, 3),
-                    format_value(r.on_time, 3),
-                    format_value(r.cpu, 2),
+                    format_value(f["fps"]),
+                    format_value(f["p50_ms"], 2),
+                    format_value(f["p99_ms"], 2),
+                    format_value(f["delivered"], 3),
+                    format_value(f["on_time"], 3),
+                    format_value(f["cpu"], 2),
                 ]
             )
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(line(headers))
-    print("-" * len(line(headers)))
-    for row in rows:
-        print(line(row))
+    print_table(headers, rows, title=title, left=2)
 
 
-def verdicts(results: dict[str, dict[Transport, Result]]) -> list[tuple[str, str, str]]:
+def verdicts(figures: Figures) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for each target of the issue that this run can judge."""
     out: list[tuple[str, str, str]] = []
-    unpaced = results.get("unpaced_720p_raw", {})
+    unpaced = figures.get("unpaced_720p_raw", {})
     if "p2ptls_stream" in unpaced and "tls" in unpaced:
         ours, tls = unpaced["p2ptls_stream"], unpaced["tls"]
-        fps_ratio = ours.fps / tls.fps if tls.fps else math.nan
-        p99_ratio = ours.p99_ms / tls.p99_ms if tls.p99_ms else math.nan
+        fps_ratio = _num(ours["fps"]) / _num(tls["fps"]) if tls["fps"] else math.nan
+        p99_ratio = _num(ours["p99_ms"]) / _num(tls["p99_ms"]) if tls["p99_ms"] else math.nan
         out.append(
             (
                 "unpaced 720p raw: SecureStream fps >= 2.5x SSLStream",
-                f"{format_value(ours.fps)} / {format_value(tls.fps)} = {fps_ratio:.2f}x",
+                f"{format_value(ours['fps'])} / {format_value(tls['fps'])} = {fps_ratio:.2f}x",
                 "MET" if fps_ratio >= 2.5 else "NOT MET",
             )
         )
         out.append(
             (
                 "unpaced 720p raw: SecureStream p99 <= 0.4x SSLStream",
-                f"{format_value(ours.p99_ms, 2)} / {format_value(tls.p99_ms, 2)} ms"
+                f"{format_value(ours['p99_ms'], 2)} / {format_value(tls['p99_ms'], 2)} ms"
                 f" = {p99_ratio:.2f}x",
                 "MET" if p99_ratio <= 0.4 else "NOT MET",
             )
         )
-    paced = results.get("paced_16x30_jpeg", {})
+    paced = figures.get("paced_16x30_jpeg", {})
     for kind in ("p2ptls_stream", "p2ptls_sllp"):
         if kind in paced:
-            r = paced[kind]
-            ok = r.delivered >= 1.0 and r.on_time >= 1.0 and r.p99_ms < 1e3 / 30
+            f = paced[kind]
+            delivered, on_time, p99 = _num(f["delivered"]), _num(f["on_time"]), _num(f["p99_ms"])
+            ok = delivered >= 1.0 and on_time >= 1.0 and p99 < 1e3 / 30
             out.append(
                 (
                     f"paced 16x30 jpeg, {kind}: all on time, p99 < 33.3 ms",
-                    f"delivered {r.delivered:.4f}, on time {r.on_time:.4f}, "
-                    f"p99 {format_value(r.p99_ms, 2)} ms",
+                    f"delivered {delivered:.4f}, on time {on_time:.4f}, "
+                    f"p99 {format_value(p99, 2)} ms",
                     "MET" if ok else "NOT MET",
                 )
             )
-    lossy = results.get("loss1_paced_4x30_jpeg", {})
+    lossy = figures.get("loss1_paced_4x30_jpeg", {})
     if "p2ptls_sllp" in lossy and "p2ptls_stream" in lossy:
         d, s = lossy["p2ptls_sllp"], lossy["p2ptls_stream"]
         out.append(
             (
                 "1% loss, 4x30 jpeg: SLLP p99 < SecureStream p99",
-                f"{format_value(d.p99_ms, 2)} vs {format_value(s.p99_ms, 2)} ms "
-                f"(SLLP delivered {d.delivered:.3f})",
-                "MET" if d.p99_ms < s.p99_ms else "NOT MET",
+                f"{format_value(d['p99_ms'], 2)} vs {format_value(s['p99_ms'], 2)} ms "
+                f"(SLLP delivered {_num(d['delivered']):.3f})",
+                "MET" if _num(d["p99_ms"]) < _num(s["p99_ms"]) else "NOT MET",
             )
         )
     return out
 
 
-def print_report(
-    results: dict[str, dict[Transport, Result]], args: argparse.Namespace, elapsed: float
-) -> None:
-    print()
-    print(
-        f"Camera streams on 127.0.0.1, one process; {args.seconds:g} s windows after "
-        f"{args.warmup:g} s warm-up; one connection per camera; RSA-{KEY_BITS}; "
-        f"impaired cases: {args.delay:g} ms one way; {elapsed:.0f} s in all"
+def print_report(figures: Figures, args: argparse.Namespace, elapsed: float) -> None:
+    say()
+    say(
+        f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera; "
+        f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; {elapsed:.0f} s in all"
     )
-    print()
-    print_table(results)
-    checks = verdicts(results)
+    print_results(figures, f"Camera streams on 127.0.0.1, one process ({median_of(args.runs)})")
+    checks = verdicts(figures)
     if checks:
-        print()
-        print("targets:")
-        width = max(len(c[0]) for c in checks)
-        for target, measured, verdict in checks:
-            print(f"  {target:<{width}}  {measured}  {verdict}")
+        print_table(["target", "measured", "verdict"], checks, title="Targets", left=2)
 
 
-def write_json(results: dict[str, dict[Transport, Result]], path: str) -> None:
-    document = {
-        name: {kind: result.summary() for kind, result in by_kind.items()}
-        for name, by_kind in results.items()
+def json_params(
+    args: argparse.Namespace, cases: list[Case], kinds: list[Transport]
+) -> dict[str, Any]:
+    """What the JSON document records about how the figures were measured."""
+    return {
+        "cases": [case.name for case in cases],
+        "transports": kinds,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "drain": args.drain,
+        "delay_ms": args.delay,
+        "seed": args.seed,
+        "verify": args.verify,
+        "key_bits": KEY_BITS,
+        "jpeg_quality": JPEG_QUALITY,
     }
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")
-    log(f"wrote {path}")
 
 
 # -- plots --------------------------------------------------------------------------------------
 
+TRANSPORT_LABELS: dict[Transport, str] = {
+    "p2ptls_stream": "p2ptls SecureStream",
+    "p2ptls_sllp": "p2ptls SLLP datagrams",
+    "tls": "TLS 1.3 (trio SSLStream)",
+    "tcp": "plain TCP, unencrypted",
+}
+SOURCE_LABELS = {
+    "480p_raw": "raw RGB 640×480",
+    "720p_raw": "raw RGB 1280×720",
+    "jpeg": "JPEG 640×480",
+}
 COLOURS: dict[Transport, str] = {
     "p2ptls_stream": "tab:blue",
     "p2ptls_sllp": "tab:orange",
@@ -862,10 +895,25 @@ STYLES: dict[Transport, str] = {
     "tls": "--",
     "tcp": ":",
 }
-HEADER_INCHES = 0.8  # room above the subplots for the title and the legend
 
 
-def plot(results: dict[str, dict[Transport, Result]], cases: list[Case], directory: str) -> None:
+def case_title(case: Case, delay_ms: float) -> str:
+    """A case described in words: the cameras and frames, then the network."""
+    if case.paced:
+        plural = "s" if case.cameras > 1 else ""
+        cameras = f"{case.cameras} camera{plural} at {case.fps:g} frames/s"
+    else:
+        cameras = "1 camera sending as fast as it can"
+    network = (
+        "loopback, no impairment"
+        if case.loss is None
+        else f"{case.loss:g}% loss, {delay_ms:g} ms one-way delay"
+    )
+    return f"{cameras}, {SOURCE_LABELS[case.source]}\n{network}"
+
+
+def plot(results: Runs, cases: list[Case], directory: str, delay_ms: float) -> None:
+    """The latency CDF and the delivered frame rate of each case, frames of all runs pooled."""
     try:  # optional (the bench extra); imported by name so that type checks never need it
         matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
@@ -877,48 +925,65 @@ def plot(results: dict[str, dict[Transport, Result]], cases: list[Case], directo
         return
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    shown = [case for case in cases if case.name in results]
+    shown = [case for case in cases if results.get(case.name)]
     if not shown:
         return
-    columns = min(4, len(shown))
+    columns = min(3, len(shown))
     rows = -(-len(shown) // columns)
     kinds = [k for k in TRANSPORTS if any(k in results[c.name] for c in shown)]
+    runs = max(len(r) for c in shown for r in results[c.name].values())
+    pooled = "one run" if runs == 1 else f"{runs} runs pooled"
+    averaged = "one run" if runs == 1 else f"mean of {runs} runs"
+    handles = [
+        Line2D(
+            [], [], color=COLOURS[k], linestyle=STYLES[k], linewidth=2, label=TRANSPORT_LABELS[k]
+        )
+        for k in kinds
+    ]
 
-    def finish(figure: Any, handles: list[Any], title: str) -> None:
-        height = figure.get_figheight()
-        top = 1 - HEADER_INCHES / height
-        figure.suptitle(title, y=1 - 0.12 / height, fontsize=11)
+    def figure_of(height: float) -> Any:
+        return plt.subplots(
+            rows,
+            columns,
+            figsize=(4.8 * columns, height * rows + 1.0),
+            squeeze=False,
+            layout="constrained",
+        )
+
+    def finish(figure: Any, axes: Any, marker: Any, title: str) -> None:
+        for ax in list(axes.flat)[len(shown) :]:
+            ax.set_visible(False)
+        width = 50 * columns  # characters that fit across the figure
+        figure.suptitle(
+            "\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=11
+        )
+        # Outside the axes, under the plots: a legend never covers a curve.
+        legend = [*handles, marker]
         figure.legend(
-            handles=handles,
-            loc="lower center",
-            bbox_to_anchor=(0.5, top + 0.05 / height),
-            ncol=len(handles),
+            handles=legend,
+            loc="outside lower center",
+            ncol=len(legend) if columns >= 3 else 2,
             fontsize=9,
             frameon=False,
         )
-        figure.tight_layout(rect=(0, 0, 1, top))
 
-    # 1. Latency CDF per case: the curve ends at the delivered fraction.
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.6 * columns, 3.6 * rows + HEADER_INCHES), squeeze=False
-    )
+    # 1. Latency CDF per case: the curve ends at the fraction delivered.
+    figure, axes = figure_of(3.7)
     for ax, case in zip(axes.flat, shown, strict=False):
         by_kind = results[case.name]
         for kind in kinds:
             if kind not in by_kind:
                 continue
-            r = by_kind[kind]
-            values = sorted(r.latencies_ms)
-            if not values or not r.frames:
+            values = sorted(v for run in by_kind[kind] for v in run.latencies_ms)
+            captured = sum(run.frames for run in by_kind[kind])
+            if not values or not captured:
                 continue
-            ys = [(i + 1) / r.frames for i in range(len(values))]
             ax.step(
                 values,
-                ys,
+                [(i + 1) / captured for i in range(len(values))],
                 where="post",
                 color=COLOURS[kind],
                 linestyle=STYLES[kind],
-                label=kind,
                 linewidth=1.5,
             )
         ax.axvline(case.deadline * 1e3, color="black", linestyle="-.", linewidth=0.9)
@@ -927,36 +992,30 @@ def plot(results: dict[str, dict[Transport, Result]], cases: list[Case], directo
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylim(0, 1.02)
-        ax.set_title(case.name, fontsize=10)
-        ax.set_xlabel("frame latency, capture to receipt (ms, log)", fontsize=8)
-        ax.set_ylabel("fraction of frames delivered", fontsize=8)
+        ax.set_title(case_title(case, delay_ms), fontsize=10)
+        ax.set_xlabel("Frame latency, capture to receipt (ms, log scale)", fontsize=8)
+        ax.set_ylabel("Fraction of captured frames received", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(shown) :]:
-        ax.set_visible(False)
-    handles = [
-        Line2D([], [], color=COLOURS[k], linestyle=STYLES[k], linewidth=2, label=k) for k in kinds
-    ]
     deadline = Line2D(
-        [], [], color="black", linestyle="-.", linewidth=0.9, label="deadline (one frame interval)"
+        [], [], color="black", linestyle="-.", linewidth=0.9, label="Deadline: one frame interval"
     )
     finish(
         figure,
-        [*handles, deadline],
-        "Frame latency CDF: fraction of captured frames delivered within x ms "
-        "(a curve ends at the fraction delivered)",
+        axes,
+        deadline,
+        f"Camera frame latency ({pooled})\n"
+        "Fraction of captured frames received within x ms; a curve ends at the fraction received",
     )
     latency_path = out / "camera_latency_cdf.png"
     figure.savefig(latency_path, dpi=110)
     plt.close(figure)
 
-    # 2. Delivered frames per second over the measurement window.
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.6 * columns, 3.4 * rows + HEADER_INCHES), squeeze=False
-    )
+    # 2. Delivered frames per second over the measurement window (mean over the runs).
+    figure, axes = figure_of(3.5)
     for ax, case in zip(axes.flat, shown, strict=False):
         by_kind = results[case.name]
-        seconds = next(iter(by_kind.values())).seconds
+        seconds = next(iter(by_kind.values()))[0].seconds
         bin_width = 0.25 if seconds >= 2 else 0.1
         if case.paced:  # a whole number of frame intervals per bin: no aliasing zigzag
             bin_width = max(1, round(bin_width * case.fps)) / case.fps
@@ -965,36 +1024,36 @@ def plot(results: dict[str, dict[Transport, Result]], cases: list[Case], directo
             if kind not in by_kind:
                 continue
             counts = [0] * bins
-            for t in by_kind[kind].arrival_times:
-                slot = int(t / bin_width)
-                if 0 <= slot < bins:
-                    counts[slot] += 1
-            xs = [(i + 0.5) * bin_width for i in range(bins)]
+            for run in by_kind[kind]:
+                for t in run.arrival_times:
+                    slot = int(t / bin_width)
+                    if 0 <= slot < bins:
+                        counts[slot] += 1
+            scale = 1 / (bin_width * len(by_kind[kind]))
             ax.plot(
-                xs,
-                [c / bin_width for c in counts],
+                [(i + 0.5) * bin_width for i in range(bins)],
+                [c * scale for c in counts],
                 color=COLOURS[kind],
                 linestyle=STYLES[kind],
-                label=kind,
                 linewidth=1.5,
             )
         if case.paced:
             ax.axhline(case.cameras * case.fps, color="black", linestyle="-.", linewidth=0.9)
         ax.set_ylim(bottom=0)
-        ax.set_title(case.name, fontsize=10)
-        ax.set_xlabel("time in measurement window (s)", fontsize=8)
-        ax.set_ylabel(f"frames/s delivered ({bin_width * 1e3:.0f} ms bins)", fontsize=8)
+        ax.set_title(case_title(case, delay_ms), fontsize=10)
+        ax.set_xlabel("Time since the measurement window opened (s)", fontsize=8)
+        ax.set_ylabel(f"Frames received per second ({bin_width * 1e3:.0f} ms bins)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(shown) :]:
-        ax.set_visible(False)
     offered = Line2D(
-        [], [], color="black", linestyle="-.", linewidth=0.9, label="offered (cameras x fps)"
+        [], [], color="black", linestyle="-.", linewidth=0.9, label="Offered: cameras × frame rate"
     )
     finish(
         figure,
-        [*handles, offered],
-        "Delivered frames per second over the measurement window (all cameras together)",
+        axes,
+        offered,
+        f"Frames received per second ({averaged})\n"
+        "All cameras together, during the measurement window",
     )
     fps_path = out / "camera_fps_over_time.png"
     figure.savefig(fps_path, dpi=110)
@@ -1007,7 +1066,9 @@ def plot(results: dict[str, dict[Transport, Result]], cases: list[Case], directo
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="three cases, short windows (<1 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="three cases, short windows (about 30 s a run)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR (matplotlib)")
     parser.add_argument(
@@ -1024,9 +1085,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of phases and losses")
     parser.add_argument(
+        "--runs", type=int, default=3, help="runs of every case; medians reported (3)"
+    )
+    parser.add_argument(
         "--verify", action="store_true", help="check every frame's bytes on arrival (slower)"
     )
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.seconds is None:
         args.seconds = 1.5 if args.quick else 3.0
     if args.warmup is None:
@@ -1051,11 +1117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"generating RSA-{KEY_BITS} keys and certificates...")
         material = Material(Path(tmp))
         results = trio.run(run_all, cases, kinds, args, material)
-    print_report(results, args, time.perf_counter() - started)
+    figures = medians(results)
+    print_report(figures, args, time.perf_counter() - started)
     if args.json:
-        write_json(results, args.json)
+        write_json(
+            args.json,
+            "camera",
+            params=json_params(args, cases, kinds),
+            quick=args.quick,
+            runs=args.runs,
+            results=figures,
+        )
     if args.plot:
-        plot(results, cases, args.plot)
+        plot(results, cases, args.plot, args.delay)
     return 0
 
 

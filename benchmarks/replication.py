@@ -28,6 +28,10 @@ Targets (from the issue): propagation at least 10 times faster and sustained upd
 figures measured when the targets were set: 6.2–6.8 ms, taken as p50 6.2 and p99 6.8, and 160
 updates/s), and one update on all 50 nodes within 100 ms.
 
+The latency and sustained-update figures are medians of ``--runs`` runs (3; the latency runs share
+one pair of nodes, every sustained-update run starts new nodes); the all-nodes figure is the median
+of ``--rounds`` updates on one network.
+
 Examples::
 
     .venv/bin/python benchmarks/replication.py --quick
@@ -40,7 +44,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import json
 import math
 import os
 import resource
@@ -55,9 +58,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import trio
+from rich.progress import Progress, TaskID
 
 import p2ptls
+from benchmarks._common import log, median_of, percentiles, print_table, progress, say, write_json
 from p2ptls.state import MemberState, StateChanged, StateNode, StateNodeConfig, open_state_node
 
 KEY_BITS = 2048
@@ -81,20 +89,23 @@ class Plan:
     dsn_latency_samples: int
     dsn_updates: int
     durability: str
+    runs: int
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+class Steps:
+    """The progress bar of the whole benchmark: a log line and a step per finished measurement."""
 
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self.bar = bar
+        self.task = task
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    def start(self, status: str) -> None:
+        self.bar.update(self.task, status=status)
+        log(status + "...")
+
+    def done(self, message: str) -> None:
+        log("  " + message)
+        self.bar.advance(self.task)
 
 
 # -- p2ptls ------------------------------------------------------------------------------------
@@ -154,23 +165,38 @@ async def open_nodes(
     return nodes
 
 
-async def p2ptls_latency(network: Network, plan: Plan) -> list[float]:
+async def p2ptls_latency(network: Network, plan: Plan, steps: Steps) -> list[list[float]]:
+    """``plan.runs`` batches of latency samples (ms) on one pair of nodes, after one warm-up."""
     async with contextlib.AsyncExitStack() as stack:
         writer, reader = await open_nodes(stack, network, 2)
         events = reader.subscribe(StateChanged)
-        samples = []
+        batches: list[list[float]] = []
+        counter = 0
+
+        async def one(samples: list[float] | None) -> None:
+            nonlocal counter
+            counter += 1
+            value = str(counter).encode()
+            started = time.perf_counter()
+            await writer.set("latency", value)
+            while True:
+                event = await events.receive()
+                if event.key == "latency" and event.value == value:
+                    break
+            if samples is not None:
+                samples.append((time.perf_counter() - started) * 1000)
+
         with trio.fail_after(DEADLINE):
-            for i in range(plan.latency_warmup + plan.latency_samples):
-                value = str(i).encode()
-                started = time.perf_counter()
-                await writer.set("latency", value)
-                while True:
-                    event = await events.receive()
-                    if event.key == "latency" and event.value == value:
-                        break
-                if i >= plan.latency_warmup:
-                    samples.append((time.perf_counter() - started) * 1000)
-        return samples
+            for _ in range(plan.latency_warmup):
+                await one(None)
+            for run in range(plan.runs):
+                samples: list[float] = []
+                for _ in range(plan.latency_samples):
+                    await one(samples)
+                batches.append(samples)
+                p50, p99 = percentiles(samples, 50, 99)
+                steps.done(f"[{run + 1}/{plan.runs}] p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+        return batches
 
 
 async def p2ptls_throughput(network: Network, peers: int, updates: int) -> float:
@@ -244,21 +270,29 @@ async def p2ptls_all_nodes(network: Network, plan: Plan) -> list[float]:
         return times
 
 
-async def run_p2ptls(plan: Plan, directory: Path) -> dict[str, Any]:
+async def run_p2ptls(plan: Plan, directory: Path, steps: Steps) -> dict[str, Any]:
     network = Network(max(plan.nodes, 11), plan, directory)
     results: dict[str, Any] = {}
-    log("p2ptls: propagation latency, one writer and one peer...")
-    latency = await p2ptls_latency(network, plan)
-    results["propagation_p50_ms"] = percentile(latency, 50)
-    results["propagation_p99_ms"] = percentile(latency, 99)
-    log(f"p2ptls: sustained updates, one writer and one peer ({plan.updates} updates)...")
-    results["updates_per_s"] = await p2ptls_throughput(network, 1, plan.updates)
-    log(f"p2ptls: sustained updates, one writer and ten peers ({plan.updates_fanout} updates)...")
-    results["updates_per_s_10_peers"] = await p2ptls_throughput(network, 10, plan.updates_fanout)
-    log(f"p2ptls: one update reaching all {plan.nodes} nodes ({plan.rounds} rounds)...")
+    steps.start("p2ptls: propagation latency, one writer and one peer")
+    batches = await p2ptls_latency(network, plan, steps)
+    per_run = [percentiles(batch, 50, 99) for batch in batches]
+    results["propagation_p50_ms"] = statistics.median(p50 for p50, _ in per_run)
+    results["propagation_p99_ms"] = statistics.median(p99 for _, p99 in per_run)
+    for key, peers, updates in (
+        ("updates_per_s", 1, plan.updates),
+        ("updates_per_s_10_peers", 10, plan.updates_fanout),
+    ):
+        steps.start(f"p2ptls: sustained updates, one writer and {peers} peer(s), {updates} updates")
+        rates = []
+        for run in range(plan.runs):
+            rates.append(await p2ptls_throughput(network, peers, updates))
+            steps.done(f"[{run + 1}/{plan.runs}] {rates[-1]:,.0f} updates/s")
+        results[key] = statistics.median(rates)
+    steps.start(f"p2ptls: one update reaching all {plan.nodes} nodes ({plan.rounds} rounds)")
     times = await p2ptls_all_nodes(network, plan)
     results["all_nodes_ms"] = statistics.median(times)
     results["all_nodes_worst_ms"] = max(times)
+    steps.done(f"median {results['all_nodes_ms']:.1f} ms, worst {max(times):.1f} ms")
     return results
 
 
@@ -281,7 +315,7 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError(f"distributed-state-network did not listen on {port}")
 
 
-def run_dsn(plan: Plan, directory: Path) -> dict[str, float] | None:
+def run_dsn(plan: Plan, directory: Path, steps: Steps) -> dict[str, float] | None:
     """The two-node measurements with distributed-state-network, or ``None`` if absent."""
     # Its HTTP client honours proxy variables: make sure nothing leaves this machine.
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
@@ -322,34 +356,48 @@ def run_dsn(plan: Plan, directory: Path) -> dict[str, float] | None:
     port_a, port_b = _free_port(), _free_port()
     writer = start("writer", port_a, [])
     reader = start("reader", port_b, [{"address": "127.0.0.1", "port": port_a}])
+    p50s: list[float] = []
+    p99s: list[float] = []
+    rates: list[float] = []
     try:
-        latency = []
         deadline = time.monotonic() + DEADLINE
-        for i in range(plan.latency_warmup // 5 + plan.dsn_latency_samples):
-            value = str(i)
+        warmup = plan.latency_warmup // 5
+        for run in range(plan.runs):
+            latency = []
+            for i in range(warmup + plan.dsn_latency_samples):
+                value = f"{run}/{i}"
+                started = time.perf_counter()
+                writer.node.update_data("latency", value)
+                while reader.node.read_data("writer", "latency") != value:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("distributed-state-network did not propagate")
+                if i >= warmup:
+                    latency.append((time.perf_counter() - started) * 1000)
+            warmup = 0  # the first run warmed the pair up
             started = time.perf_counter()
-            writer.node.update_data("latency", value)
-            while reader.node.read_data("writer", "latency") != value:
+            for i in range(plan.dsn_updates):
+                writer.node.update_data(f"u{i % DSN_KEYS}", f"{run}/{i}")
+            last = plan.dsn_updates - 1
+            final = f"{run}/{last}"
+            while reader.node.read_data("writer", f"u{last % DSN_KEYS}") != final:
                 if time.monotonic() > deadline:
                     raise RuntimeError("distributed-state-network did not propagate")
-            if i >= plan.latency_warmup // 5:
-                latency.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        for i in range(plan.dsn_updates):
-            writer.node.update_data(f"u{i % DSN_KEYS}", str(i))
-        final = str(plan.dsn_updates - 1)
-        while reader.node.read_data("writer", f"u{(plan.dsn_updates - 1) % DSN_KEYS}") != final:
-            if time.monotonic() > deadline:
-                raise RuntimeError("distributed-state-network did not propagate")
-        rate = plan.dsn_updates / (time.perf_counter() - started)
+            rates.append(plan.dsn_updates / (time.perf_counter() - started))
+            p50, p99 = percentiles(latency, 50, 99)
+            p50s.append(p50)
+            p99s.append(p99)
+            steps.done(
+                f"[{run + 1}/{plan.runs}] p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                f"{rates[-1]:,.0f} updates/s"
+            )
     finally:
         for server in (reader, writer):
             with contextlib.suppress(Exception):
                 server.stop()
     return {
-        "propagation_p50_ms": percentile(latency, 50),
-        "propagation_p99_ms": percentile(latency, 99),
-        "updates_per_s": rate,
+        "propagation_p50_ms": statistics.median(p50s),
+        "propagation_p99_ms": statistics.median(p99s),
+        "updates_per_s": statistics.median(rates),
     }
 
 
@@ -416,34 +464,29 @@ def report(
         (name, fmt(ours), fmt(theirs), target, "-" if met is None else ("yes" if met else "NO"))
         for name, ours, theirs, target, met in rows
     ]
-    widths = [max(len(r[i]) for r in (headers, *table)) for i in range(len(headers))]
-    print()
     mode = "in memory" if plan.durability == "memory" else f"SQLite, durability={plan.durability}"
-    print(
+    say()
+    say(
         f"p2ptls state nodes: {mode}, coalesce_delay=0, RSA-{KEY_BITS}; "
         f"{plan.latency_samples} latency samples; {plan.updates} updates (1 peer), "
         f"{plan.updates_fanout} (10 peers) by {WRITERS} writer tasks; {n} nodes x {plan.rounds}"
     )
     if dsn is None:
-        print(
+        say(
             f"distributed-state-network {why_no_dsn}: targets use its reference figures "
             f"({REFERENCE_DSN['propagation_p50_ms']}/{REFERENCE_DSN['propagation_p99_ms']} ms, "
             f"{REFERENCE_DSN['updates_per_s']:.0f} updates/s)"
         )
     else:
-        print(
+        say(
             f"distributed-state-network 1.2.0: {plan.dsn_latency_samples} latency samples, "
             f"{plan.dsn_updates} sequential updates; targets use its figures from {source}"
         )
-    print()
-    for i, row in enumerate((headers, *table)):
-        cells = [
-            c.ljust(w) if j in (0, 3) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-        if i == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    print_table(
+        headers,
+        table,
+        title=f"State replication on 127.0.0.1 (latency and updates/s: {median_of(plan.runs)})",
+    )
     return [(name, bool(met)) for name, _o, _t, _target, met in rows if met is not None]
 
 
@@ -459,12 +502,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
         dsn_latency_samples=200 if quick else 1000,
         dsn_updates=300 if quick else 1500,
         durability=args.durability,
+        runs=args.runs,
     )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller volumes (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="smaller volumes (about a minute)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--nodes", type=int, default=50, help="nodes of the network test (50)")
     parser.add_argument("--rounds", type=int, help="updates timed on the network (20, quick 5)")
@@ -480,9 +524,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="p2ptls state in memory (default) or in SQLite files with this durability",
     )
     parser.add_argument("--no-dsn", action="store_true", help="skip distributed-state-network")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="latency and update runs; medians reported (3)"
+    )
     args = parser.parse_args(argv)
     if args.nodes < 2:
         parser.error("--nodes must be at least 2")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     return args
 
 
@@ -494,22 +543,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="p2ptls-replication-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="p2ptls-replication-") as tmp,
+        progress() as bar,
+    ):
+        total = 3 * plan.runs + 1 + (0 if args.no_dsn else plan.runs)
+        steps = Steps(bar, bar.add_task("replication", total=total, status=""))
         log(f"generating {max(plan.nodes, 11)} RSA-{KEY_BITS} identities...")
-        p2p = trio.run(run_p2ptls, plan, Path(tmp))
+        p2p = trio.run(run_p2ptls, plan, Path(tmp), steps)
         dsn = None
         why_no_dsn = "skipped (--no-dsn)"
         if not args.no_dsn:
             why_no_dsn = "1.2.0 is not installed"
-            log("distributed-state-network: the same two-node measurements...")
-            dsn = run_dsn(plan, Path(tmp))
+            steps.start("distributed-state-network: the same two-node measurements")
+            dsn = run_dsn(plan, Path(tmp), steps)
             if dsn is None:
                 log("distributed-state-network 1.2.0 is not installed; its column is skipped")
+                bar.update(steps.task, total=total - plan.runs)
+        bar.update(steps.task, status="")
     verdicts = report(p2p, dsn, plan, why_no_dsn)
     log(f"total time {time.perf_counter() - started:.1f} s")
     if args.json:
         nodes_key = "all_50_nodes_ms" if plan.nodes == 50 else f"all_{plan.nodes}_nodes_ms"
-        document = {
+        results = {
             "propagation_p50_ms": {
                 "p2ptls": p2p["propagation_p50_ms"],
                 "dsn": dsn["propagation_p50_ms"] if dsn else None,
@@ -529,7 +585,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "durability": plan.durability,
             "targets_met": dict(verdicts),
         }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        params = {
+            "latency_samples": plan.latency_samples,
+            "latency_warmup": plan.latency_warmup,
+            "updates": plan.updates,
+            "updates_fanout": plan.updates_fanout,
+            "writer_tasks": WRITERS,
+            "nodes": plan.nodes,
+            "rounds": plan.rounds,
+            "dsn": dsn is not None,
+            "dsn_latency_samples": plan.dsn_latency_samples,
+            "dsn_updates": plan.dsn_updates,
+            "durability": plan.durability,
+            "key_bits": KEY_BITS,
+        }
+        write_json(
+            args.json,
+            "replication",
+            params=params,
+            quick=args.quick,
+            runs=plan.runs,
+            results=results,
+        )
     return 0
 
 

@@ -17,6 +17,8 @@ figures measured for the earlier Artifice implementation):
   delivered and the p50/p99 message latency (send to ``receive()``), for messages of 1, 9 and 44
   datagrams. The JSON ``loss`` figures are those of the 9-datagram (10 KB) messages.
 
+Every figure is the median of ``--runs`` runs (3).
+
 Examples::
 
     .venv/bin/python benchmarks/sllp.py --quick
@@ -26,7 +28,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import socket as stdsocket
 import struct
@@ -41,7 +42,16 @@ if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` packag
 import trio
 
 import p2ptls
-from benchmarks._common import log, percentile
+from benchmarks._common import (
+    log,
+    median_of,
+    median_of_runs,
+    percentiles,
+    print_table,
+    progress,
+    say,
+    write_json,
+)
 from p2ptls.sllp import Message, SllpChannel, SllpConfig
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
 from p2ptls.sllp.testing import channel_pair
@@ -178,10 +188,11 @@ async def lossy_run(
         nursery.cancel_scope.cancel()
     await a.aclose()
     await b.aclose()
+    p50, p99 = percentiles(latencies, 50, 99)
     return {
         "delivered": len(latencies) / count,
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
+        "p50_ms": p50 * 1e3,
+        "p99_ms": p99 * 1e3,
         "datagrams_per_message": -(-message_size // (DATAGRAM - 51)),
     }
 
@@ -190,68 +201,96 @@ async def lossy_run(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement ``args.runs`` times; the element-wise medians."""
     identities = (p2ptls.Identity.generate(2048), p2ptls.Identity.generate(2048))
-    results: dict[str, Any] = {"throughput": {}, "loss_table": {}}
     plans = [
         ("udp", None, None),
         ("sllp", args.message_size, SllpConfig()),
         ("sllp-1dgram", DATAGRAM - 51, SllpConfig()),
         ("sllp-plain", args.message_size, SllpConfig(gso=False, gro=False)),
     ]
-    for name, size, config in plans:
-        best: dict[str, float] | None = None
-        for _ in range(args.repeat):
-            log(f"throughput: {name} ...")
-            if size is None or config is None:
-                row = await plain_udp(args.seconds)
-            else:
-                row = await sllp_throughput(args.seconds, size, config, identities)
-            if best is None or row["datagrams_per_s"] > best["datagrams_per_s"]:
-                best = row
-        results["throughput"][name] = best
-    for size in LOSS_SIZES:
-        for drop in LOSS_RATES:
-            log(f"loss: {drop}% with {size}-byte messages ...")
-            results["loss_table"][f"{size}/{drop}"] = await lossy_run(
-                drop, size, args.messages, args.rate, identities
-            )
-    return results
+    runs: list[dict[str, Any]] = []
+    with progress() as bar:
+        steps = args.runs * (len(plans) + len(LOSS_SIZES) * len(LOSS_RATES))
+        task = bar.add_task("sllp", total=steps, status="")
+        for run_index in range(args.runs):
+            tag = f"[{run_index + 1}/{args.runs}]"
+            results: dict[str, Any] = {"throughput": {}, "loss_table": {}}
+            for name, size, config in plans:
+                bar.update(task, status=f"run {run_index + 1}: throughput {name}")
+                if size is None or config is None:
+                    row = await plain_udp(args.seconds)
+                else:
+                    row = await sllp_throughput(args.seconds, size, config, identities)
+                results["throughput"][name] = row
+                log(f"{tag} throughput {name}: {row['datagrams_per_s']:,.0f} datagrams/s")
+                bar.advance(task)
+            for size in LOSS_SIZES:
+                for drop in LOSS_RATES:
+                    bar.update(task, status=f"run {run_index + 1}: loss {drop}%, {size} bytes")
+                    row = await lossy_run(drop, size, args.messages, args.rate, identities)
+                    results["loss_table"][f"{size}/{drop}"] = row
+                    log(
+                        f"{tag} loss {drop}% with {size}-byte messages: delivered "
+                        f"{row['delivered']:.3f}, p99 {row['p99_ms']:.2f} ms"
+                    )
+                    bar.advance(task)
+            runs.append(results)
+        bar.update(task, status="")
+    medians: dict[str, Any] = median_of_runs(runs)
+    return medians
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     throughput = results["throughput"]
-    print(
-        f"\nThroughput on 127.0.0.1, one process, {args.seconds:g} s each "
-        f"(best of {args.repeat}); datagrams of {DATAGRAM} bytes"
+    say()
+    print_table(
+        ["kind", "datagrams/s", "MB/s", "app MB/s", "delivered"],
+        [
+            [
+                name,
+                _cell(row["datagrams_per_s"], ",.0f"),
+                _cell(row["MBps"], ".1f"),
+                _cell(row["app_MBps"], ".1f"),
+                _cell(row["delivered"], ".3f"),
+            ]
+            for name, row in throughput.items()
+        ],
+        title=(
+            f"Throughput on 127.0.0.1, one process, {args.seconds:g} s each, "
+            f"{median_of(args.runs)}; datagrams of {DATAGRAM} bytes"
+        ),
     )
-    header = f"{'kind':<13} {'datagrams/s':>12} {'MB/s':>8} {'app MB/s':>9} {'delivered':>9}"
-    print(header)
-    print("-" * len(header))
-    for name, row in throughput.items():
-        print(
-            f"{name:<13} {row['datagrams_per_s']:>12,.0f} {row['MBps']:>8.1f} "
-            f"{row['app_MBps']:>9.1f} {row['delivered']:>9.3f}"
-        )
     ratio = throughput["sllp"]["datagrams_per_s"] / throughput["udp"]["datagrams_per_s"]
     gso, gro = throughput["sllp"].get("gso"), throughput["sllp"].get("gro")
-    print(
-        f"sllp / udp datagrams per second: {ratio:.2f}x (target >= 1, aim 3); GSO={gso} GRO={gro}"
-    )
-    print(
-        f"\nLoss through the relay: {args.messages} messages at {args.rate:g}/s "
-        "(delivered fraction, message latency)"
-    )
-    header = (
-        f"{'message':>8} {'datagrams':>9} {'drop':>5} {'delivered':>9} {'p50 ms':>8} {'p99 ms':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+    say(f"sllp / udp datagrams per second: {ratio:.2f}x (target >= 1, aim 3); GSO={gso} GRO={gro}")
+    say()
+    rows = []
     for key, row in results["loss_table"].items():
         size, drop = key.split("/")
-        print(
-            f"{size:>8} {row['datagrams_per_message']:>9} {drop + '%':>5} "
-            f"{row['delivered']:>9.3f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
+        rows.append(
+            [
+                size,
+                _cell(row["datagrams_per_message"], ".0f"),
+                drop + "%",
+                _cell(row["delivered"], ".3f"),
+                _cell(row["p50_ms"], ".2f"),
+                _cell(row["p99_ms"], ".2f"),
+            ]
         )
+    print_table(
+        ["message bytes", "datagrams", "drop", "delivered", "p50 ms", "p99 ms"],
+        rows,
+        title=(
+            f"Loss through the relay: {args.messages} messages at {args.rate:g}/s "
+            f"(delivered fraction, message latency; {median_of(args.runs)})"
+        ),
+        left=0,
+    )
     summary = {
         "datagrams_per_s": {
             "sllp": throughput["sllp"]["datagrams_per_s"],
@@ -272,18 +311,20 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about half a minute)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--seconds", type=float, default=None, help="per throughput run")
-    parser.add_argument("--repeat", type=int, default=None, help="throughput runs (best kept)")
+    parser.add_argument(
+        "--runs", "--repeat", type=int, default=3, help="runs; the median is reported (3)"
+    )
     parser.add_argument("--message-size", type=int, default=50_000)
     parser.add_argument("--messages", type=int, default=None, help="messages per loss run")
     parser.add_argument("--rate", type=float, default=500.0, help="messages per second (loss)")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 3.0
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.messages is None:
         args.messages = 300 if args.quick else 2000
     return args
@@ -294,9 +335,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = trio.run(run, args)
     summary = report(results, args)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(summary, file, indent=2)
-        log(f"wrote {args.json}")
+        write_json(
+            args.json,
+            "sllp",
+            params={
+                "seconds": args.seconds,
+                "message_size": args.message_size,
+                "datagram_size": DATAGRAM,
+                "loss_messages": args.messages,
+                "loss_rate_per_s": args.rate,
+                "loss_drop_percent": list(LOSS_RATES),
+                "loss_message_sizes": list(LOSS_SIZES),
+                "json_loss_message_size": JSON_LOSS_SIZE,
+            },
+            quick=args.quick,
+            runs=args.runs,
+            results=summary,
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ By default both ends run in this process and trio run (how the reference figures
 handshake; the client then sends a 9-byte command (``B`` + u64 size for bulk, ``R`` + u64 count
 for round trips) or simply closes (the handshake benchmark). The bulk receiver answers with the
 ``time.perf_counter_ns()`` of its last byte (CLOCK_MONOTONIC, so comparable across processes).
-With ``--repeat N`` each figure is the median of N rounds, the order of the transports rotating.
+Each figure is the median of ``--runs`` rounds (3), the order of the transports rotating.
 
 Examples::
 
@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import p2ptls
-from benchmarks._common import log, percentile
+from benchmarks._common import log, median_of, percentiles, print_table, progress, say, write_json
 
 Kind = Literal["p2ptls", "tls", "tcp"]
 KINDS: tuple[Kind, ...] = ("p2ptls", "tls", "tcp")
@@ -109,23 +109,6 @@ def format_value(value: float | None) -> str:
     if value >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    line = "  ".join(
-        h.ljust(w) if i == 0 else h.rjust(w)
-        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
-    )
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
 
 
 # -- key material -------------------------------------------------------------------------------
@@ -502,7 +485,7 @@ class Plan:
     rtt_warmup: int
     handshakes: int
     concurrency: int
-    repeat: int
+    runs: int
     kinds: list[Kind]
     tests: list[str]
 
@@ -526,33 +509,52 @@ class Results:
         }
 
 
+def plan_steps(plan: Plan) -> int:
+    """Measurements in the whole plan (for the progress bar)."""
+    per_round = 0
+    for test in plan.tests:
+        kinds = plan.kinds if test != "handshake" else [k for k in plan.kinds if k in SECURE_KINDS]
+        per_round += len(kinds)
+    return per_round * plan.runs
+
+
 async def run_plan(client: Client, plan: Plan) -> Results:
     results = Results()
-    for round_index in range(plan.repeat):
-        # Rotate the order each round so no kind always runs first (or last) on a warm machine.
-        shift = round_index % len(plan.kinds)
-        order = plan.kinds[shift:] + plan.kinds[:shift]
-        if "bulk" in plan.tests:
-            for kind in order:
-                value = await client.bulk(kind, plan.bulk_bytes)
-                results.bulk.setdefault(kind, []).append(value)
-                log(f"[{round_index + 1}/{plan.repeat}] bulk {kind}: {value:,.0f} MB/s")
-        if "rtt" in plan.tests:
-            for kind in order:
-                samples = await client.round_trips(kind, plan.rtt_count, plan.rtt_warmup)
-                p50, p99 = percentile(samples, 50), percentile(samples, 99)
-                results.p50.setdefault(kind, []).append(p50)
-                results.p99.setdefault(kind, []).append(p99)
-                tag = f"[{round_index + 1}/{plan.repeat}]"
-                log(f"{tag} rtt64 {kind}: p50 {p50:.1f} us, p99 {p99:.1f} us")
-        if "handshake" in plan.tests:
-            for kind in order:
-                if kind not in SECURE_KINDS:
-                    continue
-                await client.handshakes(kind, plan.concurrency, plan.concurrency)  # warm-up
-                value = await client.handshakes(kind, plan.handshakes, plan.concurrency)
-                results.handshakes.setdefault(kind, []).append(value)
-                log(f"[{round_index + 1}/{plan.repeat}] handshakes {kind}: {value:,.1f}/s")
+    with progress() as bar:
+        task = bar.add_task("stream", total=plan_steps(plan), status="")
+
+        def done(round_index: int, line: str) -> None:
+            log(f"[{round_index + 1}/{plan.runs}] {line}")
+            bar.advance(task)
+
+        for round_index in range(plan.runs):
+            # Rotate the order each round so no kind always runs first (or last) on a warm machine.
+            shift = round_index % len(plan.kinds)
+            order = plan.kinds[shift:] + plan.kinds[:shift]
+            if "bulk" in plan.tests:
+                for kind in order:
+                    bar.update(task, status=f"run {round_index + 1}: bulk {kind}")
+                    value = await client.bulk(kind, plan.bulk_bytes)
+                    results.bulk.setdefault(kind, []).append(value)
+                    done(round_index, f"bulk {kind}: {value:,.0f} MB/s")
+            if "rtt" in plan.tests:
+                for kind in order:
+                    bar.update(task, status=f"run {round_index + 1}: rtt64 {kind}")
+                    samples = await client.round_trips(kind, plan.rtt_count, plan.rtt_warmup)
+                    p50, p99 = percentiles(samples, 50, 99)
+                    results.p50.setdefault(kind, []).append(p50)
+                    results.p99.setdefault(kind, []).append(p99)
+                    done(round_index, f"rtt64 {kind}: p50 {p50:.1f} us, p99 {p99:.1f} us")
+            if "handshake" in plan.tests:
+                for kind in order:
+                    if kind not in SECURE_KINDS:
+                        continue
+                    bar.update(task, status=f"run {round_index + 1}: handshakes {kind}")
+                    await client.handshakes(kind, plan.concurrency, plan.concurrency)  # warm-up
+                    value = await client.handshakes(kind, plan.handshakes, plan.concurrency)
+                    results.handshakes.setdefault(kind, []).append(value)
+                    done(round_index, f"handshakes {kind}: {value:,.1f}/s")
+        bar.update(task, status="")
     return results
 
 
@@ -630,15 +632,14 @@ ROW_LABELS = {
 
 def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
     config = stream_config(args)
-    print()
-    print(
+    say()
+    say(
         f"p2ptls record_size={config.record_size} receive_size={config.receive_size}; "
         f"bulk {plan.bulk_bytes // MIB} MiB in {WRITE_SIZE // 1024} KiB writes, "
         f"read size {args.read_size}; {plan.rtt_count} round trips (+{plan.rtt_warmup} warm-up); "
         f"{plan.handshakes} handshakes x{plan.concurrency}; RSA-{KEY_BITS}; "
-        f"median of {plan.repeat}; {'two processes' if args.two_process else 'one process'}"
+        f"{'two processes' if args.two_process else 'one process'}"
     )
-    print()
     headers = ["metric", "p2ptls", "tls", "tcp", "p2ptls/tls", "p2ptls/tcp"]
     rows = []
     for metric, label in ROW_LABELS.items():
@@ -653,13 +654,34 @@ def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
                 format_value(_ratio(row, "p2ptls", "tcp")),
             ]
         )
-    print_table(headers, rows)
-    print()
-    print("targets:")
+    print_table(headers, rows, title=f"Streams on 127.0.0.1 ({median_of(plan.runs)})")
+    checks = []
     for metric, description, measure, ok in TARGETS:
         value = measure(table[metric])
         verdict = "n/a" if math.isnan(value) else ("MET" if ok(value) else "NOT MET")
-        print(f"  {description:<24} {format_value(value):>8}  {verdict}")
+        checks.append([description, format_value(value), verdict])
+    print_table(["target", "measured", "verdict"], checks, title="Targets")
+
+
+def json_params(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """What the JSON document records about how the figures were measured."""
+    config = stream_config(args)
+    return {
+        "bulk_mib": plan.bulk_bytes // MIB,
+        "write_size": WRITE_SIZE,
+        "read_size": args.read_size,
+        "record_size": config.record_size,
+        "receive_size": config.receive_size,
+        "rtt_count": plan.rtt_count,
+        "rtt_warmup": plan.rtt_warmup,
+        "handshakes": plan.handshakes,
+        "concurrency": plan.concurrency,
+        "key_bits": KEY_BITS,
+        "transports": plan.kinds,
+        "tests": plan.tests,
+        "two_process": args.two_process,
+        "verify": args.verify,
+    }
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -672,7 +694,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         rtt_warmup=200 if quick else 500,
         handshakes=args.handshakes if args.handshakes is not None else (200 if quick else 1000),
         concurrency=args.concurrency,
-        repeat=args.repeat if args.repeat is not None else (1 if quick else 3),
+        runs=args.runs,
         kinds=kinds,
         tests=args.tests,
     )
@@ -693,7 +715,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rtt-count", type=int, help="measured round trips")
     parser.add_argument("--handshakes", type=int, help="handshakes per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="handshakes at once (4)")
-    parser.add_argument("--repeat", type=int, help="rounds; the median is reported (3, quick 1)")
+    parser.add_argument(
+        "--runs",
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds; the median of each figure is reported (3)",
+    )
     parser.add_argument("--only", nargs="+", choices=KINDS, help="measure only these transports")
     parser.add_argument(
         "--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which measurements to run"
@@ -709,6 +737,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.bulk_mib is not None and args.quick and args.bulk_mib < 64:
         parser.error("--quick still sends at least 64 MiB")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     return args
 
 
@@ -731,13 +761,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(table, args, plan)
     log(f"total time {time.perf_counter() - started:.1f} s")
     if args.json:
-        document = {
-            "bulk_MBps": {k: table["bulk_MBps"].get(k) for k in KINDS},
-            "rtt64_p50_us": {k: table["rtt64_p50_us"].get(k) for k in KINDS},
-            "rtt64_p99_us": {k: table["rtt64_p99_us"].get(k) for k in KINDS},
-            "handshakes_per_s": {k: table["handshakes_per_s"].get(k) for k in SECURE_KINDS},
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        write_json(
+            args.json,
+            "stream",
+            params=json_params(args, plan),
+            quick=args.quick,
+            runs=plan.runs,
+            results={
+                "bulk_MBps": {k: table["bulk_MBps"].get(k) for k in KINDS},
+                "rtt64_p50_us": {k: table["rtt64_p50_us"].get(k) for k in KINDS},
+                "rtt64_p99_us": {k: table["rtt64_p99_us"].get(k) for k in KINDS},
+                "handshakes_per_s": {k: table["handshakes_per_s"].get(k) for k in SECURE_KINDS},
+            },
+        )
     return 0
 
 

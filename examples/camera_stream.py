@@ -41,6 +41,7 @@ import importlib
 import io
 import json
 import math
+import statistics
 import struct
 import sys
 import time
@@ -248,11 +249,11 @@ class Report:
         )
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * q / 100))]
+def percentile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile (1..99), linear between closest ranks; NaN when empty."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 async def receive_frames(

@@ -3,8 +3,10 @@
 Creates (or reuses) identity keys for alice, bob and carol, a network key and an encrypted peer
 database in ``./demo-run``; starts three hosts on 127.0.0.1; connects every pair; exchanges
 messages; transfers a file-sized payload with a progress bar; and prints who authenticated whom,
-the cipher suite and the throughput. Then three state nodes replicate signed state, one stops and
-is reported stale, and a consensus query is printed (:mod:`p2ptls.state.demo`).
+the cipher suite and the throughput (tables and the progress bar drawn with rich; outside a
+terminal, as in a CI log, the bar is printed once, when the transfer ends). Then three state nodes
+replicate signed state, one stops and is reported stale, and a consensus query is printed
+(:mod:`p2ptls.state.demo`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import trio
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
 
 from . import (
     CIPHER_SUITE,
@@ -56,44 +72,42 @@ def _load_or_create(directory: Path, key_bits: int) -> tuple[NetworkKey, dict[st
     return psk, identities
 
 
-class Progress:
-    """A one-line progress bar (redrawn in place on a terminal, a few lines otherwise)."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total = total
-        self.label = label
-        self.start = time.perf_counter()
-        self.tty = sys.stdout.isatty()
-        self._last_tenth = -1
-
-    def update(self, done: int) -> None:
-        fraction = done / self.total
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = done / elapsed / 1e6
-        bar = "#" * int(fraction * 30)
-        line = f"  {self.label} [{bar:<30}] {fraction:6.1%} {rate:7.1f} MB/s"
-        if self.tty:
-            print("\r" + line, end="", flush=True)
-        elif int(fraction * 10) != self._last_tenth:
-            self._last_tenth = int(fraction * 10)
-            print(line, flush=True)
-
-    def finish(self) -> float:
-        if self.tty:
-            print()
-        return time.perf_counter() - self.start
+def _console() -> Console:
+    """Standard output; outside a terminal 120 columns (unless COLUMNS says otherwise), so that
+    the tables of a CI log do not wrap at rich's default of 80."""
+    width = None if Console().is_terminal or "COLUMNS" in os.environ else 120
+    return Console(width=width, highlight=False)
 
 
-async def _serve_peer(host: Host, name: str, log: list[str]) -> None:
+def _print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain table of text cells (as written: never read as rich markup), indented two spaces."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for header in headers:
+        table.add_column(Text(header), no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(Padding(table, (0, 0, 0, 2), expand=False))
+    console.print()
+
+
+@attrs.frozen
+class _Verified:
+    """One server-side handshake: ``server`` proved that the client is ``client``."""
+
+    server: str
+    client: str
+    peer_id: str
+
+
+async def _serve_peer(host: Host, name: str, log: list[_Verified]) -> None:
     async with trio.open_nursery() as nursery:
         async for stream in host.incoming():
             known = host.context.peers.get(stream.remote_peer.peer_id)
             nursery.start_soon(_handle, stream, name, known.name if known else "?", log)
 
 
-async def _handle(stream: SecureStream, name: str, remote_name: str, log: list[str]) -> None:
-    remote = stream.remote_peer.peer_id
-    log.append(f"  {name} verified {remote_name} (peer id {remote.short}…) by its RSA key")
+async def _handle(stream: SecureStream, name: str, remote_name: str, log: list[_Verified]) -> None:
+    log.append(_Verified(name, remote_name, stream.remote_peer.peer_id.short + "…"))
     async with stream:
         async for message in stream.messages():
             if message.startswith(b"SEND "):
@@ -112,10 +126,11 @@ async def _handle(stream: SecureStream, name: str, remote_name: str, log: list[s
 
 
 async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
+    console = _console()
     print(f"p2ptls demo: three peers on 127.0.0.1 (state in {directory}/)")
     psk, identities = _load_or_create(directory, key_bits)
     print(f"  network key fingerprint {psk.fingerprint}")
-    log: list[str] = []
+    log: list[_Verified] = []
     async with (
         open_host(_host_config(identities["alice"], psk)) as alice,
         open_host(_host_config(identities["bob"], psk)) as bob,
@@ -135,8 +150,8 @@ async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
         async with trio.open_nursery() as nursery:
             for name, host in hosts.items():
                 nursery.start_soon(_serve_peer, host, name, log)
-            await _exchange(hosts, records, log)
-            await _transfer(alice, records["bob"], payload_mib)
+            await _exchange(console, hosts, records, log)
+            await _transfer(console, alice, records["bob"], payload_mib)
             nursery.cancel_scope.cancel()
     await state_demo.run(directory / "state", psk, identities)
 
@@ -145,38 +160,56 @@ def _host_config(identity: Identity, psk: NetworkKey) -> HostConfig:
     return HostConfig(identity=identity, psk=psk, listen=("127.0.0.1", 0))
 
 
-async def _exchange(hosts: dict[str, Host], records: dict[str, PeerRecord], log: list[str]) -> None:
-    print("\nconnecting every pair:")
+async def _exchange(
+    console: Console, hosts: dict[str, Host], records: dict[str, PeerRecord], log: list[_Verified]
+) -> None:
+    rows = []
+    suites = set()
     for name, host in hosts.items():
         for other, record in records.items():
             if other == name:
                 continue
             stream = await host.connect(record)
-            print(
-                f"  {name} -> {other}: verified {other} ({stream.remote_peer.peer_id.short}…), "
-                f"suite {stream.cipher_suite}"
-            )
             await stream.send_message(f"hello from {name}".encode())
-            print(f"    reply: {(await stream.receive_message()).decode()}")
+            reply = (await stream.receive_message()).decode()
+            rows.append([name, other, stream.remote_peer.peer_id.short + "…", reply])
+            suites.add(stream.cipher_suite)
             await stream.aclose()
-    print("\nwho authenticated whom (server side):")
-    for line in sorted(set(log)):
-        print(line)
+    print(f"\nconnecting every pair ({', '.join(sorted(suites))}):")
+    print("  each client verified the server it reached by the server's RSA key")
+    _print_table(console, ["client", "server", "server's peer id", "reply"], rows)
+    print("who authenticated whom (server side):")
+    print("  each server verified the client that reached it by the client's RSA key")
+    _print_table(
+        console,
+        ["server", "client", "client's peer id"],
+        [[v.server, v.client, v.peer_id] for v in sorted(set(log), key=attrs.astuple)],
+    )
 
 
-async def _transfer(alice: Host, bob: PeerRecord, payload_mib: int) -> None:
+async def _transfer(console: Console, alice: Host, bob: PeerRecord, payload_mib: int) -> None:
     size = payload_mib * 1024 * 1024
     payload = os.urandom(CHUNK) * (size // CHUNK)
-    print(f"\ntransferring a {payload_mib} MiB file from alice to bob:")
+    print(f"transferring a {payload_mib} MiB file from alice to bob:")
     stream = await alice.connect(bob)
     await stream.send_message(f"SEND {size}".encode())
-    progress = Progress(size, "alice -> bob")
     view = memoryview(payload)
-    for offset in range(0, size, 1 << 20):
-        await stream.send_all(view[offset : offset + (1 << 20)])
-        progress.update(offset + min(1 << 20, size - offset))
-    digest = await stream.receive_message()
-    elapsed = progress.finish()
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("  alice -> bob"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("transfer", total=size)
+        for offset in range(0, size, 1 << 20):
+            chunk = view[offset : offset + (1 << 20)]
+            await stream.send_all(chunk)
+            progress.advance(task, len(chunk))
+        digest = await stream.receive_message()
+    elapsed = time.perf_counter() - started
     ok = digest == hashlib.sha256(payload).digest()
     print(f"  bob's SHA-256 of what arrived {'matches' if ok else 'DOES NOT MATCH'} alice's")
     print(f"  throughput: {size / elapsed / 1e6:.0f} MB/s over {CIPHER_SUITE}")

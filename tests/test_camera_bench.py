@@ -102,18 +102,23 @@ def test_tiny_benchmark_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             "--drain",
             "0.3",
             "--verify",
+            "--runs",
+            "1",
             "--json",
             str(out),
         ]
     )
     assert code == 0
     document = json.loads(out.read_text())
-    assert set(document) == {"paced_2x30_jpeg", "loss5_paced_2x30_jpeg"}
-    for case in document.values():
+    assert document["benchmark"] == "camera" and document["runs"] == 1
+    assert document["params"]["cases"] == ["paced_2x30_jpeg", "loss5_paced_2x30_jpeg"]
+    results = document["results"]
+    assert set(results) == {"paced_2x30_jpeg", "loss5_paced_2x30_jpeg"}
+    for case in results.values():
         assert set(case) == set(camera_stream.TRANSPORTS)
         for figures in case.values():
             assert {"fps", "p50_ms", "p99_ms", "delivered", "on_time", "cpu"} <= set(figures)
     for kind in ("p2ptls_stream", "tls", "tcp"):
-        assert document["paced_2x30_jpeg"][kind]["delivered"] == 1.0
-        assert document["loss5_paced_2x30_jpeg"][kind]["delivered"] == 1.0  # reliable streams
+        assert results["paced_2x30_jpeg"][kind]["delivered"] == 1.0
+        assert results["loss5_paced_2x30_jpeg"][kind]["delivered"] == 1.0  # reliable streams
     assert "damaged" not in capsys.readouterr().err

@@ -59,7 +59,18 @@ def test_demo_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("verified") >= 12  # six client lines and six server lines
+    names = ("alice", "bob", "carol")
+    pairs = {(a, b) for a in names for b in names if a != b}
+    rows = [line.split() for line in out.splitlines()]
+    # Client side: client, server, the server's peer id, and the server's reply.
+    clients = {(r[0], r[1]): r[2] for r in rows if len(r) == 8 and r[4:6] == ["got:", "hello"]}
+    assert set(clients) == pairs
+    assert all(r[3] == r[1] and r[7] == r[0] for r in rows if len(r) == 8 and r[4] == "got:")
+    # Server side: server, client, the client's peer id (the same id it proves as a server).
+    servers = {(r[0], r[1]): r[2] for r in rows if len(r) == 3 and (r[0], r[1]) in pairs}
+    assert set(servers) == pairs
+    assert all(servers[(a, b)] == clients[(a, b)] for a, b in pairs)  # both: b's peer id
+    assert "8.0/8.0 MiB" in out  # the progress bar, printed once at the end outside a terminal
     assert "bob's SHA-256 of what arrived matches alice's" in out
     assert "throughput:" in out
 

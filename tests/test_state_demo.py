@@ -29,6 +29,11 @@ async def test_state_demo_in_process(tmp_path: Path, identities) -> None:
         ]
         text = "\n".join(lines)
         assert "converged in" in text
+        table = [line.split() for line in text.splitlines()]
+        assert ["owner", "key", "at", "alice", "at", "bob", "at", "carol"] in table
+        for owner, writes in expected.items():
+            for key, value in writes.items():
+                assert [owner, key, *[value.decode()] * 3] in table
         assert "alice sees carol unreachable" in text and "marked stale" in text
         assert "consensus on 'color' at alice: blue held by 2" in text
         assert "carol [stale]" in text

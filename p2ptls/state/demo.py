@@ -13,13 +13,18 @@ identities and network key and the databases in ``demo-run/state/``.
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
 import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from ..identity import Identity, NetworkKey, PeerId, PeerRecord
 from .config import StateNodeConfig
@@ -95,6 +100,8 @@ async def run(
                 reader: {names[o.peer_id]: node.snapshot(o.peer_id) for o in nodes.values()}
                 for reader, node in nodes.items()
             }
+            out("    what each node reads locally:")
+            out(_view_table(views))
             record = bob.record(carol.peer_id, "temperature")
             assert record is not None
             out(
@@ -133,6 +140,29 @@ async def run(
                 (entry.value, tuple(names[o] for o in entry.owners)) for entry in ranked
             ),
         )
+
+
+def _view_table(views: Mapping[str, Mapping[str, Mapping[str, bytes]]]) -> str:
+    """Per owner and key (rows), the value each reader holds (columns), as an indented table."""
+    rows = [
+        [owner, key, *((views[reader][owner].get(key) or b"-").decode() for reader in NAMES)]
+        for owner in NAMES
+        for key in WRITES[owner]
+    ]
+    return _text_table(["owner", "key", *(f"at {reader}" for reader in NAMES)], rows, indent=6)
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, indent: int) -> str:
+    """A plain text table (rich's layout, no colours): one string of lines, ``indent`` deep."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for header in headers:
+        table.add_column(Text(header), no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, color_system=None, highlight=False).print(table)
+    lines = buffer.getvalue().rstrip("\n").split("\n")
+    return "\n".join(" " * indent + line.rstrip() for line in lines)
 
 
 def _ready(node: StateNode, nodes: Mapping[str, StateNode]) -> Callable[[], bool]:

@@ -1,0 +1,161 @@
+"""An adversarial member against a small honest network: it stays up, its state stays its own and
+converges, and memory stays bounded.
+
+The adversary holds the network key and a genuine identity (``admit_network_members`` admits it)
+and plays moves drawn by a seeded RNG from the catalogues of ``tests/adversary/``. A failure shows
+the seed; ``P2PTLS_ADVERSARY_SEED=<seed>`` replays the same moves.
+
+Moves that still break a node (items of the hardening issue 8) run in strict xfail tests of their
+own: each turns into a failure as soon as its fix lands, and its mark is then dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from tests.adversary import state as state_moves
+from tests.adversary import transport as transport_moves
+from tests.adversary.core import AdversaryRun, Budget, Move, run_adversary, seed_for
+from tests.adversary.invariants import (
+    assert_nodes_answer,
+    assert_nodes_up,
+    assert_own_state_unchanged,
+    assert_still_converges,
+    assert_tables_bounded,
+    memory_budget,
+)
+from tests.adversary.network import (
+    StateMember,
+    StateNetwork,
+    lanes_of,
+    member_identities,
+    open_state_network,
+    until,
+)
+
+SMALL = Budget(moves=60, seconds=120.0, lanes=2, move_timeout=30.0)
+LONG = Budget(moves=1500, seconds=1800.0, lanes=4, move_timeout=30.0)
+ALL_MOVES: tuple[Move[StateMember], ...] = (
+    state_moves.STATE_MOVES + transport_moves.TRANSPORT_MOVES
+)
+
+
+async def attack_and_check(
+    network: StateNetwork, moves: Sequence[Move[StateMember]], budget: Budget, seed: int
+) -> AdversaryRun:
+    """Run the adversary, then check every invariant (failures carry the seed)."""
+    run = await run_adversary(lanes_of(network), moves, budget, seed)
+    with run.reported():
+        assert_nodes_up(network)
+        assert_tables_bounded(network)
+        assert_own_state_unchanged(network)
+        await assert_still_converges(network)
+        await assert_nodes_answer(network)
+        assert_nodes_up(network)
+    return run
+
+
+async def test_small_network_survives_an_adversarial_member(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(3, clock=autojump_clock, max_direct_size=64 * 1024) as network:
+        run = await attack_and_check(network, ALL_MOVES, SMALL, seed_for(8))
+    assert len(run.played) == SMALL.moves and not run.timed_out
+
+
+# -- known bugs (issue 8): strict xfails, each a failure once its fix lands ----------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 item 1: a DIGEST or span claiming the victim's own state at a huge version "
+    "makes it move to a new epoch (until 'epochs exhausted' ends the node)",
+)
+async def test_lies_about_the_victims_own_version_leave_its_epoch_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(2, clock=autojump_clock) as network:
+        budget = Budget(moves=6, seconds=60.0, lanes=2, move_timeout=30.0)
+        await attack_and_check(network, state_moves.KNOWN_BUG_MOVES[1], budget, seed_for(1))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 item 2: a MEMBERS message with ~1000 made-up records fills the member "
+    "table, so an honest newcomer is refused",
+)
+async def test_made_up_members_do_not_lock_out_an_honest_newcomer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(2, spares=2, clock=autojump_clock) as network:
+        budget = Budget(moves=1, seconds=60.0, move_timeout=30.0)
+        run = await attack_and_check(
+            network, state_moves.KNOWN_BUG_MOVES[2], budget, seed_for(2)
+        )
+        with run.reported():
+            await newcomer_joins(network)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 item 5: certificates without batches are kept forever",
+)
+async def test_certificates_without_batches_are_not_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(2, clock=autojump_clock) as network:
+        budget = Budget(moves=2, seconds=60.0, move_timeout=30.0)
+        await attack_and_check(
+            network, (state_moves.updates_certificates_without_batches,), budget, seed_for(5)
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 item 5: the owners table fills with the certificates of owners with real "
+    "keys, so an honest newcomer's state is refused",
+)
+async def test_many_owners_with_real_keys_do_not_lock_out_an_honest_newcomer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(
+        3, adversaries=4, spares=2, clock=autojump_clock, max_owners=6
+    ) as network:
+        budget = Budget(moves=2, seconds=60.0, move_timeout=30.0)
+        run = await attack_and_check(
+            network, (state_moves.updates_many_owners_real_keys,), budget, seed_for(55)
+        )
+        with run.reported():
+            await newcomer_joins(network)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8 item 3 (host): silent handshakes from a few sources fill the global "
+    "pending-handshake slots, so an honest newcomer cannot connect",
+)
+async def test_silent_handshakes_from_a_few_sources_do_not_lock_out_a_newcomer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_state_network(2, clock=autojump_clock) as network:
+        async with lanes_of(network)(0) as member:
+            flood = transport_moves.KNOWN_BUG_MOVES[3][0]
+            await flood.play(member, random.Random(seed_for(3)))
+            # While the flood holds its connections, a newcomer still gets in.
+            await assert_nodes_answer(network)
+        assert_nodes_up(network)
+
+
+async def newcomer_joins(network: StateNetwork) -> None:
+    """An honest newcomer joins through the first node; its write reaches every honest node."""
+    identity = network.spares[0]
+    newcomer = await network.add_node(identity, "newcomer", via=network.honest[0])
+    await newcomer.write("hello", b"from the newcomer")
+    for honest in network.honest:
+        node = honest.up
+        await until(node, lambda n=node: n.get(identity.peer_id, "hello") == b"from the newcomer")

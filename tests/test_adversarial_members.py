@@ -11,13 +11,22 @@ own: each turns into a failure as soon as its fix lands, and its mark is then dr
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from p2ptls import StreamConfig
+from p2ptls.sllp import Message as SllpMessage
+from p2ptls.sllp import MessagesLost
+from p2ptls.sllp import _wire as sllp_wire
+from p2ptls.sllp.testing import seal_datagram, session_pair
+
+from tests.adversary import sllp as sllp_moves
 from tests.adversary import state as state_moves
 from tests.adversary import transport as transport_moves
 from tests.adversary.core import AdversaryRun, Budget, Move, run_adversary, seed_for
@@ -33,9 +42,14 @@ from tests.adversary.network import (
     StateMember,
     StateNetwork,
     lanes_of,
-    member_identities,
     open_state_network,
     until,
+)
+from tests.adversary.sllp import (
+    assert_sllp_bounded,
+    assert_sllp_still_flows,
+    open_sllp_arena,
+    sllp_lane,
 )
 
 SMALL = Budget(moves=60, seconds=120.0, lanes=2, move_timeout=30.0)
@@ -66,6 +80,107 @@ async def test_small_network_survives_an_adversarial_member(
     async with open_state_network(3, clock=autojump_clock, max_direct_size=64 * 1024) as network:
         run = await attack_and_check(network, ALL_MOVES, SMALL, seed_for(8))
     assert len(run.played) == SMALL.moves and not run.timed_out
+
+
+
+FLOODS: tuple[Move[StateMember], ...] = (
+    state_moves.direct_flood,
+    state_moves.ping_flood,
+    state_moves.pull_flood,
+    state_moves.digest_flood,
+    state_moves.digest_made_up_owners,
+    state_moves.updates_made_up_owners,
+    state_moves.members_garbage,
+    transport_moves.control_flood,
+    transport_moves.fragment_oversized,
+)
+DIRECT_BUFFER = 16
+MAX_DIRECT_SIZE = 64 * 1024
+
+
+async def test_memory_stays_bounded_across_floods(autojump_clock: trio.testing.MockClock) -> None:
+    """The heap after a run of floods is within a budget: what the nodes may legitimately keep
+    (a full direct-message buffer) plus a little bookkeeping per connection."""
+    options = {"direct_buffer": DIRECT_BUFFER, "max_direct_size": MAX_DIRECT_SIZE}
+    async with open_state_network(2, clock=autojump_clock, **options) as network:
+        budget = Budget(moves=24, seconds=120.0, lanes=2, move_timeout=30.0)
+        limit = 2 * DIRECT_BUFFER * MAX_DIRECT_SIZE + 4 * 1024 * 1024
+        with memory_budget(limit, "a run of floods"):
+            run = await run_adversary(lanes_of(network), FLOODS, budget, seed_for(21))
+        with run.reported():
+            assert_nodes_up(network)
+            assert_tables_bounded(network)
+            assert_own_state_unchanged(network)
+            await assert_still_converges(network)
+
+
+async def test_real_time_run_on_loopback() -> None:
+    """The same harness on the real clock (no autojump): short timeouts keep it quick."""
+    options = {
+        "ping_interval": 0.2,
+        "ping_timeout": 0.6,
+        "connect_timeout": 1.0,
+        "stream": StreamConfig(handshake_timeout=1.0),
+        "max_direct_size": 64 * 1024,
+    }
+    async with open_state_network(2, **options) as network:
+        budget = Budget(moves=16, seconds=20.0, lanes=2, move_timeout=3.0)
+        await attack_and_check(network, ALL_MOVES, budget, seed_for(16))
+
+
+async def test_established_sllp_channel_survives_a_hostile_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sllp_arena(autojump_clock) as arena:
+        budget = Budget(moves=40, seconds=600.0, move_timeout=60.0)
+        lane = functools.partial(sllp_lane, arena)
+        run = await run_adversary(lane, sllp_moves.SLLP_MOVES, budget, seed_for(40))
+        print(run.cost.most_common())
+        with run.reported():
+            assert_sllp_bounded(arena)
+            await assert_sllp_still_flows(arena)
+            assert_sllp_bounded(arena)
+
+
+
+class CountingWindow:
+    """Counts the look-ups of a reassembler's window of finished message ids."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.checks = 0
+
+    def check(self, number: int) -> bool:
+        self.checks += 1
+        return self.inner.check(number)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_jumping_message_ids_cost_little_work_and_every_id_is_accounted_for() -> None:
+    """Found by the harness (sllp-message-id-gaps): each message-id jump of a window or more
+    cost the receiver a window's worth of look-ups (65472) when its gap was settled; ids that
+    left the window are now counted lost at once."""
+    offerer, answerer = session_pair()
+    reassembler = answerer._reassembler
+    counting = CountingWindow(reassembler._done)
+    reassembler._done = counting
+    message_id, jumps = 0, 200
+    for _ in range(jumps):
+        message_id += 1 << 20
+        body = sllp_wire.encode_body(sllp_wire.TYPE_DATA, message_id, 0, 1, b"jump")
+        answerer.receive_datagram_untrusted(seal_datagram(offerer, body), 0.0)
+    answerer.handle_timers(10.0)
+    # At most the one gap still inside the window is looked at id by id (it was ~13 million).
+    assert counting.checks < counting.inner.size + jumps * 10
+    events = []
+    while (event := answerer.next_event()) is not None:
+        events.append(event)
+    lost = sum(e.count for e in events if isinstance(e, MessagesLost))
+    delivered = sum(1 for e in events if isinstance(e, SllpMessage))
+    assert delivered == jumps
+    assert lost + delivered == message_id + 1  # ids 0 .. message_id, each delivered or lost
 
 
 # -- known bugs (issue 8): strict xfails, each a failure once its fix lands ----------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Generic, Protocol, TypeVar
@@ -104,6 +105,8 @@ class AdversaryRun:
     """``(lane, move name)`` in the order the moves started."""
     outcomes: collections.Counter[str] = attrs.Factory(collections.Counter)
     """``"move-name: how it ended"`` -> count (``ok``, the victim closed, ...)."""
+    cost: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """Move name -> real (wall-clock) seconds spent in it: what makes a run slow."""
     timed_out: bool = False
     """The clock budget ended the run before the move count did."""
 
@@ -163,6 +166,7 @@ async def run_adversary(
                 chosen = rng.choice(moves)
                 run.played.append((index, chosen.name))
                 outcome = "ok"
+                started = time.perf_counter()
                 with trio.move_on_after(budget.move_timeout) as scope:
                     try:
                         await chosen.play(conn, rng)
@@ -171,6 +175,7 @@ async def run_adversary(
                 if scope.cancelled_caught:
                     outcome = "timeout"
                 run.outcomes[f"{chosen.name}: {outcome}"] += 1
+                run.cost[chosen.name] += time.perf_counter() - started
 
     with trio.move_on_after(budget.seconds) as whole:
         async with trio.open_nursery() as nursery:

@@ -105,7 +105,7 @@ class AdversaryRun:
     """``(lane, move name)`` in the order the moves started."""
     outcomes: collections.Counter[str] = attrs.Factory(collections.Counter)
     """``"move-name: how it ended"`` -> count (``ok``, the victim closed, ...)."""
-    cost: collections.Counter[str] = attrs.Factory(collections.Counter)
+    cost: dict[str, float] = attrs.Factory(dict)
     """Move name -> real (wall-clock) seconds spent in it: what makes a run slow."""
     timed_out: bool = False
     """The clock budget ended the run before the move count did."""
@@ -118,6 +118,10 @@ class AdversaryRun:
             f"{len(self.played)} moves in {self.budget.lanes} lanes"
             f"{' (stopped by the clock budget)' if self.timed_out else ''}: {listing}"
         )
+
+    def costliest(self, count: int = 5) -> list[tuple[str, float]]:
+        """The moves that took the most real time in all."""
+        return sorted(self.cost.items(), key=lambda item: -item[1])[:count]
 
     @contextmanager
     def reported(self) -> Iterator[None]:
@@ -175,7 +179,8 @@ async def run_adversary(
                 if scope.cancelled_caught:
                     outcome = "timeout"
                 run.outcomes[f"{chosen.name}: {outcome}"] += 1
-                run.cost[chosen.name] += time.perf_counter() - started
+                spent = time.perf_counter() - started
+                run.cost[chosen.name] = run.cost.get(chosen.name, 0.0) + spent
 
     with trio.move_on_after(budget.seconds) as whole:
         async with trio.open_nursery() as nursery:
@@ -183,4 +188,3 @@ async def run_adversary(
                 nursery.start_soon(play_lane, index)
     run.timed_out = whole.cancelled_caught
     return run
-

@@ -121,6 +121,7 @@ def memory_budget(limit: int, what: str = "the flood") -> Iterator[None]:
         yield
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
+        print(f"memory: {what} grew the heap by {grown} bytes (budget {limit})")
         assert grown <= limit, f"{what} grew the heap by {grown} bytes (budget {limit})"
     finally:
         if started:

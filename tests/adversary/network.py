@@ -101,8 +101,9 @@ class HonestNode:
             self.exited.set()
 
     async def write(self, key: str, value: bytes) -> None:
-        await self.up.set(key, value)
+        # Noted first: a write whose wait is cancelled still happens.
         self.written[key] = value
+        await self.up.set(key, value)
 
 
 @attrs.define(eq=False)
@@ -232,16 +233,31 @@ async def open_state_network(
                 honest.stop.set()
 
 
+async def honest_traffic(network: StateNetwork, interval: float) -> None:
+    """Every honest node writes a counter every ``interval`` seconds (until cancelled), so the
+    attack meets a network that is busy with its own work."""
+    count = 0
+    while True:
+        count += 1
+        for honest in network.honest:
+            if honest.node is not None and not honest.exited.is_set():
+                await honest.write("traffic", b"%d" % count)
+        await trio.sleep(interval)
+
+
 async def converged(network: StateNetwork) -> None:
     """Wait until every honest node holds every honest owner's written state exactly."""
     for honest in network.honest:
         node = honest.up
         for owner in network.honest:
-            expected = dict(owner.written)
-            await until(node, lambda n=node, o=owner, e=expected: n.snapshot(o.peer_id) == e)
+            await until(node, holds_state(node, owner.peer_id, dict(owner.written)))
 
 
-# -- the adversary's side ---------------------------------------------------------------------------
+def holds_state(node: StateNode, owner: PeerId, expected: dict[str, bytes]) -> Callable[[], bool]:
+    return lambda: node.snapshot(owner) == expected
+
+
+# -- the adversary's side --------------------------------------------------------------------------
 
 
 class StateConnection:

@@ -34,7 +34,7 @@ HUGE: wire.Version = (MAX - 1, MAX - 1)
 StateMove = FunctionMove[StateMember]
 
 
-# -- hostile values ----------------------------------------------------------------------------------
+# -- hostile values --------------------------------------------------------------------------------
 
 
 def made_up_id(rng: random.Random) -> bytes:
@@ -46,7 +46,7 @@ def limit(rng: random.Random) -> int:
 
 
 def valid_version(rng: random.Random) -> wire.Version:
-    return (rng.choice(VALID_LIMITS + (rng.randint(1, MAX - 1),)), rng.randint(1, MAX - 1))
+    return (rng.choice((*VALID_LIMITS, rng.randint(1, MAX - 1))), rng.randint(1, MAX - 1))
 
 
 def raw_entries(kind: int, entries: list[tuple[bytes, int, int]]) -> bytes:
@@ -89,7 +89,7 @@ def truncated(rng: random.Random, data: bytes) -> bytes:
     return data[: rng.randrange(0, max(1, len(data)))]
 
 
-# -- HELLO -------------------------------------------------------------------------------------------
+# -- HELLO -----------------------------------------------------------------------------------------
 
 
 @move("hello-again")
@@ -133,7 +133,7 @@ async def hello_hostile(m: StateMember, rng: random.Random) -> None:
         await stream.aclose()
 
 
-# -- DIGEST ------------------------------------------------------------------------------------------
+# -- DIGEST ----------------------------------------------------------------------------------------
 
 
 @move("digest-limits")
@@ -194,7 +194,7 @@ async def digest_victim_own_huge(m: StateMember, rng: random.Random) -> None:
     await conn.barrier()
 
 
-# -- PULL --------------------------------------------------------------------------------------------
+# -- PULL ------------------------------------------------------------------------------------------
 
 
 @move("pull-limits")
@@ -218,7 +218,7 @@ async def pull_flood(m: StateMember, rng: random.Random) -> None:
         await conn.send(data)
 
 
-# -- UPDATES -----------------------------------------------------------------------------------------
+# -- UPDATES ---------------------------------------------------------------------------------------
 
 
 @move("updates-own-valid-limits")
@@ -381,7 +381,7 @@ async def updates_span_victim_own_huge(m: StateMember, rng: random.Random) -> No
     await conn.barrier()
 
 
-# -- MEMBERS -----------------------------------------------------------------------------------------
+# -- MEMBERS ---------------------------------------------------------------------------------------
 
 
 @move("members-garbage")
@@ -401,7 +401,8 @@ async def members_garbage(m: StateMember, rng: random.Random) -> None:
     else:
         bad = encode_address_raw(b"\xc3\x28", rng.choice((0, 80)))
         der = m.identity.record.public_key_der
-        await conn.send(bytes([wire.MEMBERS]) + b"\x00\x01" + struct.pack(">H", len(der)) + der + bad)
+        head = bytes([wire.MEMBERS]) + b"\x00\x01" + struct.pack(">H", len(der))
+        await conn.send(head + der + bad)
 
 
 @move("members-redirect-honest")
@@ -421,14 +422,13 @@ async def members_made_up(m: StateMember, rng: random.Random) -> None:
     """A thousand made-up member records (item 2: they fill the member table)."""
     conn = await m.state()
     infos = tuple(
-        wire.MemberInfo(fake_public_key_der(rng), None)
-        for _ in range(wire.MAX_MEMBERS_PER_MESSAGE)
+        wire.MemberInfo(fake_public_key_der(rng), None) for _ in range(wire.MAX_MEMBERS_PER_MESSAGE)
     )
     await conn.send(wire.Members(infos))
     await conn.barrier()
 
 
-# -- DIRECT, PING, PONG ------------------------------------------------------------------------------
+# -- DIRECT, PING, PONG ----------------------------------------------------------------------------
 
 
 @move("direct-flood")

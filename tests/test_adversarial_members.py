@@ -30,6 +30,7 @@ from tests.adversary import state as state_moves
 from tests.adversary import transport as transport_moves
 from tests.adversary.core import AdversaryRun, Budget, Move, run_adversary, seed_for
 from tests.adversary.invariants import (
+    CERTIFICATES_KEPT_WITHOUT_BATCHES,
     assert_nodes_answer,
     assert_nodes_up,
     assert_own_state_unchanged,
@@ -55,6 +56,10 @@ from tests.adversary.sllp import (
 
 SMALL = Budget(moves=60, seconds=120.0, lanes=2, move_timeout=30.0)
 LONG = Budget(moves=1500, seconds=3600.0, lanes=5, move_timeout=30.0)
+OPEN_ITEMS = frozenset({CERTIFICATES_KEPT_WITHOUT_BATCHES})
+"""Items of issue 8 whose symptoms the broad runs do not check yet: ordinary moves reach item 5
+(a certificate that comes with stale records is kept). Its strict xfail tests below check it;
+drop it from here when they pass."""
 ALL_MOVES: tuple[Move[StateMember], ...] = state_moves.STATE_MOVES + transport_moves.TRANSPORT_MOVES
 
 
@@ -65,9 +70,10 @@ async def attack_and_check(
     seed: int,
     *,
     traffic: float | None = 1.0,
+    tolerate: frozenset[int] = OPEN_ITEMS,
 ) -> AdversaryRun:
     """Run the adversary (while honest nodes write every ``traffic`` seconds), then check every
-    invariant; failures carry the seed."""
+    invariant (but the symptoms of the open items in ``tolerate``); failures carry the seed."""
     async with trio.open_nursery() as nursery:
         if traffic is not None:
             nursery.start_soon(honest_traffic, network, traffic)
@@ -75,7 +81,7 @@ async def attack_and_check(
         nursery.cancel_scope.cancel()
     with run.reported():
         assert_nodes_up(network)
-        assert_tables_bounded(network)
+        assert_tables_bounded(network, tolerate=tolerate)
         assert_own_state_unchanged(network)
         await assert_still_converges(network)
         await assert_nodes_answer(network)
@@ -144,7 +150,7 @@ async def test_memory_stays_bounded_across_floods(autojump_clock: trio.testing.M
             run = await run_adversary(lanes_of(network), FLOODS, budget, seed_for(21))
         with run.reported():
             assert_nodes_up(network)
-            assert_tables_bounded(network)
+            assert_tables_bounded(network, tolerate=OPEN_ITEMS)
             assert_own_state_unchanged(network)
             await assert_still_converges(network)
 
@@ -251,14 +257,17 @@ async def test_made_up_members_do_not_lock_out_an_honest_newcomer(
     strict=True,
     reason="issue 8 item 5: certificates without batches are kept forever",
 )
+@pytest.mark.parametrize(
+    "hostile",
+    [state_moves.updates_certificates_without_batches, state_moves.updates_stale_with_certificate],
+    ids=lambda hostile: hostile.name,
+)
 async def test_certificates_without_batches_are_not_kept(
-    autojump_clock: trio.testing.MockClock,
+    hostile: Move[StateMember], autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_state_network(2, clock=autojump_clock) as network:
         budget = Budget(moves=2, seconds=60.0, move_timeout=30.0)
-        await attack_and_check(
-            network, (state_moves.updates_certificates_without_batches,), budget, seed_for(5)
-        )
+        await attack_and_check(network, (hostile,), budget, seed_for(5), tolerate=frozenset())
 
 
 @pytest.mark.xfail(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -83,8 +83,16 @@ async def assert_still_converges(network: StateNetwork, tag: str = "after") -> N
     await converged(network)
 
 
-def assert_tables_bounded(network: StateNetwork) -> None:
-    """Every table a peer can add to is within its configured bound."""
+CERTIFICATES_KEPT_WITHOUT_BATCHES = 5
+"""Item of the hardening issue 8: certificates without batches are kept (see ``tolerate``)."""
+
+
+def assert_tables_bounded(network: StateNetwork, *, tolerate: Collection[int] = ()) -> None:
+    """Every table a peer can add to is within its configured bound.
+
+    ``tolerate`` names items of the hardening issue whose symptom is not checked here while they
+    are open (each has a strict xfail test of its own).
+    """
     for honest in network.honest:
         node = honest.up
         config = node.config
@@ -93,7 +101,7 @@ def assert_tables_bounded(network: StateNetwork) -> None:
         assert len(core.owners) <= config.max_owners, f"{name}: owners {len(core.owners)}"
         assert len(node._members) <= config.max_members, f"{name}: members {len(node._members)}"
         for owner, state in core.owners.items():
-            if owner == core.own_id:
+            if owner == core.own_id or CERTIFICATES_KEPT_WITHOUT_BATCHES in tolerate:
                 continue
             # Spec: a certificate is kept while a batch of its epoch is, plus the newest one.
             epochs = {epoch for epoch, _first in state.proofs}

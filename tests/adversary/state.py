@@ -357,6 +357,19 @@ async def updates_certificates_without_batches(m: StateMember, rng: random.Rando
     await conn.barrier()
 
 
+@move("updates-stale-with-certificate")
+async def updates_stale_with_certificate(m: StateMember, rng: random.Random) -> None:
+    """Records older than what the victim holds of the member, with the certificate of their
+    (older) epoch: nothing applies, yet the certificate stays without a batch (item 5)."""
+    conn = await m.state()
+    newest = m.forger(MAX - 1)
+    records = newest.records([("stale", b"newest")], start=rng.randint(1, 1000))
+    await conn.send(newest.updates(newest.span(records)))
+    older = m.forger(rng.randint(100, 1000))
+    await conn.send(older.updates(older.span(older.records([("stale", b"older")], start=1))))
+    await conn.barrier()
+
+
 @move("updates-many-owners-real-keys")
 async def updates_many_owners_real_keys(m: StateMember, rng: random.Random) -> None:
     """Certificates of many genuine owners (real keys the adversary holds) to fill the owners
@@ -497,6 +510,10 @@ STATE_MOVES: tuple[StateMove, ...] = (
 KNOWN_BUG_MOVES: dict[int, tuple[StateMove, ...]] = {
     1: (digest_victim_own_huge, updates_span_victim_own_huge),
     2: (members_made_up,),
-    5: (updates_certificates_without_batches, updates_many_owners_real_keys),
+    5: (
+        updates_certificates_without_batches,
+        updates_stale_with_certificate,
+        updates_many_owners_real_keys,
+    ),
 }
 """Per item of the hardening issue (8), the moves that still break an honest network."""

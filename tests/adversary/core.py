@@ -93,6 +93,8 @@ class Budget:
     """Moves played at once (each lane is one adversarial connection at a time)."""
     move_timeout: float = 10.0
     """A move still running after this long is abandoned (a victim that stopped reading)."""
+    cover: bool = True
+    """Each lane first plays every move once (in a seeded order), then draws at random."""
 
 
 @attrs.define
@@ -165,9 +167,11 @@ async def run_adversary(
 
     async def play_lane(index: int) -> None:
         rng = random.Random(f"{seed}/{index}")
+        first = list(moves) if budget.cover else []
+        rng.shuffle(first)
         async with lane(index) as conn:
-            for _ in range(shares[index]):
-                chosen = rng.choice(moves)
+            for number in range(shares[index]):
+                chosen = first[number] if number < len(first) else rng.choice(moves)
                 run.played.append((index, chosen.name))
                 outcome = "ok"
                 started = time.perf_counter()

@@ -450,7 +450,7 @@ async def direct_flood(m: StateMember, rng: random.Random) -> None:
     conn = await m.state()
     largest = m.victim_node.config.max_direct_size
     for _ in range(rng.choice((10, 300))):
-        size = rng.choice((0, 1, largest))
+        size = rng.choice((0, 1, largest, largest))
         await conn.send(bytes([wire.DIRECT]) + bytes(size))
     if rng.random() < 0.2:
         await conn.send(bytes([wire.DIRECT]) + bytes(largest + 1))
@@ -460,7 +460,7 @@ async def direct_flood(m: StateMember, rng: random.Random) -> None:
 async def ping_flood(m: StateMember, rng: random.Random) -> None:
     """Thousands of PINGs (with a malformed one now and then)."""
     conn = await m.state()
-    for index in range(rng.choice((100, 5000))):
+    for index in range(rng.choice((100, 1000))):
         await conn.send(wire.Ping(index.to_bytes(8, "big")))
     if rng.random() < 0.2:
         await conn.send(bytes([wire.PING]) + rng.randbytes(rng.choice((0, 7, 9))))

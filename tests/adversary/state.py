@@ -449,8 +449,8 @@ async def direct_flood(m: StateMember, rng: random.Random) -> None:
     """Direct messages nobody reads, up to (and once past) the size limit."""
     conn = await m.state()
     largest = m.victim_node.config.max_direct_size
-    for _ in range(rng.choice((10, 300))):
-        size = rng.choice((0, 1, largest, largest))
+    for _ in range(300):  # more than the default direct_buffer (256)
+        size = rng.choice((0, 1, largest, largest, largest))
         await conn.send(bytes([wire.DIRECT]) + bytes(size))
     if rng.random() < 0.2:
         await conn.send(bytes([wire.DIRECT]) + bytes(largest + 1))

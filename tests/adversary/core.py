@@ -150,8 +150,14 @@ async def run_adversary(
     moves: Sequence[Move[C]],
     budget: Budget,
     seed: int,
+    *,
+    after_each_move: Callable[[], None] | None = None,
 ) -> AdversaryRun:
     """Play ``moves`` (drawn at random) against the arena behind ``lane`` within ``budget``.
+
+    ``after_each_move`` is an invariant check run after every move, while the adversary's
+    connections are still open (what a connection holds is gone once it closes); a failure names
+    the move and carries the seed.
 
     Reproducible: the same seed draws the same moves with the same parameters in each lane (the
     interleaving of concurrent lanes is up to the scheduler). The seed is printed, so a failing
@@ -185,6 +191,13 @@ async def run_adversary(
                 run.outcomes[f"{chosen.name}: {outcome}"] += 1
                 spent = time.perf_counter() - started
                 run.cost[chosen.name] = run.cost.get(chosen.name, 0.0) + spent
+                if after_each_move is not None:
+                    try:
+                        after_each_move()
+                    except AssertionError as exc:
+                        exc.add_note(f"after move {chosen.name!r} of lane {index}")
+                        exc.add_note(run.summary())
+                        raise
 
     with trio.move_on_after(budget.seconds) as whole:
         async with trio.open_nursery() as nursery:

@@ -95,8 +95,8 @@ class HonestNode:
                 self.node = node
                 task_status.started()
                 await self.stop.wait()
-        except Exception as exc:  # observed: assert_nodes_up reports it
-            self.exit_error = exc
+        except* Exception as group:  # observed (assert_nodes_up reports it); Cancelled is not
+            self.exit_error = group
         finally:
             self.exited.set()
 
@@ -231,6 +231,22 @@ async def open_state_network(
         finally:
             for honest in network.honest:
                 honest.stop.set()
+
+
+async def quiet(network: StateNetwork, seconds: float = 0.05) -> None:
+    """Let the network run on its own for ``seconds`` of real time, so that the delayed effects
+    of an attack (work on worker threads, such as a new epoch) show before the checks. Under the
+    autojump clock, virtual time runs at the real pace meanwhile (a worker thread would
+    otherwise look like idleness and the clock would fly past it)."""
+    clock = network.clock
+    if clock is None:
+        await trio.sleep(seconds)
+        return
+    clock.autojump_threshold, clock.rate = math.inf, 1.0
+    try:
+        await trio.sleep(seconds)
+    finally:
+        clock.rate, clock.autojump_threshold = 0.0, 0.0
 
 
 async def honest_traffic(network: StateNetwork, interval: float) -> None:

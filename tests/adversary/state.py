@@ -185,6 +185,17 @@ async def digest_flood(m: StateMember, rng: random.Random) -> None:
         await conn.send(data)
 
 
+@move("digest-pull-made-up-flood")
+async def digest_pull_made_up_flood(m: StateMember, rng: random.Random) -> None:
+    """DIGESTs and PULLs of 65536 fresh made-up owners each: what the victim remembers per
+    connection grows with every message (found by this harness; not an item of issue 8)."""
+    conn = await m.state()
+    for kind in (wire.DIGEST, wire.PULL, wire.DIGEST, wire.PULL):
+        entries = sorted((made_up_id(rng), 1, 1) for _ in range(wire.MAX_DIGEST_ENTRIES))
+        await conn.send(raw_entries(kind, entries))
+    await conn.barrier()
+
+
 @move("digest-victim-own-huge")
 async def digest_victim_own_huge(m: StateMember, rng: random.Random) -> None:
     """Claims the victim's own state is at a huge version (valid-but-lying: issue 8 item 1)."""
@@ -517,3 +528,8 @@ KNOWN_BUG_MOVES: dict[int, tuple[StateMove, ...]] = {
     ),
 }
 """Per item of the hardening issue (8), the moves that still break an honest network."""
+
+FOUND_BUG_MOVES: dict[str, tuple[StateMove, ...]] = {
+    "unbounded peer beliefs": (digest_pull_made_up_flood,),
+}
+"""Moves that break an honest network in ways found by this harness (reported, not fixed)."""

@@ -190,7 +190,7 @@ async def digest_pull_made_up_flood(m: StateMember, rng: random.Random) -> None:
     """DIGESTs and PULLs of 65536 fresh made-up owners each: what the victim remembers per
     connection grows with every message (found by this harness; not an item of issue 8)."""
     conn = await m.state()
-    for kind in (wire.DIGEST, wire.PULL, wire.DIGEST, wire.PULL):
+    for kind in (wire.DIGEST, wire.PULL):
         entries = sorted((made_up_id(rng), 1, 1) for _ in range(wire.MAX_DIGEST_ENTRIES))
         await conn.send(raw_entries(kind, entries))
     await conn.barrier()

@@ -216,9 +216,12 @@ class Reassembler:
     def _settle_gap(self, start: int, end: int) -> None:
         done = self._done
         partials = self._partials
-        run_start = -1
-        run = 0
-        for message_id in range(start, end):
+        # Ids that fell out of the window since the gap was noted count as lost all at once:
+        # looking at them one by one would let a peer that makes its ids jump cost a window's
+        # worth of work per datagram.
+        run_start = start
+        run = max(0, min(end, done.top - done.size + 1) - start)
+        for message_id in range(start + run, end):
             arrived = message_id in partials or not done.check(message_id)
             if arrived and done.top - message_id < done.size:
                 if run:

@@ -308,17 +308,12 @@ async def test_many_owners_with_real_keys_do_not_lock_out_an_honest_newcomer(
             await newcomer_joins(network)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 3 (host): silent handshakes from a few sources fill the global "
-    "pending-handshake slots, so an honest newcomer cannot connect",
-)
 async def test_silent_handshakes_from_a_few_sources_do_not_lock_out_a_newcomer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_state_network(2, clock=autojump_clock) as network:
         async with lanes_of(network)(0) as member:
-            flood = transport_moves.KNOWN_BUG_MOVES[3][0]
+            flood = transport_moves.silent_handshakes_from_many_sources
             await flood.play(member, random.Random(seed_for(3)))
             # While the flood holds its connections, a newcomer still gets in.
             await assert_nodes_answer(network)

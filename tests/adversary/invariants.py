@@ -125,7 +125,7 @@ def assert_tables_bounded(network: StateNetwork, *, tolerate: Collection[str] = 
         buffered = node._direct_send.statistics().current_buffer_used
         assert buffered <= config.direct_buffer, f"{name}: {buffered} direct messages"
         host = node.host
-        assert host._pending_total <= host.config.max_pending_handshakes, f"{name}: handshakes"
+        assert host.pending_handshakes <= host.config.max_pending_handshakes, f"{name}: handshakes"
 
 
 @contextmanager

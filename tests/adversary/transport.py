@@ -207,7 +207,6 @@ TRANSPORT_MOVES: tuple[TransportMove, ...] = (
     record_forged,
     fragment_oversized,
     control_flood,
+    silent_handshakes_from_many_sources,
 )
-"""Handshake and record-layer moves an honest node survives today."""
-
-KNOWN_BUG_MOVES: dict[int, tuple[TransportMove, ...]] = {3: (silent_handshakes_from_many_sources,)}
+"""Handshake and record-layer moves an honest node survives."""

@@ -101,6 +101,25 @@ def test_records_under_a_validly_signed_certificate_for_another_owner_are_refuse
         proof.verify(NETWORK)
 
 
+@pytest.mark.parametrize("claim", ["another owner", "another epoch"])
+def test_a_proof_whose_batch_and_certificate_disagree_is_refused(identities, claim: str) -> None:
+    """Alice's honest certificate and a batch signed with its key, but naming bob as the owner
+    (or another epoch): every signature verifies, only the cross-check refuses the proof."""
+    alice, bob = identities[1], identities[2]
+    seed = bytes(range(32))
+    certified = Forger(alice, NETWORK, epoch=1, seed=seed)
+    signing = certified if claim == "another owner" else Forger(alice, NETWORK, epoch=2, seed=seed)
+    owner = bob.peer_id.digest if claim == "another owner" else alice.peer_id.digest
+    records = signing.records([("k", b"forged")], owner=owner)
+    batch = signing.batch(records, owner=owner)
+    assert _crypto.verify_batch(
+        _crypto.verify_certificate(certified.certificate, NETWORK)[0], batch
+    )
+    proof = RecordProof(records[0].raw, batch.encode(), certified.certificate.encode())
+    with pytest.raises(BadSignature, match="different owners or epochs"):
+        proof.verify(NETWORK)
+
+
 # -- secure stream: a CLOSE record inside an unfinished message -----------------------------------
 
 

@@ -16,7 +16,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import p2ptls
-from p2ptls import PeerDatabase, PeerDatabaseError, ReassemblyBudget, ReassemblyBudgetExceeded
+from p2ptls import (
+    KnownPeers,
+    PeerDatabase,
+    PeerDatabaseError,
+    ReassemblyBudget,
+    ReassemblyBudgetExceeded,
+    ReplayGuard,
+    trust,
+)
 from p2ptls import _wire as stream_wire
 from p2ptls._connection import MessageReceived
 from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE
@@ -285,3 +293,56 @@ def test_the_replay_window_is_exact_near_its_top(
             window.update(number)
             accepted.append(number)
             top = max(top, number)
+
+
+# -- trust: admitted peers, and replay protection that must outlast its bounded memory -----------
+
+SECOND = 1_000_000_000
+
+
+def test_a_peer_admitted_by_the_policy_is_remembered_once(identities) -> None:
+    known_record, newcomer, stranger = (identities[i].record for i in range(3))
+    known = KnownPeers([known_record], admission=lambda r: r.peer_id == newcomer.peer_id)
+    assert known.is_trusted(known_record) and known.is_trusted(newcomer)
+    assert not known.is_trusted(stranger)  # the policy sees the record it is asked about
+    known.note_authenticated(known_record)
+    assert known.admitted == []
+    known.note_authenticated(newcomer)
+    known.note_authenticated(newcomer)
+    assert known.admitted == [newcomer] and known.get(newcomer.peer_id) == newcomer
+    assert known.get(known_record.peer_id) == known_record
+
+
+def test_accepted_handshake_timestamps_stay_refused_per_peer(identities) -> None:
+    alice, bob = identities[0].peer_id, identities[1].peer_id
+    guard = ReplayGuard()
+    first, second = 100 * SECOND, 110 * SECOND  # within the reorder window of each other
+    guard.accept(alice, first)
+    guard.accept(alice, second)
+    assert not guard.is_fresh(alice, first) and not guard.is_fresh(alice, second)
+    assert guard.is_fresh(alice, first + 1)  # never accepted, within the reorder window
+    assert guard.is_fresh(bob, first) and guard.is_fresh(bob, second)  # another peer's clock
+
+
+def test_what_the_guard_forgets_of_a_peer_stays_refused(identities) -> None:
+    alice = identities[0].peer_id
+    guard = ReplayGuard()
+    limit = trust.MAX_REMEMBERED_PER_PEER
+    stamps = [1000 * SECOND + 2 * i for i in range(limit)]  # even: accepted
+    for stamp in stamps:
+        guard.accept(alice, stamp)
+    assert guard.is_fresh(alice, stamps[0] + 1)  # exactly full: nothing forgotten yet
+    guard.accept(alice, stamps[-1] + 2)  # one more: the oldest is forgotten
+    assert not guard.is_fresh(alice, stamps[0])  # ...and stays refused
+    assert all(not guard.is_fresh(alice, stamp) for stamp in stamps)
+    assert guard.is_fresh(alice, stamps[1] + 1)  # never accepted, above what was forgotten
+    assert guard.is_fresh(alice, stamps[-1] + 3)
+
+
+def test_a_forgotten_hello_is_refused_when_replayed() -> None:
+    now = 1000 * SECOND
+    guard = ReplayGuard(max_recent_hellos=2)
+    for index in range(3):  # the third pushes the first out of the bounded memory
+        assert guard.admit_hello(b"binder %d" % index, now + index, now)
+    assert not guard.admit_hello(b"binder 0", now, now)
+    assert not guard.admit_hello(b"binder 2", now + 2, now)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import example, given, settings
@@ -17,9 +18,11 @@ from hypothesis import strategies as st
 
 import p2ptls
 from p2ptls import (
+    Identity,
     KnownPeers,
     PeerDatabase,
     PeerDatabaseError,
+    PeerRecord,
     ReassemblyBudget,
     ReassemblyBudgetExceeded,
     ReplayGuard,
@@ -351,3 +354,37 @@ def test_a_forgotten_hello_is_refused_when_replayed() -> None:
         assert guard.admit_hello(b"binder %d" % index, now + index, now)
     assert not guard.admit_hello(b"binder 0", now, now)
     assert not guard.admit_hello(b"binder 2", now + 2, now)
+
+
+# -- identity: which RSA keys are made and accepted, and what a key file may hold -----------------
+
+
+def test_a_public_key_with_an_even_modulus_is_refused(identities) -> None:
+    numbers = identities[0].record.public_key.public_numbers()
+    even = next(n for n in (numbers.n + 1, numbers.n + 3) if n % 3)  # even, not a multiple of 3
+    key = rsa.RSAPublicNumbers(numbers.e, even).public_key()
+    assert key.key_size == 2048
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ValueError, match="modulus"):
+        PeerRecord.from_public_key(der)
+
+
+def test_identities_are_generated_only_with_an_allowed_size() -> None:
+    with pytest.raises(ValueError, match="key size"):
+        Identity.generate(1024)
+    identity = Identity.generate(2048)
+    public = identity.record.public_key
+    assert public.key_size == 2048 and public.public_numbers().e == 65537
+
+
+def test_a_network_key_file_with_stray_characters_is_refused(tmp_path) -> None:
+    path = tmp_path / "network.key"
+    psk = p2ptls.generate_psk(path)
+    header, encoded = path.read_bytes().split(b" ", 1)
+    path.write_bytes(header + b" " + encoded[:10] + b"!" + encoded[10:])
+    with pytest.raises(p2ptls.KeyFileError, match="malformed"):
+        p2ptls.NetworkKey.load(path)
+    path.write_bytes(header + b" " + encoded)
+    assert p2ptls.NetworkKey.load(path) == psk

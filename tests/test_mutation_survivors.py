@@ -31,7 +31,15 @@ from p2ptls import (
 from p2ptls import _wire as stream_wire
 from p2ptls._connection import MessageReceived
 from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE
-from p2ptls.sllp import LossReason, Message, MessagesLost, ReplayWindow, Session, SllpConfig
+from p2ptls.sllp import (
+    LossReason,
+    Message,
+    MessagesLost,
+    NegotiationError,
+    ReplayWindow,
+    Session,
+    SllpConfig,
+)
 from p2ptls.sllp import _wire as sllp_wire
 from p2ptls.sllp.testing import seal_datagram, session_pair
 from p2ptls.state import _crypto
@@ -388,3 +396,44 @@ def test_a_network_key_file_with_stray_characters_is_refused(tmp_path) -> None:
         p2ptls.NetworkKey.load(path)
     path.write_bytes(header + b" " + encoded)
     assert p2ptls.NetworkKey.load(path) == psk
+
+
+# -- SLLP negotiation and close messages: every field checked on its own, limits inclusive --------
+
+
+@pytest.mark.parametrize(("offset", "value"), [(0, ord("X")), (4, 2), (5, sllp_wire.KIND_OFFER)])
+def test_a_stream_close_with_one_wrong_header_field_is_refused(offset: int, value: int) -> None:
+    data = bytearray(sllp_wire.encode_stream_close(7, "bye"))
+    data[offset] = value  # the magic, the version or the kind
+    with pytest.raises(NegotiationError, match="unexpected message"):
+        sllp_wire.parse_stream_close_untrusted(bytes(data))
+
+
+@pytest.mark.parametrize("reason", ["", "r" * sllp_wire.MAX_CLOSE_REASON])
+def test_close_reasons_of_the_extreme_lengths_are_accepted(reason: str) -> None:
+    stream_close = sllp_wire.encode_stream_close(7, reason)
+    assert sllp_wire.parse_stream_close_untrusted(stream_close) == sllp_wire.StreamClose(7, reason)
+    payload = sllp_wire.encode_close_payload(9, reason)
+    assert sllp_wire.parse_close_payload_untrusted(payload) == (9, reason)
+
+
+def test_a_stream_close_reason_above_the_limit_is_refused() -> None:
+    too_long = sllp_wire.STREAM_CLOSE.pack(
+        sllp_wire.MAGIC, sllp_wire.VERSION, sllp_wire.KIND_CLOSE, 7, sllp_wire.MAX_CLOSE_REASON + 1
+    ) + b"r" * (sllp_wire.MAX_CLOSE_REASON + 1)
+    with pytest.raises(NegotiationError, match="length"):
+        sllp_wire.parse_stream_close_untrusted(too_long)
+
+
+@pytest.mark.parametrize("size", [sllp_wire.MIN_DATAGRAM_PAYLOAD, sllp_wire.MAX_DATAGRAM_PAYLOAD])
+def test_offers_of_the_extreme_datagram_sizes_are_accepted(size: int) -> None:
+    offer = sllp_wire.Offer(
+        kind=sllp_wire.KIND_OFFER,
+        epoch=1,
+        connection_id=5,
+        address=("10.1.2.3", 4000),
+        max_datagram_payload=size,
+        max_message_size=1 << 20,
+    )
+    data = sllp_wire.encode_offer(offer)
+    assert sllp_wire.parse_offer_untrusted(data, sllp_wire.KIND_OFFER) == offer

@@ -43,6 +43,9 @@ from p2ptls.sllp import (
 from p2ptls.sllp import _wire as sllp_wire
 from p2ptls.sllp.testing import seal_datagram, session_pair
 from p2ptls.state import _crypto
+from p2ptls.state import _wire as state_wire
+from p2ptls.state._replica import ReplicaCore
+from p2ptls.state.testing import Forger
 from tests.hostile_support import CONFIG, established_pair, forged_sealer
 
 HEADER = len(MAGIC) + SALT_SIZE + NONCE_SIZE
@@ -437,3 +440,34 @@ def test_offers_of_the_extreme_datagram_sizes_are_accepted(size: int) -> None:
     )
     data = sllp_wire.encode_offer(offer)
     assert sllp_wire.parse_offer_untrusted(data, sllp_wire.KIND_OFFER) == offer
+
+
+# -- state: what a peer's digest can make a replica ask for ---------------------------------------
+
+
+def test_a_digest_makes_a_replica_pull_only_what_it_has_room_for(identities) -> None:
+    me, alice = identities[0], identities[1]
+    network = _crypto.network_id(p2ptls.NetworkKey(bytes(range(32))))
+    core = ReplicaCore(network, me.peer_id.digest, me.record.public_key_der, max_owners=4)
+    core.begin_epoch(_crypto.EpochSigner.create(me, network, 1))
+    forger = Forger(alice, network)
+    outcome = core.receive_updates_untrusted(
+        forger.updates(forger.span(forger.records([("k", b"v")])))
+    )
+    assert outcome.applied  # alice is held now, at (1, 1); we are the other owner held
+    strangers = sorted(bytes([i]) * 32 for i in range(1, 6))
+    digest = state_wire.Digest(
+        tuple(
+            sorted(
+                [(me.peer_id.digest, (3, 7)), (alice.peer_id.digest, (1, 5))]
+                + [(owner, (1, 1)) for owner in strangers]
+            )
+        )
+    )
+    pulls, own_seen = core.wanted(digest)
+    assert own_seen == (3, 7)  # what the peer holds of ours is reported, never pulled
+    assert (alice.peer_id.digest, (1, 1)) in pulls  # alice: from what we hold onwards
+    unknown = [owner for owner, since in pulls if owner in strangers]
+    assert len(unknown) == 4 - 2  # room for two more owners, however many are offered
+    assert all(since == state_wire.NO_VERSION for owner, since in pulls if owner in strangers)
+    assert len(pulls) == 3

@@ -45,6 +45,7 @@ from p2ptls.sllp.testing import seal_datagram, session_pair
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as state_wire
 from p2ptls.state._replica import ReplicaCore
+from p2ptls.state.errors import StateProtocolError
 from p2ptls.state.testing import Forger
 from tests.hostile_support import CONFIG, established_pair, forged_sealer
 
@@ -471,3 +472,22 @@ def test_a_digest_makes_a_replica_pull_only_what_it_has_room_for(identities) -> 
     assert len(unknown) == 4 - 2  # room for two more owners, however many are offered
     assert all(since == state_wire.NO_VERSION for owner, since in pulls if owner in strangers)
     assert len(pulls) == 3
+
+
+# -- state wire: a count is checked against the bytes that remain before anything is read ---------
+
+
+def test_a_count_that_the_remaining_bytes_cannot_hold_is_refused_up_front(identities) -> None:
+    limits = state_wire.Limits(max_value_size=4096, max_direct_size=4096)
+    owners = sorted(identity.peer_id.digest for identity in identities[:2])
+    digest = bytearray(state_wire.Digest(((owners[0], (1, 1)), (owners[1], (1, 2)))).encode())
+    digest[1:5] = (3).to_bytes(4, "big")  # three entries claimed, two present
+    members = bytearray(
+        state_wire.Members(
+            tuple(state_wire.MemberInfo(i.record.public_key_der, None) for i in identities[:2])
+        ).encode()
+    )
+    members[1:3] = (1000).to_bytes(2, "big")  # far more than the bytes could hold
+    for message in (digest, members):
+        with pytest.raises(StateProtocolError, match="count exceeds its bound"):
+            state_wire.parse_message_untrusted(bytes(message), limits)

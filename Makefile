@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,29 @@ bench: $(BENCH_STAMP)
 	@if [ -f benchmarks/replication.py ]; then $(BIN)/python benchmarks/replication.py --quick --json bench-results/replication.json; fi
 	@if [ -f benchmarks/camera_stream.py ]; then $(BIN)/python benchmarks/camera_stream.py --quick --json bench-results/camera.json --plot bench-results; fi
 
+MUTATE_STAMP := $(VENV)/.mutate-installed
+
+$(MUTATE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutate]'
+	touch $(MUTATE_STAMP)
+
+# Mutation testing of the security-critical modules ([tool.mutmut] in pyproject.toml); slow, and
+# not part of `make test`. Results accumulate in mutants/ (a mutant already judged is not run
+# again; `rm -rf mutants` starts afresh). Narrow a run with mutant name patterns, e.g.
+#   make mutate MUTANTS='p2ptls.state._crypto.* p2ptls.peerdb.*'
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+
+mutate: $(MUTATE_STAMP)
+	set -f; $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(BIN)/mutmut export-cicd-stats
+	@cat mutants/mutmut-cicd-stats.json; echo
+	@echo "survivors and timeouts (mutmut show NAME for the diff):"
+	@$(BIN)/mutmut results | grep -v ': not checked$$' || true
+
 # Everything the targets above leave behind: the venv, build output, tool caches, the demo's keys and
-# databases (demo-run/), the benchmark results (bench-results/) and bytecode.
+# databases (demo-run/), the benchmark results (bench-results/), mutation results (mutants/) and bytecode.
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) mutants build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -rf demo-run bench-results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

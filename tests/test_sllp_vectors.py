@@ -8,6 +8,7 @@ offer/answer codec, the key schedule, the sending and the receiving session.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,25 @@ def test_datagrams_open_with_the_derived_keys(vectors: dict[str, Any]) -> None:
             datagram[: wire.HEADER_SIZE],
         )
         assert body.hex() == vector["body"]
-        wire.parse_body_untrusted(body)
+        parsed = wire.parse_body_untrusted(body)
+        fields = (parsed.type, parsed.message_id, parsed.fragment_index, parsed.fragment_count)
+        assert fields == _described_fields(vector["description"]), vector["description"]
+        assert wire.encode_body(*fields, parsed.payload) == body
         assert len(datagram) <= derived["datagram_size"]
+
+
+def _described_fields(description: str) -> tuple[int, int, int, int]:
+    """``(type, message id, fragment index, fragment count)`` as a vector's description says."""
+    if description == "keep-alive":
+        return (wire.TYPE_KEEPALIVE, 0, 0, 0)
+    if description.startswith("close"):
+        return (wire.TYPE_CLOSE, 0, 0, 0)
+    found = re.search(r"message (\d+)(?:, fragment (\d+) of (\d+)|, one fragment|:)", description)
+    assert found is not None, description
+    message_id, index, count = found.groups()
+    if index is None:
+        return (wire.TYPE_DATA, int(message_id), 0, 1)
+    return (wire.TYPE_DATA, int(message_id), int(index), int(count))
 
 
 def test_the_receivers_accept_the_vectors(vectors: dict[str, Any]) -> None:

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import rich.box
+import rich.console
+import rich.table
+import rich.text
 
 from .._files import read_private_file
 from ..identity import Identity, PeerId, PeerRecord
@@ -151,11 +155,26 @@ def find_record(records: Iterable[PeerRecord], wanted: str) -> PeerRecord:
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns, two spaces apart; the first row is the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        click.echo("  ".join(cells).rstrip())
+    """A table with rich (the first row is the header): ruled and coloured on a terminal, plain
+    aligned columns in a pipe (for scripts), never wrapped or cut (peer ids stay whole)."""
+    console = rich.console.Console(highlight=False)
+    terminal = console.is_terminal
+    table = rich.table.Table(
+        box=rich.box.SIMPLE_HEAD if terminal else None,
+        pad_edge=False,
+        show_edge=False,
+        header_style="bold" if terminal else "",
+    )
+    for heading in rows[0]:
+        table.add_column(heading, no_wrap=True, overflow="ignore")
+    for row in rows[1:]:
+        table.add_row(*(rich.text.Text(cell) for cell in row))  # Text: no markup in cells
+    if not terminal:
+        width = sum(max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0])))
+        console = rich.console.Console(highlight=False, width=max(width, 80), color_system=None)
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def short_id(peer_id: PeerId | str) -> str:

@@ -219,7 +219,11 @@ async def _transfer(console: Console, alice: Host, bob: PeerRecord, payload_mib:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="p2ptls demo",
+        description="Three local peers authenticate each other and move data, then three state "
+        "nodes replicate signed state. Keys and databases go to --dir (created or reused).",
+    )
     parser.add_argument("--dir", type=Path, default=Path("demo-run"))
     parser.add_argument("--payload-mib", type=int, default=256)
     parser.add_argument("--key-bits", type=int, default=3072)

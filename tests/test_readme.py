@@ -4,8 +4,8 @@ Each ```` ```python ```` block is a complete program: it runs in-process, in a f
 directory, as ``__main__``, in the order of the README (a block may use files an earlier block of
 the same section wrote, as a reader following along would). In the ``console`` blocks, every
 ``$ p2ptls`` command that needs no running node runs as written, through the installed command;
-the node commands run end to end in ``tests/test_state_cli.py``. A Python block meant as a fragment would be marked ```` ```python notest
-````, and there is none. RSA keys are made at 2048 bits here instead of 3072, only for speed.
+the node commands run end to end in ``tests/test_state_cli.py``. A Python block meant as a
+fragment would be marked ```` ```python notest ````, and there is none. RSA keys are made at 2048 bits here instead of 3072, only for speed.
 """
 
 from __future__ import annotations

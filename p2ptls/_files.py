@@ -92,16 +92,23 @@ def _write_exclusive(target: Path, data: bytes, refused: FileExistsError) -> Non
         os.fsync(out.fileno())
 
 
-def read_private_file(path: StrPath, what: str) -> bytes:
-    """Read a file that must not be readable or writable by group or others."""
+def read_private_file(path: StrPath, what: str, max_size: int | None = None) -> bytes:
+    """Read a file that must not be readable or writable by group or others.
+
+    The mode is checked on the opened file (no window between check and read). With
+    ``max_size``, at most ``max_size + 1`` bytes are read, so the caller can refuse a larger file
+    without having held it in memory.
+    """
     target = Path(path)
     try:
-        info = target.stat()
+        handle = target.open("rb")
     except FileNotFoundError:
         raise KeyFileError(f"{what} {str(target)!r} does not exist") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{what} {str(target)!r} is accessible by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {str(target)!r}"
-        )
-    return target.read_bytes()
+    with handle:
+        info = os.fstat(handle.fileno())
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyFileError(
+                f"{what} {str(target)!r} is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {str(target)!r}"
+            )
+        return handle.read() if max_size is None else handle.read(max_size + 1)

@@ -63,7 +63,7 @@ class PeerDatabase:
         return database
 
     def _load(self) -> list[PeerRecord]:
-        blob = read_private_file(self.path, "peer database")
+        blob = read_private_file(self.path, "peer database", MAX_DATABASE_SIZE)
         header = len(MAGIC) + SALT_SIZE + NONCE_SIZE
         if len(blob) > MAX_DATABASE_SIZE or len(blob) < header + 16 or not blob.startswith(MAGIC):
             raise PeerDatabaseError(f"peer database {str(self.path)!r} is not a p2ptls database")
@@ -79,7 +79,13 @@ class PeerDatabase:
                 "(wrong key, or the file was altered)"
             ) from None
         try:
-            entries = json.loads(plaintext)["peers"]
+            document = json.loads(plaintext)
+            if document["version"] != 1:
+                raise PeerDatabaseError(
+                    f"peer database {str(self.path)!r} has version {document['version']!r}; "
+                    "this p2ptls reads version 1"
+                )
+            entries = document["peers"]
             if not isinstance(entries, list):
                 raise TypeError("peers is not a list")
         except (ValueError, KeyError, TypeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,35 @@ def test_group_readable_database_is_refused(tmp_path: Path) -> None:
     path.chmod(0o640)
     with pytest.raises(p2ptls.KeyFileError, match="chmod 600"):
         PeerDatabase.open(path, psk)
+
+
+def _seal(psk: p2ptls.NetworkKey, document: bytes) -> bytes:
+    salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
+    sealed = _database_key(psk.secret, salt).encrypt(nonce, document, MAGIC + salt)
+    return MAGIC + salt + nonce + sealed
+
+
+def test_a_database_of_another_version_is_refused(tmp_path: Path) -> None:
+    psk = p2ptls.generate_psk()
+    path = tmp_path / "peers.db"
+    path.write_bytes(_seal(psk, json.dumps({"version": 2, "peers": []}).encode()))
+    path.chmod(0o600)
+    with pytest.raises(PeerDatabaseError, match="version 2"):
+        PeerDatabase.open(path, psk)
+
+
+def test_an_oversized_database_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    limit = p2ptls.peerdb.MAX_DATABASE_SIZE
+    path = tmp_path / "peers.db"
+    with path.open("wb") as sparse:  # sparse: four times the limit on paper, no disk used
+        sparse.write(MAGIC)
+        sparse.truncate(4 * limit)
+    path.chmod(0o600)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PeerDatabaseError, match="not a p2ptls database"):
+            PeerDatabase.open(path, p2ptls.generate_psk())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * limit

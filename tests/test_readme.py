@@ -5,7 +5,8 @@ directory, as ``__main__``, in the order of the README (a block may use files an
 the same section wrote, as a reader following along would). In the ``console`` blocks, every
 ``$ p2ptls`` command that needs no running node runs as written, through the installed command;
 the node commands run end to end in ``tests/test_state_cli.py``. A Python block meant as a
-fragment would be marked ```` ```python notest ````, and there is none. RSA keys are made at 2048 bits here instead of 3072, only for speed.
+fragment would be marked ```` ```python notest ````, and there is none. RSA keys are made at 2048
+bits here instead of 3072, only for speed.
 """
 
 from __future__ import annotations

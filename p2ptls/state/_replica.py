@@ -41,7 +41,8 @@ Bounds: the owners held besides ourselves and the ``protected`` ones (the node's
 a :class:`~p2ptls._bounded.FairTable`, each charged to the peer whose message brought its first
 certificate; when it is full a newcomer evicts the oldest owner of the peer that brought the most.
 Per owner, at most one certificate without a held batch is kept (the newest). Per connection,
-:class:`Outbound` keeps beliefs and outstanding pulls for at most ``2 * max_owners`` owners.
+:class:`Outbound` keeps beliefs about at most ``2 * max_owners`` owners besides those held, and
+at most as many outstanding pulls.
 
 Persistence: the core records which keys, batches, certificates and marks changed; the I/O layer
 takes them (:meth:`ReplicaCore.take_changes`, a consistent snapshot of current values) and writes
@@ -909,8 +910,8 @@ class Outbound:
         self.announced: dict[OwnerId, Version] = {}
         """What our last digest to the peer said."""
         self.max_tracked = 2 * core.max_owners
-        """Most owners with a belief or an outstanding pull (the peer's claims cannot grow
-        either table past it)."""
+        """Most owners not held here with a belief, and most outstanding pulls (the peer's
+        claims cannot grow either table past it)."""
 
     def _believe(self, owner: OwnerId, version: Version) -> None:
         if owner in self.belief or owner in self.core.owners or len(self.belief) < self.max_tracked:

@@ -30,12 +30,9 @@ def more_identities() -> tuple[p2ptls.Identity, ...]:
     return tuple(p2ptls.Identity.generate(2048) for _ in range(3))
 
 
-def make_core(identity: p2ptls.Identity, epoch: int = 5, **options: int) -> ReplicaCore:
+def make_core(identity: p2ptls.Identity, epoch: int = 5, max_owners: int = 4096) -> ReplicaCore:
     core = ReplicaCore(
-        network=NETWORK,
-        own_id=identity.peer_id.digest,
-        own_public_key_der=identity.record.public_key_der,
-        **options,
+        NETWORK, identity.peer_id.digest, identity.record.public_key_der, max_owners=max_owners
     )
     core.begin_epoch(_crypto.EpochSigner.create(identity, NETWORK, epoch))
     core.take_changes()

@@ -264,7 +264,8 @@ class DSNodeConfig:
     bootstrap_nodes: Sequence[BootstrapNode | Mapping[str, Any]] = field(default_factory=list)
     """Members to join through: :class:`BootstrapNode` entries or their dict forms."""
     data_dir: Path = Path("dsn-data")
-    """Identity, database, replay state and peer record of the node (created mode 0700)."""
+    """Identity, database, replay state and peer record of the node (created mode 0700; an
+    existing one must belong to the running user and not be writable by group or others)."""
     network_ip: str = "127.0.0.1"
     """The address other nodes reach this one at (advertised, and written to its record)."""
     listen_ip: str | None = None

@@ -79,7 +79,9 @@ _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 CANDIDATE_INTERVAL = 1.0
 """Seconds between looks for gossiped candidates due to be dialled again."""
 CANDIDATE_DIALS = 8
-"""Candidates dialled at once, at most (and per look)."""
+"""Candidates dialled at once, at most."""
+CANDIDATE_BATCH = 64
+"""Candidates started per look (each waits for one of the ``CANDIDATE_DIALS`` slots)."""
 
 PULL_INTERVAL = 0.5
 """Seconds (jittered by ±50 %) between the digests a node sends, one peer at a time in turn,
@@ -552,7 +554,7 @@ class StateNode:
             with trio.move_on_after(CANDIDATE_INTERVAL):
                 await self._candidate_wake.wait()
             self._candidate_wake = trio.Event()
-            for digest, candidate in self._membership.due(trio.current_time(), CANDIDATE_DIALS):
+            for digest, candidate in self._membership.due(trio.current_time(), CANDIDATE_BATCH):
                 member = self._members.get(PeerId(digest))
                 if member is None or member.peer is None:
                     self._nursery.start_soon(self._dial_candidate, candidate, limiter)
@@ -1087,9 +1089,7 @@ class StateNode:
         if any(m.peer is None for m in self._members.values()) or self._membership.candidates:
             return True
         own = self.peer_id.digest
-        return any(
-            owner != own and PeerId(owner) not in self._peers for owner in self._core.owners
-        )
+        return any(owner != own and PeerId(owner) not in self._peers for owner in self._core.owners)
 
     def _report(self, equivocations: list[Equivocation]) -> None:
         for evidence in equivocations:

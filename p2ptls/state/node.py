@@ -536,6 +536,8 @@ class StateNode:
         (see ``_membership``)."""
         digest = PeerId.for_public_key(info.public_key_der).digest
         known = self._members.get(PeerId(digest))
+        if known is not None and known.peer is not None:
+            return  # connected: its own hello said where it is
         if self._membership.gossiped(
             peer.peer_id.digest,
             digest,

@@ -225,16 +225,20 @@ def test_gossip_is_bounded_per_source_and_never_takes_a_member_place() -> None:
 
 
 def test_candidates_expire_are_dialled_a_few_times_and_cannot_be_reset_by_others() -> None:
-    table = make_membership(candidate_ttl=10.0)
+    table = make_membership(candidate_ttl=100.0, candidate_tries=3)
     table.gossiped(b"a", b"peer", b"der", ("h", 1), now=0.0)
-    assert [peer for peer, _ in table.due(0.0, 8)] == [b"peer"]
-    assert table.due(0.5, 8) == []  # backoff
+    [(peer, candidate)] = table.due(0.0, 8)
+    assert peer == b"peer" and table.due(5.0, 8) == []  # one dial at a time
+    table.dial_ended(candidate, now=5.0)
+    assert table.next_due() == 6.0 and table.due(5.5, 8) == []  # backoff: 1 s, doubling
     # Another member cannot restart the tries (nor replace the address) of a live claim.
-    assert not table.gossiped(b"b", b"peer", b"der", ("elsewhere", 2), now=0.6)
-    assert [peer for peer, _ in table.due(1.0, 8)] == [b"peer"]
-    assert [peer for peer, _ in table.due(3.0, 8)] == [b"peer"]
-    assert table.due(9.0, 8) == []  # tries used up
-    table.due(11.0, 8)
+    assert not table.gossiped(b"b", b"peer", b"der", ("elsewhere", 2), now=5.6)
+    for now, wait in ((6.0, 2.0), (8.0, 4.0)):
+        assert table.due(now, 8) == [(peer, candidate)]
+        table.dial_ended(candidate, now)
+        assert table.next_due() == (None if wait == 4.0 else now + wait)
+    assert table.due(50.0, 8) == []  # tries used up
+    table.due(101.0, 8)
     assert len(table.candidates) == 0  # expired
 
 
@@ -275,3 +279,18 @@ def test_unknown_owner_spans_ask_for_a_pull_even_when_the_table_is_full(identiti
     span = stranger.span(stranger.records([("k", b"v")]))
     outcome = deliver(core, stranger.updates(span, certificates=[]))
     assert outcome.gaps == {identities[3].peer_id.digest: wire.NO_VERSION}
+
+
+def test_members_keep_their_state_when_a_full_table_is_loaded(identities, tmp_path) -> None:
+    me, member, a, b = identities
+    store = StateStore(tmp_path / "db", network=NETWORK, owner=me.peer_id.digest)
+    core = make_core(me)
+    for identity in (a, member, b):
+        forger = Forger(identity, NETWORK)
+        deliver(core, forger.updates(forger.span(forger.records([("k", b"v")]))))
+    store.apply(core.take_changes())
+    smaller = ReplicaCore(NETWORK, me.peer_id.digest, me.record.public_key_der, max_owners=2)
+    smaller.protect(member.peer_id.digest)  # what the node does before loading
+    store.load_into(smaller)
+    assert member.peer_id.digest in smaller.owners and smaller.charged_owners == 1
+    store.close()

@@ -15,7 +15,8 @@ A node learns of other members in two ways that deserve very different trust:
   passes as one, so they cost nothing to make up) and an address. They live in a
   :class:`~p2ptls._bounded.FairTable` charged to the member that gossiped them (at most
   ``per_source`` each, ``max_candidates`` in total, fair eviction), expire ``ttl`` seconds after
-  they were gossiped, and are only *dialled*, a few times with backoff. A candidate whose
+  they were gossiped, and are only *dialled*: ``candidate_tries`` times at most, one dial at a time
+each, the next one a doubling delay after the previous one ended. A candidate whose
   handshake completes becomes a verified member (its HELLO then says where it listens). A
   candidate may also be another address for a verified member that is not connected.
 
@@ -42,6 +43,7 @@ class Candidate:
     address: Address
     tries: int = 0
     next_try: float = 0.0
+    dialling: bool = False
 
 
 class Membership:
@@ -54,7 +56,8 @@ class Membership:
       candidates_per_source: most candidates charged to one gossiping member.
       candidate_ttl: seconds a candidate is kept after it was gossiped.
       candidate_tries: dials of a candidate before it is left to expire.
-      retry_delay: seconds before a candidate is dialled again (doubling per try).
+      retry_delay: seconds after a failed dial before a candidate is dialled again (doubling
+        per try).
     """
 
     def __init__(
@@ -65,7 +68,7 @@ class Membership:
         max_candidates: int,
         candidates_per_source: int,
         candidate_ttl: float,
-        candidate_tries: int = 3,
+        candidate_tries: int = 5,
         retry_delay: float = 1.0,
     ) -> None:
         self.own = own
@@ -143,18 +146,32 @@ class Membership:
         return True
 
     def due(self, now: float, limit: int) -> list[tuple[PeerDigest, Candidate]]:
-        """Up to ``limit`` candidates to dial now (each marked as tried)."""
+        """Up to ``limit`` candidates to dial now, each marked as being dialled: the caller
+        reports the end of every dial with :meth:`dial_ended`."""
         self.candidates.expire(now, self.candidate_ttl)
         ready: list[tuple[PeerDigest, Candidate]] = []
         for peer, candidate in self.candidates.items():
             if len(ready) >= limit:
                 break
-            if candidate.tries >= self.candidate_tries or candidate.next_try > now:
+            if self._waiting(candidate) or candidate.next_try > now:
                 continue
             candidate.tries += 1
-            candidate.next_try = now + self.retry_delay * 2 ** (candidate.tries - 1)
+            candidate.dialling = True
             ready.append((peer, candidate))
         return ready
+
+    def dial_ended(self, candidate: Candidate, now: float) -> None:
+        """A dial of ``candidate`` ended (if it succeeded, :meth:`admit` already removed it)."""
+        candidate.dialling = False
+        candidate.next_try = now + self.retry_delay * 2 ** (candidate.tries - 1)
+
+    def next_due(self) -> float | None:
+        """When the next candidate is due to be dialled (``None``: none will be)."""
+        times = [c.next_try for _, c in self.candidates.items() if not self._waiting(c)]
+        return min(times, default=None)
+
+    def _waiting(self, candidate: Candidate) -> bool:
+        return candidate.dialling or candidate.tries >= self.candidate_tries
 
     def forget(self, peer: PeerDigest) -> None:
         """Forget ``peer`` everywhere (a member evicted or removed)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import math
 import os
 import random
 import time
@@ -76,9 +77,10 @@ log = logging.getLogger("p2ptls.state")
 
 _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
-CANDIDATE_INTERVAL = 1.0
-"""Seconds between looks for gossiped candidates due to be dialled again."""
-CANDIDATE_DIALS = 8
+CANDIDATE_INTERVAL = 10.0
+"""Longest time between looks at the gossiped candidates (they are also looked at whenever one
+is gossiped or due to be dialled again)."""
+CANDIDATE_DIALS = 16
 """Candidates dialled at once, at most."""
 CANDIDATE_BATCH = 64
 """Candidates started per look (each waits for one of the ``CANDIDATE_DIALS`` slots)."""
@@ -553,13 +555,18 @@ class StateNode:
         completed handshake makes one a verified member."""
         limiter = trio.CapacityLimiter(CANDIDATE_DIALS)
         while True:
-            with trio.move_on_after(CANDIDATE_INTERVAL):
-                await self._candidate_wake.wait()
-            self._candidate_wake = trio.Event()
-            for digest, candidate in self._membership.due(trio.current_time(), CANDIDATE_BATCH):
+            now = trio.current_time()
+            for digest, candidate in self._membership.due(now, CANDIDATE_BATCH):
                 member = self._members.get(PeerId(digest))
                 if member is None or member.peer is None:
                     self._nursery.start_soon(self._dial_candidate, candidate, limiter)
+                else:
+                    self._membership.dial_ended(candidate, now)
+            # Expired candidates are dropped at the next look, at the latest after the TTL.
+            wake_at = min(self._membership.next_due() or math.inf, now + CANDIDATE_INTERVAL)
+            with trio.move_on_at(wake_at):
+                await self._candidate_wake.wait()
+            self._candidate_wake = trio.Event()
 
     async def _dial_candidate(self, candidate: Candidate, limiter: trio.CapacityLimiter) -> None:
         try:
@@ -585,6 +592,9 @@ class StateNode:
             # Whatever a made-up candidate (its key, its address) causes stays here.
             log.exception("dialling a gossiped candidate failed")
             self._counters["errors_contained"] += 1
+        finally:
+            self._membership.dial_ended(candidate, trio.current_time())
+            self._candidate_wake.set()
 
     async def _run_member(self, member: _Member) -> None:
         """Keep a connection to ``member`` until it is evicted; an error reached by what a
@@ -1180,8 +1190,12 @@ async def open_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
             config.limits,
             max_owners=config.max_owners,
         )
-        await trio.to_thread.run_sync(store.load_into, core)
         members = await trio.to_thread.run_sync(store.load_members)
+        # Members' state is never evicted to make room for other owners, also while loading.
+        known = [m.public_key_der for m in members] + [r.public_key_der for r in config.bootstrap]
+        for der in known:
+            core.protect(PeerId.for_public_key(der).digest)
+        await trio.to_thread.run_sync(store.load_into, core)
         minimum = 1 if store.persistent else time.time_ns() // 1_000_000
         epoch = await trio.to_thread.run_sync(store.next_epoch, minimum)
         signer = await trio.to_thread.run_sync(_crypto.EpochSigner.create, identity, network, epoch)

@@ -57,7 +57,7 @@ class Membership:
       candidate_ttl: seconds a candidate is kept after it was gossiped.
       candidate_tries: dials of a candidate before it is left to expire.
       retry_delay: seconds after a failed dial before a candidate is dialled again (doubling
-        per try).
+        per try, up to ``max_retry_delay``).
     """
 
     def __init__(
@@ -68,8 +68,9 @@ class Membership:
         max_candidates: int,
         candidates_per_source: int,
         candidate_ttl: float,
-        candidate_tries: int = 5,
+        candidate_tries: int = 8,
         retry_delay: float = 1.0,
+        max_retry_delay: float = 15.0,
     ) -> None:
         self.own = own
         self.members: FairTable[PeerDigest, None, PeerDigest] = FairTable(max_members, max_members)
@@ -80,6 +81,7 @@ class Membership:
         self.candidate_ttl = candidate_ttl
         self.candidate_tries = candidate_tries
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self._seen: dict[PeerDigest, float] = {}
 
     def admit(self, peer: PeerDigest, now: float, connected: Container[PeerDigest]) -> list[bytes]:
@@ -163,7 +165,8 @@ class Membership:
     def dial_ended(self, candidate: Candidate, now: float) -> None:
         """A dial of ``candidate`` ended (if it succeeded, :meth:`admit` already removed it)."""
         candidate.dialling = False
-        candidate.next_try = now + self.retry_delay * 2 ** (candidate.tries - 1)
+        delay = self.retry_delay * 2 ** min(candidate.tries - 1, 30)
+        candidate.next_try = now + min(delay, self.max_retry_delay)
 
     def next_due(self) -> float | None:
         """When the next candidate is due to be dialled (``None``: none will be)."""

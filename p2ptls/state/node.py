@@ -80,7 +80,7 @@ _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 CANDIDATE_INTERVAL = 10.0
 """Longest time between looks at the gossiped candidates (they are also looked at whenever one
 is gossiped or due to be dialled again)."""
-CANDIDATE_DIALS = 16
+CANDIDATE_DIALS = 32
 """Candidates dialled at once, at most."""
 CANDIDATE_BATCH = 64
 """Candidates started per look (each waits for one of the ``CANDIDATE_DIALS`` slots)."""
@@ -196,6 +196,7 @@ class StateNode:
             candidates_per_source=config.member_candidates_per_source,
             candidate_ttl=config.member_candidate_ttl,
             retry_delay=config.reconnect_min,
+            max_retry_delay=config.reconnect_max,
         )
         self._candidate_wake = trio.Event()
         self._peers: dict[PeerId, _Peer] = {}
@@ -1100,8 +1101,9 @@ class StateNode:
     def _missing_someone(self) -> bool:
         if any(m.peer is None for m in self._members.values()) or self._membership.candidates:
             return True
-        own = self.peer_id.digest
-        return any(owner != own and PeerId(owner) not in self._peers for owner in self._core.owners)
+        reached = {peer.digest for peer in self._peers}
+        reached.add(self.peer_id.digest)
+        return any(owner not in reached for owner in self._core.owners)
 
     def _report(self, equivocations: list[Equivocation]) -> None:
         for evidence in equivocations:

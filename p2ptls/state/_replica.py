@@ -844,8 +844,10 @@ class ReplicaCore:
 
     def take_changes(self) -> ChangeSet:
         """Everything that changed since the last call, as current values. Clears the journal."""
-        changes = ChangeSet(owners_deleted=sorted(self._forgotten))
-        self._forgotten = set()
+        changes = ChangeSet()
+        if self._forgotten:
+            changes.owners_deleted = sorted(self._forgotten)
+            self._forgotten = set()
         for owner, keys in self._dirty_keys.items():
             state = self.owners[owner]
             for key in keys:

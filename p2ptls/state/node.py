@@ -80,7 +80,7 @@ _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 CANDIDATE_INTERVAL = 10.0
 """Longest time between looks at the gossiped candidates (they are also looked at whenever one
 is gossiped or due to be dialled again)."""
-CANDIDATE_DIALS = 32
+CANDIDATE_DIALS = 64
 """Candidates dialled at once, at most."""
 CANDIDATE_BATCH = 64
 """Candidates started per look (each waits for one of the ``CANDIDATE_DIALS`` slots)."""
@@ -562,7 +562,7 @@ class StateNode:
                 if member is None or member.peer is None:
                     self._nursery.start_soon(self._dial_candidate, candidate, limiter)
                 else:
-                    self._membership.dial_ended(candidate, now)
+                    self._membership.candidates.pop(digest)  # connected meanwhile
             # Expired candidates are dropped at the next look, at the latest after the TTL.
             wake_at = min(self._membership.next_due() or math.inf, now + CANDIDATE_INTERVAL)
             with trio.move_on_at(wake_at):
@@ -576,6 +576,9 @@ class StateNode:
                 return
             stream: SecureStream | None = None
             async with limiter:
+                member = self._members.get(record.peer_id)
+                if member is not None and member.peer is not None:
+                    return  # it connected (or we did) while this dial waited for its turn
                 with trio.move_on_after(self.config.connect_timeout):
                     try:
                         stream = await self.host.connect(record, candidate.address)

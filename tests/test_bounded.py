@@ -83,3 +83,14 @@ def test_bounds_always_hold(capacity: int, per_source: int, puts: list[tuple[int
         assert len(table) <= capacity
         assert all(table.count(s) <= per_source for s in range(7))
         assert sum(table.count(s) for s in range(7)) == len(table)
+
+
+def test_evict_one_takes_the_fairest_victim() -> None:
+    table: FairTable[str, int, str] = FairTable(capacity=10, per_source=10)
+    assert table.evict_one() is None
+    table.put("a1", 1, "a", now=1.0)
+    table.put("b1", 1, "b", now=2.0)
+    table.put("b2", 2, "b", now=3.0)
+    evicted = table.evict_one()
+    assert evicted is not None and (evicted.key, evicted.source) == ("b1", "b")
+    assert set(table) == {"a1", "b2"}

@@ -155,16 +155,26 @@ def test_a_flooding_source_only_evicts_its_own_owners(identities) -> None:
 
 def test_members_are_protected_from_owner_eviction(identities) -> None:
     me, member, other, third = identities
-    core = make_core(me, max_owners=2)  # one owner besides us, members apart
+    core = make_core(me, max_owners=3)
     core.protect(member.peer_id.digest)
-    for identity in (member, other, third):
+    for identity in (other, member, third):
         forger = Forger(identity, NETWORK)
         deliver(core, forger.updates(forger.span(forger.records([("k", b"v")]))), b"src")
-    assert member.peer_id.digest in core.owners
+    # The member took the place of nobody but an ordinary owner; the next one evicted that one.
     assert set(core.owners) == {me.peer_id.digest, member.peer_id.digest, third.peer_id.digest}
     # A member that leaves becomes an ordinary owner again, charged to itself.
     core.unprotect(member.peer_id.digest)
-    assert core.charged_owners == 1 and len(core.owners) == 2
+    assert core.charged_owners == 2 and len(core.owners) == 3
+
+
+def test_members_get_a_place_even_when_only_members_are_held(identities) -> None:
+    me, member, other, _ = identities
+    core = make_core(me, max_owners=1)
+    core.protect(member.peer_id.digest)
+    for identity in (member, other):
+        forger = Forger(identity, NETWORK)
+        deliver(core, forger.updates(forger.span(forger.records([("k", b"v")]))), b"src")
+    assert set(core.owners) == {me.peer_id.digest, member.peer_id.digest}
 
 
 def test_evicted_owners_leave_the_store(identities, tmp_path) -> None:
@@ -289,7 +299,7 @@ def test_members_keep_their_state_when_a_full_table_is_loaded(identities, tmp_pa
         forger = Forger(identity, NETWORK)
         deliver(core, forger.updates(forger.span(forger.records([("k", b"v")]))))
     store.apply(core.take_changes())
-    smaller = ReplicaCore(NETWORK, me.peer_id.digest, me.record.public_key_der, max_owners=2)
+    smaller = ReplicaCore(NETWORK, me.peer_id.digest, me.record.public_key_der, max_owners=3)
     smaller.protect(member.peer_id.digest)  # what the node does before loading
     store.load_into(smaller)
     assert member.peer_id.digest in smaller.owners and smaller.charged_owners == 1

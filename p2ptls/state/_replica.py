@@ -37,9 +37,11 @@ mark (our store was lost or rolled back: :meth:`ReplicaCore.note_own_proof`) onl
 certificate signed by our own RSA key, or a batch signed under one, shows it. A claim about our
 own id only earns a pull of the one record that would prove it (:meth:`ReplicaCore.own_pull`).
 
-Bounds: the owners held besides ourselves and the ``protected`` ones (the node's members) live in
-a :class:`~p2ptls._bounded.FairTable`, each charged to the peer whose message brought its first
-certificate; when it is full a newcomer evicts the oldest owner of the peer that brought the most.
+Bounds: at most ``max_owners`` owners are held (ourselves included). Those that are not
+``protected`` (the node's members are) live in a :class:`~p2ptls._bounded.FairTable`, each charged
+to the peer whose message brought its first certificate; when the bound is reached a newcomer
+evicts the oldest owner of the peer that brought the most. Members are never evicted: if only
+they are held, another owner is refused, while a member still gets a place.
 Per owner, at most one certificate without a held batch is kept (the newest). Per connection,
 :class:`Outbound` keeps beliefs about at most ``2 * max_owners`` owners besides those held, and
 at most as many outstanding pulls.
@@ -210,8 +212,8 @@ class ReplicaCore:
       own_id: this node's peer id digest.
       own_public_key_der: this node's RSA public key.
       limits: parsing bounds.
-      max_owners: most owners held besides the ``protected`` ones (ourselves included); a
-        newcomer evicts fairly (see the module's theory of operation).
+      max_owners: most owners held (ourselves included); a newcomer evicts an owner that is not
+        protected, fairly (see the module's theory of operation).
     """
 
     STORED_SOURCE = b"stored"
@@ -327,6 +329,8 @@ class ReplicaCore:
         state = self.owners.get(owner)
         if state is None:
             state = self._owner_for(owner, public_key_der, self.STORED_SOURCE)
+            if state is None:
+                return
         state.mark = mark
         for certificate in certificates:
             key = Ed25519PublicKey.from_public_bytes(certificate.signing_key)
@@ -488,6 +492,8 @@ class ReplicaCore:
             if owner == self.own_id:
                 continue
             state = self._owner_for(owner, certified.certificate.public_key_der, source, outcome)
+            if state is None:
+                continue
             if certified.certificate.epoch not in state.certs:
                 state.certs[certified.certificate.epoch] = certified
                 self._dirty_certs.add((owner, certified.certificate.epoch))
@@ -592,17 +598,27 @@ class ReplicaCore:
         public_key_der: bytes,
         source: bytes,
         outcome: Outcome | None = None,
-    ) -> OwnerState:
+    ) -> OwnerState | None:
+        """The state of ``owner``, made (charged to ``source``) if new. When ``max_owners`` are
+        held, an owner that is not protected is evicted fairly to make room; ``None`` if every
+        owner held is protected and ``owner`` is not (members still get a place)."""
         state = self.owners.get(owner)
-        if state is None:
-            if owner not in self.protected:
-                self._tick += 1
-                for evicted in self._charged.put(owner, None, source, self._tick):
-                    self._forget(evicted.key)
-                    if outcome is not None:
-                        outcome.evicted_owners.append(evicted.key)
-            state = self.owners[owner] = OwnerState(owner, public_key_der)
-            self._dirty_owners.add(owner)
+        if state is not None:
+            return state
+        while len(self.owners) >= self.max_owners:
+            evicted = self._charged.evict_one()
+            if evicted is None:
+                break
+            self._forget(evicted.key)
+            if outcome is not None:
+                outcome.evicted_owners.append(evicted.key)
+        if owner not in self.protected:
+            if len(self.owners) >= self.max_owners:
+                return None
+            self._tick += 1
+            self._charged.put(owner, None, source, self._tick)
+        state = self.owners[owner] = OwnerState(owner, public_key_der)
+        self._dirty_owners.add(owner)
         return state
 
     def _apply_span(self, span: wire.Span, verdicts: list[_Verified], outcome: Outcome) -> None:
@@ -787,7 +803,7 @@ class ReplicaCore:
 
     @property
     def charged_owners(self) -> int:
-        """Owners held that count against ``max_owners`` (not ourselves, not protected)."""
+        """Owners held that may be evicted (not ourselves, not protected)."""
         return len(self._charged)
 
     def _forget(self, owner: OwnerId) -> None:

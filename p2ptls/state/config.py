@@ -98,8 +98,8 @@ class StateNodeConfig:
     member_candidate_ttl: float = attrs.field(default=300.0, validator=_positive)
     """Seconds a gossiped candidate is kept (and dialled, a few times) before it expires."""
     max_owners: int = attrs.field(default=4096, validator=_positive)
-    """Most owners whose state is held besides this node's members (this node included); when
-    full, a new owner evicts the oldest of the peer that brought the most."""
+    """Most owners whose state is held (this node included); when full, a new owner evicts the
+    oldest owner (never a member) of the peer that brought the most."""
     max_pending_requests: int = attrs.field(default=4096, validator=_positive)
     """Control messages (pongs, pulls) owed to one peer before it counts as flooding."""
     subscriber_buffer: int = attrs.field(default=4096, validator=_positive)

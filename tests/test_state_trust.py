@@ -199,7 +199,7 @@ def test_claims_in_digests_and_pulls_cannot_grow_a_connection_without_bound(iden
     digest = wire.Digest(tuple((owner, (1, 1)) for owner in made_up))
     outbound.note_digest(digest)
     pulls = outbound.pulls_to_send(core.wanted(digest))
-    bound = outbound.max_tracked + len(core.owners)  # beliefs about owners held, and others
+    bound = core.max_owners
     assert len(pulls) <= core.max_owners and len(outbound.belief) <= bound
     outbound.note_pull(wire.Pull(tuple((owner, wire.NO_VERSION) for owner in made_up)))
     assert len(outbound.belief) <= bound

@@ -43,8 +43,8 @@ to the peer whose message brought its first certificate; when the bound is reach
 evicts the oldest owner of the peer that brought the most. Members are never evicted: if only
 they are held, another owner is refused, while a member still gets a place.
 Per owner, at most one certificate without a held batch is kept (the newest). Per connection,
-:class:`Outbound` keeps beliefs about at most ``2 * max_owners`` owners besides those held, and
-at most as many outstanding pulls.
+:class:`Outbound` keeps beliefs, outstanding pulls and certificates sent for at most
+``max_owners`` owners each (owners held always find room).
 
 Persistence: the core records which keys, batches, certificates and marks changed; the I/O layer
 takes them (:meth:`ReplicaCore.take_changes`, a consistent snapshot of current values) and writes
@@ -927,13 +927,24 @@ class Outbound:
         """Once the peer's digest arrived, an owner missing from it is one it holds nothing of."""
         self.announced: dict[OwnerId, Version] = {}
         """What our last digest to the peer said."""
-        self.max_tracked = 2 * core.max_owners
-        """Most owners not held here with a belief, and most outstanding pulls (the peer's
-        claims cannot grow either table past it)."""
+        self.max_tracked = core.max_owners
+        """Most owners with a belief, with an outstanding pull, or with certificates sent (the
+        peer's claims cannot grow any of these past it; owners held always find room)."""
 
-    def _believe(self, owner: OwnerId, version: Version) -> None:
-        if owner in self.belief or owner in self.core.owners or len(self.belief) < self.max_tracked:
-            self.belief[owner] = version
+    def _believe(self, owner: OwnerId, version: Version) -> bool:
+        """Remember what the peer holds of ``owner``; False if there is no room for it."""
+        belief = self.belief
+        if owner not in belief and len(belief) >= self.max_tracked:
+            held = self.core.owners
+            if owner not in held:
+                return False
+            # Make room for an owner we hold: forget a belief about one we do not.
+            stale = next((other for other in belief if other not in held), None)
+            if stale is None:
+                return False
+            del belief[stale]
+        belief[owner] = version
+        return True
 
     def note_digest_sent(self, digest: wire.Digest) -> None:
         """We sent ``digest``: the peer pulls every owner where it shows more than it holds."""
@@ -954,7 +965,7 @@ class Outbound:
         for owner, since in pull.entries:
             if owner not in self.core.owners:
                 continue  # nothing to send; a belief about it would only take room
-            self.belief[owner] = since
+            self._believe(owner, since)
             self.sent_certs.pop(owner, None)
             self._check(owner)
 
@@ -993,7 +1004,8 @@ class Outbound:
     def _check(self, owner: OwnerId) -> None:
         belief = self.belief.get(owner)
         if belief is None and self.digest_received and owner in self.core.owners:
-            belief = self.belief[owner] = NO_VERSION
+            belief = NO_VERSION
+            self._believe(owner, belief)
         if belief is not None and self.core.mark(owner) > belief:
             self.dirty[owner] = None
 
@@ -1006,9 +1018,12 @@ class Outbound:
             if remaining <= 0:
                 break
             del self.dirty[owner]
-            span = self.core.span(owner, self.belief[owner], remaining)
+            span = self.core.span(owner, self.belief.get(owner, NO_VERSION), remaining)
             if span is None:
                 continue
+            if owner not in self.sent_certs and len(self.sent_certs) >= self.max_tracked:
+                held = self.core.owners
+                self.sent_certs = {o: e for o, e in self.sent_certs.items() if o in held}
             sent = self.sent_certs.setdefault(owner, set())
             for group in span.groups:
                 if group.batch.epoch not in sent:
@@ -1019,8 +1034,8 @@ class Outbound:
                     sent.add(group.batch.epoch)
             spans.append(span)
             remaining -= span.encoded_size()
-            self.belief[owner] = span.last_version
-            self._check(owner)  # more left: back of the queue
+            if self._believe(owner, span.last_version):
+                self._check(owner)  # more left: back of the queue
         if not spans:
             return None
         return wire.Updates(tuple(certificates), tuple(spans))

@@ -111,6 +111,13 @@ class FairTable(Generic[K, V, S]):
             and len(self._by_source) > (1 if source in self._by_source else 0)
         )
 
+    def evict_one(self) -> Evicted[K, V, S] | None:
+        """Remove and return the entry fair eviction picks (``None`` if the table is empty), to
+        make room for something the table does not hold itself."""
+        if not self._entries:
+            return None
+        return self._remove(self._fairest_victim())
+
     def pop(self, key: K) -> V | None:
         """Remove ``key`` (if present) and return its value."""
         if key not in self._entries:

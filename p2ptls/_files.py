@@ -112,3 +112,25 @@ def read_private_file(path: StrPath, what: str, max_size: int | None = None) -> 
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 600 {str(target)!r}"
             )
         return handle.read() if max_size is None else handle.read(max_size + 1)
+
+
+def check_own_path(path: StrPath, what: str, error: type[Exception] = KeyFileError) -> None:
+    """Refuse a file or directory that another user owns or that group or others may write.
+
+    Whoever can change it could substitute its contents (a peer record with another key, a
+    database) or remove it to stop a node from starting. The error names the path and the fix.
+    """
+    target = Path(path)
+    info = target.stat()
+    user = os.geteuid()
+    if info.st_uid != user:
+        raise error(
+            f"{what} {str(target)!r} belongs to another user (uid {info.st_uid}, not {user}), "
+            f"who could change it; use one of your own or fix it with: "
+            f"chown {user} {str(target)!r}"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise error(
+            f"{what} {str(target)!r} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod go-w {str(target)!r}"
+        )

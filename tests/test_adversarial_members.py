@@ -5,8 +5,8 @@ The adversary holds the network key and a genuine identity (``admit_network_memb
 and plays moves drawn by a seeded RNG from the catalogues of ``tests/adversary/``. A failure shows
 the seed; ``P2PTLS_ADVERSARY_SEED=<seed>`` replays the same moves.
 
-Moves that still break a node (items of the hardening issue 8) run in strict xfail tests of their
-own: each turns into a failure as soon as its fix lands, and its mark is then dropped.
+The attacks of the hardening issue (8), each of which once broke an honest node, also have
+regression tests of their own.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from tests.adversary import state as state_moves
 from tests.adversary import transport as transport_moves
 from tests.adversary.core import AdversaryRun, Budget, Move, run_adversary, seed_for
 from tests.adversary.invariants import (
-    CERTIFICATES_KEPT_WITHOUT_BATCHES,
-    UNBOUNDED_PEER_BELIEFS,
     assert_nodes_answer,
     assert_nodes_up,
     assert_own_state_unchanged,
@@ -58,11 +56,6 @@ from tests.adversary.sllp import (
 
 SMALL = Budget(moves=60, seconds=120.0, lanes=2, move_timeout=30.0)
 LONG = Budget(moves=1500, seconds=3600.0, lanes=5, move_timeout=30.0)
-OPEN_ITEMS = frozenset({CERTIFICATES_KEPT_WITHOUT_BATCHES, UNBOUNDED_PEER_BELIEFS})
-"""Open problems whose symptoms the broad runs do not check yet, because ordinary moves reach
-them: issue 8 item 5 (a certificate that comes with stale records is kept) and the per-connection
-tables of made-up owners (``digest-made-up-owners``). Their strict xfail tests below check them;
-drop each from here when its tests pass."""
 ALL_MOVES: tuple[Move[StateMember], ...] = state_moves.STATE_MOVES + transport_moves.TRANSPORT_MOVES
 
 
@@ -73,20 +66,19 @@ async def attack_and_check(
     seed: int,
     *,
     traffic: float | None = 1.0,
-    tolerate: frozenset[str] = OPEN_ITEMS,
 ) -> AdversaryRun:
     """Run the adversary (while honest nodes write every ``traffic`` seconds), then check every
-    invariant (but the symptoms of the open items in ``tolerate``); failures carry the seed."""
+    invariant; failures carry the seed."""
     async with trio.open_nursery() as nursery:
         if traffic is not None:
             nursery.start_soon(honest_traffic, network, traffic)
-        bounded = functools.partial(assert_tables_bounded, network, tolerate=tolerate)
+        bounded = functools.partial(assert_tables_bounded, network)
         run = await run_adversary(lanes_of(network), moves, budget, seed, after_each_move=bounded)
         nursery.cancel_scope.cancel()
     await quiet(network)
     with run.reported():
         assert_nodes_up(network)
-        assert_tables_bounded(network, tolerate=tolerate)
+        assert_tables_bounded(network)
         assert_own_state_unchanged(network)
         await assert_still_converges(network)
         await assert_nodes_answer(network)
@@ -153,7 +145,7 @@ async def test_memory_stays_bounded_across_floods(autojump_clock: trio.testing.M
             run = await run_adversary(lanes_of(network), FLOODS, budget, seed_for(21))
         with run.reported():
             assert_nodes_up(network)
-            assert_tables_bounded(network, tolerate=OPEN_ITEMS)
+            assert_tables_bounded(network)
             assert_own_state_unchanged(network)
             await assert_still_converges(network)
 
@@ -240,41 +232,29 @@ def test_jumping_message_ids_cost_little_work_and_every_id_is_accounted_for() ->
     assert lost + delivered == message_id + 1  # ids 0 .. message_id, each delivered or lost
 
 
-# -- known bugs (issue 8): strict xfails, each a failure once its fix lands ----------------------
+# -- regressions: the attacks of issue 8, each of which once broke an honest network -------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 1: a DIGEST or span claiming the victim's own state at a huge version "
-    "makes it move to a new epoch (until 'epochs exhausted' ends the node)",
-)
 async def test_lies_about_the_victims_own_version_leave_its_epoch_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_state_network(2, clock=autojump_clock) as network:
         budget = Budget(moves=6, seconds=60.0, lanes=2, move_timeout=30.0)
-        await attack_and_check(network, state_moves.KNOWN_BUG_MOVES[1], budget, seed_for(1))
+        await attack_and_check(network, state_moves.ATTACK_MOVES["item 1"], budget, seed_for(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 2: a MEMBERS message with ~1000 made-up records fills the member "
-    "table, so an honest newcomer is refused",
-)
 async def test_made_up_members_do_not_lock_out_an_honest_newcomer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_state_network(2, spares=2, clock=autojump_clock) as network:
         budget = Budget(moves=1, seconds=60.0, move_timeout=30.0)
-        run = await attack_and_check(network, state_moves.KNOWN_BUG_MOVES[2], budget, seed_for(2))
+        run = await attack_and_check(
+            network, state_moves.ATTACK_MOVES["item 2"], budget, seed_for(2)
+        )
         with run.reported():
             await newcomer_joins(network)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 5: certificates without batches are kept forever",
-)
 @pytest.mark.parametrize(
     "hostile",
     [state_moves.updates_certificates_without_batches, state_moves.updates_stale_with_certificate],
@@ -285,15 +265,9 @@ async def test_certificates_without_batches_are_not_kept(
 ) -> None:
     async with open_state_network(2, clock=autojump_clock) as network:
         budget = Budget(moves=2, seconds=60.0, move_timeout=30.0)
-        tolerate = frozenset({UNBOUNDED_PEER_BELIEFS})
-        await attack_and_check(network, (hostile,), budget, seed_for(5), tolerate=tolerate)
+        await attack_and_check(network, (hostile,), budget, seed_for(5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 5: the owners table fills with the certificates of owners with real "
-    "keys, so an honest newcomer's state is refused",
-)
 async def test_many_owners_with_real_keys_do_not_lock_out_an_honest_newcomer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -320,20 +294,13 @@ async def test_silent_handshakes_from_a_few_sources_do_not_lock_out_a_newcomer(
         assert_nodes_up(network)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the adversary harness (not an item of issue 8 as briefed): a member's "
-    "DIGEST and PULL entries for made-up owners are remembered per connection without bound "
-    "(Outbound.belief, pulls_outstanding)",
-)
 async def test_made_up_owners_in_digests_and_pulls_are_not_remembered_without_bound(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_state_network(2, clock=autojump_clock) as network:
         budget = Budget(moves=1, seconds=60.0, move_timeout=30.0)
-        hostile = state_moves.FOUND_BUG_MOVES["unbounded peer beliefs"]
-        tolerate = frozenset({CERTIFICATES_KEPT_WITHOUT_BATCHES})
-        await attack_and_check(network, hostile, budget, seed_for(4), tolerate=tolerate)
+        hostile = state_moves.ATTACK_MOVES["unbounded peer beliefs"]
+        await attack_and_check(network, hostile, budget, seed_for(4))
 
 
 async def newcomer_joins(network: StateNetwork) -> None:

@@ -97,3 +97,14 @@ def test_admitted_peers_are_bounded_and_configured_peers_are_never_forgotten(ide
     peers.note_authenticated(configured)
     assert len(peers) == 3
     assert peers.is_trusted(second)  # the policy still admits a forgotten peer
+
+
+def test_evict_one_takes_the_fairest_victim() -> None:
+    table: FairTable[str, int, str] = FairTable(capacity=10, per_source=10)
+    assert table.evict_one() is None
+    table.put("a1", 1, "a", now=1.0)
+    table.put("b1", 1, "b", now=2.0)
+    table.put("b2", 2, "b", now=3.0)
+    evicted = table.evict_one()
+    assert evicted is not None and (evicted.key, evicted.source) == ("b1", "b")
+    assert set(table) == {"a1", "b2"}

@@ -424,7 +424,7 @@ def test_relay_hands_on_exact_bytes_and_third_party_converges(identities) -> Non
     def sync(source: ReplicaCore, target: ReplicaCore) -> None:
         outbound = Outbound(source)
         outbound.note_digest(target.digest())
-        for owner_id, since in target.wanted(source.digest())[0]:
+        for owner_id, since in target.wanted(source.digest()):
             outbound.note_pull(wire.Pull(((owner_id, since),)))
         while (message := outbound.next_updates()) is not None:
             deliver(target, message)
@@ -470,9 +470,9 @@ def test_own_records_from_others_are_never_applied(identities) -> None:
     core = make_core(me, epoch=5)
     old_me = Forger(me, NETWORK, epoch=7)
     outcome = deliver(core, old_me.updates(old_me.span(old_me.records([("k", b"x")]))))
-    assert outcome.applied == [] and outcome.own_seen == (7, 1)
+    assert outcome.applied == [] and outcome.own_proven == (7, 1)
     assert core.get(me.peer_id.digest, "k") is None
-    assert core.needs_new_epoch(outcome.own_seen)
+    assert core.note_own_proof(outcome.own_proven)
 
 
 def test_owner_table_is_bounded(identities) -> None:

@@ -30,6 +30,22 @@ disconnected). A batch whose records conflict with a batch already held for the 
 epoch, seq), or a second valid certificate for an (owner, epoch), is *equivocation*: refused and
 reported. A node never accepts records of its own id from others.
 
+Trust: what a peer *claims* (a version in a digest, a span's ``since``, an owner it knows) never
+makes this core act beyond a bounded, cheap reply to that peer. Only signatures prove anything:
+records are applied once their batch verifies; our own id counts as used at a version above our
+mark (our store was lost or rolled back: :meth:`ReplicaCore.note_own_proof`) only when a
+certificate signed by our own RSA key, or a batch signed under one, shows it. A claim about our
+own id only earns a pull of the one record that would prove it (:meth:`ReplicaCore.own_pull`).
+
+Bounds: at most ``max_owners`` owners are held (ourselves included). Those that are not
+``protected`` (the node's members are) live in a :class:`~p2ptls._bounded.FairTable`, each charged
+to the peer whose message brought its first certificate; when the bound is reached a newcomer
+evicts the oldest owner of the peer that brought the most. Members are never evicted: if only
+they are held, another owner is refused, while a member still gets a place.
+Per owner, at most one certificate without a held batch is kept (the newest). Per connection,
+:class:`Outbound` keeps beliefs, outstanding pulls and certificates sent for at most
+``max_owners`` owners each (owners held always find room).
+
 Persistence: the core records which keys, batches, certificates and marks changed; the I/O layer
 takes them (:meth:`ReplicaCore.take_changes`, a consistent snapshot of current values) and writes
 them in one SQLite transaction. The owner's own records are written (durable) before they are
@@ -45,9 +61,10 @@ from collections.abc import Iterable, Iterator
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .._bounded import FairTable
 from . import _crypto
 from . import _wire as wire
-from ._wire import NO_VERSION, Version
+from ._wire import MAX_COUNTER, NO_VERSION, Version
 from .errors import BadSignature, ForeignNetwork
 
 OwnerId = bytes
@@ -140,10 +157,13 @@ class Outcome:
     equivocations: list[Equivocation] = attrs.Factory(list)
     stale: int = 0
     """Records ignored because we already hold that version or newer."""
-    refused_owners: int = 0
-    """Spans dropped because the owner table is full."""
-    own_seen: Version = NO_VERSION
-    """The highest version of our own id the sender holds."""
+    evicted_owners: list[OwnerId] = attrs.Factory(list)
+    """Owners forgotten to make room for new ones (the owner table is full)."""
+    own_proven: Version = NO_VERSION
+    """The highest version of our own id that a signature in the message proves was used: the
+    last record of a verified batch of ours, ``(epoch, 0)`` for a valid certificate of ours, or
+    ``(epoch, MAX_COUNTER)`` for a certificate or batch of ours that conflicts with what we sign
+    in that epoch (a copy of this node is running). Unsigned claims never count."""
 
 
 @attrs.define
@@ -156,6 +176,8 @@ class ChangeSet:
     certs_put: list[wire.EpochCertificate] = attrs.Factory(list)
     certs_deleted: list[tuple[OwnerId, int]] = attrs.Factory(list)
     owners: list[tuple[OwnerId, Version, bytes]] = attrs.Factory(list)
+    owners_deleted: list[OwnerId] = attrs.Factory(list)
+    """Owners evicted from the owner table: every row of theirs goes (before the puts above)."""
     durable_through: Version | None = None
     """Highest own staged version this change set makes durable."""
     published_through: Version | None = None
@@ -170,6 +192,7 @@ class ChangeSet:
             or self.certs_put
             or self.certs_deleted
             or self.owners
+            or self.owners_deleted
         )
 
 
@@ -189,8 +212,12 @@ class ReplicaCore:
       own_id: this node's peer id digest.
       own_public_key_der: this node's RSA public key.
       limits: parsing bounds.
-      max_owners: most owners (including ourselves) held; spans of further owners are dropped.
+      max_owners: most owners held (ourselves included); a newcomer evicts an owner that is not
+        protected, fairly (see the module's theory of operation).
     """
+
+    STORED_SOURCE = b"stored"
+    """The source that owners loaded from the store are charged to."""
 
     def __init__(
         self,
@@ -207,6 +234,17 @@ class ReplicaCore:
         self.max_owners = max_owners
         self.owners: dict[OwnerId, OwnerState] = {own_id: OwnerState(own_id, own_public_key_der)}
         self.own = self.owners[own_id]
+        self.protected: set[OwnerId] = set()
+        """Owners never evicted (the node's verified members); see :meth:`protect`."""
+        self._charged: FairTable[OwnerId, None, bytes] = FairTable(
+            max(1, max_owners - 1), max(1, max_owners - 1)
+        )
+        """Every other owner, charged to the peer that brought it."""
+        self._tick = 0
+        """A logical clock for the owner table (it orders entries; this core reads no clock)."""
+        self._forgotten: set[OwnerId] = set()
+        self._own_handled: Version = NO_VERSION
+        """The highest proven version of our own id already answered by a new epoch."""
         self.signer: _crypto.EpochSigner | None = None
         self.next_seq = 1
         # Own writes not yet published live in an overlay over ``self.own`` (which, like every
@@ -290,7 +328,9 @@ class ReplicaCore:
         """Load one owner as stored (the store only holds what this core verified or wrote)."""
         state = self.owners.get(owner)
         if state is None:
-            state = self.owners[owner] = OwnerState(owner, public_key_der)
+            state = self._owner_for(owner, public_key_der, self.STORED_SOURCE)
+            if state is None:
+                return
         state.mark = mark
         for certificate in certificates:
             key = Ed25519PublicKey.from_public_bytes(certificate.signing_key)
@@ -435,30 +475,44 @@ class ReplicaCore:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def receive_updates_untrusted(self, updates: wire.Updates) -> Outcome:
+    def receive_updates_untrusted(self, updates: wire.Updates, source: bytes = b"") -> Outcome:
         """Verify a parsed Updates message, then apply it.
 
-        Raises :class:`BadSignature` or :class:`ForeignNetwork` (nothing applied) if any
-        certificate, batch signature or record hash fails; the caller disconnects the sender.
+        ``source`` is the peer that sent it (new owners are charged to it). Raises
+        :class:`BadSignature` or :class:`ForeignNetwork` (nothing applied) if any certificate,
+        batch signature or record hash fails; the caller disconnects the sender.
         """
         outcome = Outcome()
         new_certs, conflicts = self._verify_certificates(updates.certificates, outcome)
         verdicts = [self._verify_span(span, new_certs, conflicts) for span in updates.spans]
         # Pass two: nothing failed, apply.
+        touched: dict[OwnerId, None] = {}
         for certified in new_certs.values():
             owner = certified.certificate.owner
             if owner == self.own_id:
                 continue
-            state = self._owner_for(owner, certified.certificate.public_key_der)
+            state = self._owner_for(owner, certified.certificate.public_key_der, source, outcome)
             if state is None:
                 continue
             if certified.certificate.epoch not in state.certs:
                 state.certs[certified.certificate.epoch] = certified
                 self._dirty_certs.add((owner, certified.certificate.epoch))
                 self._dirty_owners.add(owner)
+                touched[owner] = None
         for span, verdict in zip(updates.spans, verdicts, strict=True):
             self._apply_span(span, verdict, outcome)
+        for owner in touched:
+            held = self.owners.get(owner)
+            if held is not None:
+                self._prune_certificates(held)
         return outcome
+
+    def _prune_certificates(self, state: OwnerState) -> None:
+        """Keep only the certificates of epochs with a held batch, and the newest one."""
+        newest = max(state.certs, default=0)
+        for epoch in [e for e in state.certs if e != newest and e not in state.firsts]:
+            del state.certs[epoch]
+            self._dirty_certs.add((state.owner, epoch))
 
     def _verify_certificates(
         self, certificates: Iterable[wire.EpochCertificate], outcome: Outcome
@@ -476,6 +530,11 @@ class ReplicaCore:
             if certificate.network_id != self.network:
                 raise ForeignNetwork("certificate of another state network")
             key, _record = _crypto.verify_certificate(certificate, self.network)
+            if certificate.owner == self.own_id:
+                # Signed by our own RSA key: proof that this epoch was used (by us, earlier, or
+                # by a copy of us if it conflicts with the certificate we hold for it).
+                seq = MAX_COUNTER if held is not None else 0
+                outcome.own_proven = max(outcome.own_proven, (certificate.epoch, seq))
             if held is not None:
                 # Two valid certificates for one (owner, epoch): the owner equivocated.
                 conflicts[where] = Certified(certificate, key)
@@ -533,28 +592,50 @@ class ReplicaCore:
             verdicts.append(verdict)
         return verdicts
 
-    def _owner_for(self, owner: OwnerId, public_key_der: bytes) -> OwnerState | None:
+    def _owner_for(
+        self,
+        owner: OwnerId,
+        public_key_der: bytes,
+        source: bytes,
+        outcome: Outcome | None = None,
+    ) -> OwnerState | None:
+        """The state of ``owner``, made (charged to ``source``) if new. When ``max_owners`` are
+        held, an owner that is not protected is evicted fairly to make room; ``None`` if every
+        owner held is protected and ``owner`` is not (members still get a place)."""
         state = self.owners.get(owner)
-        if state is None:
+        if state is not None:
+            return state
+        while len(self.owners) >= self.max_owners:
+            evicted = self._charged.evict_one()
+            if evicted is None:
+                break
+            self._forget(evicted.key)
+            if outcome is not None:
+                outcome.evicted_owners.append(evicted.key)
+        if owner not in self.protected:
             if len(self.owners) >= self.max_owners:
                 return None
-            state = self.owners[owner] = OwnerState(owner, public_key_der)
-            self._dirty_owners.add(owner)
+            self._tick += 1
+            self._charged.put(owner, None, source, self._tick)
+        state = self.owners[owner] = OwnerState(owner, public_key_der)
+        self._dirty_owners.add(owner)
         return state
 
     def _apply_span(self, span: wire.Span, verdicts: list[_Verified], outcome: Outcome) -> None:
         owner = span.owner
         if owner == self.own_id:
-            outcome.own_seen = max(outcome.own_seen, span.last_version)
+            # Never applied; only what a signature proves counts (the span's versions are claims).
+            for group, verdict in zip(span.groups, verdicts, strict=True):
+                if verdict.refused is not None:
+                    outcome.own_proven = max(outcome.own_proven, (group.batch.epoch, MAX_COUNTER))
+                elif verdict.known:
+                    outcome.own_proven = max(outcome.own_proven, group.records[-1].version)
             outcome.stale += sum(len(g.records) for g in span.groups)
             return
         state = self.owners.get(owner)
         if state is None:
             # Unknown owner and no certificate for it in the message: ask for everything.
-            if len(self.owners) >= self.max_owners:
-                outcome.refused_owners += 1
-            else:
-                outcome.gaps[owner] = NO_VERSION
+            outcome.gaps[owner] = NO_VERSION
             return
         if span.since > state.mark:
             outcome.gaps[owner] = state.mark
@@ -655,14 +736,19 @@ class ReplicaCore:
         )
         return wire.Digest(entries)
 
-    def wanted(self, digest: wire.Digest) -> tuple[list[tuple[OwnerId, Version]], Version]:
-        """What to pull after a peer's digest, and the version of our own id it holds."""
+    def wanted(self, digest: wire.Digest) -> list[tuple[OwnerId, Version]]:
+        """What to pull after a peer's digest (its versions are claims: a pull is all they earn).
+
+        Unknown owners are asked for from ``(0, 0)``, at most ``max_owners`` per digest; our own
+        id only as :meth:`own_pull` says.
+        """
         pulls = []
-        own_seen = NO_VERSION
-        room = self.max_owners - len(self.owners)
+        room = self._charged.capacity
         for owner, version in digest.entries:
             if owner == self.own_id:
-                own_seen = version
+                since = self.own_pull(version)
+                if since is not None:
+                    pulls.append((owner, since))
                 continue
             state = self.owners.get(owner)
             if state is None:
@@ -672,15 +758,62 @@ class ReplicaCore:
                 pulls.append((owner, NO_VERSION))
             elif version > state.mark:
                 pulls.append((owner, state.mark))
-        return pulls, own_seen
+        return pulls
 
-    def needs_new_epoch(self, own_seen: Version) -> bool:
-        """Whether others hold a version of our own id beyond what we published.
+    def own_pull(self, claimed: Version) -> Version | None:
+        """Where to pull our own id from when a peer *claims* to hold it at ``claimed``.
 
-        Only happens when our store was lost or rolled back; the remedy is a new epoch above it
-        with every own record issued again (see :meth:`begin_epoch`).
+        A claim proves nothing (anyone can write any number), so it never moves our epoch. If it
+        is above what we published, we ask for the record at ``claimed`` only (a pull from just
+        below it): if the peer really holds it, it comes with its batch and certificate, signed
+        by our own key, and that proves our store lost history (:meth:`note_own_proof`).
         """
-        return own_seen > self.own.mark
+        if claimed <= max(self.own.mark, self._own_handled):
+            return None
+        epoch, seq = claimed
+        if seq > 1:
+            return max(self.own.mark, (epoch, seq - 1))
+        return self.own.mark
+
+    def note_own_proof(self, proven: Version) -> bool:
+        """A signature proved our id was used at ``proven`` (see :attr:`Outcome.own_proven`).
+
+        True when that lies beyond what we published and has not been answered yet: our store
+        lost history (a restored backup, a deleted file) or a copy of this node runs. The remedy
+        is a new epoch above both ``proven`` and the current one, with every own key issued
+        again (:meth:`begin_epoch` with ``reissue_all``). Each proof is answered once.
+        """
+        if proven <= self.own.mark or proven <= self._own_handled:
+            return False
+        self._own_handled = proven
+        return True
+
+    def protect(self, owner: OwnerId) -> None:
+        """Never evict ``owner`` (a verified member) from the owner table."""
+        self.protected.add(owner)
+        self._charged.pop(owner)
+
+    def unprotect(self, owner: OwnerId) -> None:
+        """``owner`` is no longer a member: if held, charge it to itself like any other owner."""
+        self.protected.discard(owner)
+        if owner in self.owners and owner != self.own_id and owner not in self._charged:
+            self._tick += 1
+            for evicted in self._charged.put(owner, None, owner, self._tick):
+                self._forget(evicted.key)
+
+    @property
+    def charged_owners(self) -> int:
+        """Owners held that may be evicted (not ourselves, not protected)."""
+        return len(self._charged)
+
+    def _forget(self, owner: OwnerId) -> None:
+        """Drop everything held about ``owner``; the store deletes its rows at the next commit."""
+        del self.owners[owner]
+        self._dirty_keys.pop(owner, None)
+        self._dirty_proofs = {item for item in self._dirty_proofs if item[0] != owner}
+        self._dirty_certs = {item for item in self._dirty_certs if item[0] != owner}
+        self._dirty_owners.discard(owner)
+        self._forgotten.add(owner)
 
     def span(self, owner: OwnerId, since: Version, budget: int) -> wire.Span | None:
         """Current records of ``owner`` newer than ``since`` (up to about ``budget`` bytes)."""
@@ -728,6 +861,9 @@ class ReplicaCore:
     def take_changes(self) -> ChangeSet:
         """Everything that changed since the last call, as current values. Clears the journal."""
         changes = ChangeSet()
+        if self._forgotten:
+            changes.owners_deleted = sorted(self._forgotten)
+            self._forgotten = set()
         for owner, keys in self._dirty_keys.items():
             state = self.owners[owner]
             for key in keys:
@@ -791,6 +927,24 @@ class Outbound:
         """Once the peer's digest arrived, an owner missing from it is one it holds nothing of."""
         self.announced: dict[OwnerId, Version] = {}
         """What our last digest to the peer said."""
+        self.max_tracked = core.max_owners
+        """Most owners with a belief, with an outstanding pull, or with certificates sent (the
+        peer's claims cannot grow any of these past it; owners held always find room)."""
+
+    def _believe(self, owner: OwnerId, version: Version) -> bool:
+        """Remember what the peer holds of ``owner``; False if there is no room for it."""
+        belief = self.belief
+        if owner not in belief and len(belief) >= self.max_tracked:
+            held = self.core.owners
+            if owner not in held:
+                return False
+            # Make room for an owner we hold: forget a belief about one we do not.
+            stale = next((other for other in belief if other not in held), None)
+            if stale is None:
+                return False
+            del belief[stale]
+        belief[owner] = version
+        return True
 
     def note_digest_sent(self, digest: wire.Digest) -> None:
         """We sent ``digest``: the peer pulls every owner where it shows more than it holds."""
@@ -801,7 +955,7 @@ class Outbound:
         self.digest_received = True
         theirs = dict(digest.entries)
         for owner, version in theirs.items():
-            self.belief[owner] = max(self.belief.get(owner, NO_VERSION), version)
+            self._believe(owner, max(self.belief.get(owner, NO_VERSION), version))
         for owner in self.core.owners:
             if self.announced.get(owner, NO_VERSION) > theirs.get(owner, NO_VERSION):
                 continue  # our digest showed it more: it pulls (no duplicate push)
@@ -809,13 +963,15 @@ class Outbound:
 
     def note_pull(self, pull: wire.Pull) -> None:
         for owner, since in pull.entries:
-            self.belief[owner] = since
+            if owner not in self.core.owners:
+                continue  # nothing to send; a belief about it would only take room
+            self._believe(owner, since)
             self.sent_certs.pop(owner, None)
             self._check(owner)
 
     def note_received(self, outcome: Outcome) -> None:
         for owner, version in outcome.sender_holds.items():
-            self.belief[owner] = max(self.belief.get(owner, NO_VERSION), version)
+            self._believe(owner, max(self.belief.get(owner, NO_VERSION), version))
             self.pulls_outstanding.pop(owner, None)
         for owner in outcome.advanced:
             self.dirty.pop(owner, None)
@@ -829,13 +985,27 @@ class Outbound:
         """Whether a pull of ``owner`` from ``since`` should be sent (not already asked)."""
         if self.pulls_outstanding.get(owner) == since:
             return False
+        if owner not in self.pulls_outstanding and len(self.pulls_outstanding) >= self.max_tracked:
+            return False
         self.pulls_outstanding[owner] = since
         return True
 
+    def pulls_to_send(
+        self, pulls: Iterable[tuple[OwnerId, Version]]
+    ) -> list[tuple[OwnerId, Version]]:
+        """The pulls a digest asked for, noted as outstanding (within the bound)."""
+        sent = []
+        for owner, since in pulls:
+            if owner in self.pulls_outstanding or len(self.pulls_outstanding) < self.max_tracked:
+                self.pulls_outstanding[owner] = since
+                sent.append((owner, since))
+        return sent
+
     def _check(self, owner: OwnerId) -> None:
         belief = self.belief.get(owner)
-        if belief is None and self.digest_received:
-            belief = self.belief[owner] = NO_VERSION
+        if belief is None and self.digest_received and owner in self.core.owners:
+            belief = NO_VERSION
+            self._believe(owner, belief)
         if belief is not None and self.core.mark(owner) > belief:
             self.dirty[owner] = None
 
@@ -848,9 +1018,12 @@ class Outbound:
             if remaining <= 0:
                 break
             del self.dirty[owner]
-            span = self.core.span(owner, self.belief[owner], remaining)
+            span = self.core.span(owner, self.belief.get(owner, NO_VERSION), remaining)
             if span is None:
                 continue
+            if owner not in self.sent_certs and len(self.sent_certs) >= self.max_tracked:
+                held = self.core.owners
+                self.sent_certs = {o: e for o, e in self.sent_certs.items() if o in held}
             sent = self.sent_certs.setdefault(owner, set())
             for group in span.groups:
                 if group.batch.epoch not in sent:
@@ -861,8 +1034,8 @@ class Outbound:
                     sent.add(group.batch.epoch)
             spans.append(span)
             remaining -= span.encoded_size()
-            self.belief[owner] = span.last_version
-            self._check(owner)  # more left: back of the queue
+            if self._believe(owner, span.last_version):
+                self._check(owner)  # more left: back of the queue
         if not spans:
             return None
         return wire.Updates(tuple(certificates), tuple(spans))

@@ -226,9 +226,16 @@ class StateStore:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def apply(self, changes: ChangeSet, members: Sequence[tuple[bytes, StoredMember]] = ()) -> None:
-        """Write one change set (and member updates) in one transaction."""
+    def apply(
+        self, changes: ChangeSet, members: Sequence[tuple[bytes, StoredMember | None]] = ()
+    ) -> None:
+        """Write one change set (and member updates; ``None`` forgets a member) in one
+        transaction."""
         with self.transaction() as db:
+            if changes.owners_deleted:
+                gone = [(owner,) for owner in changes.owners_deleted]
+                for table in ("records", "batches", "certificates", "owners"):
+                    db.executemany(f"DELETE FROM {table} WHERE owner = ?", gone)
             if changes.proofs_put:
                 db.executemany(
                     "INSERT OR REPLACE INTO batches (owner, epoch, first_seq, batch) "
@@ -275,7 +282,11 @@ class StateStore:
                     "VALUES (?, ?, ?, ?)",
                     [(o, m[0], m[1], der) for o, m, der in changes.owners],
                 )
-            if members:
+            forgotten = [(peer,) for peer, m in members if m is None]
+            if forgotten:
+                db.executemany("DELETE FROM members WHERE peer = ?", forgotten)
+            kept = [(peer, m) for peer, m in members if m is not None]
+            if kept:
                 db.executemany(
                     "INSERT OR REPLACE INTO members (peer, public_key, host, port) "
                     "VALUES (?, ?, ?, ?)",
@@ -286,7 +297,7 @@ class StateStore:
                             m.address[0] if m.address else None,
                             m.address[1] if m.address else None,
                         )
-                        for peer, m in members
+                        for peer, m in kept
                     ],
                 )
 

@@ -89,9 +89,17 @@ class StateNodeConfig:
     anti_entropy_interval: float = attrs.field(default=30.0, validator=_positive)
     """Seconds between digests on an open connection (repairs anything missed)."""
     max_members: int = attrs.field(default=1024, validator=_positive)
-    """Most members remembered."""
+    """Most verified members remembered (a member that authenticates always gets a place: the
+    one unconnected longest is forgotten)."""
+    max_member_candidates: int = attrs.field(default=1024, validator=_positive)
+    """Most gossiped, not yet verified members held to be dialled."""
+    member_candidates_per_source: int = attrs.field(default=256, validator=_positive)
+    """Most gossiped candidates held from one member."""
+    member_candidate_ttl: float = attrs.field(default=300.0, validator=_positive)
+    """Seconds a gossiped candidate is kept (and dialled, a few times) before it expires."""
     max_owners: int = attrs.field(default=4096, validator=_positive)
-    """Most owners whose state is held (including this node)."""
+    """Most owners whose state is held (this node included); when full, a new owner evicts the
+    oldest owner (never a member) of the peer that brought the most."""
     max_pending_requests: int = attrs.field(default=4096, validator=_positive)
     """Control messages (pongs, pulls) owed to one peer before it counts as flooding."""
     subscriber_buffer: int = attrs.field(default=4096, validator=_positive)

@@ -146,3 +146,10 @@ class NodeStats:
     peers_rejected: int
     direct_dropped: int
     connections_opened: int
+    errors_contained: int = 0
+    """Errors caused by a peer's input (or by dialling an address a member gave) that ended one
+    connection or one dial instead of the node."""
+    members_evicted: int = 0
+    """Members forgotten to make room for one that authenticated (the member table was full)."""
+    owners_evicted: int = 0
+    """Owners (not members) whose state was forgotten to make room (the owner table was full)."""

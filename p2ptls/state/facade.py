@@ -76,7 +76,6 @@ import json
 import logging
 import os
 import queue
-import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +85,7 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from .._errors import PeerDatabaseError
-from .._files import StrPath, write_private_file
+from .._files import StrPath, check_own_path, write_private_file
 from ..identity import Identity, NetworkKey, PeerId, PeerRecord
 from .config import StateNodeConfig
 from .errors import NotConnected, StateError
@@ -178,18 +177,15 @@ def save_peer_record(path: StrPath, record: PeerRecord) -> None:
 
 
 def load_peer_record(path: StrPath) -> PeerRecord:
-    """Read a peer record file. Refuses a file that group or others may write (anyone who can
-    replace it could substitute another key), an oversized file and a malformed record."""
+    """Read a peer record file. Refuses a file that another user owns or that group or others
+    may write (whoever can replace it could substitute another key), an oversized file and a
+    malformed record."""
     target = Path(path)
     try:
+        check_own_path(target, "peer record file", BootstrapError)
         info = target.stat()
     except FileNotFoundError:
         raise BootstrapError(f"peer record file {str(target)!r} does not exist") from None
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise BootstrapError(
-            f"peer record file {str(target)!r} is writable by group or others; "
-            f"fix it with: chmod go-w {str(target)!r}"
-        )
     if info.st_size > MAX_RECORD_FILE_BYTES:
         raise BootstrapError(f"peer record file {str(target)!r} is too large")
     try:
@@ -282,7 +278,8 @@ class DSNodeConfig:
     bootstrap_nodes: Sequence[BootstrapNode | Mapping[str, Any]] = field(default_factory=list)
     """Members to join through: :class:`BootstrapNode` entries or their dict forms."""
     data_dir: Path = Path("dsn-data")
-    """Identity, database, replay state and peer record of the node (created mode 0700)."""
+    """Identity, database, replay state and peer record of the node (created mode 0700; an
+    existing one must belong to the running user and not be writable by group or others)."""
     network_ip: str = "127.0.0.1"
     """The address other nodes reach this one at (advertised, and written to its record)."""
     listen_ip: str | None = None
@@ -416,8 +413,13 @@ def _load_or_create_identity(config: DSNodeConfig) -> Identity:
 
 
 def _prepare_dir(path: Path) -> None:
+    """Create the data directory (mode 0700), or check that an existing one is ours alone."""
     if not path.exists():
         path.mkdir(mode=0o700, parents=True)
+        return
+    if not path.is_dir():
+        raise FacadeError(f"data directory {str(path)!r} is not a directory")
+    check_own_path(path, "data directory", FacadeError)
 
 
 def resolve_bootstrap(
@@ -466,6 +468,8 @@ def _record_index(
     index: dict[tuple[str, int], list[tuple[Path, PeerRecord]]] = {}
     if not record_dir.is_dir():
         return index
+    # Whoever may add or remove files here could inject a record or hide the right one.
+    check_own_path(record_dir, "record directory", BootstrapError)
     for count, path in enumerate(sorted(record_dir.glob("*.record.json"))):
         if count >= MAX_RECORD_FILES:
             break

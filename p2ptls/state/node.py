@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import math
 import os
 import random
 import time
@@ -59,10 +60,11 @@ from ..stream import SecureStream
 from ..trust import admit_network_members
 from . import _crypto
 from . import _wire as wire
+from ._membership import Candidate, Membership
 from ._replica import ChangeSet, Equivocation, Outbound, ReplicaCore
 from ._store import StateStore, StoredMember
 from .config import StateNodeConfig
-from .errors import NotConnected, StateProtocolError
+from .errors import NotConnected, StateProtocolError, StateStoreError
 from .events import (
     ConsensusEntry,
     DirectMessage,
@@ -87,6 +89,14 @@ Value = str | bytes | bytearray | memoryview
 
 MAX_ACK_PINGS = 4
 """Acknowledgement pings in flight per connection; a newer one replaces the oldest."""
+
+CANDIDATE_INTERVAL = 10.0
+"""Longest time between looks at the gossiped candidates (they are also looked at whenever one
+is gossiped or due to be dialled again)."""
+CANDIDATE_DIALS = 64
+"""Candidates dialled at once, at most."""
+CANDIDATE_BATCH = 64
+"""Candidates started per look (each waits for one of the ``CANDIDATE_DIALS`` slots)."""
 
 PULL_INTERVAL = 0.5
 """Seconds (jittered by ±50 %) between the digests a node sends, one peer at a time in turn,
@@ -176,6 +186,8 @@ class _Member:
         """Handshakes of this node's own dials to the member that failed in a row."""
         self.last_handshake_failure: float | None = None
         self.warn_at = HANDSHAKE_WARN_AFTER
+        self.scope = trio.CancelScope()
+        """Cancelled when the member is evicted from the member table."""
 
 
 class StateNode:
@@ -203,6 +215,17 @@ class StateNode:
         self._limits = config.limits
         self._db_limiter = trio.CapacityLimiter(1)
         self._members: dict[PeerId, _Member] = {}
+        """Verified members (see ``_membership``), each with a task keeping a connection."""
+        self._membership = Membership(
+            config.identity.peer_id.digest,
+            max_members=config.max_members,
+            max_candidates=config.max_member_candidates,
+            candidates_per_source=config.member_candidates_per_source,
+            candidate_ttl=config.member_candidate_ttl,
+            retry_delay=config.reconnect_min,
+            max_retry_delay=config.reconnect_max,
+        )
+        self._candidate_wake = trio.Event()
         self._peers: dict[PeerId, _Peer] = {}
         self._subscribers: list[_Subscriber] = []
         self._store_wake = trio.Event()
@@ -210,7 +233,7 @@ class StateNode:
         self._changed = trio.Event()
         self._durable_waiters: list[tuple[wire.Version, trio.Event]] = []
         self._pending_local: collections.deque[wire.Record] = collections.deque()
-        self._pending_members: dict[bytes, StoredMember] = {}
+        self._pending_members: dict[bytes, StoredMember | None] = {}
         self._rotate_above: wire.Version | None = None
         self._direct_send, self._direct_receive = trio.open_memory_channel[DirectMessage](
             config.direct_buffer
@@ -390,6 +413,9 @@ class StateNode:
             peers_rejected=c["peers_rejected"],
             direct_dropped=c["direct_dropped"],
             connections_opened=c["connections_opened"],
+            errors_contained=c["errors_contained"],
+            members_evicted=c["members_evicted"],
+            owners_evicted=c["owners_evicted"],
         )
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
@@ -557,13 +583,15 @@ class StateNode:
         peer_id = record.peer_id
         if peer_id == self.peer_id:
             return None
+        connected = {peer.digest for peer in self._peers}
+        for evicted in self._membership.admit(peer_id.digest, trio.current_time(), connected):
+            self._evict_member(PeerId(evicted))
         member = self._members.get(peer_id)
         if member is None:
-            if len(self._members) >= self.config.max_members:
-                return None
             member = _Member(record, address)
             self._members[peer_id] = member
-            self._nursery.start_soon(self._maintain, member)
+            self._core.protect(peer_id.digest)
+            self._nursery.start_soon(self._run_member, member)
             self._save_member(member)
             self._emit(MemberChanged(self._status(member)))
             self._note_changed()
@@ -573,13 +601,7 @@ class StateNode:
                     self._queue(peer, gossip)
         elif (
             address is not None
-            # Gossip replaces an address that failed (e.g. one stored by an earlier run): the
-            # gossiper's may be the member's new one.
-            and (
-                authoritative
-                or member.address is None
-                or (member.peer is None and member.backoff > 0)
-            )
+            and (authoritative or member.address is None)
             and member.address != address
         ):
             member.address = address
@@ -587,6 +609,109 @@ class StateNode:
             self._save_member(member)
             member.poke.set()
         return member
+
+    def _evict_member(self, peer_id: PeerId) -> None:
+        """Make room in a full member table: forget ``peer_id`` and close its connection."""
+        member = self._members.pop(peer_id, None)
+        self._membership.forget(peer_id.digest)
+        if member is None:
+            return
+        log.info("member table full: forgetting %s", peer_id.short)
+        self._counters["members_evicted"] += 1
+        member.scope.cancel()
+        if member.peer is not None:
+            member.peer.close()
+        self._core.unprotect(peer_id.digest)
+        self._pending_members[peer_id.digest] = None
+        self._store_wake.set()
+
+    def _gossiped(self, peer: _Peer, info: wire.MemberInfo) -> None:
+        """A member claims another is a member at some address: a candidate to dial, no more
+        (see ``_membership``)."""
+        digest = PeerId.for_public_key(info.public_key_der).digest
+        known = self._members.get(PeerId(digest))
+        if known is not None and known.peer is not None:
+            return  # connected: its own hello said where it is
+        if self._membership.gossiped(
+            peer.peer_id.digest,
+            digest,
+            info.public_key_der,
+            info.address,
+            trio.current_time(),
+            known_address=known.address if known is not None else None,
+        ):
+            self._candidate_wake.set()
+
+    async def _candidate_loop(self) -> None:
+        """Dial gossiped candidates (a few at a time, each a few times with backoff); a
+        completed handshake makes one a verified member."""
+        limiter = trio.CapacityLimiter(CANDIDATE_DIALS)
+        while True:
+            now = trio.current_time()
+            for digest, candidate in self._membership.due(now, CANDIDATE_BATCH):
+                member = self._members.get(PeerId(digest))
+                if member is None or member.peer is None:
+                    self._nursery.start_soon(self._dial_candidate, candidate, limiter)
+                else:
+                    self._membership.candidates.pop(digest)  # connected meanwhile
+            # Expired candidates are dropped at the next look, at the latest after the TTL.
+            wake_at = min(self._membership.next_due() or math.inf, now + CANDIDATE_INTERVAL)
+            with trio.move_on_at(wake_at):
+                await self._candidate_wake.wait()
+            self._candidate_wake = trio.Event()
+
+    async def _dial_candidate(self, candidate: Candidate, limiter: trio.CapacityLimiter) -> None:
+        try:
+            record = PeerRecord.from_public_key(candidate.public_key_der, address=candidate.address)
+            if not self._allowed(record.peer_id):
+                return
+            stream: SecureStream | None = None
+            async with limiter:
+                member = self._members.get(record.peer_id)
+                if member is not None and member.peer is not None:
+                    return  # it connected (or we did) while this dial waited for its turn
+                with trio.move_on_after(self.config.connect_timeout):
+                    try:
+                        stream = await self.host.connect(record, candidate.address)
+                    except (
+                        OSError,
+                        trio.BrokenResourceError,
+                        trio.ClosedResourceError,
+                        _errors.ProtocolError,
+                    ) as exc:
+                        log.debug("candidate %s failed: %r", record.peer_id.short, exc)
+                        return
+            if stream is not None:
+                await self._serve_stream(stream, _Member(record, candidate.address))
+        except Exception:
+            # Whatever a made-up candidate (its key, its address) causes stays here.
+            log.exception("dialling a gossiped candidate failed")
+            self._counters["errors_contained"] += 1
+        finally:
+            self._membership.dial_ended(candidate, trio.current_time())
+            self._candidate_wake.set()
+
+    async def _run_member(self, member: _Member) -> None:
+        """Keep a connection to ``member`` until it is evicted; an error reached by what a
+        member sent (an address, a key) ends one attempt, never the node."""
+        with member.scope:
+            while True:
+                try:
+                    await self._maintain(member)
+                except Exception as exc:
+                    expected = isinstance(exc, _errors.ProtocolError | ValueError)
+                    log.warning(
+                        "connecting to %s failed: %r",
+                        member.record.peer_id.short,
+                        exc,
+                        exc_info=not expected,
+                    )
+                    self._counters["errors_contained"] += 1
+                    config = self.config
+                    member.backoff = min(
+                        max(member.backoff * 2, config.reconnect_min), config.reconnect_max
+                    )
+                    await trio.sleep(member.backoff * random.uniform(0.5, 1.0))
 
     def _save_member(self, member: _Member) -> None:
         self._pending_members[member.record.peer_id.digest] = StoredMember(
@@ -611,6 +736,7 @@ class StateNode:
         self._nursery.start_soon(self._store_loop)
         self._nursery.start_soon(self._sign_loop)
         self._nursery.start_soon(self._pull_loop)
+        self._nursery.start_soon(self._candidate_loop)
         if self.host.listeners:
             self._nursery.start_soon(self._accept_loop)
         self._store_wake.set()  # the new epoch's certificate and any records issued again
@@ -648,7 +774,9 @@ class StateNode:
         self._pending_members = {}
         self._committed(self._core.take_changes())
 
-    async def _apply(self, changes: ChangeSet, members: list[tuple[bytes, StoredMember]]) -> None:
+    async def _apply(
+        self, changes: ChangeSet, members: list[tuple[bytes, StoredMember | None]]
+    ) -> None:
         """Write one group commit on a worker thread.
 
         A node without a database file (``database=None``) skips the write: its in-memory store
@@ -701,24 +829,33 @@ class StateNode:
         assert seen is not None
         self._rotate_above = None
         log.warning(
-            "%s: other nodes hold our state at epoch %d; moving to a newer epoch",
+            "%s: other nodes hold our state (signed) at epoch %d; moving to a newer epoch",
             self.peer_id.short,
             seen[0],
         )
-        epoch = await trio.to_thread.run_sync(
-            self._store.next_epoch, max(seen[0], self._core.epoch) + 1, limiter=self._db_limiter
-        )
-        signer = await trio.to_thread.run_sync(
-            _crypto.EpochSigner.create, self.config.identity, self._core.network, epoch
-        )
-        self._core.begin_epoch(signer, reissue_all=True)
+        try:
+            epoch = await trio.to_thread.run_sync(
+                self._store.next_epoch,
+                max(seen[0], self._core.epoch) + 1,
+                limiter=self._db_limiter,
+            )
+            signer = await trio.to_thread.run_sync(
+                _crypto.EpochSigner.create, self.config.identity, self._core.network, epoch
+            )
+            self._core.begin_epoch(signer, reissue_all=True)
+        except (StateStoreError, ValueError) as exc:
+            # Only our own key can prove such an epoch; still, keep writing in the current one.
+            log.error("%s: cannot move to a newer epoch: %s", self.peer_id.short, exc)
+            self._counters["errors_contained"] += 1
+            return
         self._store_wake.set()
 
-    def _check_own(self, seen: wire.Version) -> None:
-        if self._core.needs_new_epoch(seen) and (
-            self._rotate_above is None or seen > self._rotate_above
+    def _check_own(self, proven: wire.Version) -> None:
+        """``proven``: a version of our own id that a signature showed (never a mere claim)."""
+        if self._core.note_own_proof(proven) and (
+            self._rotate_above is None or proven > self._rotate_above
         ):
-            self._rotate_above = seen
+            self._rotate_above = proven
             self._sign_wake.set()
 
     async def _accept_loop(self) -> None:
@@ -833,6 +970,10 @@ class StateNode:
             trio.TooSlowError,
         ) as exc:
             log.debug("connection ended: %r", exc)
+        except Exception:
+            # A bug reached by one peer's input ends that connection, never the node.
+            log.exception("unexpected error setting up a connection")
+            self._counters["errors_contained"] += 1
         finally:
             if peer is not None:
                 self._unregister(peer)
@@ -858,6 +999,7 @@ class StateNode:
             # A bug reached by one peer's input must not take the node down: log it with its
             # traceback and drop only that connection.
             log.exception("unexpected error on the connection to %s", peer.peer_id.short)
+            self._counters["errors_contained"] += 1
             if peer.failure is None:
                 peer.failure = exc
         finally:
@@ -1004,9 +1146,10 @@ class StateNode:
     def _handle(self, peer: _Peer, message: wire.Message) -> None:
         core = self._core
         if isinstance(message, wire.Updates):
-            outcome = core.receive_updates_untrusted(message)
+            outcome = core.receive_updates_untrusted(message, peer.peer_id.digest)
             peer.outbound.note_received(outcome)
             self._counters["records_stale"] += outcome.stale
+            self._counters["owners_evicted"] += len(outcome.evicted_owners)
             if outcome.applied:
                 self._counters["records_applied"] += len(outcome.applied)
                 for record in outcome.applied:
@@ -1032,17 +1175,14 @@ class StateNode:
             ]
             if pulls:
                 self._queue(peer, wire.Pull(tuple(pulls)).encode())
-            self._check_own(outcome.own_seen)
+            self._check_own(outcome.own_proven)
         elif isinstance(message, wire.Digest):
             peer.outbound.note_digest(message)
-            pulls, own_seen = core.wanted(message)
-            for owner, since in pulls:
-                peer.outbound.pulls_outstanding[owner] = since
+            pulls = peer.outbound.pulls_to_send(core.wanted(message))
             if pulls:
                 self._queue(peer, wire.Pull(tuple(pulls)).encode())
             if peer.outbound.dirty:
                 peer.kick()
-            self._check_own(own_seen)
         elif isinstance(message, wire.Pull):
             peer.outbound.note_pull(message)
             if peer.ack_pings and any(owner == core.own_id for owner, _ in message.entries):
@@ -1050,7 +1190,7 @@ class StateNode:
             peer.kick()
         elif isinstance(message, wire.Members):
             for info in message.members:
-                self._learn(info.public_key_der, info.address, authoritative=False)
+                self._gossiped(peer, info)
         elif isinstance(message, wire.Direct):
             try:
                 self._direct_send.send_nowait(DirectMessage(peer.peer_id, message.payload))
@@ -1070,12 +1210,13 @@ class StateNode:
             raise StateProtocolError("unexpected hello")
 
     async def _pull_loop(self) -> None:
-        """While some member is not connected, send a digest to one peer after another, so that
-        it pushes what we lack of the owners we cannot reach (see :data:`PULL_INTERVAL`)."""
+        """While some member, gossiped candidate or owner we hold is not connected, send a digest
+        to one peer after another, so that it pushes what we lack of the owners we cannot reach
+        (see :data:`PULL_INTERVAL`)."""
         turn = 0
         while True:
             await trio.sleep(self.pull_interval * random.uniform(0.5, 1.5))
-            if not self._peers or all(m.peer is not None for m in self._members.values()):
+            if not self._peers or not self._missing_someone():
                 continue
             peers = list(self._peers.values())
             peer = peers[turn % len(peers)]
@@ -1083,6 +1224,13 @@ class StateNode:
             digest = self._core.digest()
             peer.outbound.note_digest_sent(digest)
             self._queue(peer, digest.encode())
+
+    def _missing_someone(self) -> bool:
+        if any(m.peer is None for m in self._members.values()) or self._membership.candidates:
+            return True
+        reached = {peer.digest for peer in self._peers}
+        reached.add(self.peer_id.digest)
+        return any(owner not in reached for owner in self._core.owners)
 
     def _report(self, equivocations: list[Equivocation]) -> None:
         for evidence in equivocations:
@@ -1183,8 +1331,12 @@ async def _run_state_node(config: StateNodeConfig) -> AsyncIterator[StateNode]:
             config.limits,
             max_owners=config.max_owners,
         )
-        await trio.to_thread.run_sync(store.load_into, core)
         members = await trio.to_thread.run_sync(store.load_members)
+        # Members' state is never evicted to make room for other owners, also while loading.
+        known = [m.public_key_der for m in members] + [r.public_key_der for r in config.bootstrap]
+        for der in known:
+            core.protect(PeerId.for_public_key(der).digest)
+        await trio.to_thread.run_sync(store.load_into, core)
         minimum = 1 if store.persistent else time.time_ns() // 1_000_000
         epoch = await trio.to_thread.run_sync(store.next_epoch, minimum)
         signer = await trio.to_thread.run_sync(_crypto.EpochSigner.create, identity, network, epoch)

@@ -11,7 +11,7 @@
   tables within their bounds, the heap within a budget across a flood.
 * Move catalogues: :mod:`.state` (every state message type), :mod:`.transport` (handshake and
   record layer), :mod:`.sllp` (datagrams on an established channel, with its own arena and
-  checks). The state catalogue has ``KNOWN_BUG_MOVES`` for the moves that still break a node.
+  checks). The state catalogue's ``ATTACK_MOVES`` names the attacks that once broke a node.
 
 To plug a new protocol in (DHT, claims, mesh): write its arena (honest nodes plus an async
 context manager ``lane(i)`` that yields what a move gets as ``conn``: typically a genuine member

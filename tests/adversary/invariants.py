@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
@@ -83,17 +83,8 @@ async def assert_still_converges(network: StateNetwork, tag: str = "after") -> N
     await converged(network)
 
 
-CERTIFICATES_KEPT_WITHOUT_BATCHES = "issue 8 item 5: certificates kept without batches"
-UNBOUNDED_PEER_BELIEFS = "per-connection beliefs and outstanding pulls of made-up owners"
-"""Open problems whose symptom :func:`assert_tables_bounded` can be told not to check."""
-
-
-def assert_tables_bounded(network: StateNetwork, *, tolerate: Collection[str] = ()) -> None:
-    """Every table a peer can add to is within its configured bound.
-
-    ``tolerate`` names open problems (the constants above) whose symptom is not checked while
-    they are open; each has a strict xfail test of its own.
-    """
+def assert_tables_bounded(network: StateNetwork) -> None:
+    """Every table a peer can add to is within its configured bound."""
     for honest in network.honest:
         node = honest.up
         config = node.config
@@ -102,7 +93,7 @@ def assert_tables_bounded(network: StateNetwork, *, tolerate: Collection[str] = 
         assert len(core.owners) <= config.max_owners, f"{name}: owners {len(core.owners)}"
         assert len(node._members) <= config.max_members, f"{name}: members {len(node._members)}"
         for owner, state in core.owners.items():
-            if owner == core.own_id or CERTIFICATES_KEPT_WITHOUT_BATCHES in tolerate:
+            if owner == core.own_id:
                 continue
             # Spec: a certificate is kept while a batch of its epoch is, plus the newest one.
             epochs = {epoch for epoch, _first in state.proofs}
@@ -112,8 +103,6 @@ def assert_tables_bounded(network: StateNetwork, *, tolerate: Collection[str] = 
             )
         for peer in node._peers.values():
             assert len(peer.control) <= config.max_pending_requests, f"{name}: control queue"
-            if UNBOUNDED_PEER_BELIEFS in tolerate:
-                continue
             # What a connection remembers per owner is worth keeping for owners held at most.
             outbound = peer.outbound
             for table in ("belief", "pulls_outstanding", "sent_certs", "announced"):

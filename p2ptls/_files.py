@@ -21,6 +21,18 @@ def write_private_file(path: StrPath, data: bytes) -> None:
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    tmp_name = _durable_temporary(target, directory, data)
+    try:
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(directory)
+
+
+def _durable_temporary(target: Path, directory: Path, data: bytes) -> str:
+    """A new temporary file beside ``target`` (mode 0600) holding ``data``, fsynced."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o600)
@@ -28,11 +40,14 @@ def write_private_file(path: StrPath, data: bytes) -> None:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    return tmp_name
+
+
+def _fsync_directory(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -55,13 +70,8 @@ def create_private_file(path: StrPath, data: bytes, what: str = "file") -> None:
     refused = FileExistsError(errno.EEXIST, message, str(target))
     if target.exists() or target.is_symlink():
         raise refused
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp_name = _durable_temporary(target, directory, data)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
         try:
             os.link(tmp_name, target)
         except FileExistsError:
@@ -73,11 +83,7 @@ def create_private_file(path: StrPath, data: bytes, what: str = "file") -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_directory(directory)
 
 
 def _write_exclusive(target: Path, data: bytes, refused: FileExistsError) -> None:

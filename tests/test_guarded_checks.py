@@ -17,9 +17,9 @@ from p2ptls import _wire as stream_wire
 from p2ptls._connection import EndOfStream, MessageReceived, State
 from p2ptls._records import RecordSealer
 from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE
-from p2ptls.sllp import LossReason, Message, MessagesLost, Session, SllpConfig
+from p2ptls.sllp import LossReason, Message, MessagesLost, SllpConfig
 from p2ptls.sllp import _wire as sllp_wire
-from p2ptls.sllp.testing import seal_datagram, session_pair
+from p2ptls.sllp.testing import FragmentFeeder, session_pair
 from p2ptls.state import RecordProof, _crypto
 from p2ptls.state import _wire as state_wire
 from p2ptls.state._replica import ReplicaCore
@@ -213,18 +213,11 @@ FRAGMENT = sllp_wire.DEFAULT_DATAGRAM_PAYLOAD - sllp_wire.OVERHEAD  # payload by
 BYTE_CAP = 64 * 1024
 
 
-class FragmentFeeder:
-    """Authentic DATA datagrams with any fragment fields, from ``sender`` to ``receiver``."""
-
-    def __init__(self, sender: Session, receiver: Session) -> None:
-        self.sender = sender
-        self.receiver = receiver
+class CappedFeeder(FragmentFeeder):
+    """A feeder that checks the receiver stays within ``BYTE_CAP`` after every datagram."""
 
     def __call__(self, message_id: int, index: int, count: int, size: int) -> None:
-        body = sllp_wire.encode_body(
-            sllp_wire.TYPE_DATA, message_id, index, count, bytes([message_id]) * size
-        )
-        self.receiver.receive_datagram_untrusted(seal_datagram(self.sender, body), 0.0)
+        super().__call__(message_id, index, count, size)
         assert self.receiver.statistics().reassembly_bytes <= BYTE_CAP
 
 
@@ -239,7 +232,7 @@ def test_the_reassembly_byte_cap_evicts_as_many_messages_as_it_takes() -> None:
         reassembly_timeout=60.0,
     )
     a, b = session_pair(config)
-    send = FragmentFeeder(a, b)
+    send = CappedFeeder(a, b)
     count = -(-BYTE_CAP // FRAGMENT)  # fragments of a maximum-size message (58)
     assert FRAGMENT == 1149 and count == 58
     send(0, 1, 2, 1)  # message 0: only its 1-byte last fragment

@@ -41,7 +41,7 @@ from p2ptls.sllp import (
     SllpConfig,
 )
 from p2ptls.sllp import _wire as sllp_wire
-from p2ptls.sllp.testing import seal_datagram, session_pair
+from p2ptls.sllp.testing import FragmentFeeder, session_pair
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as state_wire
 from p2ptls.state._replica import ReplicaCore
@@ -155,20 +155,6 @@ def test_a_peer_gets_its_share_of_the_budget_back_with_each_finished_message() -
 # -- SLLP reassembly: fragment bounds, the message cap, eviction, id jumps, unordered delivery -----
 
 FRAGMENT = sllp_wire.DEFAULT_DATAGRAM_PAYLOAD - sllp_wire.OVERHEAD  # 1149 payload bytes
-
-
-class FragmentFeeder:
-    """Authentic DATA datagrams with any fragment fields, from ``sender`` to ``receiver``."""
-
-    def __init__(self, sender: Session, receiver: Session) -> None:
-        self.sender = sender
-        self.receiver = receiver
-
-    def __call__(self, message_id: int, index: int, count: int, size: int) -> None:
-        body = sllp_wire.encode_body(
-            sllp_wire.TYPE_DATA, message_id, index, count, bytes([message_id % 256]) * size
-        )
-        self.receiver.receive_datagram_untrusted(seal_datagram(self.sender, body), 0.0)
 
 
 def delivered(session: Session) -> list[tuple[int, bytes]]:

@@ -100,6 +100,21 @@ def session_pair(
     )
 
 
+class FragmentFeeder:
+    """Authentic DATA datagrams with any fragment fields (valid or not), from ``sender`` straight
+    into ``receiver``: ``feed(message_id, index, count, size)``. For tests of reassembly."""
+
+    def __init__(self, sender: Session, receiver: Session) -> None:
+        self.sender = sender
+        self.receiver = receiver
+
+    def __call__(self, message_id: int, index: int, count: int, size: int) -> None:
+        body = wire.encode_body(
+            wire.TYPE_DATA, message_id, index, count, bytes([message_id % 256]) * size
+        )
+        self.receiver.receive_datagram_untrusted(seal_datagram(self.sender, body), 0.0)
+
+
 def seal_datagram(
     session: Session,
     body: bytes,

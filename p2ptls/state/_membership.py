@@ -16,7 +16,7 @@ A node learns of other members in two ways that deserve very different trust:
   :class:`~p2ptls._bounded.FairTable` charged to the member that gossiped them (at most
   ``per_source`` each, ``max_candidates`` in total, fair eviction), expire ``ttl`` seconds after
   they were gossiped, and are only *dialled*: ``candidate_tries`` times at most, one dial at a time
-each, the next one a doubling delay after the previous one ended. A candidate whose
+  each, the next one a doubling delay after the previous one ended. A candidate whose
   handshake completes becomes a verified member (its HELLO then says where it listens). A
   candidate may also be another address for a verified member that is not connected.
 

@@ -15,7 +15,17 @@ import trio.testing
 
 from p2ptls import KnownPeers, SecureStream, SecurityContext
 from p2ptls.trust import Admission, ReplayGuard
-from tests.hostile_support import CONFIG, NETWORK_KEY, make_initiator, next_timestamp, parties
+from tests.hostile_support import (
+    CONFIG,
+    NETWORK_KEY,
+    SAFETY_NET,
+    assert_host_serves,
+    good_client,
+    make_initiator,
+    next_timestamp,
+    parties,
+    serving_host,
+)
 
 SECOND = 1_000_000_000
 NOW = 1_700_000_000 * SECOND
@@ -145,6 +155,21 @@ async def _honest_handshake(context: SecurityContext, source: str) -> bool:
     return len(completed) == 2
 
 
+def _flood_hellos(count: int) -> list[bytes]:
+    """Hellos of a network member nobody trusts: they pass the binder. Stamped a second apart
+    (their clear timestamps are whole seconds), the last 59 s ahead of now."""
+    cast = parties()
+    start = next_timestamp()
+    return [
+        make_initiator(
+            identity=cast.stranger,
+            timestamp_ns=start + (59 - count + 1 + index) * SECOND,
+            seed=b"flood %d" % index,
+        ).start()
+        for index in range(count)
+    ]
+
+
 async def test_a_member_flooding_from_a_few_addresses_cannot_lock_out_another() -> None:
     cast = parties()
     guard = ReplayGuard(max_recent_hellos=16, max_recent_per_source=8)
@@ -159,16 +184,8 @@ async def test_a_member_flooding_from_a_few_addresses_cannot_lock_out_another() 
     assert await _honest_handshake(responder, HONEST)
     flooders = ["203.0.113.1", "203.0.113.2", "2001:db8:1::/64"]
     flood = []
-    count = 6 * guard.max_recent_hellos  # the memory overflows six times over
-    start = next_timestamp()
-    for index in range(count):
-        # A network member nobody trusts: its Hellos pass the binder. Stamped a second apart
-        # (their clear timestamps are whole seconds), up to 59 s ahead.
-        hello = make_initiator(
-            identity=cast.stranger,
-            timestamp_ns=start + (59 - count + 1 + index) * SECOND,
-            seed=b"flood %d" % index,
-        ).start()
+    # The memory overflows six times over.
+    for index, hello in enumerate(_flood_hellos(6 * guard.max_recent_hellos)):
         source = flooders[index % len(flooders)]
         assert await _send_hello(responder, source, hello)
         flood.append((source, hello))
@@ -184,3 +201,23 @@ async def test_a_member_flooding_from_a_few_addresses_cannot_lock_out_another() 
     # Anyone else is served.
     assert await _honest_handshake(responder, HONEST)
     assert await _honest_handshake(responder, "2001:db8:2::/64")
+
+
+async def test_the_host_charges_each_hello_to_its_source_address() -> None:
+    """End to end: flooding Hellos from three loopback addresses lock out only those addresses."""
+    flooders = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    with trio.fail_after(SAFETY_NET):
+        async with serving_host() as harness:
+            guard = ReplayGuard(max_recent_hellos=16, max_recent_per_source=8)
+            harness.host.context.replay_guard = guard  # small, to overflow it quickly
+            for index, hello in enumerate(_flood_hellos(3 * guard.max_recent_hellos)):
+                tcp = await trio.open_tcp_stream(
+                    *harness.host.address, local_address=flooders[index % len(flooders)]
+                )
+                async with tcp:
+                    await tcp.send_all(hello)
+                    assert await tcp.receive_some() != b""  # admitted: a Reply
+            with pytest.raises(trio.BrokenResourceError):  # refused there, with no reply
+                await good_client(harness, local_address=flooders[0])
+            await assert_host_serves(harness, local_address="127.0.0.1")
+            await assert_host_serves(harness, local_address="127.0.0.5")

@@ -153,6 +153,10 @@ class ReplayGuard:
     timestamp of an initiator is accepted at most once and must be newer than its newest accepted
     one less a reorder window (that table is optionally persisted to a file).
 
+    The memory of binders holds ``max_recent_hellos``, of which one source (the connection's IPv4
+    address or IPv6 /64) may hold ``max_recent_per_source`` (by default 1/16, at least 2), with a
+    floor per source (see :meth:`admit_hello`).
+
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
     With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
     :meth:`snapshot` on its event loop and hands it to :meth:`write` on a worker thread.

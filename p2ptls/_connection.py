@@ -48,6 +48,7 @@ from ._keyschedule import export_keying_material
 from ._records import RecordOpener, RecordSealer
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
+from .trust import DEFAULT_SOURCE
 
 SEND_CHUNK = 256 * 1024
 """About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
@@ -193,13 +194,15 @@ class Connection:
         guard: TimestampGuard,
         *,
         now_ns: int,
+        source: str = DEFAULT_SOURCE,
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
     ) -> Connection:
         """The accepting side; ``policy`` decides who may connect, ``guard`` refuses replays.
 
-        ``now_ns`` is the wall clock (ns since the epoch) when the connection arrived.
+        ``now_ns`` is the wall clock (ns since the epoch) when the connection arrived, ``source``
+        where it came from (the replay guard's memory is shared fairly between sources).
         """
         handshake = ResponderHandshake(
             identity,
@@ -207,6 +210,7 @@ class Connection:
             policy,
             guard,
             now_ns=now_ns,
+            source=source,
             randomness=randomness,
             oaep_encrypt=oaep_encrypt,
         )

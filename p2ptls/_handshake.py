@@ -53,7 +53,7 @@ from . import _keyschedule as ks
 from . import _wire as wire
 from ._errors import HandshakeFailed
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, encrypt_to
-from .trust import Admission, KnownDecryption
+from .trust import DEFAULT_SOURCE, Admission, KnownDecryption
 
 HELLO_OAEP_LABEL = b"p2ptls1 hello"
 REPLY_OAEP_LABEL = b"p2ptls1 reply"
@@ -76,8 +76,11 @@ class TrustPolicy(Protocol):
 class TimestampGuard(Protocol):
     """Replay protection for Hellos (see :class:`p2ptls.ReplayGuard`)."""
 
-    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> Admission:
-        """Before any RSA work: refuse a Hello outside the window; tell a copy from a new one."""
+    def admit_hello(
+        self, binder: bytes, timestamp_ns: int, now_ns: int, source: str = DEFAULT_SOURCE
+    ) -> Admission:
+        """Before any RSA work: refuse a Hello outside the window or at or below its source's
+        floor; tell a copy from a new one. ``source`` is where the connection came from."""
         ...
 
     def decryption_of(self, binder: bytes) -> KnownDecryption | None:
@@ -309,12 +312,14 @@ class ResponderHandshake:
         guard: TimestampGuard,
         *,
         now_ns: int,
+        source: str = DEFAULT_SOURCE,
         randomness: Randomness = os.urandom,
         ephemeral: X25519PrivateKey | None = None,
         oaep_encrypt: OaepEncrypt = encrypt_to,
     ) -> None:
         self._identity = identity
         self._psk = psk
+        self._source = source
         self._binder_key = ks.binder_key(psk.secret, identity.peer_id.digest)
         self._policy = policy
         self._guard = guard
@@ -344,7 +349,7 @@ class ResponderHandshake:
         known: KnownDecryption | None = KnownDecryption(None)  # wrong binder: unsound
         if hmac.compare_digest(expected_binder, hello.binder):
             admission = self._guard.admit_hello(
-                hello.binder, hello.timestamp_s * wire.NS_PER_S, self._now_ns
+                hello.binder, hello.timestamp_s * wire.NS_PER_S, self._now_ns, self._source
             )
             if admission is Admission.REFUSED:
                 raise HandshakeFailed()

@@ -364,7 +364,7 @@ class Host:
         try:
             with slot:
                 if await self._first_flight(tcp):
-                    stream = SecureStream(tcp, self.context, server_side=True)
+                    stream = SecureStream(tcp, self.context, server_side=True, source=source)
                     await stream.do_handshake()
                     return stream
                 reason = "no Hello within first_flight_timeout"

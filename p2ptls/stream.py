@@ -50,7 +50,7 @@ from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
 from ._fragments import ReassemblyBudget
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord
-from .trust import KnownPeers, ReplayGuard
+from .trust import DEFAULT_SOURCE, KnownPeers, ReplayGuard
 
 log = logging.getLogger("p2ptls.stream")
 
@@ -245,6 +245,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
       server_side: ``True`` for the accepting side.
       remote: for the connecting side, the peer it expects (required); ignored on the server side.
       config: overrides ``context.config``.
+      source: for the accepting side, where the connection came from (the host passes the IPv4
+        address or IPv6 /64): the replay guard's memory of Hellos is shared fairly between
+        sources. Streams without one share a single default source.
 
     Besides the byte stream, :meth:`send_message` and :meth:`receive_message` carry whole messages
     of up to ``config.max_message_size`` bytes. ``async for chunk in stream`` yields byte chunks
@@ -259,6 +262,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         server_side: bool = False,
         remote: PeerRecord | None = None,
         config: StreamConfig | None = None,
+        source: str = DEFAULT_SOURCE,
     ) -> None:
         self.transport_stream = transport_stream
         self.context = context
@@ -272,6 +276,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 context.peers,
                 context.replay_guard,
                 now_ns=time.time_ns(),
+                source=source,
                 budget=context.budget,
             )
         else:

@@ -101,6 +101,10 @@ class KnownPeers:
 DEFAULT_HELLO_WINDOW_S = 600.0
 DEFAULT_MAX_FUTURE_SKEW_S = 60.0
 DEFAULT_MAX_RECENT_HELLOS = 65536
+# Each source (IPv4 address, IPv6 /64) may hold this share of the binder memory: 4096 by default.
+RECENT_HELLOS_SHARE = 16
+DEFAULT_SOURCE = "-"
+"""The source of Hellos whose connection's origin is not known (streams made without a host)."""
 # Handshakes from one initiator may complete out of order (several connections opened at once);
 # timestamps this far below the newest accepted one are still taken, once each.
 DEFAULT_REORDER_WINDOW_S = 60.0
@@ -149,6 +153,10 @@ class ReplayGuard:
     timestamp of an initiator is accepted at most once and must be newer than its newest accepted
     one less a reorder window (that table is optionally persisted to a file).
 
+    The memory of binders holds ``max_recent_hellos``, of which one source (the connection's IPv4
+    address or IPv6 /64) may hold ``max_recent_per_source`` (by default 1/16, at least 2), with a
+    floor per source (see :meth:`admit_hello`).
+
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
     With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
     :meth:`snapshot` on its event loop and hands it to :meth:`write` on a worker thread.
@@ -161,13 +169,25 @@ class ReplayGuard:
         window_s: float = DEFAULT_HELLO_WINDOW_S,
         max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
         max_recent_hellos: int = DEFAULT_MAX_RECENT_HELLOS,
+        max_recent_per_source: int | None = None,
     ) -> None:
+        per_source = (
+            max(2, max_recent_hellos // RECENT_HELLOS_SHARE)
+            if max_recent_per_source is None
+            else max_recent_per_source
+        )
+        if not 2 <= per_source <= max_recent_hellos:
+            raise ValueError("need 2 <= max_recent_per_source <= max_recent_hellos")
         self.path = path
         self.window_ns = int(window_s * 1e9)
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.max_recent_hellos = max_recent_hellos
-        self._recent: OrderedDict[bytes, _SeenHello] = OrderedDict()
-        self._floor_ns = -1
+        self.max_recent_per_source = per_source
+        # Binders by source (fair eviction), and the same binders in arrival order (expiry).
+        self._recent: FairTable[bytes, _SeenHello, str] = FairTable(max_recent_hellos, per_source)
+        self._arrivals: OrderedDict[bytes, int] = OrderedDict()
+        self._arrival_count = 0
+        self._floors: dict[str, int] = {}
         self._newest: dict[PeerId, int] = {}
         self._accepted: dict[PeerId, set[int]] = {}
         self._floor: dict[PeerId, int] = {}
@@ -184,36 +204,69 @@ class ReplayGuard:
             except (ValueError, AttributeError, TypeError):
                 raise PeerDatabaseError(f"replay state file {str(path)!r} is malformed") from None
 
-    def admit_hello(self, binder: bytes, timestamp_ns: int, now_ns: int) -> Admission:
+    def admit_hello(
+        self, binder: bytes, timestamp_ns: int, now_ns: int, source: str = DEFAULT_SOURCE
+    ) -> Admission:
         """Cheap replay check run before any RSA work, for Hellos whose binder verified.
 
         Refuses a timestamp more than ``window_s`` behind our clock or ``max_future_skew_s`` ahead
-        of it. A binder seen within the window is :attr:`Admission.SEEN`. The memory of binders is
-        bounded: when it is full the oldest is forgotten and the floor rises to its timestamp, so
-        a forgotten Hello is refused. (The short future bound limits how far a network-key holder
-        who floods Hellos can push the floor ahead of honest clocks.)
+        of it, or at or below ``source``'s floor. A binder seen within the window (from any
+        source) is :attr:`Admission.SEEN`. The memory of binders is bounded per source and in
+        total, with fair eviction: a source holding its share forgets its own earliest binder, and
+        a full memory forgets the earliest binder of the source holding the most. A forgotten
+        binder raises only its own source's floor, so a flood from a few sources (only network-key
+        holders can make binders) never refuses anyone else's Hellos. ``source`` is where the
+        connection came from (the host passes the IPv4 address or IPv6 /64).
         """
         if (
             timestamp_ns < now_ns - self.window_ns
             or timestamp_ns > now_ns + self.max_future_skew_ns
-            or timestamp_ns <= self._floor_ns
+            or timestamp_ns <= self._floors.get(source, -1)
         ):
             return Admission.REFUSED
-        recent = self._recent
         horizon = now_ns - self.window_ns
-        while recent:
-            oldest_binder, oldest = next(iter(recent.items()))
-            if oldest.timestamp_ns >= horizon and len(recent) < self.max_recent_hellos:
+        arrivals = self._arrivals
+        while arrivals:
+            earliest, earliest_ts = next(iter(arrivals.items()))
+            if earliest_ts >= horizon:
                 break
-            del recent[oldest_binder]
-            if oldest.timestamp_ns >= horizon:
-                self._floor_ns = max(self._floor_ns, oldest.timestamp_ns)
-        if binder in recent:
+            self._forget(earliest)
+        if binder in self._recent:
             return Admission.SEEN
-        if timestamp_ns <= self._floor_ns:
+        self._arrival_count += 1
+        evicted = self._recent.put(binder, _SeenHello(timestamp_ns), source, self._arrival_count)
+        arrivals[binder] = timestamp_ns
+        for gone in evicted:  # at most one: made room for this binder, which is not counted
+            del arrivals[gone.key]
+            newcomer = 1 if gone.source == source else 0
+            self._after_removal(gone.source, gone.value.timestamp_ns, horizon, newcomer)
+        if timestamp_ns <= self._floors.get(source, -1):
+            self._forget(binder)
             return Admission.REFUSED
-        recent[binder] = _SeenHello(timestamp_ns)
         return Admission.NEW
+
+    def _forget(self, binder: bytes) -> None:
+        """Remove a binder (expired, or just refused) from the memory."""
+        source = self._recent.source_of(binder)
+        self._recent.pop(binder)
+        del self._arrivals[binder]
+        if source is not None:
+            self._after_removal(source, -1, 0)
+
+    def _after_removal(
+        self, source: str, timestamp_ns: int, horizon: int, not_counted: int = 0
+    ) -> None:
+        # A floor is kept only while its source holds binders, so there are never more floors
+        # than sources in the memory. An evicted binder still inside the window raises its
+        # source's floor (a source always keeps one when it evicts its own: per_source >= 2).
+        if self._recent.count(source) == not_counted:
+            self._floors.pop(source, None)
+        elif timestamp_ns >= horizon:
+            self._floors[source] = max(self._floors.get(source, -1), timestamp_ns)
+
+    def floor_of(self, source: str = DEFAULT_SOURCE) -> int:
+        """The floor of ``source``: its Hellos at or below it are refused (-1: none)."""
+        return self._floors.get(source, -1)
 
     def decryption_of(self, binder: bytes) -> KnownDecryption | None:
         """The remembered decryption of an admitted Hello, ``None`` while unknown."""

@@ -88,6 +88,7 @@ TAG_SIZE = 16
 REPLAY_WINDOW_NS = 600 * 10**9  # how far behind the responder's clock a Hello may be
 MAX_FUTURE_SKEW_NS = 60 * 10**9  # how far ahead of it
 MAX_RECENT_HELLOS = 65536  # binders remembered
+MAX_RECENT_PER_SOURCE = 4096  # of which one source (IPv4 address, IPv6 /64) may hold
 MIN_NONFINAL_FRAGMENT = 252
 FRAGMENT_OVERHEAD = 64
 INLINE_RECORD_LIMIT = 1024  # larger records appear as SHA-256 in records.json, in full elsewhere
@@ -539,31 +540,55 @@ class ReferenceSealer:
 class ReferenceReplayCache:
     """The Hello admission rule of SPEC.md section 3.5, for Hellos whose binder verified."""
 
-    def __init__(self, window_ns: int, capacity: int, future_ns: int = MAX_FUTURE_SKEW_NS) -> None:
+    def __init__(
+        self,
+        window_ns: int,
+        capacity: int,
+        per_source: int,
+        future_ns: int = MAX_FUTURE_SKEW_NS,
+    ) -> None:
         self.window_ns = window_ns
         self.future_ns = future_ns
         self.capacity = capacity
-        self.entries: list[tuple[bytes, int]] = []  # (binder, timestamp) in arrival order
-        self.floor_ns = -1
+        self.per_source = per_source
+        self.entries: list[tuple[bytes, int, str]] = []  # (binder, timestamp, source), arrivals
+        self.floors: dict[str, int] = {}  # only for sources holding entries
 
-    def admit(self, binder: bytes, timestamp: int, now: int) -> tuple[str, str]:
+    def held(self, source: str) -> int:
+        return sum(1 for _, _, held_by in self.entries if held_by == source)
+
+    def admit(self, binder: bytes, timestamp: int, now: int, source: str) -> tuple[str, str]:
         """``(outcome, reason)``; outcome "refused", "new" (decrypt C_I) or "seen" (a copy:
         answered from the remembered decryption, or decrypted again while that is pending)."""
         if timestamp < now - self.window_ns or timestamp > now + self.future_ns:
             return "refused", "outside the window"
-        if timestamp <= self.floor_ns:
-            return "refused", "at or below the floor"
+        if timestamp <= self.floors.get(source, -1):
+            return "refused", "at or below the source's floor"
         horizon = now - self.window_ns
-        while self.entries and (self.entries[0][1] < horizon or len(self.entries) >= self.capacity):
-            _, oldest = self.entries.pop(0)
-            if oldest >= horizon:
-                self.floor_ns = max(self.floor_ns, oldest)
-        if any(seen == binder for seen, _ in self.entries):
+        while self.entries and self.entries[0][1] < horizon:
+            self._remove(0, horizon, raise_floor=False)
+        if any(seen == binder for seen, _, _ in self.entries):
             return "seen", "binder remembered"
-        if timestamp <= self.floor_ns:
-            return "refused", "at or below the floor"
-        self.entries.append((binder, timestamp))
+        sources = [held_by for _, _, held_by in self.entries]
+        if sources.count(source) >= self.per_source:
+            self._remove(sources.index(source), horizon, raise_floor=True)
+        elif len(self.entries) >= self.capacity:
+            most = max(sources.count(held_by) for held_by in sources)
+            # The earliest entry of a source holding the most: that source's earliest entry, and
+            # among such sources the one whose earliest entry arrived first.
+            victim = next(i for i, held_by in enumerate(sources) if sources.count(held_by) == most)
+            self._remove(victim, horizon, raise_floor=True)
+        if timestamp <= self.floors.get(source, -1):
+            return "refused", "its own earliest binder made room and raised its floor above it"
+        self.entries.append((binder, timestamp, source))
         return "new", "admitted"
+
+    def _remove(self, index: int, horizon: int, *, raise_floor: bool) -> None:
+        _, timestamp, source = self.entries.pop(index)
+        if self.held(source) == 0:
+            self.floors.pop(source, None)
+        elif raise_floor and timestamp >= horizon:
+            self.floors[source] = max(self.floors.get(source, -1), timestamp)
 
 
 def reference_reassembly_charges(fragment_sizes_: Sequence[int]) -> list[int]:
@@ -985,22 +1010,32 @@ def _initiator_connection(initiator: Party, responder: Party) -> Connection:
 # --- the replay cache -------------------------------------------------------------------------
 
 REPLAY_SCRIPT_WINDOW_S = 600
-REPLAY_SCRIPT_CAPACITY = 3
+REPLAY_SCRIPT_CAPACITY = 4
+REPLAY_SCRIPT_PER_SOURCE = 2
 T = COARSE_NS
 W = REPLAY_WINDOW_NS
-# (binder name, timestamp, now)
-REPLAY_SCRIPT: tuple[tuple[str, int, int], ...] = (
-    ("A", T, T),
-    ("A", T, T),
-    ("B", T + 1, T),
-    ("C", T - W - 1, T),
-    ("C", T + MAX_FUTURE_SKEW_NS + 1, T),
-    ("G", T + MAX_FUTURE_SKEW_NS, T),
-    ("C", T - W, T),
-    ("D", T + 2, T),
-    ("A", T, T),
-    ("E", T + 3, T + 1),
-    ("F", T + 1, T + 1),
+F = MAX_FUTURE_SKEW_NS
+X, Y, Z = "192.0.2.1", "192.0.2.2", "2001:db8::/64"  # sources: IPv4 addresses, an IPv6 /64
+# (binder name, timestamp, now, source)
+REPLAY_SCRIPT: tuple[tuple[str, int, int, str], ...] = (
+    ("A", T, T, X),
+    ("A", T, T, X),
+    ("A", T, T, Y),  # a copy from another source is answered too
+    ("B", T + 1, T, X),
+    ("C", T - W - 1, T, X),
+    ("C", T + F + 1, T, X),
+    ("G", T + F, T, Y),
+    ("C", T - W, T, Y),  # the memory is full
+    ("D", T + 2, T, X),  # X holds its share: forgets its own A, floor(X) = T
+    ("A", T, T, X),  # refused: X's floor
+    ("A", T, T, Z),  # from Z it costs a decryption again (it cannot complete); B (X) makes room
+    ("E", T + 3, T + 1, Z),  # Y holds the most: G makes room, floor(Y) = T + F
+    ("F", T + 1, T + 1, Y),  # Y's own future stamps refuse Y only
+    ("H", T + 1, T + 1, X),  # refused: X's floor
+    ("F", T + W + 1, T + W + 1, Y),  # C expires; Y held nothing else, its floor goes with it
+    ("G", T + F, T + W + 1, Y),  # so G is taken again; A (Z, now outside the window) makes room
+    ("J", T + W + F, T + W + 1, X),  # Y holds the most: F makes room, floor(Y) = T + W + 1
+    ("K", T + 2, T + W + 1, X),  # X's D makes room and raises floor(X) to T + 2: refused
 )
 
 
@@ -1009,44 +1044,65 @@ def _replay_binder(name: str) -> bytes:
 
 
 def replay_vectors() -> Json:
-    reference = ReferenceReplayCache(REPLAY_WINDOW_NS, REPLAY_SCRIPT_CAPACITY)
-    guard = ReplayGuard(window_s=REPLAY_SCRIPT_WINDOW_S, max_recent_hellos=REPLAY_SCRIPT_CAPACITY)
+    reference = ReferenceReplayCache(
+        REPLAY_WINDOW_NS, REPLAY_SCRIPT_CAPACITY, REPLAY_SCRIPT_PER_SOURCE
+    )
+    guard = ReplayGuard(
+        window_s=REPLAY_SCRIPT_WINDOW_S,
+        max_recent_hellos=REPLAY_SCRIPT_CAPACITY,
+        max_recent_per_source=REPLAY_SCRIPT_PER_SOURCE,
+    )
     default = ReplayGuard()
     _require(default.window_ns == REPLAY_WINDOW_NS, "default replay window")
     _require(default.max_future_skew_ns == MAX_FUTURE_SKEW_NS, "default future skew")
     _require(default.max_recent_hellos == MAX_RECENT_HELLOS, "default binder memory")
-    names = {_replay_binder(n): n for n, _, _ in REPLAY_SCRIPT}
+    _require(
+        default.max_recent_per_source == MAX_RECENT_PER_SOURCE, "default binder memory per source"
+    )
+    names = {_replay_binder(n): n for n, _, _, _ in REPLAY_SCRIPT}
     steps = []
-    for number, (name, ts, now) in enumerate(REPLAY_SCRIPT, 1):
+    for number, (name, ts, now, source) in enumerate(REPLAY_SCRIPT, 1):
         binder = _replay_binder(name)
-        outcome, reason = reference.admit(binder, ts, now)
-        _require(guard.admit_hello(binder, ts, now).value == outcome, f"replay step {number}")
+        outcome, reason = reference.admit(binder, ts, now, source)
+        _require(
+            guard.admit_hello(binder, ts, now, source).value == outcome, f"replay step {number}"
+        )
+        for held_by in (X, Y, Z):
+            _require(
+                guard.floor_of(held_by) == reference.floors.get(held_by, -1),
+                f"replay step {number}: floor of {held_by}",
+            )
         steps.append(
             {
                 "step": number,
                 "binder": name,
+                "source": source,
                 "timestamp_ns": ts,
                 "now_ns": now,
                 "outcome": outcome,
                 "reason": reason,
-                "remembered_after": [names[b] for b, _ in reference.entries],
-                "floor_ns_after": reference.floor_ns,
+                "remembered_after": [[names[b], held_by] for b, _, held_by in reference.entries],
+                "floors_after": dict(sorted(reference.floors.items())),
             }
         )
     return {
         "description": "ReplayGuard.admit_hello, the cheap check a responder runs on a Hello "
         "whose binder verified, before its RSA work (SPEC.md section 3.5); timestamp_ns is the "
-        "Hello's clear timestamp_s times 10^9. Binder NAME is "
-        "SHA-256('p2ptls1 test vector binder NAME'). 'refused': no reply; 'new': decrypt C_I; "
-        "'seen': a copy, answered from the remembered decryption (no RSA work once it is known).",
+        "Hello's clear timestamp_s times 10^9, source where its connection came from (IPv4 "
+        "address or IPv6 /64). Binder NAME is SHA-256('p2ptls1 test vector binder NAME'). "
+        "'refused': no reply; 'new': decrypt C_I; 'seen': a copy, answered from the remembered "
+        "decryption (no RSA work once it is known). remembered_after lists [binder, source] in "
+        "arrival order; floors_after the floor of each source that has one (others: -1).",
         "defaults": {
             "window_ns": REPLAY_WINDOW_NS,
             "max_future_skew_ns": MAX_FUTURE_SKEW_NS,
             "max_recent_hellos": MAX_RECENT_HELLOS,
+            "max_recent_per_source": MAX_RECENT_PER_SOURCE,
         },
         "script": {
             "window_ns": REPLAY_SCRIPT_WINDOW_S * 10**9,
             "max_recent_hellos": REPLAY_SCRIPT_CAPACITY,
+            "max_recent_per_source": REPLAY_SCRIPT_PER_SOURCE,
             "binders": {name: binder.hex() for binder, name in names.items()},
             "steps": steps,
         },

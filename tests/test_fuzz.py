@@ -317,32 +317,50 @@ def test_connection_states_are_what_they_claim(state: str) -> None:
 # -- the replay guard against the specification's reference -----------------------------------
 
 
+SOURCES = ("192.0.2.1", "192.0.2.2", "2001:db8::/64")
+
+
 @FAST
 @given(
     steps=st.lists(
-        st.tuples(st.integers(0, 5), st.integers(-14, 4), st.integers(0, 3), st.booleans()),
+        st.tuples(
+            st.integers(0, 7),
+            st.integers(-14, 4),
+            st.integers(0, 3),
+            st.booleans(),
+            st.sampled_from(SOURCES),
+        ),
         max_size=80,
     )
 )
 def test_replay_guard_matches_the_reference_and_remembers_decryptions(
-    steps: list[tuple[int, int, int, bool]],
+    steps: list[tuple[int, int, int, bool, str]],
 ) -> None:
     """Random Hellos (binder, timestamp relative to the clock, clock advance, whether the first
-    decryption finished) against the reference rule of SPEC.md section 3.5: the same outcome every
-    time, memory within its bound, and a copy answered only with its own Hello's decryption."""
-    reference = ReferenceReplayCache(window_ns=10, capacity=3, future_ns=2)
-    guard = ReplayGuard(window_s=10e-9, max_future_skew_s=2e-9, max_recent_hellos=3)
+    decryption finished, source) against the reference rule of SPEC.md section 3.5: the same
+    outcome and the same floors every time, memory within its bounds (in total, per source, one
+    floor at most per source holding binders), and a copy answered only with its own Hello's
+    decryption."""
+    reference = ReferenceReplayCache(window_ns=10, capacity=4, per_source=2, future_ns=2)
+    guard = ReplayGuard(
+        window_s=10e-9, max_future_skew_s=2e-9, max_recent_hellos=4, max_recent_per_source=2
+    )
     assert (guard.window_ns, guard.max_future_skew_ns) == (10, 2)
     now = 100
-    for binder_index, offset, advance, decrypted in steps:
+    for binder_index, offset, advance, decrypted, source in steps:
         now += advance
         binder = bytes([binder_index]) * 32
-        expected, _ = reference.admit(binder, now + offset, now)
-        outcome = guard.admit_hello(binder, now + offset, now)
+        expected, _ = reference.admit(binder, now + offset, now, source)
+        outcome = guard.admit_hello(binder, now + offset, now, source)
         assert outcome.value == expected
+        assert {s: guard.floor_of(s) for s in SOURCES} == {
+            s: reference.floors.get(s, -1) for s in SOURCES
+        }
         if outcome is Admission.NEW and decrypted:
             guard.remember_decryption(binder, b"plaintext of %d" % binder_index)
         known = guard.decryption_of(binder)
         if known is not None:  # only ever this binder's own decryption
             assert known.plaintext == b"plaintext of %d" % binder_index
-        assert len(reference.entries) <= 3
+        assert len(reference.entries) <= 4
+        assert all(reference.held(s) <= 2 for s in SOURCES)
+        assert all(reference.held(s) > 0 for s in reference.floors)

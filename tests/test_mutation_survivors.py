@@ -350,7 +350,7 @@ def test_a_forgotten_hello_is_refused_when_replayed() -> None:
     guard = ReplayGuard(max_recent_hellos=2)
     for index in range(3):  # the third pushes the first out of the bounded memory
         assert guard.admit_hello(b"binder %d" % index, now + index, now)
-    assert guard.admit_hello(b"binder 0", now, now) is trust.Admission.REFUSED  # below the floor
+    assert guard.admit_hello(b"binder 0", now, now) is trust.Admission.REFUSED  # its source's floor
     # A copy of a remembered Hello is answered from its remembered decryption (no RSA work).
     assert guard.admit_hello(b"binder 2", now + 2, now) is trust.Admission.SEEN
 

@@ -22,6 +22,7 @@ returns what it evicts so the caller can release it (close a socket, forget a re
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
@@ -47,6 +48,8 @@ class _Entry(Generic[V, S]):
     value: V
     source: S
     added: float
+    order: int
+    """Insertion order across the table (breaks ties between equal ``added`` times)."""
 
 
 class FairTable(Generic[K, V, S]):
@@ -59,6 +62,11 @@ class FairTable(Generic[K, V, S]):
         self.per_source = min(per_source, capacity)
         self._entries: dict[K, _Entry[V, S]] = {}
         self._by_source: dict[S, OrderedDict[K, None]] = {}
+        self._inserted = 0
+        # Candidates for fair eviction, lazily: (-count, oldest added, oldest order, source) as it
+        # was when pushed; an item no longer matching its source's state is skipped when popped.
+        # Finding the victim costs O(log sources), amortised, however many sources there are.
+        self._victims: list[tuple[int, float, int, S]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,8 +107,10 @@ class FairTable(Generic[K, V, S]):
             evicted.append(self._remove(next(iter(own))))
         if len(self._entries) >= self.capacity:
             evicted.append(self._remove(self._fairest_victim()))
-        self._entries[key] = _Entry(value, source, now)
+        self._inserted += 1
+        self._entries[key] = _Entry(value, source, now, self._inserted)
         self._by_source.setdefault(source, OrderedDict())[key] = None
+        self._note_source(source)
         return evicted
 
     def would_evict_other(self, source: S) -> bool:
@@ -129,14 +139,26 @@ class FairTable(Generic[K, V, S]):
         old = [key for key, entry in self._entries.items() if now - entry.added > max_age]
         return [self._remove(key) for key in old]
 
+    def _weight(self, source: S) -> tuple[int, float, int, S]:
+        keys = self._by_source[source]
+        oldest = self._entries[next(iter(keys))]
+        return -len(keys), oldest.added, oldest.order, source
+
+    def _note_source(self, source: S) -> None:
+        """Record the current weight of ``source`` (after its entries changed)."""
+        if source in self._by_source:
+            heapq.heappush(self._victims, self._weight(source))
+        if len(self._victims) > 2 * len(self._by_source) + 64:  # drop the stale items
+            self._victims = [self._weight(s) for s in self._by_source]
+            heapq.heapify(self._victims)
+
     def _fairest_victim(self) -> K:
         # The largest source loses its oldest entry; among equals, the one whose oldest is oldest.
-        def weight(item: tuple[S, OrderedDict[K, None]]) -> tuple[int, float]:
-            keys = item[1]
-            return len(keys), -self._entries[next(iter(keys))].added
-
-        _, keys = max(self._by_source.items(), key=weight)
-        return next(iter(keys))
+        while True:
+            item = heapq.heappop(self._victims)
+            source = item[3]
+            if source in self._by_source and self._weight(source) == item:
+                return next(iter(self._by_source[source]))
 
     def _remove(self, key: K) -> Evicted[K, V, S]:
         entry = self._entries.pop(key)
@@ -144,6 +166,8 @@ class FairTable(Generic[K, V, S]):
         del keys[key]
         if not keys:
             del self._by_source[entry.source]
+        else:
+            self._note_source(entry.source)
         return Evicted(key, entry.value, entry.source)
 
     def __repr__(self) -> str:

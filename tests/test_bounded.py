@@ -108,3 +108,36 @@ def test_evict_one_takes_the_fairest_victim() -> None:
     evicted = table.evict_one()
     assert evicted is not None and (evicted.key, evicted.source) == ("b1", "b")
     assert set(table) == {"a1", "b2"}
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 8), st.booleans()), max_size=300),
+)
+def test_eviction_always_takes_the_oldest_entry_of_a_largest_source(
+    capacity: int, per_source: int, steps: list[tuple[int, int, bool]]
+) -> None:
+    table: FairTable[int, int, int] = FairTable(capacity, per_source)
+    added: dict[int, tuple[int, int]] = {}  # key -> (source, insertion number)
+    for number, (key, source, remove) in enumerate(steps):
+        if remove:
+            table.pop(key)
+            added.pop(key, None)
+            continue
+        before = {s: table.count(s) for s in range(9)}
+        own_full = before[source] - (added.get(key, (None,))[0] == source) >= table.per_source
+        added.pop(key, None)
+        evicted = table.put(key, number, source, now=0.0)  # equal times: order breaks ties
+        for victim in evicted:
+            if victim.source == source and own_full:
+                continue  # a source at its share evicts its own oldest
+            largest = max(before.values())
+            assert before[victim.source] == largest
+            oldest = min(
+                (order, k) for k, (s, order) in added.items() if before[s] == largest
+            )
+            assert victim.key == oldest[1]
+        for victim in evicted:
+            added.pop(victim.key, None)
+        added[key] = (source, number)

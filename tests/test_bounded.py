@@ -134,9 +134,7 @@ def test_eviction_always_takes_the_oldest_entry_of_a_largest_source(
                 continue  # a source at its share evicts its own oldest
             largest = max(before.values())
             assert before[victim.source] == largest
-            oldest = min(
-                (order, k) for k, (s, order) in added.items() if before[s] == largest
-            )
+            oldest = min((order, k) for k, (s, order) in added.items() if before[s] == largest)
             assert victim.key == oldest[1]
         for victim in evicted:
             added.pop(victim.key, None)

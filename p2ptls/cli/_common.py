@@ -16,7 +16,7 @@ import rich.table
 import rich.text
 
 from .._files import read_private_file
-from ..identity import Identity, PeerId, PeerRecord
+from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, PeerId, PeerRecord
 
 PASSPHRASE_ENV = "P2PTLS_PASSPHRASE"
 """The environment variable that may hold an encrypted identity's passphrase."""
@@ -41,6 +41,17 @@ def check_new_file(path: Path, what: str) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise CliError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+
+
+def bits_option(help_text: str) -> Callable[[F], F]:
+    """``--bits``: the RSA key size of a new identity, one of the allowed sizes."""
+    return click.option(
+        "--bits",
+        type=click.Choice([str(b) for b in ALLOWED_KEY_BITS]),
+        default=str(DEFAULT_KEY_BITS),
+        show_default=True,
+        help=help_text,
+    )
 
 
 def passphrase_options(function: F) -> F:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey
+from ..identity import Identity, NetworkKey
 from ._common import (
     address_callback,
+    bits_option,
     check_new_file,
     load_identity,
     new_passphrase,
@@ -26,13 +27,7 @@ def identity() -> None:
 
 @identity.command("new")
 @click.argument("path", type=FILE)
-@click.option(
-    "--bits",
-    type=click.Choice([str(b) for b in ALLOWED_KEY_BITS]),
-    default=str(DEFAULT_KEY_BITS),
-    show_default=True,
-    help="RSA key size",
-)
+@bits_option("RSA key size")
 @passphrase_options
 def identity_new(*, path: Path, bits: str, ask: bool, passphrase_file: Path | None) -> None:
     """Create an identity key file (mode 0600; never overwrites one).

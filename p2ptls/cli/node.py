@@ -26,13 +26,14 @@ import click
 import trio
 
 from .._errors import P2PTLSError
-from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey
+from ..identity import Identity, NetworkKey
 from ..state.cli import NodeFileConfig, load_node_config, render_node_config, run_node
 from ..state.control import ControlClient
 from ..state.node import StateNode
 from ._common import (
     CliError,
     address_callback,
+    bits_option,
     check_new_file,
     format_address,
     identity_passphrase,
@@ -84,13 +85,7 @@ def node() -> None:
 )
 @click.option("--new-identity", is_flag=True, help="also create the identity file")
 @click.option("--new-network-key", is_flag=True, help="also create the network key file")
-@click.option(
-    "--bits",
-    type=click.Choice([str(b) for b in ALLOWED_KEY_BITS]),
-    default=str(DEFAULT_KEY_BITS),
-    show_default=True,
-    help="RSA key size of a new identity",
-)
+@bits_option("RSA key size of a new identity")
 @passphrase_options
 def node_init(
     *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import struct
 
+import attrs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -253,15 +254,7 @@ async def updates_bad_signature(m: StateMember, rng: random.Random) -> None:
     batch = forger.batch(records)
     signature = bytearray(batch.signature)
     signature[rng.randrange(64)] ^= 1 << rng.randrange(8)
-    broken = wire.Batch(
-        batch.network_id,
-        batch.owner,
-        batch.epoch,
-        batch.first_seq,
-        batch.count,
-        batch.body,
-        bytes(signature),
-    )
+    broken = attrs.evolve(batch, signature=bytes(signature))
     await conn.send(forger.updates(forger.span(records, batch=broken)))
 
 

@@ -59,6 +59,21 @@ LONG = Budget(moves=1500, seconds=3600.0, lanes=5, move_timeout=30.0)
 ALL_MOVES: tuple[Move[StateMember], ...] = state_moves.STATE_MOVES + transport_moves.TRANSPORT_MOVES
 
 
+async def attack_sllp_and_check(
+    clock: trio.testing.MockClock, budget: Budget, seed: int
+) -> AdversaryRun:
+    """A hostile peer on an established SLLP channel: the session's tables stay bounded and the
+    channel still carries honest messages afterwards."""
+    async with open_sllp_arena(clock) as arena:
+        lane = functools.partial(sllp_lane, arena)
+        run = await run_adversary(lane, sllp_moves.SLLP_MOVES, budget, seed)
+        with run.reported():
+            assert_sllp_bounded(arena)
+            await assert_sllp_still_flows(arena)
+            assert_sllp_bounded(arena)
+    return run
+
+
 async def attack_and_check(
     network: StateNetwork,
     moves: Sequence[Move[StateMember]],
@@ -110,14 +125,8 @@ async def test_long_run_against_a_larger_network(
 
 @pytest.mark.slow
 async def test_long_sllp_run(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_sllp_arena(autojump_clock) as arena:
-        budget = Budget(moves=1000, seconds=36000.0, move_timeout=60.0)
-        lane = functools.partial(sllp_lane, arena)
-        run = await run_adversary(lane, sllp_moves.SLLP_MOVES, budget, seed_for(1000))
-        with run.reported():
-            assert_sllp_bounded(arena)
-            await assert_sllp_still_flows(arena)
-            assert_sllp_bounded(arena)
+    budget = Budget(moves=1000, seconds=36000.0, move_timeout=60.0)
+    run = await attack_sllp_and_check(autojump_clock, budget, seed_for(1000))
     print(run.summary())
 
 
@@ -182,14 +191,8 @@ async def test_real_time_run_on_loopback() -> None:
 async def test_established_sllp_channel_survives_a_hostile_peer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_sllp_arena(autojump_clock) as arena:
-        budget = Budget(moves=40, seconds=600.0, move_timeout=60.0)
-        lane = functools.partial(sllp_lane, arena)
-        run = await run_adversary(lane, sllp_moves.SLLP_MOVES, budget, seed_for(40))
-        with run.reported():
-            assert_sllp_bounded(arena)
-            await assert_sllp_still_flows(arena)
-            assert_sllp_bounded(arena)
+    budget = Budget(moves=40, seconds=600.0, move_timeout=60.0)
+    await attack_sllp_and_check(autojump_clock, budget, seed_for(40))
 
 
 class CountingWindow:

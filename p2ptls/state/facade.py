@@ -50,7 +50,7 @@ How the concepts map (what differs from distributed-state-network, and why):
   network key and prove their own key).
 * **Values** are strings (UTF-8) as in the original; ``read_bytes`` returns raw bytes.
   ``update_data`` returns once the write is durable locally and every member connected at that
-  moment has acknowledged it (it proved it holds the write: see
+  moment has acknowledged it (answered a ping sent after the write: see
   :meth:`~p2ptls.state.StateNode.wait_acknowledged`), so a read on such a node right after it
   sees the new value, as with the original's synchronous HTTP push. After ``ack_timeout``
   (default 5 s) it raises :class:`NotAcknowledged`; ``update_data(..., wait=False)`` returns

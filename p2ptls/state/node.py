@@ -163,7 +163,7 @@ class _Peer:
         self.ack_pings: dict[bytes, wire.Version] = {}
         """Nonce of each acknowledgement ping in flight -> the own version it covers."""
         self.acked = wire.NO_VERSION
-        """The highest own version this member proved it holds (a PONG to an ack ping)."""
+        """The highest own version this member acknowledged (its PONG to an ack ping)."""
 
     def kick(self) -> None:
         self.wake.set()
@@ -441,8 +441,11 @@ class StateNode:
         return found
 
     async def wait_acknowledged(self, peer_id: PeerId) -> bool:
-        """Wait until the member ``peer_id`` proves it holds every write this node made before
+        """Wait until the member ``peer_id`` acknowledges every write this node made before
         the call (its PONG to a PING sent after them; see the module docs), and return True.
+
+        An honest member applies messages in order, so its PONG means it holds the writes; a
+        hostile member could answer without storing them: this is a delivery signal, not a proof.
 
         Returns False if the member is not connected, or its connection ends first (it gets the
         writes when it is back). Combine with ``trio.fail_after`` for a deadline.

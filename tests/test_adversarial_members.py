@@ -44,7 +44,6 @@ from tests.adversary.network import (
     honest_traffic,
     lanes_of,
     open_state_network,
-    quiet,
     until,
 )
 from tests.adversary.sllp import (
@@ -90,7 +89,6 @@ async def attack_and_check(
         bounded = functools.partial(assert_tables_bounded, network)
         run = await run_adversary(lanes_of(network), moves, budget, seed, after_each_move=bounded)
         nursery.cancel_scope.cancel()
-    await quiet(network)
     with run.reported():
         assert_nodes_up(network)
         assert_tables_bounded(network)

@@ -68,11 +68,16 @@ async def assert_nodes_answer(network: StateNetwork) -> None:
 
 
 def assert_own_state_unchanged(network: StateNetwork) -> None:
+    """No honest node moved to a new epoch, or decided to (the decision is taken at once, when a
+    message is handled; the move itself finishes later, on a worker thread), and each holds
+    exactly what it wrote."""
     for honest in network.honest:
         node = honest.up
         assert node.epoch == honest.epoch, (
             f"{honest.name} moved from epoch {honest.epoch} to {node.epoch}"
         )
+        # Set, and never cleared, when a signature proved lost history and a move was decided.
+        assert node._core._own_handled == wire.NO_VERSION, f"{honest.name} decided to move epoch"
         assert node.snapshot() == honest.written, f"{honest.name}'s own state changed"
 
 

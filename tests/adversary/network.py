@@ -233,22 +233,6 @@ async def open_state_network(
                 honest.stop.set()
 
 
-async def quiet(network: StateNetwork, seconds: float = 0.05) -> None:
-    """Let the network run on its own for ``seconds`` of real time, so that the delayed effects
-    of an attack (work on worker threads, such as a new epoch) show before the checks. Under the
-    autojump clock, virtual time runs at the real pace meanwhile (a worker thread would
-    otherwise look like idleness and the clock would fly past it)."""
-    clock = network.clock
-    if clock is None:
-        await trio.sleep(seconds)
-        return
-    clock.autojump_threshold, clock.rate = math.inf, 1.0
-    try:
-        await trio.sleep(seconds)
-    finally:
-        clock.rate, clock.autojump_threshold = 0.0, 0.0
-
-
 async def honest_traffic(network: StateNetwork, interval: float) -> None:
     """Every honest node writes a counter every ``interval`` seconds (until cancelled), so the
     attack meets a network that is busy with its own work."""

@@ -87,3 +87,22 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
             ):
                 _raise_keeping_context(raised)
         raise
+
+
+class ConflictDetector:
+    """Raises ``trio.BusyResourceError`` when two tasks use one operation at once (as trio's own
+    streams do): ``with detector: ...``."""
+
+    __slots__ = ("_held", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False

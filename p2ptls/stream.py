@@ -48,6 +48,7 @@ from ._connection import (
 )
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
 from ._fragments import ReassemblyBudget
+from ._util import ConflictDetector
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord
 from .trust import DEFAULT_SOURCE, KnownPeers, ReplayGuard
@@ -168,24 +169,6 @@ class SecurityContext:
         return f"<SecurityContext {self.identity!r}, {len(self.peers)} known peers>"
 
 
-class _ConflictDetector:
-    """Raises ``trio.BusyResourceError`` when two tasks use one operation at once."""
-
-    __slots__ = ("_held", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(self._message)
-        self._held = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held = False
-
-
 class _InternalLock:
     """Serialises the stream's own tasks on one resource (the transport's send or receive side).
 
@@ -294,9 +277,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
         self._handshake_done = False
         self._transport_send_lock = _InternalLock()
         self._pump_lock = _InternalLock()
-        self._send_conflict = _ConflictDetector("another task is already sending on this stream")
-        self._receive_conflict = _ConflictDetector("another task is already receiving bytes")
-        self._message_conflict = _ConflictDetector("another task is already receiving messages")
+        self._send_conflict = ConflictDetector("another task is already sending on this stream")
+        self._receive_conflict = ConflictDetector("another task is already receiving bytes")
+        self._message_conflict = ConflictDetector("another task is already receiving messages")
         self._bytes: collections.deque[bytes] = collections.deque()
         self._bytes_size = 0
         self._messages: collections.deque[bytes] = collections.deque()

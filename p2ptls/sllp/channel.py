@@ -31,10 +31,10 @@ import ipaddress
 import math
 import os
 import socket
-from collections.abc import Iterator
 
 import trio
 
+from .._util import ConflictDetector
 from ..host import Host
 from ..identity import PeerId, PeerRecord
 from ..stream import SecureStream
@@ -78,24 +78,6 @@ class SequenceExhausted(ChannelBroken):
     """The 64-bit sequence space of our direction ran out (never in practice)."""
 
 
-class _ConflictDetector:
-    __slots__ = ("_held", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._held = False
-
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        if self._held:
-            raise trio.BusyResourceError(self._message)
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-
-
 class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message]):
     """An encrypted, authenticated, loss-tolerant message channel to one peer. Use
     :func:`open_channel`, :func:`connect_datagram` or :func:`accept_datagram` to make one.
@@ -121,8 +103,8 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._closed = False
         self._receiver_waiting = False
         self._next_housekeeping = -math.inf
-        self._send_guard = _ConflictDetector("another task is already sending on this channel")
-        self._receive_guard = _ConflictDetector("another task is already receiving")
+        self._send_guard = ConflictDetector("another task is already sending on this channel")
+        self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
 
     # -- properties -----------------------------------------------------------------------------
@@ -194,7 +176,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         full. Raises ``ValueError`` for an oversized message, :class:`DatagramTooLarge` if the
         path refuses the datagram size, and the channel's end error once it ended.
         """
-        with self._send_guard.guard():
+        with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._raise_ended(sending=True)
             now = trio.current_time()
@@ -233,7 +215,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
     async def receive_event(self) -> Event:
         """The next :class:`Message`, :class:`MessagesLost` or :class:`KeysUpdated`; raises as
         :meth:`receive` does when the channel ends."""
-        with self._receive_guard.guard():
+        with self._receive_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self.session
             while True:

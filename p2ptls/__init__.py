@@ -13,18 +13,29 @@ from ._errors import (
     HandshakeTimeout,
     KeyFileError,
     MessageTooLarge,
+    MuxError,
     P2PTLSError,
     PeerDatabaseError,
     PeerRefused,
     ProtocolError,
+    ProtocolNotSupported,
     ReassemblyBudgetExceeded,
     RecordError,
+    StreamRefused,
     TruncatedError,
 )
 from ._fragments import ReassemblyBudget
-from .config import StreamConfig
-from .host import Host, HostConfig, open_host, serve
+from .config import ConnectionConfig, StreamConfig
+from .connections import (
+    ConnectionLimitReached,
+    DialBackoff,
+    PeerConnected,
+    PeerConnection,
+    PeerDisconnected,
+)
+from .host import DEFAULT_PROTOCOL, Host, HostConfig, open_host, serve
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, generate_psk
+from .logical import ConnectionLost, LogicalStream, StreamReset
 from .peerdb import PeerDatabase
 from .stream import CIPHER_SUITE, SecureStream, SecurityContext
 from .trust import KnownPeers, ReplayGuard, admit_network_members, deny_unknown
@@ -33,6 +44,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIPHER_SUITE",
+    "DEFAULT_PROTOCOL",
+    "ConnectionConfig",
+    "ConnectionLimitReached",
+    "ConnectionLost",
+    "DialBackoff",
     "FloodError",
     "HandshakeFailed",
     "HandshakeTimeout",
@@ -41,15 +57,21 @@ __all__ = [
     "Identity",
     "KeyFileError",
     "KnownPeers",
+    "LogicalStream",
     "MessageTooLarge",
+    "MuxError",
     "NetworkKey",
     "P2PTLSError",
+    "PeerConnected",
+    "PeerConnection",
     "PeerDatabase",
     "PeerDatabaseError",
+    "PeerDisconnected",
     "PeerId",
     "PeerRecord",
     "PeerRefused",
     "ProtocolError",
+    "ProtocolNotSupported",
     "ReassemblyBudget",
     "ReassemblyBudgetExceeded",
     "RecordError",
@@ -57,6 +79,8 @@ __all__ = [
     "SecureStream",
     "SecurityContext",
     "StreamConfig",
+    "StreamRefused",
+    "StreamReset",
     "TruncatedError",
     "admit_network_members",
     "deny_unknown",

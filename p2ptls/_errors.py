@@ -68,3 +68,16 @@ class KeyFileError(P2PTLSError):
 
 class PeerDatabaseError(P2PTLSError):
     """The peer database failed authentication, is malformed, or holds an inconsistent entry."""
+
+
+class MuxError(ProtocolError):
+    """The peer broke the multiplexing protocol; its shared connection (every logical stream on
+    it) is closed."""
+
+
+class StreamRefused(P2PTLSError):
+    """The peer refused a logical stream we opened (too many streams, or it is going away)."""
+
+
+class ProtocolNotSupported(StreamRefused):
+    """The peer serves no such protocol on its host."""

@@ -71,3 +71,41 @@ class StreamConfig:
             return self.record_size
         by_mtu = self.mtu - IP_TCP_OVERHEAD - wire.HEADER_SIZE - wire.TAG_SIZE
         return min(self.record_size, by_mtu)
+
+
+def _at_least(minimum: int) -> Any:
+    def check(_instance: Any, attribute: Any, value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be at least {minimum}")
+
+    return check
+
+
+@attrs.frozen
+class ConnectionConfig:
+    """How a host shares one connection per peer between protocols. Every field has a safe
+    default."""
+
+    max_connections: int = attrs.field(default=256, validator=_at_least(1))
+    """Live connections at once; beyond it the least recently used unprotected one is closed
+    (and a new one refused if every other is protected)."""
+    idle_timeout: float | None = attrs.field(default=60.0, validator=_positive)
+    """Seconds a connection with no logical stream stays open (``None``: until evicted)."""
+    keepalive_interval: float = attrs.field(default=15.0, validator=_positive)
+    """Seconds of silence from the peer after which the connection is pinged."""
+    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a ping may go unanswered (with nothing else received) before the connection is
+    declared lost."""
+    dial_backoff_initial: float = attrs.field(default=0.5, validator=_positive)
+    """Seconds before a peer whose dial failed may be dialled again (doubling per failure)."""
+    dial_backoff_max: float = attrs.field(default=60.0, validator=_positive)
+    """Longest dial back-off."""
+    max_streams_per_peer: int = attrs.field(default=64, validator=_at_least(1))
+    """Logical streams a peer may hold open on its connection at once; more are refused."""
+    stream_window: int = attrs.field(default=256 * 1024, validator=_at_least(64 * 1024))
+    """Bytes a peer may send on one logical stream before the application reads them."""
+    replaced_grace: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a connection replaced by a newer one (a simultaneous open) keeps serving its
+    streams before it is closed."""
+    output_high_water: int = attrs.field(default=256 * 1024, validator=_at_least(1))
+    """Bytes of frames queued for the connection beyond which senders wait."""

@@ -49,14 +49,20 @@ from . import _wire as wire
 from ._bounded import FairTable
 from ._errors import P2PTLSError, RecordError
 from ._util import open_service_nursery
-from .config import StreamConfig
+from .config import ConnectionConfig, StreamConfig
+from .connections import PeerConnection, PeerEvent, ProtocolHandler
 from .identity import Identity, NetworkKey, PeerId, PeerRecord
+from .logical import LogicalStream
+from .manager import ConnectionManager
 from .stream import SecureStream, SecurityContext
 from .trust import AdmissionPolicy, KnownPeers, ReplayGuard, deny_unknown
 
 log = logging.getLogger("p2ptls.host")
 
-Handler = Callable[[SecureStream], Awaitable[Any]]
+Handler = Callable[[LogicalStream], Awaitable[Any]]
+
+DEFAULT_PROTOCOL = "p2ptls/stream/1"
+"""The protocol of :meth:`Host.connect`, :meth:`Host.incoming` and :func:`serve`."""
 
 
 def _peer_tuple(peers: Iterable[PeerRecord]) -> tuple[PeerRecord, ...]:
@@ -98,7 +104,9 @@ class HostConfig:
     """Admitted peers remembered (``host.context.peers.admitted``); the least recently
     authenticated is forgotten first."""
     stream: StreamConfig = attrs.field(factory=StreamConfig)
-    """Limits of every stream of this host."""
+    """Limits of every secure connection of this host."""
+    connections: ConnectionConfig = attrs.field(factory=ConnectionConfig)
+    """How connections are shared between protocols: limits, timeouts, flow control."""
     max_pending_handshakes: int = attrs.field(default=64, validator=_at_least_one)
     """Handshakes in progress at once; a new connection then evicts the oldest handshake of the
     source holding the most."""
@@ -204,16 +212,15 @@ class Host:
             max_private_key_operations_per_s=config.max_private_key_operations_per_s,
         )
         self._nursery = nursery
-        # Every stream to close on exit. Streams the application closed are pruned now and then
-        # (each holds its receive buffer), so a peer that connects again and again cannot grow it.
-        self._streams: set[SecureStream] = set()
-        self._prune_at = _PRUNE_MINIMUM
+        self.manager = ConnectionManager(self.context, config.connections, nursery)
+        """Makes, shares and ends this host's connections (one per peer)."""
+        self.manager.deliver_protocol(DEFAULT_PROTOCOL, self._deliver_to_incoming)
         # Handshakes in progress, each with the cancel scope that evicts it.
         self._pending: FairTable[trio.CancelScope, trio.CancelScope, str] = FairTable(
             config.max_pending_handshakes, config.max_pending_per_address
         )
-        # Verified streams not yet taken from incoming(), charged to their peer.
-        self._backlog: FairTable[SecureStream, SecureStream, PeerId] = FairTable(
+        # Streams of DEFAULT_PROTOCOL not yet taken from incoming(), charged to their peer.
+        self._backlog: FairTable[LogicalStream, LogicalStream, PeerId] = FairTable(
             config.incoming_backlog, config.incoming_backlog_per_peer
         )
         self._arrivals = trio.lowlevel.ParkingLot()
@@ -225,7 +232,7 @@ class Host:
         """Handshakes cancelled to make room for newer connections (also in
         ``handshake_failures``)."""
         self.incoming_dropped = 0
-        """Verified streams closed because ``incoming()`` was not read fast enough."""
+        """Incoming streams closed because ``incoming()`` was not read fast enough."""
 
     @property
     def peer_id(self) -> PeerId:
@@ -253,35 +260,77 @@ class Host:
         """Trust another peer from now on."""
         self.context.peers.add(record)
 
-    # -- connecting -----------------------------------------------------------------------------
+    # -- connections and protocols --------------------------------------------------------------
+
+    @property
+    def connections(self) -> tuple[PeerConnection, ...]:
+        """The current connection of every connected peer (one per peer)."""
+        return self.manager.connections
+
+    def connection(self, peer: PeerId) -> PeerConnection | None:
+        """The current connection to ``peer``, if there is one."""
+        return self.manager.connection(peer)
+
+    async def open(
+        self,
+        peer: PeerRecord | PeerId,
+        protocol: str,
+        *,
+        address: tuple[str, int] | None = None,
+    ) -> LogicalStream:
+        """Open a logical stream for ``protocol`` to ``peer`` (a record, or a known peer's id).
+
+        Uses the one connection this host keeps to the peer, dialling it if there is none
+        (concurrent opens share one dial). Returns once the peer accepted the stream.
+
+        Raises :class:`~p2ptls.ProtocolNotSupported` if the peer serves no such protocol,
+        :class:`~p2ptls.StreamRefused` if it has too many of our streams open,
+        :class:`~p2ptls.DialBackoff` (an ``OSError``) while a failed dial backs off, ``OSError``
+        if the address is unreachable, ``trio.BrokenResourceError`` if the handshake fails and
+        :class:`~p2ptls.ConnectionLost` if the connection ends meanwhile.
+        """
+        return await self.manager.open(self._resolve(peer), protocol, address)
+
+    def serve_protocol(self, protocol: str, handler: ProtocolHandler) -> None:
+        """Run ``handler(stream)`` in its own task for every stream a peer opens for
+        ``protocol``; the stream is closed when the handler returns.
+
+        A peer that opens a protocol nobody serves is refused (its ``open`` raises
+        :class:`~p2ptls.ProtocolNotSupported`). An exception from the handler ends only its
+        stream: it is logged (a ``BrokenResourceError`` or ``ClosedResourceError``, the peer
+        going away, at info level; anything else as an error, counted in
+        ``host.manager.handler_failures``).
+        """
+        self.manager.serve_protocol(protocol, handler)
+
+    def remove_protocol(self, protocol: str) -> None:
+        """Stop serving ``protocol`` (streams already open go on)."""
+        self.manager.remove_protocol(protocol)
+
+    def protect(self, peer: PeerId, tag: str) -> None:
+        """Keep the connection to ``peer`` open: it is never closed as idle or evicted by the
+        connection limit while any tag protects it."""
+        self.manager.protect(peer, tag)
+
+    def unprotect(self, peer: PeerId, tag: str) -> None:
+        self.manager.unprotect(peer, tag)
+
+    def peer_events(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[PeerEvent]:
+        """:class:`~p2ptls.PeerConnected` and :class:`~p2ptls.PeerDisconnected` events from now
+        on (a peer's first live connection, and its last one ending). A reader that falls
+        ``max_buffer`` events behind has its channel closed."""
+        return self.manager.peer_events(max_buffer)
 
     async def connect(
         self, peer: PeerRecord | PeerId, address: tuple[str, int] | None = None
-    ) -> SecureStream:
-        """Open a verified stream to ``peer`` (a record, or the id of a known peer).
+    ) -> LogicalStream:
+        """Open a stream of the default protocol (``"p2ptls/stream/1"``) to ``peer``: the one a
+        peer reads from :meth:`incoming` or serves with :func:`serve`.
 
-        The returned stream has completed its handshake: ``stream.remote_peer`` is ``peer``.
-        Raises ``OSError`` if the address is unreachable and ``trio.BrokenResourceError`` if the
-        handshake fails. If it fails or is cancelled, the connection is closed.
+        Same as ``host.open(peer, DEFAULT_PROTOCOL, address=address)``; the stream shares the
+        host's one connection to the peer. ``stream.remote_peer`` is ``peer``.
         """
-        record = self._resolve(peer)
-        target = address or record.address
-        if target is None:
-            raise ValueError(f"no address known for peer {record.peer_id.short}")
-        tcp = await trio.open_tcp_stream(*target)
-        try:
-            stream = SecureStream(tcp, self.context, remote=record)
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
-        self._track(stream)
-        try:
-            await stream.do_handshake()
-        except BaseException:
-            self._streams.discard(stream)
-            await trio.aclose_forcefully(stream)
-            raise
-        return stream
+        return await self.open(peer, DEFAULT_PROTOCOL, address=address)
 
     def _resolve(self, peer: PeerRecord | PeerId) -> PeerRecord:
         if isinstance(peer, PeerRecord):
@@ -293,15 +342,14 @@ class Host:
 
     # -- accepting ------------------------------------------------------------------------------
 
-    async def incoming(self) -> AsyncIterator[SecureStream]:
-        """Verified incoming streams, oldest first, as they arrive; ends when the host closes.
+    async def incoming(self) -> AsyncIterator[LogicalStream]:
+        """Streams of the default protocol that peers open (:meth:`connect`), oldest first, as
+        they arrive; ends when the host closes.
 
         The caller owns (and closes) each one. Streams wait here at most ``incoming_backlog`` at
         once (``incoming_backlog_per_peer`` per peer); beyond that the oldest waiting stream of
         the peer holding the most is closed.
         """
-        if not self.listeners:
-            raise RuntimeError("this host is not listening (set HostConfig.listen)")
         while True:
             while not self._backlog:
                 if self._closing:
@@ -311,18 +359,16 @@ class Host:
             self._backlog.pop(oldest)
             yield oldest
 
-    async def _listen(self, deliver: Handler, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _listen(self, *, task_status: trio.TaskStatus[None]) -> None:
         assert self.config.listen is not None
         host, port = self.config.listen
         self.listeners = await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as nursery:
             for listener in self.listeners:
-                nursery.start_soon(self._accept_loop, listener, deliver, nursery)
+                nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started()
 
-    async def _accept_loop(
-        self, listener: trio.SocketListener, deliver: Handler, nursery: trio.Nursery
-    ) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
                 try:
@@ -335,14 +381,12 @@ class Host:
                     continue
                 # From here the task owns the connection, and closes it on every path (a task
                 # started in a cancelled nursery still runs until its first checkpoint).
-                nursery.start_soon(self._handle_connection, tcp, deliver)
+                nursery.start_soon(self._handle_connection, tcp)
 
-    async def _handle_connection(self, tcp: trio.SocketStream, deliver: Handler) -> None:
+    async def _handle_connection(self, tcp: trio.SocketStream) -> None:
         stream = await self._verified(tcp)
-        if stream is None:
-            return
-        self._track(stream)
-        await deliver(stream)
+        if stream is not None:
+            self.manager.adopt(stream)
 
     async def _verified(self, tcp: trio.SocketStream) -> SecureStream | None:
         """Run the handshake of an accepted connection under the host's bounds.
@@ -364,7 +408,9 @@ class Host:
         try:
             with slot:
                 if await self._first_flight(tcp):
-                    stream = SecureStream(tcp, self.context, server_side=True, source=source)
+                    stream = SecureStream(
+                        tcp, self.context, server_side=True, source=source, messages=False
+                    )
                     await stream.do_handshake()
                     return stream
                 reason = "no Hello within first_flight_timeout"
@@ -401,10 +447,9 @@ class Host:
                 return False
         return False
 
-    async def _deliver_to_incoming(self, stream: SecureStream) -> None:
+    def _deliver_to_incoming(self, stream: LogicalStream) -> None:
         if self._closing:
-            self._streams.discard(stream)
-            await trio.aclose_forcefully(stream)
+            self.manager._nursery.start_soon(stream.aclose)
             return
         evicted = self._backlog.put(stream, stream, stream.remote_peer.peer_id, trio.current_time())
         self._arrivals.unpark_all()
@@ -414,39 +459,24 @@ class Host:
                 "closed a stream from %s that incoming() did not take in time",
                 entry.source.short,
             )
-            self._streams.discard(entry.value)
-            await entry.value.aclose()
+            self._nursery.start_soon(entry.value.aclose)
 
     # -- closing --------------------------------------------------------------------------------
 
-    def _track(self, stream: SecureStream) -> None:
-        """Close ``stream`` on exit. Amortised O(1): when the set has doubled since the last
-        prune, streams whose transport is closed already are dropped from it."""
-        self._streams.add(stream)
-        if len(self._streams) > self._prune_at:
-            self._streams = {s for s in self._streams if not _transport_closed(s)}
-            self._prune_at = max(_PRUNE_MINIMUM, 2 * len(self._streams))
-
-    def forget(self, stream: SecureStream) -> None:
-        """Stop tracking ``stream`` (the host will not close it on exit)."""
-        self._streams.discard(stream)
-
     async def aclose(self) -> None:
-        """Stop listening and close every stream of this host."""
-        self._nursery.cancel_scope.cancel()
+        """Stop listening and close every connection of this host (each peer is told)."""
         self._closing = True
         self._arrivals.unpark_all()
-        for waiting in list(self._backlog):  # closed below, with the host's other streams
-            self._backlog.pop(waiting)
-        streams, self._streams = list(self._streams), set()
+        waiting = list(self._backlog)
+        for stream in waiting:
+            self._backlog.pop(stream)
         # Shielded: this runs while an exception (or the block's cancellation) propagates, and a
         # checkpoint raising Cancelled here would replace that exception.
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(5):
-                for stream in streams:
-                    await stream.aclose()
-            for stream in streams:  # any the polite close ran out of time for
-                await trio.aclose_forcefully(stream)
+            for stream in waiting:
+                await stream.aclose()
+            await self.manager.aclose()
+        self._nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -466,7 +496,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Host]:
         host = Host(config, nursery)
         try:
             if config.listen is not None:
-                await nursery.start(host._listen, host._deliver_to_incoming)
+                await nursery.start(host._listen)
             yield host
         finally:
             await host.aclose()
@@ -478,33 +508,17 @@ async def serve(
     *,
     task_status: trio.TaskStatus[Host] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen and run ``handler(stream)`` in its own task for every verified incoming stream.
+    """Listen and run ``handler(stream)`` in its own task for every stream of the default
+    protocol a peer opens (with :meth:`Host.connect`).
 
     Like ``trio.serve_tcp``: use with ``nursery.start`` to learn the running :class:`Host` (and so
-    its address). The stream is closed when the handler returns. A ``trio.BrokenResourceError`` or
-    ``trio.ClosedResourceError`` escaping the handler (the peer broke or cut its connection) is
-    logged and ends only that connection; any other exception propagates, as with
-    ``trio.serve_tcp``. Runs until cancelled.
+    its address). The stream is closed when the handler returns; an exception from the handler
+    ends only that stream and is logged (see :meth:`Host.serve_protocol`). Runs until cancelled.
     """
     if config.listen is None:
         raise ValueError("serve needs HostConfig.listen")
-
-    async with trio.open_nursery() as nursery:
-        host = Host(config, nursery)
-
-        async def run_handler(stream: SecureStream) -> None:
-            try:
-                await handler(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                # The peer broke its own connection; that must not stop the server.
-                log.info("connection from %s ended: %r", stream.remote_peer.peer_id.short, exc)
-            finally:
-                host.forget(stream)
-                await stream.aclose()
-
-        try:
-            await nursery.start(host._listen, run_handler)
-            task_status.started(host)
-            await trio.sleep(math.inf)
-        finally:
-            await host.aclose()
+    async with open_host(config) as host:
+        host.remove_protocol(DEFAULT_PROTOCOL)
+        host.serve_protocol(DEFAULT_PROTOCOL, handler)
+        task_status.started(host)
+        await trio.sleep(math.inf)

@@ -231,6 +231,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
       source: for the accepting side, where the connection came from (the host passes the IPv4
         address or IPv6 /64): the replay guard's memory of Hellos is shared fairly between
         sources. Streams without one share a single default source.
+      messages: whether the peer may send whole messages. ``False`` for a stream that carries
+        only bytes (a host's shared connection, whose byte stream carries the multiplexing
+        frames): a message from the peer is then a protocol error.
 
     Besides the byte stream, :meth:`send_message` and :meth:`receive_message` carry whole messages
     of up to ``config.max_message_size`` bytes. ``async for chunk in stream`` yields byte chunks
@@ -246,6 +249,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         remote: PeerRecord | None = None,
         config: StreamConfig | None = None,
         source: str = DEFAULT_SOURCE,
+        messages: bool = True,
     ) -> None:
         self.transport_stream = transport_stream
         self.context = context
@@ -291,6 +295,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
         if type(transport_stream) is trio.SocketStream:
             self._receive_buffer = memoryview(bytearray(self.config.receive_size))
             self._tcp_socket = transport_stream.socket
+        self._accept_messages = messages
         self._closed = False
         self._error: BaseException | None = None
 
@@ -429,6 +434,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._bytes.append(event.data)
                 self._bytes_size += len(event.data) + _ITEM_OVERHEAD
             elif isinstance(event, MessageReceived):
+                if not self._accept_messages:
+                    raise ProtocolError("a message on a stream that carries only bytes")
                 self._messages.append(event.data)
                 self._messages_size += len(event.data) + _ITEM_OVERHEAD
             elif isinstance(event, PongReceived):

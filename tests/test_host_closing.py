@@ -95,15 +95,13 @@ async def test_a_stream_waiting_in_incoming_is_closed_with_the_host(identities) 
     alice, bob = identities[0], identities[1]
     psk = p2ptls.generate_psk()
     with no_resource_warnings(), trio.fail_after(SAFETY_NET):
-        async with open_host(_config(bob, psk, [alice.record])) as bob_host:
-            alice_config = _config(alice, psk, [bob_host.peer_record()], listen=None)
-            async with open_host(alice_config) as alice_host:
-                stream = await alice_host.connect(bob.peer_id)
-                alice_host.forget(stream)
+        async with open_host(_config(alice, psk, [bob.record], listen=None)) as alice_host:
+            async with open_host(_config(bob, psk, [alice.record])) as bob_host:
+                stream = await alice_host.connect(bob_host.peer_record())
                 await settle(lambda: len(bob_host._backlog) == 1)
-        assert await stream.receive_some() == b""  # bob's goodbye
-        await stream.aclose()
-        assert [s async for s in bob_host.incoming()] == []
+            assert await stream.receive_some() == b""  # bob closed the stream with his host
+            await stream.aclose()
+            assert [s async for s in bob_host.incoming()] == []
 
 
 # -- errors in the block ----------------------------------------------------------------------

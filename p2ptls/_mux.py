@@ -1,0 +1,623 @@
+"""Many logical streams over one secure connection (sans-IO).
+
+Theory of operation
+-------------------
+A :class:`Multiplexer` is one side of one connection's multiplexing, as h11's ``Connection`` is
+one side of an HTTP/1.1 connection: bytes received go in through
+:meth:`~Multiplexer.receive_data_untrusted`, which returns events; the application's actions
+(open, accept, send, consume, reset, ping, go away) queue frames, which
+:meth:`~Multiplexer.data_to_send` hands out. It never reads a clock, a socket or trio.
+
+**Streams.** The side that initiated the secure connection opens odd stream ids, the other side
+even ones, each exactly two above its previous one, so an id can never be reused and a frame for
+a stream that was never opened is told apart from a late frame for one that is gone (the first
+is a protocol error, the second is dropped). A stream opened by the peer is offered to the
+application (:class:`StreamOpened`), which accepts or refuses it; the opener may send data before
+the answer, within the initial window. Each stream has two channels in each direction, as a
+:class:`~p2ptls.SecureStream` has: a byte stream and whole messages. FIN ends a direction; RESET
+aborts both.
+
+**Flow control.** Every stream starts with ``INITIAL_WINDOW`` bytes of credit in each direction;
+the receiver grants more in WINDOW frames as the application consumes what arrived, so a stream
+whose reader is slow stops only its own sender, never the other streams of the connection.
+Sending past the credit is a protocol error. Bytes of a message still being assembled must be
+consumed before the whole message can be read, so their credit is given back as they arrive while
+no finished message waits unread; those bytes are then charged to the shared
+:class:`~p2ptls._fragments.ReassemblyBudget` until the message is taken. Memory per connection is
+therefore bounded by ``max_inbound_streams`` × the window plus the budget's per-peer share.
+
+**Trust boundaries.** Everything a frame claims is checked before it is acted on: type, flags and
+length (before the payload is buffered), stream id parity and order, the credit. A violation
+raises :class:`~p2ptls._errors.MuxError` and the connection ends; nothing else is shared with other
+connections. The peer can add to three tables, each bounded: streams it opened (at most
+``max_inbound_streams``, beyond that it is refused), our queued replies (at most
+``max_output_backlog`` bytes of frames answering it: a peer that asks without reading is cut) and
+message bytes (the budget).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+
+import attrs
+
+from . import _mux_wire as mw
+from ._errors import MuxError, ReassemblyBudgetExceeded
+from ._fragments import ReassemblyBudget
+from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
+
+DEFAULT_WINDOW = 256 * 1024
+DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StreamOpened:
+    """The peer opened a stream: accept or refuse it."""
+
+    stream_id: int
+    protocol: str
+
+
+@attrs.frozen
+class StreamAccepted:
+    stream_id: int
+
+
+@attrs.frozen
+class OpenRefused:
+    """The peer refused a stream we opened (it is gone)."""
+
+    stream_id: int
+    code: RefuseCode
+
+
+@attrs.frozen
+class DataReceived:
+    stream_id: int
+    data: bytes
+    message: bool
+    """For the message channel (else the byte stream)."""
+    end: bool
+    """The last fragment of a message."""
+
+
+@attrs.frozen
+class StreamEnded:
+    """The peer finished its direction of the stream (FIN)."""
+
+    stream_id: int
+
+
+@attrs.frozen
+class CreditAvailable:
+    """The peer granted more credit: a blocked sender may go on."""
+
+    stream_id: int
+
+
+@attrs.frozen
+class StreamAborted:
+    """The stream was aborted, by the peer or (``by_peer=False``) by us for breaking a limit."""
+
+    stream_id: int
+    code: ResetCode
+    by_peer: bool
+
+
+@attrs.frozen
+class PongReceived:
+    payload: bytes
+
+
+@attrs.frozen
+class GoAwayReceived:
+    """The peer opens no more streams and accepts none above ``last_stream_id``."""
+
+    last_stream_id: int
+    code: GoAwayCode
+
+
+MuxEvent = (
+    StreamOpened
+    | StreamAccepted
+    | OpenRefused
+    | DataReceived
+    | StreamEnded
+    | CreditAvailable
+    | StreamAborted
+    | PongReceived
+    | GoAwayReceived
+)
+
+
+@attrs.define
+class _Stream:
+    local: bool
+    """Opened by us."""
+    accepted: bool = False
+    send_credit: int = mw.INITIAL_WINDOW
+    receive_left: int = mw.INITIAL_WINDOW
+    """Credit the peer still holds for sending to us."""
+    to_return: int = 0
+    """Bytes consumed since the last WINDOW frame."""
+    sent_fin: bool = False
+    received_fin: bool = False
+    reset: bool = False
+    """Aborted, by either side."""
+    peer_reset: bool = False
+    # Message channel: credit held per finished, unread message; the message being assembled.
+    finished: collections.deque[tuple[int, int]] = attrs.field(factory=collections.deque)
+    """(credit held, budget charged) of each finished message not yet taken."""
+    assembling: int = 0
+    assembling_held: int = 0
+    assembling_charged: int = 0
+
+
+class Multiplexer:
+    """One side of the multiplexing of one secure connection.
+
+    Args:
+      initiator: whether this side initiated the secure connection (it opens odd stream ids).
+      window: the credit this side keeps granting per stream (at least ``INITIAL_WINDOW``).
+      max_inbound_streams: streams the peer may hold open at once; more are refused.
+      max_message_size: largest message accepted on a stream's message channel.
+      budget: shared memory budget for message bytes held without credit.
+      budget_key: whom the budget charges (the remote peer).
+    """
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        window: int = DEFAULT_WINDOW,
+        max_inbound_streams: int = 64,
+        max_message_size: int = 16 * 1024 * 1024,
+        budget: ReassemblyBudget | None = None,
+        budget_key: object = None,
+        max_output_backlog: int = DEFAULT_MAX_OUTPUT_BACKLOG,
+    ) -> None:
+        if not mw.INITIAL_WINDOW <= window <= mw.MAX_WINDOW:
+            raise ValueError(f"window must be between {mw.INITIAL_WINDOW} and {mw.MAX_WINDOW}")
+        self.initiator = initiator
+        self.window = window
+        self.max_inbound_streams = max_inbound_streams
+        self.max_message_size = max_message_size
+        self.budget = budget if budget is not None else ReassemblyBudget()
+        self.budget_key = budget_key
+        self.max_output_backlog = max_output_backlog
+        self._streams: dict[int, _Stream] = {}
+        self._inbound = 0
+        self._last_local = -1 if initiator else 0  # the next id is two above
+        self._last_remote = 0 if initiator else -1
+        self._out = bytearray()
+        self._in = bytearray()
+        self.go_away_sent = False
+        self.go_away_received: GoAwayReceived | None = None
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    @property
+    def output_size(self) -> int:
+        """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
+        return len(self._out)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    @property
+    def inbound_streams(self) -> int:
+        return self._inbound
+
+    def send_credit(self, stream_id: int) -> int:
+        """Bytes the peer lets us send on ``stream_id`` now (0 for a stream that is gone)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.reset or stream.sent_fin:
+            return 0
+        return stream.send_credit
+
+    def can_open(self) -> bool:
+        """Whether :meth:`open_stream` may be called (no GOAWAY either way, ids left)."""
+        return (
+            not self.go_away_sent
+            and self.go_away_received is None
+            and self._last_local + 2 <= mw.MAX_STREAM_ID
+        )
+
+    # -- output --------------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Every queued frame, in order; the queue is then empty."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def _queue(
+        self, frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0
+    ) -> None:
+        self._out += mw.HEADER.pack(frame_type, flags, stream_id, len(payload))
+        self._out += payload
+
+    def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
+        """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
+        if len(self._out) > self.max_output_backlog:
+            raise MuxError("the peer does not read the replies it asks for")
+        self._queue(frame_type, stream_id, payload)
+
+    # -- application actions ---------------------------------------------------------------------
+
+    def open_stream(self, protocol: str) -> int:
+        """Queue an OPEN for ``protocol``; the new stream's id."""
+        name = mw.check_protocol_name(protocol)
+        if not self.can_open():
+            raise RuntimeError("this connection opens no more streams (going away)")
+        self._last_local += 2
+        stream_id = self._last_local
+        self._streams[stream_id] = _Stream(local=True)
+        self._queue(FrameType.OPEN, stream_id, name)
+        self._grant_window(stream_id, self._streams[stream_id])
+        return stream_id
+
+    def accept_stream(self, stream_id: int) -> None:
+        stream = self._streams[stream_id]
+        if stream.local or stream.accepted:
+            raise RuntimeError("not a stream waiting to be accepted")
+        stream.accepted = True
+        self._queue(FrameType.ACCEPT, stream_id)
+        self._grant_window(stream_id, stream)
+
+    def refuse_stream(self, stream_id: int, code: RefuseCode) -> None:
+        stream = self._streams[stream_id]
+        if stream.local or stream.accepted:
+            raise RuntimeError("not a stream waiting to be accepted")
+        self._queue(FrameType.REFUSE, stream_id, bytes([code]))
+        self._forget(stream_id)
+
+    def _grant_window(self, stream_id: int, stream: _Stream) -> None:
+        extra = self.window - mw.INITIAL_WINDOW
+        if extra:
+            stream.receive_left += extra
+            self._queue(FrameType.WINDOW, stream_id, extra.to_bytes(4, "big"))
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        message: bool = False,
+        end: bool = False,
+        fin: bool = False,
+    ) -> int:
+        """Queue up to the stream's credit of ``data``; how many bytes were taken.
+
+        ``end`` (message channel) and ``fin`` apply only if all of ``data`` was taken.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.reset:
+            raise RuntimeError("the stream is gone")
+        if stream.sent_fin:
+            raise RuntimeError("this direction of the stream was finished")
+        view = memoryview(data)
+        total = len(view)
+        taken = 0
+        base = Flag.MESSAGE if message else 0
+        while True:
+            size = min(total - taken, stream.send_credit, mw.FRAME_CHUNK)
+            last = taken + size == total
+            if size == 0 and not (last and (end or fin)):
+                break
+            flags = base
+            if last:
+                flags |= (Flag.END if end else 0) | (Flag.FIN if fin else 0)
+            self._out += mw.HEADER.pack(FrameType.DATA, flags, stream_id, size)
+            self._out += view[taken : taken + size]
+            stream.send_credit -= size
+            taken += size
+            if last:
+                stream.sent_fin = fin
+                break
+        return taken
+
+    def send_fin(self, stream_id: int) -> None:
+        """Finish our direction (both channels) of a stream."""
+        self.send_data(stream_id, b"", fin=True)
+
+    def bytes_consumed(self, stream_id: int, size: int) -> None:
+        """The application read ``size`` bytes of the stream's byte channel."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._give_back(stream_id, stream, size)
+
+    def message_taken(self, stream_id: int) -> bool:
+        """The application took the stream's oldest finished message. False if the stream had
+        to be reset (the next message's bytes went over the reassembly budget)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.finished:
+            return True
+        held, charged = stream.finished.popleft()
+        self.budget.release(charged, self.budget_key)
+        credit = held
+        if not stream.finished and stream.assembling_held:
+            # The message being assembled is next: its bytes are consumed from now on.
+            if self._charge(stream_id, stream, stream.assembling_held):
+                credit += stream.assembling_held
+                stream.assembling_charged += stream.assembling_held
+                stream.assembling_held = 0
+            else:
+                return False
+        self._give_back(stream_id, stream, credit)
+        return True
+
+    def reset_stream(self, stream_id: int, code: ResetCode = ResetCode.CANCEL) -> None:
+        """Abort a stream (both directions) unless both finished already, and forget it."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.reset and not (stream.sent_fin and stream.received_fin):
+            self._queue(FrameType.RESET, stream_id, bytes([code]))
+        self._forget(stream_id)
+
+    def close_stream(self, stream_id: int) -> None:
+        """The application is done with a stream: finish our direction if it is still open,
+        tell the peer to stop sending (RESET) unless it finished too, and forget the stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.reset:
+            if not stream.sent_fin:
+                self._queue(FrameType.DATA, stream_id, b"", Flag.FIN)
+                stream.sent_fin = True
+            if not stream.received_fin:
+                self._queue(FrameType.RESET, stream_id, bytes([ResetCode.CANCEL]))
+        self._forget(stream_id)
+
+    def send_ping(self, payload: bytes) -> None:
+        if len(payload) != mw.PING_SIZE:
+            raise ValueError("a ping carries 8 bytes")
+        self._queue(FrameType.PING, 0, payload)
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
+        """Tell the peer this side opens and accepts no more streams (once)."""
+        if self.go_away_sent:
+            return
+        self.go_away_sent = True
+        last = max(self._last_remote, 0)
+        self._queue(FrameType.GOAWAY, 0, last.to_bytes(4, "big") + bytes([code]))
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def receive_data_untrusted(self, data: bytes | bytearray | memoryview) -> list[MuxEvent]:
+        """Feed bytes received from the peer; the events they complete.
+
+        Raises :class:`~p2ptls._errors.MuxError` if the peer broke the protocol (the connection
+        must then be closed).
+        """
+        buffer = self._in
+        buffer += data
+        events: list[MuxEvent] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= mw.HEADER_SIZE:
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(
+                memoryview(buffer)[offset : offset + mw.HEADER_SIZE]
+            )
+            start = offset + mw.HEADER_SIZE
+            if end - start < length:
+                break
+            payload = bytes(buffer[start : start + length])
+            offset = start + length
+            self._handle(frame_type, flags, stream_id, payload, events)
+        del buffer[:offset]
+        return events
+
+    def _handle(
+        self,
+        frame_type: FrameType,
+        flags: int,
+        stream_id: int,
+        payload: bytes,
+        events: list[MuxEvent],
+    ) -> None:
+        if frame_type is FrameType.PING:
+            self._reply(FrameType.PONG, 0, payload)
+            return
+        if frame_type is FrameType.PONG:
+            events.append(PongReceived(payload))
+            return
+        if frame_type is FrameType.GOAWAY:
+            self._on_go_away(payload, events)
+            return
+        if frame_type is FrameType.OPEN:
+            self._on_open(stream_id, payload, events)
+            return
+        stream = self._stream_for(stream_id)
+        if stream is None:
+            return  # a late frame for a stream that is gone
+        if frame_type is FrameType.DATA:
+            self._on_data(stream_id, stream, flags, payload, events)
+        elif frame_type is FrameType.WINDOW:
+            self._on_window(stream_id, stream, int.from_bytes(payload, "big"), events)
+        elif frame_type is FrameType.ACCEPT:
+            if not stream.local or stream.accepted:
+                raise MuxError("ACCEPT for a stream not waiting for one")
+            stream.accepted = True
+            events.append(StreamAccepted(stream_id))
+        elif frame_type is FrameType.REFUSE:
+            if not stream.local or stream.accepted:
+                raise MuxError("REFUSE for a stream not waiting for an answer")
+            self._forget(stream_id)
+            events.append(OpenRefused(stream_id, _refuse_code(payload[0])))
+        else:  # RESET
+            if stream.peer_reset:
+                raise MuxError("RESET of a stream already reset")
+            stream.peer_reset = True
+            if stream.reset:
+                return  # crossed with our own RESET
+            stream.reset = True
+            self._release_messages(stream)
+            events.append(StreamAborted(stream_id, _reset_code(payload[0]), by_peer=True))
+
+    def _stream_for(self, stream_id: int) -> _Stream | None:
+        """The stream a frame names; ``None`` for one that is gone; error for one never opened."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream
+        ours = (stream_id % 2 == 1) == self.initiator
+        last = self._last_local if ours else self._last_remote
+        if stream_id > last:
+            raise MuxError("frame for a stream that was never opened")
+        return None
+
+    def _on_open(self, stream_id: int, payload: bytes, events: list[MuxEvent]) -> None:
+        if stream_id != self._last_remote + 2:
+            raise MuxError("OPEN with an out-of-order or wrong-side stream id")
+        protocol = mw.parse_protocol_name_untrusted(payload)
+        self._last_remote = stream_id
+        if self.go_away_sent:
+            self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.GOING_AWAY]))
+        elif self._inbound >= self.max_inbound_streams:
+            self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.TOO_MANY_STREAMS]))
+        else:
+            self._streams[stream_id] = _Stream(local=False)
+            self._inbound += 1
+            events.append(StreamOpened(stream_id, protocol))
+
+    def _on_data(
+        self, stream_id: int, stream: _Stream, flags: int, payload: bytes, events: list[MuxEvent]
+    ) -> None:
+        if stream.received_fin or stream.peer_reset:
+            raise MuxError("DATA after the stream's FIN or RESET")
+        if stream.reset:
+            return  # sent before our RESET reached the peer
+        if stream.local and not stream.accepted:
+            raise MuxError("DATA on a stream the peer has not accepted")
+        size = len(payload)
+        if size > stream.receive_left:
+            raise MuxError("DATA past the stream's credit")
+        stream.receive_left -= size
+        fin = bool(flags & Flag.FIN)
+        if flags & Flag.MESSAGE:
+            end = bool(flags & Flag.END)
+            if not self._take_fragment(stream_id, stream, size, end):
+                events.append(StreamAborted(stream_id, ResetCode.MESSAGE_TOO_LARGE, by_peer=False))
+                return
+            if size or end:
+                events.append(DataReceived(stream_id, payload, True, end))
+        elif size:
+            events.append(DataReceived(stream_id, payload, False, False))
+        if fin:
+            stream.received_fin = True
+            events.append(StreamEnded(stream_id))
+
+    def _take_fragment(self, stream_id: int, stream: _Stream, size: int, end: bool) -> bool:
+        """Account for a message fragment; False if the stream had to be reset for it."""
+        if stream.assembling + size > self.max_message_size:
+            self._reset_for(stream_id, stream, ResetCode.MESSAGE_TOO_LARGE)
+            return False
+        stream.assembling += size
+        if stream.finished:
+            stream.assembling_held += size  # credit held until the waiting messages are taken
+        else:
+            if not self._charge(stream_id, stream, size):
+                return False
+            stream.assembling_charged += size
+            self._give_back(stream_id, stream, size)
+        if end:
+            stream.finished.append((stream.assembling_held, stream.assembling_charged))
+            stream.assembling = stream.assembling_held = stream.assembling_charged = 0
+        return True
+
+    def _charge(self, stream_id: int, stream: _Stream, size: int) -> bool:
+        try:
+            self.budget.reserve(size, self.budget_key)
+        except ReassemblyBudgetExceeded:
+            self._reset_for(stream_id, stream, ResetCode.MESSAGE_TOO_LARGE)
+            return False
+        return True
+
+    def _reset_for(self, stream_id: int, stream: _Stream, code: ResetCode) -> None:
+        """Abort a stream whose peer broke a limit of ours (the stream stays known, reset, until
+        the application closes it)."""
+        stream.reset = True
+        self._release_messages(stream)
+        self._reply(FrameType.RESET, stream_id, bytes([code]))
+
+    def _on_window(
+        self, stream_id: int, stream: _Stream, increment: int, events: list[MuxEvent]
+    ) -> None:
+        if increment == 0:
+            raise MuxError("WINDOW of zero")
+        stream.send_credit += increment
+        if stream.send_credit > mw.MAX_WINDOW:
+            raise MuxError("credit beyond 2^31 - 1")
+        if not stream.reset and not stream.sent_fin:
+            events.append(CreditAvailable(stream_id))
+
+    def _on_go_away(self, payload: bytes, events: list[MuxEvent]) -> None:
+        if self.go_away_received is not None:
+            raise MuxError("a second GOAWAY")
+        last = int.from_bytes(payload[:4], "big")
+        notice = GoAwayReceived(last, _go_away_code(payload[4]))
+        self.go_away_received = notice
+        events.append(notice)
+        for stream_id, stream in list(self._streams.items()):
+            if stream.local and not stream.accepted and stream_id > last:
+                self._forget(stream_id)
+                events.append(OpenRefused(stream_id, RefuseCode.GOING_AWAY))
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _give_back(self, stream_id: int, stream: _Stream, size: int) -> None:
+        if stream.received_fin or stream.reset:
+            return
+        stream.to_return += size
+        if stream.to_return >= self.window // 2:
+            stream.receive_left += stream.to_return
+            self._queue(FrameType.WINDOW, stream_id, stream.to_return.to_bytes(4, "big"))
+            stream.to_return = 0
+
+    def _release_messages(self, stream: _Stream) -> None:
+        charged = stream.assembling_charged + sum(c for _, c in stream.finished)
+        self.budget.release(charged, self.budget_key)
+        stream.finished.clear()
+        stream.assembling = stream.assembling_held = stream.assembling_charged = 0
+
+    def _forget(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._release_messages(stream)
+        if not stream.local:
+            self._inbound -= 1
+
+    def release_all(self) -> None:
+        """The connection is gone: give back every budget charge."""
+        for stream_id in list(self._streams):
+            self._forget(stream_id)
+
+    def stream_ids(self) -> Iterable[int]:
+        return tuple(self._streams)
+
+
+def _refuse_code(raw: int) -> RefuseCode:
+    try:
+        return RefuseCode(raw)
+    except ValueError:
+        raise MuxError("unknown REFUSE code") from None
+
+
+def _reset_code(raw: int) -> ResetCode:
+    try:
+        return ResetCode(raw)
+    except ValueError:
+        return ResetCode.INTERNAL  # a reason we do not know still aborts the stream
+
+
+def _go_away_code(raw: int) -> GoAwayCode:
+    try:
+        return GoAwayCode(raw)
+    except ValueError:
+        return GoAwayCode.NORMAL

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._mux_wire import ResetCode
-from ._util import ConflictDetector
+from ._util import ConflictDetector, MessageIterator
 from .identity import PeerRecord
 
 if TYPE_CHECKING:
@@ -46,20 +46,6 @@ class StreamReset(trio.BrokenResourceError):
     def __init__(self, message: str, code: ResetCode = ResetCode.CANCEL) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Messages:
-    def __init__(self, stream: LogicalStream) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._stream.receive_message()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class LogicalStream(trio.abc.HalfCloseableStream):
@@ -231,9 +217,9 @@ class LogicalStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return message
 
-    def messages(self) -> _Messages:
+    def messages(self) -> MessageIterator:
         """Whole messages until the peer's end: ``async for message in stream.messages()``."""
-        return _Messages(self)
+        return MessageIterator(self.receive_message)
 
     # -- sending -------------------------------------------------------------------------------
 

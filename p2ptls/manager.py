@@ -47,9 +47,10 @@ from .connections import (
     ProtocolHandler,
     _GoingAway,
 )
+from .context import SecurityContext
 from .identity import PeerId, PeerRecord
 from .logical import LogicalStream
-from .stream import SecureStream, SecurityContext
+from .stream import SecureStream
 
 log = logging.getLogger("p2ptls.connections")
 

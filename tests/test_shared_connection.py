@@ -1,8 +1,10 @@
-"""A retired connection (GOAWAY) lets its streams finish on both ends, then closes."""
+"""The host's shared connections: retirement, dial deadlines."""
 
 from __future__ import annotations
 
+import pytest
 import trio
+import trio.testing
 
 import p2ptls
 from p2ptls import HostConfig, open_host
@@ -42,3 +44,34 @@ async def test_streams_on_a_retired_connection_go_on_until_they_end(identities) 
             await again.send_message(b"new")
             assert await again.receive_message() == b"new"
             await again.aclose()
+
+
+async def _hold_silently(tcp: trio.SocketStream) -> None:
+    async with tcp:
+        await trio.sleep_forever()
+
+
+async def test_a_dial_that_never_completes_its_handshake_times_out_then_backs_off(
+    identities, autojump_clock: trio.testing.MockClock
+) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    silent = bob.peer_record(address=("127.0.0.1", port))
+    config = HostConfig(
+        identity=alice,
+        psk=psk,
+        peers=[silent],
+        connections=p2ptls.ConnectionConfig(dial_timeout=3.0, dial_backoff_initial=5.0),
+    )
+    async with trio.open_nursery() as nursery, open_host(config) as host:
+        nursery.start_soon(trio.serve_listeners, _hold_silently, listeners)
+        start = trio.current_time()
+        with pytest.raises(TimeoutError, match="dial_timeout"):
+            await host.open(bob.peer_id, "echo/1")
+        assert trio.current_time() - start == pytest.approx(3.0)
+        with pytest.raises(p2ptls.DialBackoff) as backing_off:
+            await host.open(bob.peer_id, "echo/1")
+        assert 3.75 <= backing_off.value.retry_after <= 6.25
+        nursery.cancel_scope.cancel()

@@ -153,6 +153,9 @@ class PeerConnection:
         )
         self.retired: GoAwayCode | None = None
         """Why this side retired the connection (``None``: it did not)."""
+        self.rtt: float | None = None
+        """The round trip of the last answered keepalive ping, in seconds."""
+        self._keepalive_ping = b""
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -393,6 +396,8 @@ class PeerConnection:
                 reason = "the peer reset the stream" if event.by_peer else "the peer broke a limit"
                 stream._fail(StreamReset(reason, event.code))
         elif isinstance(event, _mux.PongReceived):
+            if event.payload == self._keepalive_ping and self._liveness.last_ping is not None:
+                self.rtt = trio.current_time() - self._liveness.last_ping
             answered = self._pongs.pop(event.payload, None)
             if answered is not None:
                 answered.set()
@@ -447,7 +452,8 @@ class PeerConnection:
                 protected=self.manager.is_protected(peer),
             )
             if action is Action.PING:
-                self._mux.send_ping(os.urandom(8))
+                self._keepalive_ping = os.urandom(8)
+                self._mux.send_ping(self._keepalive_ping)
                 self._wake_writer()
             elif action is Action.LOST:
                 raise KeepaliveTimeout(liveness.keepalive_timeout)

@@ -338,7 +338,10 @@ class Host:
             return peer  # connecting to a record does not make it trusted for incoming streams
         record = self.context.peers.get(peer)
         if record is None:
-            raise KeyError(f"unknown peer {peer.short}")
+            connection = self.manager.connection(peer)
+            if connection is None:
+                raise KeyError(f"unknown peer {peer.short}")
+            record = connection.remote_peer  # connected to us: its handshake proved it
         return record
 
     # -- accepting ------------------------------------------------------------------------------

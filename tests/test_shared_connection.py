@@ -75,3 +75,34 @@ async def test_a_dial_that_never_completes_its_handshake_times_out_then_backs_of
             await host.open(bob.peer_id, "echo/1")
         assert 3.75 <= backing_off.value.retry_after <= 6.25
         nursery.cancel_scope.cancel()
+
+
+async def test_the_keepalive_measures_the_round_trip(
+    identities, autojump_clock: trio.testing.MockClock
+) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    connections = p2ptls.ConnectionConfig(keepalive_interval=5.0)
+    bob_config = HostConfig(
+        identity=bob,
+        psk=psk,
+        peers=[alice.record],
+        listen=("127.0.0.1", 0),
+        connections=connections,
+    )
+    async with open_host(bob_config) as bob_host:
+        bob_host.context.offload_private_key_operations = False  # no threads: the clock jumps
+        bob_host.serve_protocol("echo/1", _echo)
+        config = HostConfig(
+            identity=alice, psk=psk, peers=[bob_host.peer_record()], connections=connections
+        )
+        async with open_host(config) as host:
+            host.context.offload_private_key_operations = False
+            async with await host.open(bob.peer_id, "echo/1") as stream:
+                connection = stream.connection
+                assert connection.rtt is None
+                start = trio.current_time()
+                while connection.rtt is None:  # virtual time: the keepalive interval passes
+                    await trio.sleep(1.0)
+                assert 5.0 <= trio.current_time() - start <= 11.0  # one side pings first
+                assert 0.0 <= connection.rtt < 1.0

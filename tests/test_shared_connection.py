@@ -101,8 +101,6 @@ async def test_the_keepalive_measures_the_round_trip(
             async with await host.open(bob.peer_id, "echo/1") as stream:
                 connection = stream.connection
                 assert connection.rtt is None
-                start = trio.current_time()
-                while connection.rtt is None:  # virtual time: the keepalive interval passes
-                    await trio.sleep(1.0)
-                assert 5.0 <= trio.current_time() - start <= 11.0  # one side pings first
+                await trio.sleep(11.0)  # virtual: a keepalive interval passes on both sides
+                assert connection.rtt is not None
                 assert 0.0 <= connection.rtt < 1.0

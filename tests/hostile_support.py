@@ -5,14 +5,16 @@
   so a property test can rebuild a connection in any state for every example at little cost.
 * Forgery: a Hello re-bound under a network key (what any network member can produce) and an
   independent :class:`~p2ptls._records.RecordSealer` in step with a connection's outgoing direction.
-* A host harness: a listening :class:`~p2ptls.Host` whose incoming streams echo messages and whose
-  failures are recorded, a raw peer that drives the sans-IO core over a TCP socket so that it can
-  send anything at all, and :func:`assert_host_serves`, which proves a bad peer did not take the
-  host (or its nursery) down.
+* A host harness: a listening :class:`~p2ptls.Host` whose streams of the default protocol echo
+  messages and whose failures are recorded, good peers that are real client hosts
+  (:func:`good_client`), and :func:`assert_host_serves`, which proves a bad peer did not take the
+  host (or its nursery) down. The hostile peer, which drives the sans-IO record layer and
+  multiplexer over a TCP socket so that it can send anything at all, is ``tests/raw_peer.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -31,11 +33,12 @@ from p2ptls import (
     HostConfig,
     Identity,
     KnownPeers,
+    LogicalStream,
     NetworkKey,
+    PeerId,
     PeerRecord,
     ReplayGuard,
     SecureStream,
-    SecurityContext,
     StreamConfig,
     _handshake,
     open_host,
@@ -46,7 +49,6 @@ from p2ptls._connection import (
     Connection,
     Event,
     HandshakeComplete,
-    MessageReceived,
     PrivateKeyOperationNeeded,
     State,
 )
@@ -374,10 +376,24 @@ def next_timestamp() -> int:
 # -- the host harness ----------------------------------------------------------------------------
 
 
-Handler = Callable[["Harness", SecureStream], Awaitable[None]]
+@functools.cache
+def extra_identity(index: int) -> Identity:
+    """Identities beyond the session's pool (each made once), for tests that need many peers:
+    a host keeps one connection per peer, so peers that must hold connections at once need
+    identities of their own."""
+    return Identity.generate(2048)
 
 
-async def echo_messages(harness: Harness, stream: SecureStream) -> None:
+def probe_identity() -> Identity:
+    """The identity of the fresh good peer :func:`assert_host_serves` connects with (trusted by
+    the harness host, used by no other peer, so that its connection replaces nobody's)."""
+    return extra_identity(0)
+
+
+Handler = Callable[["Harness", LogicalStream], Awaitable[None]]
+
+
+async def echo_messages(harness: Harness, stream: LogicalStream) -> None:
     """Echo every message until the peer closes."""
     async for message in stream.messages():
         harness.received.append(message)
@@ -386,18 +402,22 @@ async def echo_messages(harness: Harness, stream: SecureStream) -> None:
 
 @attrs.define
 class Harness:
-    """A listening host (``parties().responder``) and what its incoming streams went through."""
+    """A listening host (``parties().responder``), what the streams of the default protocol that
+    peers open went through, and the good peers' client hosts."""
 
     host: Host
     config: StreamConfig
+    nursery: trio.Nursery
     received: list[bytes] = attrs.field(factory=list)
     """Messages the server side received, in order."""
     failures: list[BaseException] = attrs.field(factory=list)
-    """Errors that ended a server-side stream (after its handshake)."""
+    """Errors that ended a server-side stream (a :class:`~p2ptls.ConnectionLost` when its
+    connection broke: ``__cause__`` says why)."""
     _changed: trio.Event = attrs.field(factory=trio.Event)
     _consumed: int = 0
+    _clients: dict[PeerId, Host] = attrs.field(factory=dict)
     accepted: int = 0
-    """Verified streams the host handed to the handler so far."""
+    """Streams the host handed to the handler so far."""
 
     @property
     def server(self) -> Identity:
@@ -412,7 +432,7 @@ class Harness:
             async for stream in self.host.incoming():
                 nursery.start_soon(self._run, handler, stream)
 
-    async def _run(self, handler: Handler, stream: SecureStream) -> None:
+    async def _run(self, handler: Handler, stream: LogicalStream) -> None:
         self.accepted += 1
         self._notify()
         try:
@@ -428,7 +448,7 @@ class Harness:
         self._changed = trio.Event()
 
     async def wait_accepted(self, count: int) -> None:
-        """Wait until the host has handed ``count`` verified streams to the handler."""
+        """Wait until the host has handed ``count`` streams to the handler."""
         with trio.fail_after(SAFETY_NET):
             while self.accepted < count:
                 await self._changed.wait()
@@ -441,34 +461,65 @@ class Harness:
         self._consumed += 1
         return self.failures[self._consumed - 1]
 
+    async def client(self, identity: Identity, config: StreamConfig | None = None) -> Host:
+        """A client host of ``identity`` (one per identity, running until the harness ends)."""
+        host = self._clients.get(identity.peer_id)
+        if host is None:
+            host = await self.nursery.start(_run_client, self, identity, config or self.config)
+            self._clients[identity.peer_id] = host
+        return host
+
+
+async def _run_client(
+    harness: Harness,
+    identity: Identity,
+    config: StreamConfig,
+    *,
+    task_status: trio.TaskStatus[Host] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with open_host(_client_config(harness, identity, config)) as host:
+        task_status.started(host)
+        await trio.sleep_forever()
+
+
+def _client_config(harness: Harness, identity: Identity, config: StreamConfig) -> HostConfig:
+    return HostConfig(
+        identity=identity, psk=harness.psk, peers=(harness.host.peer_record(),), stream=config
+    )
+
+
+_HOST_LOGGERS = ("p2ptls.host", "p2ptls.connections")
+
 
 @asynccontextmanager
 async def serving_host(
     *, config: StreamConfig = CONFIG, handler: Handler = echo_messages, **options: Any
 ) -> AsyncIterator[Harness]:
-    """Run a host on 127.0.0.1 that trusts ``initiator`` and ``other`` and serves ``handler``."""
+    """Run a host on 127.0.0.1 that trusts ``initiator``, ``other`` and the probe and serves
+    ``handler`` for the default protocol (``host.incoming()``)."""
     cast = parties()
     host_config = HostConfig(
         identity=cast.responder,
         psk=NETWORK_KEY,
-        peers=(cast.initiator.record, cast.other.record),
+        peers=(cast.initiator.record, cast.other.record, probe_identity().record),
         listen=(LOOPBACK, 0),
         stream=config,
         **options,
     )
     alarms = _Alarms()
-    host_log = logging.getLogger("p2ptls.host")
-    host_log.addHandler(alarms)
+    for name in _HOST_LOGGERS:
+        logging.getLogger(name).addHandler(alarms)
     try:
         async with open_host(host_config) as host, trio.open_nursery() as nursery:
-            harness = Harness(host, config)
+            harness = Harness(host, config, nursery)
             nursery.start_soon(harness.serve, handler)
             yield harness
             nursery.cancel_scope.cancel()
     finally:
-        host_log.removeHandler(alarms)
+        for name in _HOST_LOGGERS:
+            logging.getLogger(name).removeHandler(alarms)
     # A hostile peer must only ever cause the protocol's own, expected failures: the host's
-    # catch-all for unexpected errors (which would hide a bug) must never have fired.
+    # catch-alls for unexpected errors (which would hide a bug) must never have fired.
     assert alarms.records == [], [record.getMessage() for record in alarms.records]
 
 
@@ -483,48 +534,69 @@ class _Alarms(logging.Handler):
         self.records.append(record)
 
 
+async def dial_from(host: Host, server: Host, local_address: str) -> None:
+    """Connect ``host`` to ``server`` from ``local_address`` (a host dials from wherever the
+    system chooses): the handshake as the host's own dial makes it, then the host adopts the
+    connection as if it had dialled it."""
+    tcp = await trio.open_tcp_stream(*server.address, local_address=local_address)
+    secure = SecureStream(tcp, host.context, remote=server.peer_record(), messages=False)
+    try:
+        await secure.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(secure)
+        raise
+    host.manager._adopt(secure, initiator=True)
+
+
 async def good_client(
     harness: Harness,
     *,
     identity: Identity | None = None,
     local_address: str | None = None,
     config: StreamConfig | None = None,
-) -> SecureStream:
-    """A well-behaved peer's stream to the harness host, handshake done."""
-    context = SecurityContext(
-        identity or parties().other,
-        harness.psk,
-        KnownPeers([harness.server.record]),
-        config=config or harness.config,
-    )
-    tcp = await trio.open_tcp_stream(*harness.host.address, local_address=local_address)
-    stream = SecureStream(tcp, context, remote=harness.server.record)
-    await stream.do_handshake()
-    return stream
+) -> LogicalStream:
+    """A well-behaved peer's stream of the default protocol to the harness host, from a real
+    client host (``other`` by default; its streams share one connection)."""
+    client = await harness.client(identity or parties().other, config)
+    if local_address is not None:
+        await dial_from(client, harness.host, local_address)
+    return await client.connect(harness.host.peer_record())
+
+
+async def adopt(harness: Harness, secure: SecureStream) -> LogicalStream:
+    """A stream of the default protocol on ``secure`` (a connection to the harness host whose
+    handshake a test drove itself), through a real client host that adopts it."""
+    client = await harness.client(secure.context.identity)
+    client.manager._adopt(secure, initiator=True)
+    return await client.connect(harness.host.peer_record())
 
 
 async def assert_host_serves(
     harness: Harness, *, local_address: str | None = None, byte_stream: bool = False
 ) -> None:
-    """A good peer can still connect and exchange data: the host and its nursery are alive.
+    """A new good peer (its own client host, a fresh handshake) can still connect and exchange
+    data: the host and its nursery are alive.
 
     ``byte_stream``: the host's handler echoes the byte stream instead of messages.
     """
     large = min(40_000, harness.config.max_message_size)
+    config = _client_config(harness, probe_identity(), harness.config)
     with trio.fail_after(SAFETY_NET):
-        stream = await good_client(harness, local_address=local_address)
-        async with stream:
-            assert stream.remote_peer.peer_id == harness.server.peer_id
-            for payload in (b"the host still serves good peers", b"x" * large):
-                if byte_stream:
-                    await stream.send_all(payload)
-                    echoed = b""
-                    while len(echoed) < len(payload):
-                        echoed += await stream.receive_some()
-                    assert echoed == payload
-                else:
-                    await stream.send_message(payload)
-                    assert await stream.receive_message() == payload
+        async with open_host(config) as client:
+            if local_address is not None:
+                await dial_from(client, harness.host, local_address)
+            async with await client.connect(harness.server.peer_id) as stream:
+                assert stream.remote_peer.peer_id == harness.server.peer_id
+                for payload in (b"the host still serves good peers", b"x" * large):
+                    if byte_stream:
+                        await stream.send_all(payload)
+                        echoed = b""
+                        while len(echoed) < len(payload):
+                            echoed += await stream.receive_some()
+                        assert echoed == payload
+                    else:
+                        await stream.send_message(payload)
+                        assert await stream.receive_message() == payload
 
 
 async def settle(predicate: Callable[[], bool]) -> None:
@@ -536,82 +608,6 @@ async def settle(predicate: Callable[[], bool]) -> None:
     with trio.fail_after(SAFETY_NET):
         while not predicate():
             await trio.testing.wait_all_tasks_blocked(0.001)
-
-
-class RawPeer:
-    """A peer that speaks p2ptls through a sans-IO :class:`Connection` over a raw TCP stream.
-
-    After :meth:`handshake` it can send anything: forged, replayed, truncated or flooded records.
-    """
-
-    def __init__(
-        self, harness: Harness, tcp: trio.SocketStream, conn: Connection, identity: Identity
-    ) -> None:
-        self.harness = harness
-        self.tcp = tcp
-        self.conn = conn
-        self.identity = identity
-
-    @classmethod
-    async def connect(
-        cls,
-        harness: Harness,
-        *,
-        identity: Identity | None = None,
-        psk: NetworkKey | None = None,
-        config: StreamConfig | None = None,
-    ) -> RawPeer:
-        identity = identity or parties().initiator
-        tcp = await trio.open_tcp_stream(*harness.host.address)
-        conn = Connection.initiator(
-            config or harness.config,
-            identity,
-            psk or harness.psk,
-            harness.server.record,
-            timestamp_ns=next_timestamp(),
-        )
-        return cls(harness, tcp, conn, identity)
-
-    async def handshake(self) -> Flights:
-        """Complete the handshake and wait until the host has handed the stream to its handler
-        (so that what is sent next reaches an established stream, not the handshake)."""
-        accepted = self.harness.accepted
-        hello = self.conn.start()
-        await self.tcp.send_all(hello)
-        reply = b""
-        while self.conn.state is not State.ESTABLISHED:
-            data = await self.tcp.receive_some()
-            assert data, "the host closed the connection during the handshake"
-            reply += data
-            for event in self.conn.receive_data_untrusted(data):
-                if isinstance(event, PrivateKeyOperationNeeded):
-                    plaintext = self.identity.decrypt_untrusted(event.ciphertext, event.label)
-                    finish = self.conn.supply_decryption(plaintext)
-                    await self.tcp.send_all(finish)
-                    await self.harness.wait_accepted(accepted + 1)
-                    return Flights(hello, reply, finish)
-        raise AssertionError("no private-key operation during the handshake")
-
-    async def send(self, data: bytes | bytearray) -> None:
-        await self.tcp.send_all(data)
-
-    async def receive_message(self) -> bytes:
-        """The next message the host sends (pumping the sans-IO connection)."""
-        with trio.fail_after(SAFETY_NET):
-            while True:
-                data = await self.tcp.receive_some()
-                assert data, "the host closed the connection"
-                for event in self.conn.receive_data_untrusted(data):
-                    if isinstance(event, MessageReceived):
-                        return event.data
-
-    async def echo(self, payload: bytes) -> None:
-        """Send a message and check the host's echo: the connection is healthy."""
-        await self.send(self.conn.send_message(payload))
-        assert await self.receive_message() == payload
-
-    async def aclose(self) -> None:
-        await self.tcp.aclose()
 
 
 async def read_record(tcp: trio.abc.ReceiveStream) -> bytes:

@@ -51,7 +51,7 @@ async def test_connect_by_peer_id_uses_the_known_address(identities) -> None:
     alice, bob = identities[0], identities[1]
     psk = p2ptls.generate_psk()
 
-    async def echo(stream: p2ptls.SecureStream) -> None:
+    async def echo(stream: p2ptls.LogicalStream) -> None:
         async for message in stream.messages():
             await stream.send_message(message)
 
@@ -71,7 +71,7 @@ async def test_unknown_peer_is_refused_and_host_keeps_serving(identities) -> Non
     psk = p2ptls.generate_psk()
     served = []
 
-    async def handler(stream: p2ptls.SecureStream) -> None:
+    async def handler(stream: p2ptls.LogicalStream) -> None:
         served.append(stream.remote_peer.peer_id)
         await stream.send_message(b"welcome")
 
@@ -95,7 +95,7 @@ async def test_unknown_peer_is_refused_and_host_keeps_serving(identities) -> Non
 async def test_wrong_network_key_is_refused_without_private_key_work(identities) -> None:
     alice, bob = identities[0], identities[1]
 
-    async def handler(stream: p2ptls.SecureStream) -> None:
+    async def handler(stream: p2ptls.LogicalStream) -> None:
         raise AssertionError("no stream may be delivered")
 
     async with trio.open_nursery() as nursery:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
@@ -207,22 +207,25 @@ async def test_a_first_flight_sent_in_pieces_within_its_deadline_is_answered(
 
 
 async def test_unread_incoming_streams_are_bounded_per_peer_and_in_total(identities) -> None:
-    """The application does not read ``incoming()``: verified streams wait, at most
-    ``incoming_backlog_per_peer`` per peer and ``incoming_backlog`` in all; the oldest waiting
-    stream of the peer holding the most is closed to make room."""
+    """The application does not read ``incoming()``: streams of the default protocol wait, at
+    most ``incoming_backlog_per_peer`` per peer and ``incoming_backlog`` in all; the oldest
+    waiting stream of the peer holding the most is closed to make room (its opener reads the
+    end)."""
     bob, alice, carol, dave = identities
     psk = p2ptls.generate_psk()
     peers = [alice.record, carol.record, dave.record]
     bob_config = _config(bob, psk, peers, incoming_backlog=4, incoming_backlog_per_peer=2)
     with trio.fail_after(SAFETY_NET):
-        async with open_host(bob_config) as bob_host:
+        async with open_host(bob_config) as bob_host, AsyncExitStack() as clients:
             record = bob_host.peer_record()
+            hosts: dict[p2ptls.PeerId, p2ptls.Host] = {}
+            for identity in (alice, carol, dave):
+                config = _config(identity, psk, [record], listen=None)
+                hosts[identity.peer_id] = await clients.enter_async_context(open_host(config))
 
-            async def connect(identity: p2ptls.Identity) -> p2ptls.SecureStream:
+            async def connect(identity: p2ptls.Identity) -> p2ptls.LogicalStream:
                 waiting = len(bob_host._backlog) + bob_host.incoming_dropped
-                async with open_host(_config(identity, psk, [record], listen=None)) as client:
-                    stream = await client.connect(bob.peer_id)
-                    client.forget(stream)  # outlives the client host
+                stream = await hosts[identity.peer_id].connect(bob.peer_id)
                 await settle(lambda: len(bob_host._backlog) + bob_host.incoming_dropped > waiting)
                 return stream
 
@@ -250,14 +253,13 @@ async def test_unread_incoming_streams_are_bounded_per_peer_and_in_total(identit
                 assert await server_stream.receive_message() == b"kept"
                 await client_stream.aclose()
                 await server_stream.aclose()
+            # Every client's streams shared one connection to bob.
+            assert len(bob_host.connections) == 3
 
 
-async def test_closed_streams_do_not_pile_up_in_the_host(
-    identities, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A peer that connects again and again, each stream closed after use, leaves the host
-    tracking only a bounded number of streams (each holds a receive buffer)."""
-    monkeypatch.setattr(p2ptls.host, "_PRUNE_MINIMUM", 4)
+async def test_closed_streams_do_not_pile_up_in_the_host(identities) -> None:
+    """A peer that opens streams again and again, each closed after use, leaves both hosts
+    tracking none of them (each held buffers and a multiplexer entry), on the one connection."""
     alice, bob = identities[0], identities[1]
     psk = p2ptls.generate_psk()
     with trio.fail_after(SAFETY_NET):
@@ -270,5 +272,10 @@ async def test_closed_streams_do_not_pile_up_in_the_host(
                     served = await incoming.__anext__()
                     await stream.aclose()
                     await served.aclose()
-                assert len(alice_host._streams) <= 8
-                assert len(bob_host._streams) <= 8
+                ours = alice_host.connection(bob.peer_id)
+                theirs = bob_host.connection(alice.peer_id)
+                assert ours is not None and theirs is not None
+                assert ours.session_id == theirs.session_id  # one connection served them all
+                await settle(lambda: ours._mux.stream_count == theirs._mux.stream_count == 0)
+                assert ours.stream_count == theirs.stream_count == 0
+                assert len(bob_host._backlog) == 0

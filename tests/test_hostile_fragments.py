@@ -13,17 +13,19 @@ import tracemalloc
 from collections.abc import Callable
 
 import pytest
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ptls import (
+    ConnectionLost,
+    Identity,
     MessageTooLarge,
     ProtocolError,
     ReassemblyBudget,
     ReassemblyBudgetExceeded,
     StreamConfig,
     TruncatedError,
+    admit_network_members,
 )
 from p2ptls import _wire as wire
 from p2ptls._connection import (
@@ -36,15 +38,16 @@ from p2ptls._connection import (
 from p2ptls._fragments import MIN_NONFINAL_FRAGMENT, fragment_sizes
 from p2ptls._records import RecordSealer
 from tests.hostile_support import (
-    RawPeer,
     assert_host_serves,
     established_pair,
+    extra_identity,
     forged_sealer,
     parties,
     records_of,
     serving_host,
     settle,
 )
+from tests.raw_peer import raw_peer
 
 PROPERTY = settings(
     max_examples=100,
@@ -377,16 +380,21 @@ def test_one_peer_cannot_take_the_whole_budget() -> None:
 
 
 # -- the same against a real host ------------------------------------------------------------------
+#
+# The host's connection carries only bytes (the multiplexing frames), but its record layer still
+# reassembles record-layer messages before refusing a whole one: the fragment attacks reach it as
+# before, and each ends the shared connection (every logical stream on it raises ConnectionLost
+# with the typed cause). The same attacks on messages inside logical streams are in
+# tests/test_mux_hostile.py.
 
 
 @pytest.mark.parametrize(
     "attack", ["huge declared total", "overrun", "new message inside an open one"]
 )
-async def test_host_closes_a_stream_with_bad_fragments(attack: str) -> None:
+async def test_host_closes_a_connection_with_bad_fragments(attack: str) -> None:
     expected = MessageTooLarge if attack == "huge declared total" else ProtocolError
     async with serving_host() as harness:
-        peer = await RawPeer.connect(harness)
-        await peer.handshake()
+        peer = await raw_peer(harness)
         await peer.echo(b"healthy")
         sealer = forged_sealer(peer.conn)
         if attack == "huge declared total":
@@ -397,7 +405,7 @@ async def test_host_closes_a_stream_with_bad_fragments(attack: str) -> None:
             data = start(sealer, 1000, bytes(600)) + start(sealer, 10, bytes(10))
         await peer.send(data)
         failure = await harness.next_failure()
-        assert isinstance(failure, trio.BrokenResourceError)
+        assert isinstance(failure, ConnectionLost)
         assert isinstance(failure.__cause__, expected), repr(failure.__cause__)
         assert harness.received == [b"healthy"]
         assert harness.host.context.budget.in_use == 0
@@ -405,27 +413,37 @@ async def test_host_closes_a_stream_with_bad_fragments(attack: str) -> None:
         await assert_host_serves(harness)
 
 
+def _holder_identities() -> list[Identity]:
+    """Four peers (a host keeps one connection per peer, so each holder is a peer of its own)."""
+    cast = parties()
+    return [cast.initiator, cast.other, cast.stranger, extra_identity(1)]
+
+
 async def test_host_budget_holds_against_many_half_messages() -> None:
-    async with serving_host(config=HALF_CONFIG) as harness:
+    """Peers each holding half a maximum-size record-layer message fill the host's budget; the
+    one that would exceed it is cut. A peer whose half message is released by its leaving makes
+    room; a record-layer message completed on the host's connection is now refused (the
+    connection carries only frames), and its bytes are released too."""
+    async with serving_host(config=HALF_CONFIG, admission=admit_network_members) as harness:
         half = HALF_CONFIG.max_message_size // 2
         budget = harness.host.context.budget = ReassemblyBudget(
             limit=int(3.5 * half), per_peer_limit=10**9
         )
+        *holder_identities, greedy_identity = _holder_identities()
         holders = []
-        for _ in range(3):
-            peer = await RawPeer.connect(harness)
-            await peer.handshake()
-            await peer.echo(b"established")  # the host has handed the stream over
+        for identity in holder_identities:
+            peer = await raw_peer(harness, identity=identity)
+            await peer.echo(b"established")
             first, rest = split_message(peer.conn)
             target = budget.in_use + fragment_bytes(first)
             await peer.send(first)
             await settle(functools.partial(holds_at_least, budget, target))
             holders.append((peer, rest))
-        greedy = await RawPeer.connect(harness)
-        await greedy.handshake()
+        greedy = await raw_peer(harness, identity=greedy_identity)
         await greedy.echo(b"established")
         await greedy.send(split_message(greedy.conn)[0])
         failure = await harness.next_failure()
+        assert isinstance(failure, ConnectionLost)
         assert isinstance(failure.__cause__, ReassemblyBudgetExceeded)
         assert budget.in_use <= budget.limit
         await greedy.aclose()
@@ -436,7 +454,8 @@ async def test_host_budget_holds_against_many_half_messages() -> None:
             assert isinstance((await harness.next_failure()).__cause__, TruncatedError)
         peer, rest = holders[2]
         await peer.send(rest)
-        assert await peer.receive_message() == bytes(HALF_CONFIG.max_message_size)
+        finished = await harness.next_failure()
+        assert "carries only bytes" in str(finished.__cause__)
         await peer.aclose()
         await settle(lambda: budget.in_use == 0)
         await assert_host_serves(harness)

@@ -39,6 +39,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ptls import (
+    ConnectionConfig,
+    ConnectionLost,
+    DialBackoff,
     HandshakeFailed,
     HandshakeTimeout,
     Host,
@@ -71,7 +74,7 @@ from tests.hostile_support import (
     TIMESTAMP_NS,
     DeterministicRandom,
     Flights,
-    RawPeer,
+    adopt,
     assert_host_serves,
     crafted_hello,
     decrypt,
@@ -93,6 +96,7 @@ from tests.hostile_support import (
     serving_host,
     settle,
 )
+from tests.raw_peer import RawPeer, raw_peer
 
 PROPERTY = settings(
     max_examples=60,
@@ -454,8 +458,9 @@ async def test_host_answers_a_replayed_hello_without_private_key_work() -> None:
     cast = parties()
     async with serving_host() as harness:
         host = harness.host
-        peer = await RawPeer.connect(harness)
-        flights = await peer.handshake()
+        peer = await raw_peer(harness)
+        flights = peer.flights
+        assert flights is not None
         await peer.echo(b"genuine")  # the host has verified the Finish
         newest = host.context.replay_guard.newest(cast.initiator.peer_id)
         assert newest is not None
@@ -783,6 +788,9 @@ async def test_slow_handshake_hits_the_total_deadline(
 async def test_a_silent_responder_hits_the_initiators_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """The handshake's deadline ends a dial to a silent responder (the dial's own, longer,
+    deadline does not come into it); the peer then backs off, and a dial after the back-off
+    reaches the genuine responder."""
     config = StreamConfig(handshake_timeout=10.0)
     async with serving_host(config=config) as harness, trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
@@ -793,7 +801,12 @@ async def test_a_silent_responder_hits_the_initiators_deadline(
             held.append(await listeners[0].accept())
 
         nursery.start_soon(accept_and_say_nothing)
-        client_config = HostConfig(identity=parties().other, psk=NETWORK_KEY, stream=config)
+        client_config = HostConfig(
+            identity=parties().other,
+            psk=NETWORK_KEY,
+            stream=config,
+            connections=ConnectionConfig(dial_timeout=20.0),
+        )
         async with open_host(client_config) as client:
             start = trio.current_time()
             with pytest.raises(trio.BrokenResourceError) as info:
@@ -801,6 +814,9 @@ async def test_a_silent_responder_hits_the_initiators_deadline(
             elapsed = trio.current_time() - start
             assert isinstance(info.value.__cause__, HandshakeTimeout)
             assert 10.0 <= elapsed < 11.0
+            with pytest.raises(DialBackoff) as backing_off:
+                await client.connect(harness.server.record, address=harness.host.address)
+            await trio.sleep(backing_off.value.retry_after)  # virtual time
             # Stop the clock for the real handshakes (their RSA runs on worker threads).
             autojump_clock.autojump_threshold = math.inf
             stream = await client.connect(harness.server.record, address=harness.host.address)
@@ -1013,7 +1029,7 @@ def test_out_of_order_flights_close_the_connection(name: str) -> None:
 async def test_host_refuses_application_data_before_finish() -> None:
     async with serving_host() as harness:
         host = harness.host
-        peer = await RawPeer.connect(harness)
+        peer = await RawPeer.connect(host)
         await peer.send(peer.conn.start())
         reply = b""
         events: list[Event] = []
@@ -1037,12 +1053,11 @@ async def test_host_closes_a_stream_that_sends_a_handshake_flight_after_the_hand
     flight: str,
 ) -> None:
     async with serving_host() as harness:
-        peer = await RawPeer.connect(harness)
-        flights = await peer.handshake()
+        peer = await raw_peer(harness)
         await peer.echo(b"established")
-        await peer.send(getattr(flights, flight))
+        await peer.send(getattr(peer.flights, flight))
         failure = await harness.next_failure()
-        assert isinstance(failure, trio.BrokenResourceError)
+        assert isinstance(failure, ConnectionLost)
         assert isinstance(failure.__cause__, ProtocolError)
         await peer.aclose()
         await assert_host_serves(harness)
@@ -1115,8 +1130,9 @@ async def test_a_hello_captured_towards_one_member_costs_another_no_private_key_
     replays it to member B (same network key). B does no RSA work and answers a substitute."""
     cast = parties()
     async with serving_host() as harness:
-        peer = await RawPeer.connect(harness)  # the genuine initiator talking to A
-        flights = await peer.handshake()
+        peer = await raw_peer(harness)  # the genuine initiator talking to A
+        flights = peer.flights
+        assert flights is not None
         b_config = HostConfig(
             identity=cast.other,
             psk=NETWORK_KEY,
@@ -1260,9 +1276,10 @@ async def test_host_serves_the_genuine_initiator_when_a_copy_of_its_hello_races_
         )
         genuine_tcp = await trio.open_tcp_stream(*harness.host.address)
         transport = RacingTransport(genuine_tcp, attacker, before_genuine, after_genuine)
-        stream = SecureStream(transport, context, remote=harness.server.record)
+        secure = SecureStream(transport, context, remote=harness.server.record, messages=False)
         with trio.fail_after(SAFETY_NET):
-            await stream.do_handshake()
+            await secure.do_handshake()
+        stream = await adopt(harness, secure)
         await stream.send_message(b"the genuine initiator got through")
         assert await stream.receive_message() == b"the genuine initiator got through"
         assert counting.calls == 1  # one RSA decryption for the copy and the original together

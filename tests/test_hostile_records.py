@@ -12,16 +12,16 @@ import collections
 from collections.abc import Callable, Iterator
 
 import pytest
-import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2ptls import (
+    ConnectionLost,
     FloodError,
+    LogicalStream,
     ProtocolError,
     RecordError,
-    SecureStream,
     StreamConfig,
     TruncatedError,
     _records,
@@ -40,7 +40,6 @@ from p2ptls._fragments import ReassemblyBudget
 from p2ptls._records import RecordSealer
 from tests.hostile_support import (
     Harness,
-    RawPeer,
     assert_host_serves,
     established_pair,
     flip_bit,
@@ -50,6 +49,7 @@ from tests.hostile_support import (
     records_of,
     serving_host,
 )
+from tests.raw_peer import RawPeer, message_frame, raw_peer
 
 PROPERTY = settings(
     max_examples=50,
@@ -435,27 +435,37 @@ def test_a_peer_that_skips_key_updates_is_closed_at_the_hard_limit() -> None:
 
 
 # -- the same attacks against a real host ---------------------------------------------------------
+#
+# The host's connection carries multiplexing frames in its byte stream; the raw peer seals genuine
+# frames (a message on its logical stream) in records it then tampers with, so that the record
+# layer alone is at fault. A record-layer error ends the shared connection: every logical stream
+# on it raises ConnectionLost whose cause is the typed error.
 
 HOST_CONFIG = StreamConfig(control_burst=16, control_rate=1.0)
 
 
+def _frame_record(peer: RawPeer, payload: bytes) -> bytes:
+    """A genuine record carrying a genuine frame: ``payload`` as a message on the peer's stream."""
+    return peer.record(message_frame(peer.stream_id, payload))
+
+
 def _flipped_tag(peer: RawPeer) -> bytes:
-    record = peer.conn.send_message(b"tampered")
+    record = _frame_record(peer, b"tampered")
     return flip_bit(record, len(record) * 8 - 1)
 
 
 def _replayed(peer: RawPeer) -> bytes:
-    record = peer.conn.send_message(b"once")
+    record = _frame_record(peer, b"once")
     return record + record
 
 
 def _dropped(peer: RawPeer) -> bytes:
-    peer.conn.send_message(b"lost")
-    return peer.conn.send_message(b"after the loss")
+    _frame_record(peer, b"lost")
+    return _frame_record(peer, b"after the loss")
 
 
 def _unknown_type(peer: RawPeer) -> bytes:
-    return forged_sealer(peer.conn).seal(0x42, b"what is this")
+    return forged_sealer(peer.conn).seal(0x42, message_frame(peer.stream_id, b"what is this"))
 
 
 def _ping_flood(peer: RawPeer) -> bytes:
@@ -464,14 +474,18 @@ def _ping_flood(peer: RawPeer) -> bytes:
 
 
 def _partial_record(peer: RawPeer) -> bytes:
-    return peer.conn.send_message(b"cut short")[:12]
+    return _frame_record(peer, b"cut short")[:12]
 
 
 def _no_close(peer: RawPeer) -> bytes:
-    return bytes(peer.conn.send_data(b"and then silence"))
+    """A whole record (bytes on the stream's byte channel, which the handler does not read),
+    then the cut."""
+    return peer.record(message_frame(peer.stream_id, b"and then silence", flags=0))
 
 
 def _partial_message(peer: RawPeer) -> bytes:
+    """The first records of a record-layer message (the record layer still reassembles them;
+    the host takes no whole message, but the cut comes first)."""
     return b"".join(records_of(peer.conn.send_message(bytes(40_000)))[:-1])
 
 
@@ -494,20 +508,26 @@ HOST_ATTACKS: dict[str, tuple[Callable[[RawPeer], bytes], type[ProtocolError], b
 
 
 @pytest.mark.parametrize("attack", list(HOST_ATTACKS))
-async def test_host_closes_only_the_attacked_stream(attack: str) -> None:
+async def test_host_closes_only_the_attacked_connection(attack: str) -> None:
+    """Every logical stream of the attacked connection fails with the same typed cause; another
+    peer's connection is unaffected and the host serves newcomers."""
     make, expected, then_close = HOST_ATTACKS[attack]
     async with serving_host(config=HOST_CONFIG) as harness:
         bystander = await good_client(harness)
-        peer = await RawPeer.connect(harness)
-        await peer.handshake()
+        peer = await raw_peer(harness)
+        second = await peer.open()
+        await harness.wait_accepted(3)
         await peer.echo(b"healthy")
+        await peer.echo(b"also healthy", second)
         await peer.send(make(peer))
         if then_close:
             await peer.aclose()  # a plain TCP close: no authenticated CLOSE record
-        failure = await harness.next_failure()
-        assert isinstance(failure, trio.BrokenResourceError)
-        assert isinstance(failure.__cause__, expected), repr(failure.__cause__)
-        assert harness.received == [b"healthy"]  # nothing of the attack was delivered
+        failures = [await harness.next_failure(), await harness.next_failure()]
+        for failure in failures:
+            assert isinstance(failure, ConnectionLost)
+            assert isinstance(failure.__cause__, expected), repr(failure.__cause__)
+        assert failures[0].__cause__ is failures[1].__cause__  # the connection's one cause
+        assert sorted(harness.received) == [b"also healthy", b"healthy"]  # nothing of the attack
         await peer.aclose()
         await bystander.send_message(b"unaffected")
         assert await bystander.receive_message() == b"unaffected"
@@ -515,23 +535,25 @@ async def test_host_closes_only_the_attacked_stream(attack: str) -> None:
         await assert_host_serves(harness)
 
 
-async def echo_bytes(harness: Harness, stream: SecureStream) -> None:
+async def echo_bytes(harness: Harness, stream: LogicalStream) -> None:
     """A handler that only ever reads (and echoes) the byte stream, never messages."""
     while data := await stream.receive_some():
         harness.received.append(data)
         await stream.send_all(data)
 
 
-async def test_host_bounds_a_flood_of_empty_messages_nobody_reads() -> None:
+async def test_host_refuses_a_record_layer_message_on_its_connection() -> None:
+    """The host's connection carries only bytes (the frames): a whole record-layer message, even
+    an empty one, is a protocol error that ends the connection (it used to wait, unread, until
+    ``max_unread_bytes``; messages now travel in frames, per logical stream)."""
     config = StreamConfig(max_unread_bytes=4096, max_message_size=1024)
     async with serving_host(config=config, handler=echo_bytes) as harness:
-        peer = await RawPeer.connect(harness)
-        await peer.handshake()
-        flood = b"".join(peer.conn.send_message(b"") for _ in range(2000))
-        await peer.send(flood + peer.conn.send_data(b"end"))
+        peer = await raw_peer(harness)
+        await peer.send(peer.conn.send_message(b"") + peer.record(message_frame(1, b"end")))
         failure = await harness.next_failure()
-        assert isinstance(failure.__cause__, ProtocolError)
-        assert "max_unread_bytes" in str(failure.__cause__)
+        assert isinstance(failure, ConnectionLost)
+        assert type(failure.__cause__) is ProtocolError
+        assert "carries only bytes" in str(failure.__cause__)
         assert harness.received == []
         await peer.aclose()
         await assert_host_serves(harness, byte_stream=True)
@@ -549,10 +571,11 @@ async def test_host_streams_keep_working_across_key_updates(nonce_log: NonceLog)
         assert len(nonce_log.keys()) >= 4  # both sides rekeyed several times
         # A peer that ignores the threshold is closed at the hard limit.
         lazy = StreamConfig(key_update_after=50, hard_record_limit=51)
-        peer = await RawPeer.connect(harness, config=lazy)
-        await peer.handshake()
-        await peer.send(b"".join(peer.conn.send_data(b"%d" % i) for i in range(10)))
+        peer = await raw_peer(harness, config=lazy)
+        frames = [message_frame(peer.stream_id, b"%d" % i) for i in range(10)]
+        await peer.send(b"".join(peer.record(frame) for frame in frames))
         failure = await harness.next_failure()
+        assert isinstance(failure, ConnectionLost)
         assert isinstance(failure.__cause__, RecordError)
         await peer.aclose()
         await assert_host_serves(harness)

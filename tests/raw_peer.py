@@ -33,7 +33,8 @@ from p2ptls import _connection as records
 from p2ptls import _mux as mux
 from p2ptls import _mux_wire as mw
 from p2ptls._mux_wire import Flag, FrameType, RefuseCode, ResetCode
-from tests.hostile_support import SAFETY_NET, Flights, Harness, next_timestamp, parties
+from tests.host_harness import Harness
+from tests.hostile_support import SAFETY_NET, Flights, next_timestamp, parties
 
 MESSAGE_END = Flag.MESSAGE | Flag.END
 

@@ -14,16 +14,8 @@ import trio.testing
 import p2ptls
 from p2ptls import HostConfig, open_host
 from p2ptls.state import StateNodeConfig, open_state_node
-from tests.hostile_support import (
-    LOOPBACK,
-    SAFETY_NET,
-    make_initiator,
-    next_timestamp,
-    read_record,
-    receive_until_closed,
-    serving_host,
-    settle,
-)
+from tests.host_harness import read_record, receive_until_closed, serving_host, settle
+from tests.hostile_support import LOOPBACK, SAFETY_NET, make_initiator, next_timestamp
 
 
 def _config(identity, psk, peers=(), listen=(LOOPBACK, 0), **options) -> HostConfig:

@@ -19,17 +19,14 @@ import trio.testing
 
 import p2ptls
 from p2ptls import HostConfig, open_host
-from tests.hostile_support import (
-    LOOPBACK,
-    OTHER_NETWORK_KEY,
-    SAFETY_NET,
+from tests.host_harness import (
     assert_host_serves,
-    make_initiator,
     read_record,
     receive_until_closed,
     serving_host,
     settle,
 )
+from tests.hostile_support import LOOPBACK, OTHER_NETWORK_KEY, SAFETY_NET, make_initiator
 
 FLOODERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 

@@ -37,16 +37,8 @@ from p2ptls._connection import (
 )
 from p2ptls._fragments import MIN_NONFINAL_FRAGMENT, fragment_sizes
 from p2ptls._records import RecordSealer
-from tests.hostile_support import (
-    assert_host_serves,
-    established_pair,
-    extra_identity,
-    forged_sealer,
-    parties,
-    records_of,
-    serving_host,
-    settle,
-)
+from tests.host_harness import assert_host_serves, extra_identity, serving_host, settle
+from tests.hostile_support import established_pair, forged_sealer, parties, records_of
 from tests.raw_peer import raw_peer
 
 PROPERTY = settings(

@@ -65,6 +65,15 @@ from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
 from p2ptls._connection import Connection, Event, PrivateKeyOperationNeeded, State
 from p2ptls.identity import PeerRecord, encrypt_to
+from tests.host_harness import (
+    adopt,
+    assert_host_serves,
+    good_client,
+    read_record,
+    receive_until_closed,
+    serving_host,
+    settle,
+)
 from tests.hostile_support import (
     CONFIG,
     LOOPBACK,
@@ -74,13 +83,10 @@ from tests.hostile_support import (
     TIMESTAMP_NS,
     DeterministicRandom,
     Flights,
-    adopt,
-    assert_host_serves,
     crafted_hello,
     decrypt,
     flip_bit,
     forged_finish,
-    good_client,
     handshake,
     initiator_k,
     key_operation,
@@ -88,13 +94,9 @@ from tests.hostile_support import (
     make_responder,
     next_timestamp,
     parties,
-    read_record,
     rebound_hello,
-    receive_until_closed,
     reframed,
     reply_is_genuine,
-    serving_host,
-    settle,
 )
 from tests.raw_peer import RawPeer, raw_peer
 

@@ -38,16 +38,13 @@ from p2ptls._connection import (
 )
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls._records import RecordSealer
+from tests.host_harness import Harness, assert_host_serves, good_client, serving_host
 from tests.hostile_support import (
-    Harness,
-    assert_host_serves,
     established_pair,
     flip_bit,
     forged_sealer,
-    good_client,
     make_responder,
     records_of,
-    serving_host,
 )
 from tests.raw_peer import RawPeer, message_frame, raw_peer
 

@@ -15,16 +15,14 @@ import trio.testing
 
 from p2ptls import KnownPeers, SecureStream, SecurityContext
 from p2ptls.trust import Admission, ReplayGuard
+from tests.host_harness import assert_host_serves, good_client, serving_host
 from tests.hostile_support import (
     CONFIG,
     NETWORK_KEY,
     SAFETY_NET,
-    assert_host_serves,
-    good_client,
     make_initiator,
     next_timestamp,
     parties,
-    serving_host,
 )
 
 SECOND = 1_000_000_000

@@ -74,7 +74,9 @@ class GoAwayCode(enum.IntEnum):
     PROTOCOL_ERROR = 4
 
 
-_DATA_FLAGS = Flag.MESSAGE | Flag.END | Flag.FIN
+# A plain int: the complement of an IntFlag keeps only the flag's own bits (so ~ would hide the
+# unknown ones).
+_DATA_FLAGS = int(Flag.MESSAGE | Flag.END | Flag.FIN)
 # (fixed payload length or None, connection-level frame)
 _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
     FrameType.DATA: (None, False),

@@ -38,7 +38,7 @@ message bytes (the budget).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -166,6 +166,8 @@ class Multiplexer:
       max_message_size: largest message accepted on a stream's message channel.
       budget: shared memory budget for message bytes held without credit.
       budget_key: whom the budget charges (the remote peer).
+      serves: whether this side serves a protocol; an OPEN for one it does not is refused at
+        once (UNKNOWN_PROTOCOL), before the bound on streams, as an answer to the peer.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Multiplexer:
         budget: ReassemblyBudget | None = None,
         budget_key: object = None,
         max_output_backlog: int = DEFAULT_MAX_OUTPUT_BACKLOG,
+        serves: Callable[[str], bool] | None = None,
     ) -> None:
         if not mw.INITIAL_WINDOW <= window <= mw.MAX_WINDOW:
             raise ValueError(f"window must be between {mw.INITIAL_WINDOW} and {mw.MAX_WINDOW}")
@@ -188,6 +191,7 @@ class Multiplexer:
         self.budget = budget if budget is not None else ReassemblyBudget()
         self.budget_key = budget_key
         self.max_output_backlog = max_output_backlog
+        self.serves = serves
         self._streams: dict[int, _Stream] = {}
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
@@ -273,7 +277,7 @@ class Multiplexer:
         stream = self._streams[stream_id]
         if stream.local or stream.accepted:
             raise RuntimeError("not a stream waiting to be accepted")
-        self._queue(FrameType.REFUSE, stream_id, bytes([code]))
+        self._reply(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
     def _grant_window(self, stream_id: int, stream: _Stream) -> None:
@@ -483,6 +487,8 @@ class Multiplexer:
         self._last_remote = stream_id
         if self.go_away_sent:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.GOING_AWAY]))
+        elif self.serves is not None and not self.serves(protocol):
+            self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.UNKNOWN_PROTOCOL]))
         elif self._inbound >= self.max_inbound_streams:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.TOO_MANY_STREAMS]))
         else:

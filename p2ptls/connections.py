@@ -124,6 +124,7 @@ class PeerConnection:
             max_message_size=self.max_message_size,
             budget=secure.context.budget,
             budget_key=self.remote_peer.peer_id,  # one share per peer, as the record layer
+            serves=self._serves,
         )
         self._high_water = config.output_high_water
         self._streams: dict[int, LogicalStream] = {}
@@ -412,6 +413,14 @@ class PeerConnection:
             answered.set()
         elif stream_id in self._refusals:
             del self._refusals[stream_id]  # the opener gave up waiting
+
+    def _serves(self, protocol: str) -> bool:
+        """Whether a handler serves ``protocol`` (the multiplexer refuses an OPEN at once if
+        not; each such refusal is counted)."""
+        if self.manager.handler_for(protocol) is not None:
+            return True
+        self.manager.unknown_protocol_refusals += 1
+        return False
 
     def _offer(self, stream_id: int, protocol: str) -> None:
         handler = self.manager.handler_for(protocol)

@@ -23,8 +23,11 @@ whose reader is slow stops only its own sender, never the other streams of the c
 Sending past the credit is a protocol error. Bytes of a message still being assembled must be
 consumed before the whole message can be read, so their credit is given back as they arrive while
 no finished message waits unread; those bytes are then charged to the shared
-:class:`~p2ptls._fragments.ReassemblyBudget` until the message is taken. Memory per connection is
-therefore bounded by ``max_inbound_streams`` × the window plus the budget's per-peer share.
+:class:`~p2ptls._fragments.ReassemblyBudget` until the message is taken. A finished message waiting
+to be read is also charged its bookkeeping (``MESSAGE_OVERHEAD`` bytes): an empty message costs no
+credit, so without it a peer could queue empty messages nobody reads without limit. Memory per
+connection is therefore bounded by ``max_inbound_streams`` × the window plus the budget's per-peer
+share.
 
 **Trust boundaries.** Everything a frame claims is checked before it is acted on: type, flags and
 length (before the payload is buffered), stream id parity and order, the credit. A violation
@@ -49,6 +52,8 @@ from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
+MESSAGE_OVERHEAD = 128
+"""Bytes charged to the budget for each finished message waiting to be read (its bookkeeping)."""
 
 # -- events ------------------------------------------------------------------------------------
 
@@ -537,7 +542,10 @@ class Multiplexer:
             stream.assembling_charged += size
             self._give_back(stream_id, stream, size)
         if end:
-            stream.finished.append((stream.assembling_held, stream.assembling_charged))
+            if not self._charge(stream_id, stream, MESSAGE_OVERHEAD):
+                return False
+            charged = stream.assembling_charged + MESSAGE_OVERHEAD
+            stream.finished.append((stream.assembling_held, charged))
             stream.assembling = stream.assembling_held = stream.assembling_charged = 0
         return True
 

@@ -111,6 +111,11 @@ class RawPeer:
         assert remote is not None, "handshake not complete"
         return remote
 
+    @property
+    def next_stream_id(self) -> int:
+        """The id our next OPEN must carry (odd, two above the last)."""
+        return self.mux._last_local + 2
+
     # -- the handshake -------------------------------------------------------------------------
 
     async def handshake(self) -> Flights:
@@ -168,6 +173,14 @@ class RawPeer:
         if not self.stream_id:
             self.stream_id = stream_id
         return stream_id
+
+    async def open_many(self, protocols: list[str]) -> list[RefuseCode | None]:
+        """Open a stream for each of ``protocols`` at once; the host's answers, in order
+        (``None`` for an accepted stream). Answers are not kept (for floods)."""
+        ids = [self.mux.open_stream(protocol) for protocol in protocols]
+        await self.flush()
+        await self.wait_for(lambda: ids[-1] in self.answers)
+        return [self.answers.pop(stream_id) for stream_id in ids]
 
     async def send_message(self, payload: bytes, stream_id: int | None = None) -> None:
         """A whole message on a stream, within the credit the host grants."""

@@ -521,6 +521,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
             raise await self._break(exc) from exc
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
+        except trio.ClosedResourceError:
+            if self._error is not None:  # the reader broke the stream and dropped the transport
+                raise trio.BrokenResourceError("this stream is broken") from self._error
+            raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on the byte stream."""

@@ -38,7 +38,7 @@ from p2ptls._connection import (
 )
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls._records import RecordSealer
-from tests.host_harness import Harness, assert_host_serves, good_client, serving_host
+from tests.host_harness import Harness, assert_host_serves, good_client, serving_host, settle
 from tests.hostile_support import (
     established_pair,
     flip_bit,
@@ -575,4 +575,33 @@ async def test_host_streams_keep_working_across_key_updates(nonce_log: NonceLog)
         assert isinstance(failure, ConnectionLost)
         assert isinstance(failure.__cause__, RecordError)
         await peer.aclose()
+        await assert_host_serves(harness)
+
+
+async def firehose(stream: LogicalStream) -> None:
+    """Sends until the stream breaks."""
+    chunk = bytes(64 * 1024)
+    while True:
+        await stream.send_all(chunk)
+
+
+async def test_a_cut_while_the_host_is_writing_is_truncation_not_a_closed_transport() -> None:
+    """The peer stops reading, so the host's writer waits on the socket; then the peer ends its
+    side of TCP without the authenticated close. The connection's cause, for every logical
+    stream, is the truncation, whichever of the host's reader and writer hears of it first (the
+    reader drops the transport; the writer then found it closed and used to report that)."""
+    async with serving_host() as harness:
+        harness.host.serve_protocol("firehose/1", firehose)
+        for _ in range(10):  # both orders of the reader's and the writer's wake-ups
+            peer = await RawPeer.connect(harness.host, receive_buffer=4096)
+            peer.mux.window = 64 * 1024 * 1024  # the host may send far more than the buffers hold
+            await peer.handshake()
+            await peer.open("firehose/1")
+            connection = harness.host.connection(peer.identity.peer_id)
+            assert connection is not None
+            await settle(connection._output_full)  # its writer is stuck
+            await peer.tcp.send_eof()
+            await connection.wait_closed()
+            assert isinstance(connection.cause, TruncatedError), repr(connection.cause)
+            await peer.aclose()
         await assert_host_serves(harness)

@@ -121,9 +121,12 @@ class Script:
         self.failed = False
 
     def receive(self, *frames: bytes) -> Script:
-        assert not self.failed
         wire = b"".join(frames)
         step: dict[str, Any] = {"receive": frames_of(wire), "bytes": compact(wire, wire=True)}
+        return self._feed(step, wire)
+
+    def _feed(self, step: dict[str, Any], wire: bytes) -> Script:
+        assert not self.failed
         try:
             step["events"] = events_of(self.side.receive(wire))
         except MuxViolation as error:
@@ -136,8 +139,7 @@ class Script:
     def receive_raw(self, wire: bytes) -> Script:
         """Bytes that need not end on a frame boundary."""
         step: dict[str, Any] = {"receive_raw": wire.hex(), "bytes": compact(wire, wire=True)}
-        step["events"] = events_of(self.side.receive(wire))
-        return self._finish(step)
+        return self._feed(step, wire)
 
     def do(self, action: str, **args: Any) -> Script:
         assert not self.failed
@@ -386,6 +388,9 @@ def flow_exchanges() -> list[Script]:
         .receive_raw(open_(1, "chat/1")[:5])
         .receive_raw(open_(1, "chat/1")[5:] + data(1, b"hi")[:11])
         .receive_raw(data(1, b"hi")[11:]),
+        responder_with_stream("credit_checked_from_header", "Before the payload.", **SMALL)
+        .receive(data(1, fill(1000)))
+        .receive_raw(data(1, fill(64537))[:10]),
     ]
 
 

@@ -356,11 +356,19 @@ class RefSide:
         while len(self._input) >= HEADER_SIZE:
             kind, flags, stream_id, length = check_header(bytes(self._input[:HEADER_SIZE]))
             if len(self._input) < HEADER_SIZE + length:
+                self._check_credit_early(kind, stream_id, length)
                 break
             payload = bytes(self._input[HEADER_SIZE : HEADER_SIZE + length])
             del self._input[: HEADER_SIZE + length]
             self._frame(kind, flags, stream_id, payload)
         return self._events
+
+    def _check_credit_early(self, kind: str, stream_id: int, length: int) -> None:
+        """§15.3: a DATA header past the credit of a held stream, before its payload."""
+        stream = self.streams.get(stream_id)
+        held = kind == "DATA" and stream is not None and not stream.reset
+        if held and stream is not None and length > stream.peer_credit:
+            raise MuxViolation("15.3 DATA header beyond the credit")
 
     def _frame(self, kind: str, flags: int, stream_id: int, payload: bytes) -> None:
         if kind == "PING":

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python -m protocol.generate_mux_vectors          # (re)write the JSON file
     .venv/bin/python -m protocol.generate_mux_vectors --check  # exit 1 if the file is stale
 
-Every value comes from the reference implementation of ``protocol/SPEC.md`` §15 in
+Every value comes from the reference implementation of ``protocol/SPEC.md`` §14 in
 ``protocol/mux_reference.py``, which uses nothing from p2ptls: the vectors say what the
 specification requires, and ``tests/test_mux_vectors.py`` checks p2ptls against them (a
 disagreement is a bug in one of the two, to be decided and reported, never papered over here).
@@ -515,7 +515,7 @@ def build() -> dict[str, Any]:
     headers = header_vectors()
     return {
         "description": (
-            "Multiplexing known answers (protocol/SPEC.md section 15), from the reference "
+            "Multiplexing known answers (protocol/SPEC.md section 14), from the reference "
             "implementation in protocol/mux_reference.py. Exchanges start from a fresh side with "
             "the given settings (the rest default: window 262144, max_inbound_streams 64, "
             "max_message_size 16 MiB, budget [256 MiB, 64 MiB per peer], max_output_backlog "

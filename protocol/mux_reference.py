@@ -1,4 +1,4 @@
-"""A reference implementation of the multiplexing of ``protocol/SPEC.md`` §15, for the vectors.
+"""A reference implementation of the multiplexing of ``protocol/SPEC.md`` §14, for the vectors.
 
 Written from the specification text alone, with the standard library only: it imports nothing
 from p2ptls, so that ``protocol/vectors/mux.json`` says what the *specification* requires and
@@ -17,7 +17,7 @@ import collections
 import struct
 from typing import Any
 
-# §15.2, §15.13
+# §14.2, §14.13
 HEADER = struct.Struct(">BBII")
 HEADER_SIZE = 10
 MAX_DATA_PAYLOAD = 1 << 20
@@ -50,14 +50,14 @@ GOAWAY_CODES = {0: "NORMAL", 1: "IDLE", 2: "REPLACED", 3: "LIMIT", 4: "PROTOCOL_
 
 
 class MuxViolation(Exception):
-    """A connection error (§15): ``args[0]`` names the rule that was broken."""
+    """A connection error (§14): ``args[0]`` names the rule that was broken."""
 
 
 def code_of(codes: dict[int, str], name: str) -> int:
     return next(number for number, known in codes.items() if known == name)
 
 
-# -- frames (§15.2, §15.3) -------------------------------------------------------------------------
+# -- frames (§14.2, §14.3) -------------------------------------------------------------------------
 
 
 def encode(kind: str, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -65,27 +65,27 @@ def encode(kind: str, stream_id: int, payload: bytes = b"", flags: int = 0) -> b
 
 
 def check_header(header: bytes) -> tuple[str, int, int, int]:
-    """§15.3, in its order: ``(type, flags, stream_id, length)`` or a connection error."""
+    """§14.3, in its order: ``(type, flags, stream_id, length)`` or a connection error."""
     type_code, flags, stream_id, length = HEADER.unpack(header)
     if type_code >= len(TYPES):
-        raise MuxViolation("15.3.1 unknown frame type")
+        raise MuxViolation("14.3.1 unknown frame type")
     kind = TYPES[type_code]
     if (kind in CONNECTION_TYPES) != (stream_id == 0):
-        raise MuxViolation("15.3.2 stream id 0 for the connection's frames only")
+        raise MuxViolation("14.3.2 stream id 0 for the connection's frames only")
     if kind == "DATA":
         if flags & ~(MESSAGE | END | FIN):
-            raise MuxViolation("15.3.3 unknown DATA flag")
+            raise MuxViolation("14.3.3 unknown DATA flag")
         if flags & END and not flags & MESSAGE:
-            raise MuxViolation("15.3.3 END without MESSAGE")
+            raise MuxViolation("14.3.3 END without MESSAGE")
         if length > MAX_DATA_PAYLOAD:
-            raise MuxViolation("15.3.3 DATA longer than 1048576")
+            raise MuxViolation("14.3.3 DATA longer than 1048576")
     elif flags:
-        raise MuxViolation("15.3.4 flags on a frame type that has none")
+        raise MuxViolation("14.3.4 flags on a frame type that has none")
     if kind == "OPEN":
         if not 1 <= length <= MAX_PROTOCOL_NAME:
-            raise MuxViolation("15.3.5 OPEN name length outside 1..128")
+            raise MuxViolation("14.3.5 OPEN name length outside 1..128")
     elif kind in FIXED_LENGTH and length != FIXED_LENGTH[kind]:
-        raise MuxViolation(f"15.3.5 {kind} length must be {FIXED_LENGTH[kind]}")
+        raise MuxViolation(f"14.3.5 {kind} length must be {FIXED_LENGTH[kind]}")
     return kind, flags, stream_id, length
 
 
@@ -127,11 +127,11 @@ def describe_all(data: bytes) -> list[dict[str, Any]]:
 
 
 def stream_keying_context(stream_id: int, context: bytes) -> bytes:
-    """§15.12: the exporter context of a logical stream."""
+    """§14.12: the exporter context of a logical stream."""
     return b"p2ptls-mux/1" + stream_id.to_bytes(4, "big") + context
 
 
-# -- one side of a connection (§15.4 - §15.10) -----------------------------------------------------
+# -- one side of a connection (§14.4 - §14.10) -----------------------------------------------------
 
 
 class RefStream:
@@ -140,7 +140,7 @@ class RefStream:
         self.accepted = False
         self.send_credit = INITIAL_WINDOW
         self.peer_credit = INITIAL_WINDOW  # credit granted to the peer and not yet used
-        self.consumed = 0  # consumed since our last WINDOW (§15.7)
+        self.consumed = 0  # consumed since our last WINDOW (§14.7)
         self.sent_fin = False
         self.peer_fin = False
         self.reset = False  # RESET received, or sent by us for a broken limit
@@ -173,7 +173,7 @@ class RefSide:
         self.max_output_backlog = max_output_backlog
         self.streams: dict[int, RefStream] = {}
         self.inbound = 0
-        # §15.4: "none yet" is -1 for the initiator's ids, 0 for the responder's.
+        # §14.4: "none yet" is -1 for the initiator's ids, 0 for the responder's.
         self.last_local = -1 if initiator else 0
         self.last_remote = 0 if initiator else -1
         self.goaway_sent = False
@@ -193,9 +193,9 @@ class RefSide:
         self.output += encode(kind, stream_id, payload, flags)
 
     def _check_backlog(self) -> None:
-        """§15.9: a reply is due; a peer that does not read its replies is cut."""
+        """§14.9: a reply is due; a peer that does not read its replies is cut."""
         if len(self.output) > self.max_output_backlog:
-            raise MuxViolation("15.9 more than max_output_backlog bytes wait for the peer")
+            raise MuxViolation("14.9 more than max_output_backlog bytes wait for the peer")
 
     def _report(self, event: str, **fields: Any) -> None:
         self._events.append({"event": event, **fields})
@@ -213,7 +213,7 @@ class RefSide:
             self._send("WINDOW", stream_id, extra.to_bytes(4, "big"))
 
     def _consume(self, stream: RefStream, stream_id: int, size: int) -> None:
-        """§15.7: grant once half the window has been consumed."""
+        """§14.7: grant once half the window has been consumed."""
         if stream.peer_fin or stream.reset:
             return
         stream.consumed += size
@@ -234,7 +234,7 @@ class RefSide:
         if not stream.mine:
             self.inbound -= 1
 
-    # -- the application's actions (§15.5) ---------------------------------------------------------
+    # -- the application's actions (§14.5) ---------------------------------------------------------
 
     def open(self, protocol: str) -> int:
         name = protocol.encode("ascii")
@@ -364,11 +364,11 @@ class RefSide:
         return self._events
 
     def _check_credit_early(self, kind: str, stream_id: int, length: int) -> None:
-        """§15.3: a DATA header past the credit of a held stream, before its payload."""
+        """§14.3: a DATA header past the credit of a held stream, before its payload."""
         stream = self.streams.get(stream_id)
         held = kind == "DATA" and stream is not None and not stream.reset
         if held and stream is not None and length > stream.peer_credit:
-            raise MuxViolation("15.3 DATA header beyond the credit")
+            raise MuxViolation("14.3 DATA header beyond the credit")
 
     def _frame(self, kind: str, flags: int, stream_id: int, payload: bytes) -> None:
         if kind == "PING":
@@ -386,22 +386,22 @@ class RefSide:
                 getattr(self, f"_on_{kind.lower()}")(stream_id, stream, flags, payload)
 
     def _held(self, stream_id: int) -> RefStream | None:
-        """§15.4: the stream, or ``None`` (gone: drop), or a connection error (never opened)."""
+        """§14.4: the stream, or ``None`` (gone: drop), or a connection error (never opened)."""
         stream = self.streams.get(stream_id)
         if stream is not None:
             return stream
         ours = (stream_id % 2 == 1) == self.initiator
         if stream_id > (self.last_local if ours else self.last_remote):
-            raise MuxViolation("15.4 a frame for a stream never opened")
+            raise MuxViolation("14.4 a frame for a stream never opened")
         return None
 
     def _on_open(self, stream_id: int, payload: bytes) -> None:
         if stream_id != self.last_remote + 2:
-            raise MuxViolation("15.4 OPEN id is not the peer's last + 2")
+            raise MuxViolation("14.4 OPEN id is not the peer's last + 2")
         if not all(0x21 <= b <= 0x7E for b in payload):
-            raise MuxViolation("15.2 protocol name outside 0x21..0x7E")
+            raise MuxViolation("14.2 protocol name outside 0x21..0x7E")
         if self.goaway_received:
-            raise MuxViolation("15.10 OPEN after the peer's GOAWAY")
+            raise MuxViolation("14.10 OPEN after the peer's GOAWAY")
         self._check_backlog()
         self.last_remote = stream_id
         if self.goaway_sent:
@@ -415,21 +415,21 @@ class RefSide:
 
     def _on_accept(self, stream_id: int, stream: RefStream, _flags: int, _payload: bytes) -> None:
         if not stream.mine or stream.accepted:
-            raise MuxViolation("15.5 ACCEPT for a stream that is not opening")
+            raise MuxViolation("14.5 ACCEPT for a stream that is not opening")
         stream.accepted = True
         self._report("accepted", stream_id=stream_id)
 
     def _on_refuse(self, stream_id: int, stream: RefStream, _flags: int, payload: bytes) -> None:
         if not stream.mine or stream.accepted:
-            raise MuxViolation("15.5 REFUSE for a stream that is not opening")
+            raise MuxViolation("14.5 REFUSE for a stream that is not opening")
         if payload[0] not in REFUSE_CODES:
-            raise MuxViolation("15.8 unknown REFUSE code")
+            raise MuxViolation("14.8 unknown REFUSE code")
         self._forget(stream_id)
         self._report("refused", stream_id=stream_id, code=REFUSE_CODES[payload[0]])
 
     def _on_reset(self, stream_id: int, stream: RefStream, _flags: int, payload: bytes) -> None:
         if stream.peer_reset:
-            raise MuxViolation("15.5 a second RESET")
+            raise MuxViolation("14.5 a second RESET")
         stream.peer_reset = True
         if stream.reset:
             return
@@ -441,23 +441,23 @@ class RefSide:
     def _on_window(self, stream_id: int, stream: RefStream, _flags: int, payload: bytes) -> None:
         increment = int.from_bytes(payload, "big")
         if increment == 0:
-            raise MuxViolation("15.7 WINDOW of 0")
+            raise MuxViolation("14.7 WINDOW of 0")
         stream.send_credit += increment
         if stream.send_credit > MAX_WINDOW:
-            raise MuxViolation("15.7 credit above 2^31 - 1")
+            raise MuxViolation("14.7 credit above 2^31 - 1")
         if not stream.reset and not stream.sent_fin:
             self._report("credit", stream_id=stream_id)
 
     def _on_data(self, stream_id: int, stream: RefStream, flags: int, payload: bytes) -> None:
         if stream.peer_fin or stream.peer_reset:
-            raise MuxViolation("15.5 DATA after the peer's FIN or RESET")
+            raise MuxViolation("14.5 DATA after the peer's FIN or RESET")
         if stream.reset:
             return
         if stream.mine and not stream.accepted:
-            raise MuxViolation("15.5 DATA from the acceptor before ACCEPT")
+            raise MuxViolation("14.5 DATA from the acceptor before ACCEPT")
         size = len(payload)
         if size > stream.peer_credit:
-            raise MuxViolation("15.7 DATA beyond the credit")
+            raise MuxViolation("14.7 DATA beyond the credit")
         stream.peer_credit -= size
         if flags & MESSAGE:
             if not self._fragment(stream_id, stream, flags, payload):
@@ -466,12 +466,12 @@ class RefSide:
             self._report("data", stream_id=stream_id, channel="bytes", data=payload, end=False)
         if flags & FIN:
             if stream.message_in:
-                raise MuxViolation("15.6 FIN inside an incomplete message")
+                raise MuxViolation("14.6 FIN inside an incomplete message")
             stream.peer_fin = True
             self._report("ended", stream_id=stream_id)
 
     def _fragment(self, stream_id: int, stream: RefStream, flags: int, payload: bytes) -> bool:
-        """§15.6, §15.7: keep a message fragment; False if the stream had to be reset."""
+        """§14.6, §14.7: keep a message fragment; False if the stream had to be reset."""
         size = len(payload)
         charge = size + FRAGMENT_OVERHEAD
         if stream.assembling_size + size > self.max_message_size or not self._reserve(charge):
@@ -504,7 +504,7 @@ class RefSide:
 
     def _on_goaway(self, payload: bytes) -> None:
         if self.goaway_received:
-            raise MuxViolation("15.10 a second GOAWAY")
+            raise MuxViolation("14.10 a second GOAWAY")
         self.goaway_received = True
         last = int.from_bytes(payload[:4], "big")
         code = GOAWAY_CODES.get(payload[4], "NORMAL")

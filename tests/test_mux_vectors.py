@@ -6,8 +6,8 @@ The vectors come from the reference implementation of ``protocol/SPEC.md`` §14
 headers refused before their payload, and scripted exchanges with a fresh initiator or responder.
 
 Where p2ptls and the specification disagree and the specification is right, the vector's test is
-marked ``xfail(strict=True)`` with the fix in its reason (``DISAGREEMENTS``): it starts to fail
-the day the code is fixed, so the mark cannot outlive the bug. The last tests check two rules of
+marked ``xfail(strict=True)`` with the fix in its reason (``DISAGREEMENTS``, empty today): it
+starts to fail the day the code is fixed, so the mark cannot outlive the bug. The last tests check two rules of
 §14.10 and §14.5 that only the trio layer (``p2ptls.connections``) can show, over an in-memory
 secure connection whose other end speaks raw frames.
 """
@@ -39,46 +39,8 @@ from protocol.generate_mux_vectors import compact
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "mux.json"
 ALL = json.loads(VECTORS.read_text())
 
-_BUDGET_REASON = (
-    "SPEC 14.6: every MESSAGE frame is charged its length + 64 to the reassembly budget until its "
-    "message is taken. p2ptls._mux charges the length only (and held bytes not at all), so empty "
-    "messages and 1-byte fragments are unbounded in count (100,000 unread empty messages keep "
-    "100,000 entries). Fix: reserve len + 64 per fragment in _take_fragment, release it in "
-    "message_taken / _release_messages"
-)
-DISAGREEMENTS = {
-    "fin_inside_message": (
-        "SPEC 14.6: FIN while the sender's message is incomplete is a connection error (a message "
-        "cut short must not look like a clean end). p2ptls._mux reports StreamEnded and drops the "
-        "partial message. Fix: in _on_data, raise MuxError on FIN while stream.assembling or an "
-        "empty non-END fragment left a message open"
-    ),
-    "close_inside_outgoing_message": (
-        "SPEC 14.5: closing a stream whose outgoing message is incomplete sends RESET CANCEL, not "
-        "FIN. Multiplexer.close_stream sends DATA FIN then RESET. Fix: remember in send_data that "
-        "a MESSAGE frame without END was sent, and send only RESET CANCEL from close_stream then"
-    ),
-    "empty_messages_bounded": _BUDGET_REASON,
-    "tiny_fragments_bounded": _BUDGET_REASON,
-    "unknown_protocol_backlog": (
-        "SPEC 14.9: an OPEN obliges an answer, so it is refused as a connection error while more "
-        "than max_output_backlog bytes wait. p2ptls._mux checks the backlog only for the OPENs "
-        "it refuses itself; a peer that does not read makes the host queue one REFUSE per OPEN "
-        "for an unknown protocol without bound. Fix: check the backlog in _on_open for every OPEN"
-    ),
-    "open_after_peer_goaway": (
-        "SPEC 14.10: an OPEN after the peer's own GOAWAY is a connection error. p2ptls._mux "
-        "accepts it. Fix: in _on_open, raise MuxError if go_away_received is set"
-    ),
-}
-
-HEADER_DISAGREEMENTS = {
-    "14.3.3 unknown DATA flag": (
-        "SPEC 14.3: a DATA flag outside 0x07 is refused from the header. parse_header_untrusted "
-        "tests `flags & ~_DATA_FLAGS`, and on Python 3.11+ the complement of an IntFlag holding "
-        "every member is Flag(0), so flags 0x08..0xF8 pass. Fix: `flags & ~0x07` on plain ints"
-    ),
-}
+DISAGREEMENTS: dict[str, str] = {}
+HEADER_DISAGREEMENTS: dict[str, str] = {}
 
 
 def _payload(value: Any) -> bytes:
@@ -384,17 +346,6 @@ async def test_goaway_received_lets_open_streams_finish(
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SPEC 14.5: a RESET may answer an OPEN (the opener reports the stream aborted). "
-        "PeerConnection.open waits for ACCEPT or REFUSE only: on StreamAborted of a stream still "
-        "opening it never wakes, and the open ends only when the connection does (ConnectionLost "
-        "after the keepalive). Fix: in _file, for StreamAborted of a stream still in _opening, "
-        "pop and set its event and note the id; open() then closes the stream and raises its "
-        "StreamReset (only then: an ACCEPT, data and a RESET may arrive in one batch)"
-    ),
-)
 async def test_open_answered_by_reset_fails_with_the_reset(
     identities: Any, autojump_clock: Any
 ) -> None:

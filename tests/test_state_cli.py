@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import p2ptls
+from p2ptls import PeerId
 from p2ptls.state import StateNodeConfig, open_state_node
 from p2ptls.state.cli import ConfigError, load_node_config, parse_address
 from p2ptls.state.control import (
@@ -284,6 +285,10 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
         "node.toml: bootstrap: expected an array of tables ([[bootstrap]])"
     ]
     assert errors(base + "state = 3\n") == ["node.toml: state: expected a table, got 3"]
+    for address in ("host:", ":7401", "[::1]", "host:65536", "host:7401x"):
+        assert errors(base + f'listen = "{address}"\n') == [
+            f'node.toml: listen: expected a "host:port" address, got "{address}"'
+        ]
     assert errors("identity = [")[0].startswith("node.toml: not valid TOML")
 
     good = tmp_path / "good.toml"
@@ -298,6 +303,7 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
     with pytest.raises(ConfigError, match=r"good\.toml: state: reconnect_max must be at least"):
         config.state_config(identities[0], p2ptls.generate_psk())
     assert parse_address("127.0.0.1:1", "x") == ("127.0.0.1", 1)
+    assert parse_address(["::1", 0], "x") == ("::1", 0)
     with pytest.raises(ConfigError, match="x: expected"):
         parse_address("127.0.0.1", "x")
 
@@ -325,7 +331,9 @@ async def test_control_socket_is_private(short_dir: Path, identities) -> None:
         with pytest.raises(ControlError, match="accessible by group or others"):
             await ControlServer(node, loose / "sock").serve()
         path = short_dir / "ctl" / "sock"
-        server = ControlServer(node, path)
+        # Two peers with one local name: asking for that name is ambiguous.
+        twins = {PeerId(bytes([1]) * 32): "twin", PeerId(bytes([2]) * 32): "twin"}
+        server = ControlServer(node, path, twins)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -343,12 +351,18 @@ def _check_requests(path: Path) -> None:
     with ControlClient(path) as client:
         assert client.request("put", key="k", value="v")["key"] == "k"
         assert client.request("get", key="k")["value"] == "v"
+        own = client.request("info")["peer_id"]
+        for owner in (own.upper(), own[:6], "self"):
+            assert client.request("get", key="k", owner=owner)["owner"] == own
         for request, kind in (
             ({"op": "nonsense"}, "bad_request"),
             ({"op": "put", "key": 5, "value": "v"}, "bad_request"),
             ({"op": "put", "key": "k", "value_b64": "***"}, "bad_request"),
             ({"op": "get", "key": "absent"}, "not_found"),
             ({"op": "get", "key": "k", "owner": "abcdef"}, "not_found"),
+            ({"op": "get", "key": "k", "owner": "abc"}, "bad_request"),
+            ({"op": "get", "key": "k", "owner": "twin"}, "ambiguous"),
+            ({"op": "get", "key": "k", "owner": "x" * 257}, "bad_request"),
             ({"op": "get", "key": "k", "wait": -1}, "bad_request"),
             ({"op": "send", "to": "ab" * 32, "value": "x"}, "not_connected"),
         ):

@@ -308,6 +308,52 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
         parse_address("127.0.0.1", "x")
 
 
+def test_bootstrap_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identities) -> None:
+    """A ``[[bootstrap]]`` table is a record file or a record's fields, with an address."""
+    monkeypatch.chdir(tmp_path)
+    path = Path("node.toml")
+    record = identities[1].peer_record(name="bob")
+    fields = record.to_dict()
+    inline = (
+        'identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\n'
+        f'peer_id = "{fields["peer_id"]}"\npublic_key = "{fields["public_key"]}"\nname = "bob"\n'
+    )
+
+    def errors(text: str) -> str:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_node_config(path)
+        return str(caught.value)
+
+    assert errors(inline) == (
+        f"node.toml: bootstrap[0]: the peer record of {record.peer_id.short} has no address: "
+        "give the entry one"
+    )
+    path.write_text(inline + 'address = "[::1]:7402"\n')
+    (loaded,) = load_node_config(path).bootstrap
+    assert loaded == record.with_address("::1", 7402)
+    forged = inline.replace(fields["peer_id"], identities[2].peer_id.hex())
+    assert "bootstrap[0]: the record: peer entry" in errors(forged + 'address = "h:1"\n')
+    assert errors('identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nname = "x"\n') == (
+        "node.toml: bootstrap[0]: give record_file, or peer_id and public_key"
+    )
+    # A record file: its address, or the one given beside it; never one others may write.
+    record_file = Path("bob.record.json")
+    record_file.write_text(json.dumps(record.with_address("127.0.0.1", 7).to_dict()))
+    record_file.chmod(0o600)
+    by_file = (
+        'identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nrecord_file = "bob.record.json"\n'
+    )
+    path.write_text(by_file)
+    assert load_node_config(path).bootstrap[0].address == ("127.0.0.1", 7)
+    path.write_text(by_file + 'address = "192.0.2.1:8"\n')
+    assert load_node_config(path).bootstrap[0].address == ("192.0.2.1", 8)
+    record_file.chmod(0o666)
+    message = errors(by_file)
+    assert "node.toml: bootstrap[0]: peer record file" in message
+    assert "is writable by group or others" in message
+
+
 def test_run_refuses_a_missing_identity(tmp_path: Path) -> None:
     config = tmp_path / "n.toml"
     config.write_text('identity = "none.key"\nnetwork_key = "none.psk"\n')

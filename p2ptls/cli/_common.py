@@ -18,7 +18,7 @@ import rich.text
 from .._address import Address, format_host_port, parse_host_port
 from .._files import read_private_file
 from .._peer_lookup import find_peer
-from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, PeerId, PeerRecord
+from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey, PeerId, PeerRecord
 
 PASSPHRASE_ENV = "P2PTLS_PASSPHRASE"
 """The environment variable that may hold an encrypted identity's passphrase."""
@@ -41,6 +41,21 @@ def check_new_file(path: Path, what: str) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise CliError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+
+
+def write_identity(path: Path, bits: int, passphrase: bytes | None) -> None:
+    """Create an identity file (mode 0600; never replacing one) and say so, with its peer id."""
+    created = Identity.generate(bits)
+    created.save(path, passphrase)
+    click.echo(f"wrote {path} (mode 0600); peer id {created.peer_id.hex()}")
+
+
+def write_network_key(path: Path) -> None:
+    """Create a network key file (mode 0600; never replacing one) and say so, with its
+    fingerprint."""
+    key = NetworkKey.generate()
+    key.save(path)
+    click.echo(f"wrote {path} (mode 0600); fingerprint {key.fingerprint}")
 
 
 def bits_option(help_text: str) -> Callable[[F], F]:

@@ -27,7 +27,6 @@ import trio
 
 from .._errors import P2PTLSError
 from .._util import unwrap_single
-from ..identity import Identity, NetworkKey
 from ..state.cli import NodeFileConfig, load_node_config, render_node_config, run_node
 from ..state.control import ControlClient
 from ..state.node import StateNode
@@ -42,6 +41,8 @@ from ._common import (
     passphrase_options,
     print_table,
     short_id,
+    write_identity,
+    write_network_key,
 )
 
 log = logging.getLogger("p2ptls.cli")
@@ -137,13 +138,9 @@ def node_init(
     )
     passphrase = new_passphrase(ask, passphrase_file) if new_identity else None
     if new_network_key:
-        created_key = NetworkKey.generate()
-        created_key.save(key_path)
-        click.echo(f"wrote {key_path} (mode 0600); fingerprint {created_key.fingerprint}")
+        write_network_key(key_path)
     if new_identity:
-        created = Identity.generate(int(bits))
-        created.save(identity_path, passphrase)
-        click.echo(f"wrote {identity_path} (mode 0600); peer id {created.peer_id.hex()}")
+        write_identity(identity_path, int(bits), passphrase)
     with path.open("x", encoding="utf-8") as out:
         out.write(text)
     click.echo(f"wrote {path}")

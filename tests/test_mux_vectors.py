@@ -7,9 +7,9 @@ headers refused before their payload, and scripted exchanges with a fresh initia
 
 Where p2ptls and the specification disagree and the specification is right, the vector's test is
 marked ``xfail(strict=True)`` with the fix in its reason (``DISAGREEMENTS``, empty today): it
-starts to fail the day the code is fixed, so the mark cannot outlive the bug. The last tests check two rules of
-§14.10 and §14.5 that only the trio layer (``p2ptls.connections``) can show, over an in-memory
-secure connection whose other end speaks raw frames.
+starts to fail the day the code is fixed, so the mark cannot outlive the bug. The last tests
+check two rules of §14.10 and §14.5 that only the trio layer (``p2ptls.connections``) can show,
+over an in-memory secure connection whose other end speaks raw frames.
 """
 
 from __future__ import annotations

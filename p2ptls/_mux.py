@@ -23,11 +23,8 @@ whose reader is slow stops only its own sender, never the other streams of the c
 Sending past the credit is a protocol error. Bytes of a message still being assembled must be
 consumed before the whole message can be read, so their credit is given back as they arrive while
 no finished message waits unread; those bytes are then charged to the shared
-:class:`~p2ptls._fragments.ReassemblyBudget` until the message is taken. A finished message waiting
-to be read is also charged its bookkeeping (``MESSAGE_OVERHEAD`` bytes): an empty message costs no
-credit, so without it a peer could queue empty messages nobody reads without limit. Memory per
-connection is therefore bounded by ``max_inbound_streams`` × the window plus the budget's per-peer
-share.
+:class:`~p2ptls._fragments.ReassemblyBudget` until the message is taken. Memory per connection is
+therefore bounded by ``max_inbound_streams`` × the window plus the budget's per-peer share.
 
 **Trust boundaries.** Everything a frame claims is checked before it is acted on: type, flags and
 length (before the payload is buffered), stream id parity and order, the credit. A violation
@@ -47,13 +44,11 @@ import attrs
 
 from . import _mux_wire as mw
 from ._errors import MuxError, ReassemblyBudgetExceeded
-from ._fragments import ReassemblyBudget
+from ._fragments import FRAGMENT_OVERHEAD, ReassemblyBudget
 from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
-MESSAGE_OVERHEAD = 128
-"""Bytes charged to the budget for each finished message waiting to be read (its bookkeeping)."""
 
 # -- events ------------------------------------------------------------------------------------
 
@@ -159,6 +154,8 @@ class _Stream:
     assembling: int = 0
     assembling_held: int = 0
     assembling_charged: int = 0
+    message_open: bool = False
+    sending_message: bool = False
 
 
 class Multiplexer:
@@ -171,8 +168,8 @@ class Multiplexer:
       max_message_size: largest message accepted on a stream's message channel.
       budget: shared memory budget for message bytes held without credit.
       budget_key: whom the budget charges (the remote peer).
-      serves: whether this side serves a protocol; an OPEN for one it does not is refused at
-        once (UNKNOWN_PROTOCOL), before the bound on streams, as an answer to the peer.
+      serves: whether this side serves a protocol; an OPEN for one it does not is refused as it
+        is read (UNKNOWN_PROTOCOL), so that it never holds one of the peer's stream slots.
     """
 
     def __init__(
@@ -282,7 +279,7 @@ class Multiplexer:
         stream = self._streams[stream_id]
         if stream.local or stream.accepted:
             raise RuntimeError("not a stream waiting to be accepted")
-        self._reply(FrameType.REFUSE, stream_id, bytes([code]))
+        self._queue(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
     def _grant_window(self, stream_id: int, stream: _Stream) -> None:
@@ -325,6 +322,8 @@ class Multiplexer:
             self._out += view[taken : taken + size]
             stream.send_credit -= size
             taken += size
+            if message:
+                stream.sending_message = not (flags & Flag.END)
             if last:
                 stream.sent_fin = fin
                 break
@@ -350,13 +349,8 @@ class Multiplexer:
         self.budget.release(charged, self.budget_key)
         credit = held
         if not stream.finished and stream.assembling_held:
-            # The message being assembled is next: its bytes are consumed from now on.
-            if self._charge(stream_id, stream, stream.assembling_held):
-                credit += stream.assembling_held
-                stream.assembling_charged += stream.assembling_held
-                stream.assembling_held = 0
-            else:
-                return False
+            credit += stream.assembling_held
+            stream.assembling_held = 0
         self._give_back(stream_id, stream, credit)
         return True
 
@@ -376,10 +370,13 @@ class Multiplexer:
         if stream is None:
             return
         if not stream.reset:
-            if not stream.sent_fin:
+            if not stream.sent_fin and stream.sending_message:
+                self._queue(FrameType.RESET, stream_id, bytes([ResetCode.CANCEL]))
+                stream.reset = True
+            elif not stream.sent_fin:
                 self._queue(FrameType.DATA, stream_id, b"", Flag.FIN)
                 stream.sent_fin = True
-            if not stream.received_fin:
+            if not stream.received_fin and not stream.reset:
                 self._queue(FrameType.RESET, stream_id, bytes([ResetCode.CANCEL]))
         self._forget(stream_id)
 
@@ -489,13 +486,17 @@ class Multiplexer:
         if stream_id != self._last_remote + 2:
             raise MuxError("OPEN with an out-of-order or wrong-side stream id")
         protocol = mw.parse_protocol_name_untrusted(payload)
+        if self.go_away_received is not None:
+            raise MuxError("OPEN after the peer's GOAWAY")
+        if len(self._out) > self.max_output_backlog:
+            raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.GOING_AWAY]))
-        elif self.serves is not None and not self.serves(protocol):
-            self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.UNKNOWN_PROTOCOL]))
         elif self._inbound >= self.max_inbound_streams:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.TOO_MANY_STREAMS]))
+        elif self.serves is not None and not self.serves(protocol):
+            self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.UNKNOWN_PROTOCOL]))
         else:
             self._streams[stream_id] = _Stream(local=False)
             self._inbound += 1
@@ -525,6 +526,8 @@ class Multiplexer:
         elif size:
             events.append(DataReceived(stream_id, payload, False, False))
         if fin:
+            if stream.message_open:
+                raise MuxError("FIN inside an incomplete message")
             stream.received_fin = True
             events.append(StreamEnded(stream_id))
 
@@ -533,19 +536,18 @@ class Multiplexer:
         if stream.assembling + size > self.max_message_size:
             self._reset_for(stream_id, stream, ResetCode.MESSAGE_TOO_LARGE)
             return False
+        charge = size + FRAGMENT_OVERHEAD  # so that tiny or empty fragments are bounded in count
+        if not self._charge(stream_id, stream, charge):
+            return False
         stream.assembling += size
+        stream.assembling_charged += charge
+        stream.message_open = not end
         if stream.finished:
             stream.assembling_held += size  # credit held until the waiting messages are taken
         else:
-            if not self._charge(stream_id, stream, size):
-                return False
-            stream.assembling_charged += size
             self._give_back(stream_id, stream, size)
         if end:
-            if not self._charge(stream_id, stream, MESSAGE_OVERHEAD):
-                return False
-            charged = stream.assembling_charged + MESSAGE_OVERHEAD
-            stream.finished.append((stream.assembling_held, charged))
+            stream.finished.append((stream.assembling_held, stream.assembling_charged))
             stream.assembling = stream.assembling_held = stream.assembling_charged = 0
         return True
 

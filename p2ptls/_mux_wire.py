@@ -74,9 +74,7 @@ class GoAwayCode(enum.IntEnum):
     PROTOCOL_ERROR = 4
 
 
-# A plain int: the complement of an IntFlag keeps only the flag's own bits (so ~ would hide the
-# unknown ones).
-_DATA_FLAGS = int(Flag.MESSAGE | Flag.END | Flag.FIN)
+_DATA_FLAGS = Flag.MESSAGE | Flag.END | Flag.FIN
 # (fixed payload length or None, connection-level frame)
 _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
     FrameType.DATA: (None, False),
@@ -105,7 +103,7 @@ def parse_header_untrusted(
     if connection_level != (stream_id == 0):
         raise MuxError("stream id not allowed for this frame type")
     if frame_type is FrameType.DATA:
-        if flags & ~_DATA_FLAGS:
+        if flags & ~int(_DATA_FLAGS):
             raise MuxError("unknown DATA flags")
         if flags & Flag.END and not flags & Flag.MESSAGE:
             raise MuxError("END without MESSAGE")

@@ -28,7 +28,6 @@ import attrs
 import trio
 
 from p2ptls import P2PTLSError
-from p2ptls.state import StateProtocolError
 
 C = TypeVar("C")
 C_contra = TypeVar("C_contra", contravariant=True)
@@ -42,8 +41,7 @@ EXPECTED_ON_THE_ADVERSARY_SIDE: tuple[type[BaseException], ...] = (
     trio.EndOfChannel,
     trio.BusyResourceError,
     OSError,
-    P2PTLSError,
-    StateProtocolError,
+    P2PTLSError,  # every protocol's own errors (its ProtocolError subclasses among them)
 )
 """How the victim legitimately ends a hostile move: it closes, refuses or stops answering."""
 

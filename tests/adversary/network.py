@@ -323,6 +323,15 @@ class StateMember:
         return self.victim_node.peer_record()
 
     @property
+    def victim_host(self) -> Host:
+        """The victim's host (what the transport moves attack)."""
+        return self.victim_node.host
+
+    @property
+    def psk(self) -> NetworkKey:
+        return self.network.psk
+
+    @property
     def network_id(self) -> bytes:
         return self.network.network_id
 

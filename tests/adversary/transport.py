@@ -6,37 +6,58 @@ established, forge records with its own traffic keys (bit flips, replays, oversi
 truncations) and flood control records. Each move reads until the victim closes, so that the
 victim's reaction is part of the run.
 
-``TRANSPORT_MOVES`` come from one source address; ``silent_handshakes_from_many_sources`` is the
-flood of issue 8 item 3 (it fills the host's global pending-handshake slots).
+The moves need only a :class:`HostTarget` (the member's identity, the network key, the victim's
+host): any protocol's arena whose victim is a host can play them (the state network's and the
+multiplexer's do). ``TRANSPORT_MOVES`` come from one source address;
+``silent_handshakes_from_many_sources`` is the flood of issue 8 item 3 (it fills the host's global
+pending-handshake slots).
 """
 
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
 import trio
 import trio.testing
 
-from p2ptls import StreamConfig
+from p2ptls import Host, Identity, NetworkKey, StreamConfig
+from p2ptls import _mux_wire as mw
 from p2ptls import _wire as wire
 from p2ptls._connection import Connection, PrivateKeyOperationNeeded, State
 from p2ptls._records import RecordSealer
-from p2ptls.state import _wire as state_wire
 from tests.hostile_support import flip_bit, forged_sealer, next_timestamp
 
 from .core import FunctionMove, move
-from .network import StateMember
 
-TransportMove = FunctionMove[StateMember]
+
+class HostTarget(Protocol):
+    """What a transport move needs of its lane: who it is and which host it attacks."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def psk(self) -> NetworkKey: ...
+
+    @property
+    def victim_host(self) -> Host: ...
+
+    @property
+    def held(self) -> list[trio.SocketStream]:
+        """Raw TCP connections a move keeps open (the lane closes them when it ends)."""
+        ...
+
+
+TransportMove = FunctionMove[HostTarget]
 
 SOURCES = tuple(f"127.0.0.{index}" for index in range(2, 12))
 """Loopback source addresses of a member with a few hosts (ten: more than the host's global
 slots divided by its per-source bound)."""
 
 
-async def tcp_to_victim(m: StateMember, source: str | None = None) -> trio.SocketStream:
-    address = m.victim_node.host.address
-    return await trio.open_tcp_stream(*address, local_address=source)
+async def tcp_to_victim(m: HostTarget, source: str | None = None) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*m.victim_host.address, local_address=source)
 
 
 async def read_until_closed(tcp: trio.SocketStream) -> None:
@@ -50,15 +71,20 @@ async def read_until_closed(tcp: trio.SocketStream) -> None:
         await tcp.aclose()
 
 
-async def handshake(m: StateMember, tcp: trio.SocketStream) -> Connection:
-    """Complete a genuine handshake with the victim over ``tcp`` (the member's own identity)."""
-    conn = Connection.initiator(
+def initiator(m: HostTarget) -> Connection:
+    """The member's side of a new connection to the victim (sans-IO)."""
+    return Connection.initiator(
         StreamConfig(),
         m.identity,
-        m.network.psk,
-        m.victim_record,
+        m.psk,
+        m.victim_host.config.identity.record,
         timestamp_ns=next_timestamp(),
     )
+
+
+async def handshake(m: HostTarget, tcp: trio.SocketStream) -> Connection:
+    """Complete a genuine handshake with the victim over ``tcp`` (the member's own identity)."""
+    conn = initiator(m)
     await tcp.send_all(conn.start())
     while conn.state is not State.ESTABLISHED:
         data = await tcp.receive_some()
@@ -71,19 +97,23 @@ async def handshake(m: StateMember, tcp: trio.SocketStream) -> Connection:
     return conn
 
 
-def state_ping(rng: random.Random) -> bytes:
-    return state_wire.Ping(rng.randbytes(8)).encode()
+def frames(rng: random.Random) -> bytes:
+    """Genuine multiplexing frames (what a host's connection carries): an OPEN of the default
+    protocol and a message on it."""
+    return mw.frame(mw.FrameType.OPEN, 1, b"p2ptls/stream/1") + mw.frame(
+        mw.FrameType.DATA, 1, rng.randbytes(rng.randint(1, 200)), mw.Flag.MESSAGE | mw.Flag.END
+    )
 
 
 @move("tcp-silent")
-async def tcp_silent(m: StateMember, rng: random.Random) -> None:
+async def tcp_silent(m: HostTarget, rng: random.Random) -> None:
     """A connection that never says anything (the handshake deadline ends it)."""
     tcp = await tcp_to_victim(m)
     await read_until_closed(tcp)
 
 
 @move("tcp-garbage")
-async def tcp_garbage(m: StateMember, rng: random.Random) -> None:
+async def tcp_garbage(m: HostTarget, rng: random.Random) -> None:
     """Random bytes instead of a Hello, or a header announcing a huge handshake record."""
     tcp = await tcp_to_victim(m)
     if rng.random() < 0.5:
@@ -94,12 +124,10 @@ async def tcp_garbage(m: StateMember, rng: random.Random) -> None:
 
 
 @move("handshake-half")
-async def handshake_half(m: StateMember, rng: random.Random) -> None:
+async def handshake_half(m: HostTarget, rng: random.Random) -> None:
     """A genuine Hello (the victim does its RSA work), then nothing or a bogus Finish."""
     tcp = await tcp_to_victim(m)
-    conn = Connection.initiator(
-        StreamConfig(), m.identity, m.network.psk, m.victim_record, timestamp_ns=next_timestamp()
-    )
+    conn = initiator(m)
     hello = conn.start()
     if rng.random() < 0.3:
         hello = hello[: rng.randrange(1, len(hello))]  # truncated, then EOF
@@ -114,7 +142,7 @@ async def handshake_half(m: StateMember, rng: random.Random) -> None:
 
 
 @move("handshake-then-garbage")
-async def handshake_then_garbage(m: StateMember, rng: random.Random) -> None:
+async def handshake_then_garbage(m: HostTarget, rng: random.Random) -> None:
     """A complete handshake, then bytes that are no record, or a handshake record again."""
     tcp = await tcp_to_victim(m)
     await handshake(m, tcp)
@@ -126,13 +154,12 @@ async def handshake_then_garbage(m: StateMember, rng: random.Random) -> None:
 
 
 @move("record-forged")
-async def record_forged(m: StateMember, rng: random.Random) -> None:
+async def record_forged(m: HostTarget, rng: random.Random) -> None:
     """After the handshake: a record with a bit flipped, replayed, reordered, or cut short."""
     tcp = await tcp_to_victim(m)
     conn = await handshake(m, tcp)
-    hello = state_wire.Hello(m.network_id, 1, None).encode()
-    first = conn.send_message(hello)
-    second = conn.send_message(state_ping(rng))
+    first = conn.send_data(frames(rng))
+    second = conn.send_data(mw.frame(mw.FrameType.PING, 0, rng.randbytes(8)))
     choice = rng.randrange(5)
     if choice == 0:
         await tcp.send_all(flip_bit(first, rng.randrange(len(first) * 8)))
@@ -149,7 +176,7 @@ async def record_forged(m: StateMember, rng: random.Random) -> None:
 
 
 @move("fragment-oversized")
-async def fragment_oversized(m: StateMember, rng: random.Random) -> None:
+async def fragment_oversized(m: HostTarget, rng: random.Random) -> None:
     """A message announcing more than the stream's maximum, or half a large message then EOF,
     or a length field above the largest record."""
     tcp = await tcp_to_victim(m)
@@ -171,7 +198,7 @@ async def fragment_oversized(m: StateMember, rng: random.Random) -> None:
 
 
 @move("control-flood")
-async def control_flood(m: StateMember, rng: random.Random) -> None:
+async def control_flood(m: HostTarget, rng: random.Random) -> None:
     """Thousands of transport PINGs or KEY_UPDATEs (bounded by the control budget)."""
     tcp = await tcp_to_victim(m)
     conn = await handshake(m, tcp)
@@ -189,10 +216,10 @@ async def control_flood(m: StateMember, rng: random.Random) -> None:
 
 
 @move("silent-handshakes-many-sources")
-async def silent_handshakes_from_many_sources(m: StateMember, rng: random.Random) -> None:
+async def silent_handshakes_from_many_sources(m: HostTarget, rng: random.Random) -> None:
     """Holds as many silent TCP connections as the host takes from each of ten sources: the
     global pending-handshake slots fill (issue 8 item 3). They stay open until the lane ends."""
-    per_source = m.victim_node.host.config.max_pending_per_address
+    per_source = m.victim_host.config.max_pending_per_address
     for source in SOURCES:
         for _ in range(per_source):
             m.held.append(await tcp_to_victim(m, source))

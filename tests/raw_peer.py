@@ -179,7 +179,7 @@ class RawPeer:
         (``None`` for an accepted stream). Answers are not kept (for floods)."""
         ids = [self.mux.open_stream(protocol) for protocol in protocols]
         await self.flush()
-        await self.wait_for(lambda: ids[-1] in self.answers)
+        await self.wait_for(lambda: all(stream_id in self.answers for stream_id in ids[-1:]))
         return [self.answers.pop(stream_id) for stream_id in ids]
 
     async def send_message(self, payload: bytes, stream_id: int | None = None) -> None:

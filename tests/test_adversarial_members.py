@@ -25,6 +25,7 @@ from p2ptls.sllp import Message as SllpMessage
 from p2ptls.sllp import MessagesLost
 from p2ptls.sllp import _wire as sllp_wire
 from p2ptls.sllp.testing import seal_datagram, session_pair
+from tests.adversary import mux as mux_moves
 from tests.adversary import sllp as sllp_moves
 from tests.adversary import state as state_moves
 from tests.adversary import transport as transport_moves
@@ -36,6 +37,16 @@ from tests.adversary.invariants import (
     assert_still_converges,
     assert_tables_bounded,
     memory_budget,
+)
+from tests.adversary.mux import (
+    MuxMember,
+    assert_victim_bounded,
+    assert_victim_serves,
+    assert_victim_up,
+    mux_member,
+    open_mux_arena,
+    reported_victim,
+    settle_victim,
 )
 from tests.adversary.network import (
     StateMember,
@@ -52,6 +63,7 @@ from tests.adversary.sllp import (
     open_sllp_arena,
     sllp_lane,
 )
+from tests.host_harness import heap_growth
 
 SMALL = Budget(moves=60, seconds=120.0, lanes=2, move_timeout=30.0)
 LONG = Budget(moves=1500, seconds=3600.0, lanes=5, move_timeout=30.0)
@@ -126,6 +138,70 @@ async def test_long_sllp_run(autojump_clock: trio.testing.MockClock) -> None:
     budget = Budget(moves=1000, seconds=36000.0, move_timeout=60.0)
     run = await attack_sllp_and_check(autojump_clock, budget, seed_for(1000))
     print(run.summary())
+
+
+# -- the multiplexer: a hostile member against a host's shared connections ----------------------
+
+MUX_AND_TRANSPORT: tuple[Move[MuxMember], ...] = (
+    mux_moves.MUX_MOVES + transport_moves.TRANSPORT_MOVES
+)
+
+
+async def attack_mux_and_check(
+    clock: trio.testing.MockClock, budget: Budget, seed: int, moves: Sequence[Move[MuxMember]]
+) -> AdversaryRun:
+    """Members play multiplexing (and transport) moves against a host while an honest peer's
+    traffic flows; the host stays up, bounded, and serves the honest peer and a newcomer."""
+    async with open_mux_arena(clock, lanes=budget.lanes) as arena:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mux_moves.honest_traffic, arena, 1.0)
+            lane = functools.partial(mux_member, arena)
+            bounded = functools.partial(assert_victim_bounded, arena)
+            run = await run_adversary(lane, moves, budget, seed, after_each_move=bounded)
+            nursery.cancel_scope.cancel()
+        with run.reported(), reported_victim(arena):
+            assert_victim_up(arena)
+            await settle_victim(arena)
+            assert_victim_bounded(arena)
+            await assert_victim_serves(arena)
+    return run
+
+
+async def test_a_host_survives_hostile_multiplexing_members(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    budget = Budget(moves=80, seconds=600.0, lanes=2, move_timeout=30.0)
+    run = await attack_mux_and_check(autojump_clock, budget, seed_for(14), MUX_AND_TRANSPORT)
+    assert len(run.played) == budget.moves and not run.timed_out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_long_multiplexing_run(seed: int, autojump_clock: trio.testing.MockClock) -> None:
+    budget = Budget(moves=1500, seconds=36000.0, lanes=4, move_timeout=30.0)
+    run = await attack_mux_and_check(autojump_clock, budget, seed_for(seed), MUX_AND_TRANSPORT)
+    print(run.summary())
+    print("costliest moves:", run.costliest())
+    assert len(run.played) == budget.moves and not run.timed_out
+
+
+async def test_memory_stays_bounded_across_multiplexing_floods(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The heap after floods of opens, unknown protocols, windows, resets, pings and messages,
+    once the flooders are gone, is what it was, give or take a little bookkeeping."""
+    async with open_mux_arena(autojump_clock) as arena:
+        budget = Budget(moves=2 * len(mux_moves.MUX_FLOODS), seconds=600.0, move_timeout=30.0)
+        lane = functools.partial(mux_member, arena)
+        await assert_victim_serves(arena)  # warm: the first newcomer's costs are paid
+        with heap_growth() as growth:
+            run = await run_adversary(lane, mux_moves.MUX_FLOODS, budget, seed_for(22))
+            await settle_victim(arena)
+        print(f"memory: the floods grew the heap by {growth.grown} bytes")
+        with run.reported(), reported_victim(arena):
+            assert growth.grown < 2 * 1024 * 1024, growth.grown
+            assert_victim_up(arena)
+            await assert_victim_serves(arena)
 
 
 FLOODS: tuple[Move[StateMember], ...] = (

@@ -22,9 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2ptls import ProtocolError, ReplayGuard
+from p2ptls import MuxError, ProtocolError, ReassemblyBudget, ReplayGuard
+from p2ptls import _mux_wire as mw
 from p2ptls import _wire as wire
 from p2ptls._connection import Connection, State
+from p2ptls._mux import Multiplexer
+from p2ptls._mux_wire import FrameType
 from p2ptls._records import RecordSealer
 from p2ptls.trust import Admission
 from protocol.generate_vectors import ReferenceReplayCache
@@ -364,3 +367,131 @@ def test_replay_guard_matches_the_reference_and_remembers_decryptions(
         assert len(reference.entries) <= 4
         assert all(reference.held(s) <= 2 for s in SOURCES)
         assert all(reference.held(s) > 0 for s in reference.floors)
+
+
+# -- the multiplexer (SPEC §14) -------------------------------------------------------------------
+#
+# Whatever frames arrive, the sans-IO multiplexer raises only MuxError (a ProtocolError): for a
+# header alone, and for a multiplexer with streams in every state (opened by either side,
+# accepted, waiting for an answer, half-finished, reset, with a message half-assembled or
+# finished and unread), fed random frames, genuine frames mutated, and plain bytes, whole or byte
+# by byte. Its budget charges are never negative and all come back when the connection goes.
+
+FRAME_TYPES = list(mw.FrameType)
+
+
+@FAST
+@given(header=st.binary(min_size=mw.HEADER_SIZE, max_size=mw.HEADER_SIZE))
+def test_the_frame_header_parser_raises_only_mux_errors(header: bytes) -> None:
+    try:
+        frame_type, flags, stream_id, length = mw.parse_header_untrusted(header)
+    except MuxError:
+        return
+    assert frame_type in FRAME_TYPES
+    assert (stream_id == 0) == (frame_type in (FrameType.PING, FrameType.PONG, FrameType.GOAWAY))
+    assert length <= mw.MAX_DATA_PAYLOAD and 0 <= flags <= 7
+
+
+def busy_multiplexer() -> tuple[Multiplexer, Multiplexer, ReassemblyBudget]:
+    """``(peer, victim)``, the victim the responder, with streams in every state."""
+    budget = ReassemblyBudget(limit=1 << 24, per_peer_limit=1 << 24)
+    peer = Multiplexer(initiator=True)
+    victim = Multiplexer(initiator=False, budget=budget, budget_key="peer", max_inbound_streams=4)
+
+    def deliver() -> None:
+        victim.receive_data_untrusted(peer.data_to_send())
+        peer.receive_data_untrusted(victim.data_to_send())
+
+    accepted, _waiting, finished, reset = (peer.open_stream("fuzz/1") for _ in range(4))
+    deliver()
+    for stream_id in (accepted, finished, reset):
+        victim.accept_stream(stream_id)
+    deliver()  # ``waiting`` is offered and not answered
+    ours = victim.open_stream("fuzz/2")  # accepted by the peer below
+    peer.receive_data_untrusted(victim.data_to_send())
+    peer.accept_stream(ours)
+    peer.send_data(accepted, b"half a message", message=True)
+    peer.send_data(finished, b"a message nobody reads", message=True, end=True)
+    peer.send_data(finished, b"bytes", fin=True)
+    peer.reset_stream(reset)
+    deliver()
+    return peer, victim, budget
+
+
+def frame_strategy(stream_ids: list[int]) -> st.SearchStrategy[bytes]:
+    payloads = st.one_of(
+        st.binary(max_size=20), st.sampled_from([bytes(4), (1).to_bytes(4, "big"), b"\x01"])
+    )
+    return st.builds(
+        lambda frame_type, flags, stream_id, payload: (
+            mw.HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+        ),
+        st.sampled_from([*FRAME_TYPES, 9, 255]),
+        st.sampled_from([0, 1, 2, 3, 4, 5, 7, 8]),
+        st.sampled_from([0, *stream_ids, 2**32 - 1]),
+        payloads,
+    )
+
+
+def check_multiplexer(data: st.DataObject, whole: bool) -> None:
+    _peer, victim, budget = busy_multiplexer()
+    ids = [1, 2, 3, 5, 7, 9, 11, 13]
+    genuine = [
+        mw.frame(FrameType.DATA, 1, b"more", mw.Flag.MESSAGE | mw.Flag.END),
+        mw.frame(FrameType.WINDOW, 1, (1000).to_bytes(4, "big")),
+        mw.frame(FrameType.OPEN, 9, b"fuzz/1"),
+        mw.frame(FrameType.RESET, 5, b"\x00"),
+        mw.frame(FrameType.PING, 0, bytes(8)),
+        mw.frame(FrameType.GOAWAY, 0, bytes(5)),
+    ]
+    chunks = data.draw(
+        st.lists(
+            st.one_of(
+                frame_strategy(ids),
+                st.sampled_from(genuine),
+                st.sampled_from(genuine).flatmap(inputs_like),
+            ),
+            max_size=12,
+        ),
+        label="frames",
+    )
+    blob = b"".join(chunks)
+    pieces = [blob] if whole else [blob[i : i + 1] for i in range(len(blob))]
+    try:
+        for piece in pieces:
+            victim.receive_data_untrusted(piece)
+            assert budget.in_use >= 0
+            victim.data_to_send()
+    except MuxError:
+        pass
+    victim.release_all()
+    assert budget.in_use == 0
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "byte by byte"])
+@FAST
+@given(data=st.data())
+def test_the_multiplexer_raises_only_mux_errors(whole: bool, data: st.DataObject) -> None:
+    check_multiplexer(data, whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "byte by byte"])
+@SLOW
+@given(data=st.data())
+def test_the_multiplexer_raises_only_mux_errors_long_run(whole: bool, data: st.DataObject) -> None:
+    check_multiplexer(data, whole)
+
+
+def test_the_busy_multiplexer_is_in_the_states_named() -> None:
+    """Control: the fuzzed multiplexer holds the streams the fuzzing means to reach."""
+    _, victim, budget = busy_multiplexer()
+    assert sorted(victim.stream_ids()) == [1, 2, 3, 5, 7]
+    assert victim.inbound_streams == 4  # its bound: one more OPEN is refused
+    streams = victim._streams
+    assert streams[1].accepted and streams[1].message_open
+    assert not streams[3].accepted  # offered, not answered
+    assert streams[5].finished and streams[5].received_fin
+    assert streams[7].peer_reset
+    assert streams[2].local and streams[2].accepted
+    assert budget.in_use > 0  # the half message and the unread one are charged

@@ -54,6 +54,10 @@ from .stream import SecureStream
 
 log = logging.getLogger("p2ptls.connections")
 
+MAX_LIVE_PER_PEER = 3
+"""Connections one peer may hold at once: the current one and those still retiring (they keep
+their streams for ``replaced_grace``). Beyond it the oldest retiring one closes at once, so that a
+peer reconnecting again and again cannot hold one connection per reconnection."""
 OPEN_ATTEMPTS = 3
 """Tries of one :meth:`ConnectionManager.open` when a connection goes away under it."""
 
@@ -87,7 +91,8 @@ class ConnectionManager:
         self._handlers: dict[str, ProtocolHandler] = {}
         self._sinks: dict[str, StreamSink] = {}
         self._dials: dict[PeerId, _Dial] = {}
-        self._live: dict[PeerId, set[PeerConnection]] = {}
+        self._live: dict[PeerId, dict[PeerConnection, None]] = {}
+        """Every connection of each peer that has not ended, oldest first."""
         self._announced: set[PeerId] = set()
         """Peers whose :class:`PeerConnected` went out (and whose :class:`PeerDisconnected` is
         owed when their last live connection ends)."""
@@ -269,9 +274,14 @@ class ConnectionManager:
             self._nursery.start_soon(trio.aclose_forcefully, secure)
             return None
         decision = self._table.add(peer, connection, initiated_by_us=initiator)
-        live = self._live.setdefault(peer, set())
-        live.add(connection)
+        live = self._live.setdefault(peer, {})
+        live[connection] = None
         self._nursery.start_soon(connection.run)
+        running = [c for c in live if c.cause is None]
+        while len(running) > MAX_LIVE_PER_PEER:
+            oldest = next(c for c in running if c is not connection and c is not decision.current)
+            oldest.close("the peer holds too many connections (it reconnected again and again)")
+            running.remove(oldest)
         if not decision.keep:
             # The peer's other connection wins (or no slot is free): this one never carries a
             # stream of ours; the peer may have opened some already, so it goes away gently.
@@ -299,7 +309,7 @@ class ConnectionManager:
         live = self._live.get(peer)
         if live is None:
             return
-        live.discard(connection)
+        live.pop(connection, None)
         if not live:
             del self._live[peer]
             if peer in self._announced:

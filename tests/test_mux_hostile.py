@@ -38,6 +38,7 @@ from p2ptls import (
 )
 from p2ptls import _mux_wire as mw
 from p2ptls._mux_wire import Flag, FrameType, RefuseCode, ResetCode
+from p2ptls.manager import MAX_LIVE_PER_PEER
 from tests.host_harness import (
     Harness,
     assert_host_serves,
@@ -175,6 +176,28 @@ async def test_a_host_opening_beyond_the_peers_bound_gets_stream_refused() -> No
         assert len(client.connections) == 1
         for stream in streams:
             await stream.aclose()
+
+
+async def test_a_peer_reconnecting_again_and_again_holds_few_connections() -> None:
+    """Each new connection of a peer replaces its previous one, which keeps its streams for
+    ``replaced_grace``: reconnecting fast, with a stream held open on each, a peer would hold one
+    connection per reconnection (each with its streams and buffers). Beyond a few, the oldest
+    that is retiring closes at once."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        peers = []
+        for _ in range(3 * MAX_LIVE_PER_PEER):
+            peer = await RawPeer.connect(harness.host)
+            await peer.handshake()
+            await peer.open(SINK)  # keeps its connection alive while it retires
+            peers.append(peer)
+            live = harness.host.manager._live[peer.identity.peer_id]
+            assert sum(1 for c in live if c.cause is None) <= MAX_LIVE_PER_PEER  # not closing
+        connection = connection_of(harness, peers[-1])  # the newest is the current one
+        assert connection.accepts_new_streams
+        await peers[-1].echo(b"served", await peers[-1].open(ECHO))
+        for peer in peers:
+            await peer.aclose()
 
 
 # -- a peer ignoring flow control -----------------------------------------------------------------

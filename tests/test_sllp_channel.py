@@ -1,6 +1,7 @@
 """The trio SLLP channel: real UDP on 127.0.0.1 (with and without GSO/GRO), the in-process lossy
 relay under trio's autojump clock, the lifecycle (close, idle timeout, keep-alives, rekeying, the
-stream as lifeline), set-up over hosts, and the API's contract."""
+stream as lifeline), set-up on a bare SecureStream, and the API's contract (set-up through hosts:
+test_sllp_host.py)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from p2ptls.sllp import (
     PeerClosed,
     SllpChannel,
     SllpConfig,
-    accept_datagram,
-    connect_datagram,
     is_offer,
     open_channel,
 )
@@ -385,8 +384,9 @@ async def test_keepalives_keep_a_quiet_channel_open(autojump_clock: trio.testing
 async def test_lifeline_end_ends_the_channel(autojump_clock: trio.testing.MockClock) -> None:
     a, b = await memory_pair(autojump_clock)
     await b.stream.aclose()  # the stream ends without an SLLP close
-    with pytest.raises(LifelineLost):
+    with pytest.raises(LifelineLost) as lost:
         await a.receive()
+    assert isinstance(lost.value.__cause__, trio.EndOfChannel)
     assert a.close_reason is not None and a.close_reason.code == 2
     with pytest.raises(trio.BrokenResourceError):
         await a.send(b"x")
@@ -456,48 +456,3 @@ async def test_setup_times_out(autojump_clock: trio.testing.MockClock) -> None:
     assert is_offer(offer)
     await client.aclose()
     await server.aclose()
-
-
-async def test_connect_and_accept_through_hosts() -> None:
-    alice, bob = ids()
-    psk = p2ptls.NetworkKey.generate()
-    # (HostConfig's ``converter=tuple`` hides the field type from mypy's attrs plugin.)
-    bob_config = p2ptls.HostConfig(
-        identity=bob,
-        psk=psk,
-        peers=(alice.record,),
-        listen=("127.0.0.1", 0),
-    )
-    async with p2ptls.open_host(bob_config) as bob_host:
-        bob_record = bob_host.peer_record()
-        alice_config = p2ptls.HostConfig(
-            identity=alice,
-            psk=psk,
-            peers=(bob_record,),
-        )
-        async with p2ptls.open_host(alice_config) as alice_host, trio.open_nursery() as nursery:
-            accepted: list[SllpChannel] = []
-
-            async def accept() -> None:
-                async for stream in bob_host.incoming():
-                    first = await stream.receive_message()
-                    assert is_offer(first)
-                    accepted.append(await accept_datagram(stream, first_message=first))
-                    return
-
-            nursery.start_soon(accept)
-            channel = await connect_datagram(alice_host, bob.peer_id, local_address=("0.0.0.0", 0))
-            await trio.testing.wait_all_tasks_blocked()
-            while not accepted:
-                await trio.lowlevel.checkpoint()
-            bob_channel = accepted[0]
-            assert channel.remote_peer.peer_id == bob.peer_id
-            assert bob_channel.remote_peer.peer_id == alice.peer_id
-            await channel.send(b"over the host" * 100)
-            assert (await bob_channel.receive()).data == b"over the host" * 100
-            await bob_channel.send(b"and back")
-            assert (await channel.receive()).data == b"and back"
-            await channel.aclose()
-            with pytest.raises(PeerClosed):
-                await bob_channel.receive()
-            await bob_channel.aclose()

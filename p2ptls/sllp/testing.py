@@ -22,8 +22,9 @@ from ..testing import memory_secure_stream_pair
 from . import _wire as wire
 from ._keys import direction_secrets
 from ._session import Session, SessionParameters
-from .channel import SllpChannel, open_channel
+from .channel import SllpChannel
 from .config import SllpConfig
+from .setup import open_channel
 from .transport import DatagramTransport
 
 TEST_EXPORTER_SECRET = bytes(range(32))

@@ -26,6 +26,7 @@ from p2ptls.sllp import (
     is_offer,
     open_channel,
 )
+from p2ptls.sllp import _wire as sllp_wire
 from p2ptls.sllp._keys import EXPORT_LABEL_OFFERER_TO_ANSWERER
 from tests.conftest import identity_pool
 
@@ -340,3 +341,26 @@ async def test_a_failed_setup_closes_the_stream_it_opened() -> None:
         answered.set()
         connection = alice.connection(bob.peer_id)
         assert connection is not None and connection.stream_count == 0  # closed by connect
+
+
+async def test_a_peer_opening_channels_without_limit_closes_only_its_own_oldest() -> None:
+    async with two_hosts() as (alice, bob):
+        handed: list[SllpChannel] = []
+
+        async def hold(channel: SllpChannel) -> None:
+            handed.append(channel)
+            await trio.sleep_forever()
+
+        sllp.serve_datagrams(bob, hold, max_channels=3, max_channels_per_peer=2)
+        opened = [await sllp.connect_datagram(alice, bob.peer_id) for _ in range(5)]
+        for channel in opened[:3]:  # each newcomer beyond two closed alice's oldest
+            with trio.fail_after(10), pytest.raises(PeerClosed) as closed:
+                await channel.receive()
+            assert closed.value.code == sllp_wire.CLOSE_TOO_MANY_CHANNELS == 4
+        assert [c.close_reason is None for c in handed] == [False, False, False, True, True]
+        connection = bob.connection(alice.peer_id)
+        assert connection is not None and connection.stream_count == 2
+        for channel, accepted in zip(opened[3:], handed[3:], strict=True):
+            await exchange(channel, accepted, b"the newest two still work")
+            await channel.aclose()
+        assert bob.manager.handler_failures == 0

@@ -67,6 +67,7 @@ CLOSE_NORMAL = 0
 CLOSE_IDLE_TIMEOUT = 1
 CLOSE_LIFELINE_LOST = 2
 CLOSE_SEQUENCE_EXHAUSTED = 3
+CLOSE_TOO_MANY_CHANNELS = 4  # the accepting side evicted the channel to make room for another
 FIRST_APPLICATION_CLOSE_CODE = 16
 CLOSE_CODE = struct.Struct(">H")
 MAX_CLOSE_REASON = 128  # bytes of UTF-8

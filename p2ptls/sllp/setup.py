@@ -15,6 +15,13 @@ it. A logical stream's exporter is bound to its stream id, so two channels on on
 share keys. When the connection breaks, every logical stream on it fails, and so every channel set
 up on it ends with :class:`~p2ptls.sllp.LifelineLost`; opening a new channel dials the peer again.
 
+Every channel a peer opens costs the accepting side a UDP socket and up to its configured
+reassembly memory, so :func:`serve_datagrams` holds them in a
+:class:`~p2ptls._bounded.FairTable` charged to the peer: a peer that already holds
+``max_channels_per_peer`` loses its own oldest channel to open another, and when ``max_channels``
+are open the oldest channel of the peer holding the most is closed (code 4, "too many
+channels"). A peer opening channels without limit therefore only ever closes its own.
+
 :func:`open_channel` takes any stream with the :class:`~p2ptls.sllp.Lifeline` API, so a bare
 :class:`~p2ptls.SecureStream` (its handshake runs on first use) works the same way.
 """
@@ -29,6 +36,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .._bounded import FairTable
 from ..connections import _socket_address
 from ..host import Host
 from ..identity import PeerId, PeerRecord
@@ -46,6 +54,10 @@ log = logging.getLogger("p2ptls.sllp")
 
 PROTOCOL = "p2ptls/sllp/1"
 """The protocol of the logical stream an SLLP channel is set up on, through a host."""
+MAX_CHANNELS = 128
+"""Default bound on the channels :func:`serve_datagrams` keeps open at once."""
+MAX_CHANNELS_PER_PEER = 16
+"""Default bound on the channels one peer keeps open through :func:`serve_datagrams`."""
 
 ChannelHandler = Callable[[SllpChannel], Awaitable[object]]
 
@@ -247,26 +259,44 @@ def serve_datagrams(
     config: SllpConfig | None = None,
     local_address: tuple[str, int] | None = None,
     protocol: str = PROTOCOL,
+    max_channels: int = MAX_CHANNELS,
+    max_channels_per_peer: int = MAX_CHANNELS_PER_PEER,
 ) -> None:
     """Accept the SLLP channels peers open with :func:`connect_datagram`: ``handler(channel)``
     runs in its own task for each, and the channel is closed when it returns.
 
-    A set-up that fails (a malformed offer, a timeout) is logged and ends only that stream; so
-    does the channel's end reaching the handler (``PeerClosed``, ``LifelineLost``...). Stop
-    accepting with ``host.remove_protocol(sllp.PROTOCOL)``.
+    At most ``max_channels`` are open at once, ``max_channels_per_peer`` per peer: beyond that
+    the peer's own oldest channel (or, when all are taken, the oldest of the peer holding the
+    most) is closed with code 4 and its handler cancelled. A set-up that fails (a malformed
+    offer, a timeout) is logged and ends only that stream; so does the channel's end reaching the
+    handler (``PeerClosed``, ``LifelineLost``...). Stop accepting with
+    ``host.remove_protocol(sllp.PROTOCOL)``.
     """
+    channels: FairTable[trio.CancelScope, SllpChannel, PeerId] = FairTable(
+        max_channels, max_channels_per_peer
+    )
 
     async def accept(stream: LogicalStream) -> None:
-        peer = stream.remote_peer.peer_id.short
+        peer = stream.remote_peer.peer_id
         try:
             channel = await accept_datagram(stream, local_address=local_address, config=config)
         except NegotiationError as exc:
-            log.info("SLLP set-up from %s failed: %s", peer, exc)
+            log.info("SLLP set-up from %s failed: %s", peer.short, exc)
             return
-        async with channel:
-            try:
+        handling = trio.CancelScope()
+        for evicted in channels.put(handling, channel, peer, trio.current_time()):
+            log.info("closing an SLLP channel of %s: too many channels", evicted.source.short)
+            evicted.key.cancel()
+        try:
+            with handling:
                 await handler(channel)
-            except PeerClosed as exc:  # the handler read past the end: not a failure
-                log.info("the SLLP channel from %s ended: %s", peer, exc)
+        except PeerClosed as exc:  # the handler read past the end: not a failure
+            log.info("the SLLP channel from %s ended: %s", peer.short, exc)
+        finally:
+            channels.pop(handling)
+            if handling.cancelled_caught:
+                await channel.close(wire.CLOSE_TOO_MANY_CHANNELS, "too many channels")
+            else:
+                await channel.aclose()
 
     host.serve_protocol(protocol, accept)

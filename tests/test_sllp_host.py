@@ -28,6 +28,7 @@ from p2ptls.sllp import (
 )
 from p2ptls.sllp import _wire as sllp_wire
 from p2ptls.sllp._keys import EXPORT_LABEL_OFFERER_TO_ANSWERER
+from p2ptls.sllp.channel import LIFELINE_POLL
 from tests.conftest import identity_pool
 
 ECHO = "test/echo/1"
@@ -364,3 +365,28 @@ async def test_a_peer_opening_channels_without_limit_closes_only_its_own_oldest(
             await exchange(channel, accepted, b"the newest two still work")
             await channel.aclose()
         assert bob.manager.handler_failures == 0
+
+
+async def test_a_busy_receiver_learns_of_a_lost_lifeline() -> None:
+    """Datagrams arriving more often than LIFELINE_POLL do not hide that the connection broke
+    (alice never receives, so she never sends a CLOSE: bob must see it himself)."""
+    async with two_hosts() as (alice, bob):
+        accepted = Accepted(bob)
+        channel = await sllp.connect_datagram(alice, bob.peer_id)
+        bob_channel = await accepted.next()
+        async with trio.open_nursery() as nursery:
+
+            async def frames() -> None:
+                while True:
+                    await channel.send(b"frame")
+                    await trio.sleep(LIFELINE_POLL / 10)  # pacing, as a camera does
+
+            nursery.start_soon(frames)
+            await bob_channel.receive()
+            cut(bob, alice.peer_id)
+            with trio.fail_after(10), pytest.raises(LifelineLost) as lost:
+                while True:
+                    await bob_channel.receive()
+            assert isinstance(lost.value.__cause__, p2ptls.ConnectionLost)
+            nursery.cancel_scope.cancel()
+        await channel.aclose()

@@ -10,12 +10,14 @@ An :class:`SllpChannel` wraps a sans-IO :class:`~p2ptls.sllp.Session` and a
 The channel has no background task (like ``SecureStream``, it is driven by its callers): a task in
 :meth:`SllpChannel.receive` drains the socket in batches, runs the session's timers (keep-alives,
 idle timeout, reassembly timeouts) and watches the stream, the channel's lifeline, for the peer's
-close or its end. While that task waits, it first waits on the socket alone (cheap: this is the
-path taken under load) and, after ``LIFELINE_POLL`` seconds of quiet, on the socket and the stream
-together. :meth:`SllpChannel.send` seals and writes synchronously, waiting only when the socket
-buffer is full, and when no task is receiving it does the same housekeeping (without the stream)
-at most every ``HOUSEKEEPING_INTERVAL``. So keep a task in ``receive()`` (or ``async for``) on each
-side; a side that never receives still learns of a close by datagram or by the idle timeout.
+close or its end. While that task waits, it waits on the socket alone (cheap: this is the path
+taken under load), and on the socket and the stream together at least every ``LIFELINE_POLL``
+seconds, busy or not: then the stream is looked at before the socket, so datagrams that keep
+arriving cannot hide a lost lifeline. :meth:`SllpChannel.send` seals and writes synchronously,
+waiting only when the socket buffer is full, and when no task is receiving it does the same
+housekeeping (without the stream) at most every ``HOUSEKEEPING_INTERVAL``. So keep a task in
+``receive()`` (or ``async for``) on each side; a side that never receives still learns of a close
+by datagram or by the idle timeout.
 
 The end of a channel always reaches the application as an error from ``receive()`` and ``send()``:
 :class:`PeerClosed` (a ``trio.EndOfChannel``: ``async for`` ends), :class:`IdleTimeout` and
@@ -129,6 +131,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._closed = False
         self._receiver_waiting = False
         self._next_housekeeping = -math.inf
+        self._next_lifeline_check = -math.inf
         self._send_guard = ConflictDetector("another task is already sending on this channel")
         self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
@@ -274,15 +277,20 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     async def _wait(self, now: float) -> None:
         deadline = self.session.next_deadline()
-        quick = min(deadline, now + LIFELINE_POLL)
         self._receiver_waiting = True
         try:
-            with trio.move_on_at(quick) as scope:
-                await self.transport.wait_readable()
-            if not scope.cancelled_caught or quick >= deadline:
-                return
+            if now < self._next_lifeline_check:
+                quick = min(deadline, self._next_lifeline_check)
+                with trio.move_on_at(quick) as scope:
+                    await self.transport.wait_readable()
+                if not scope.cancelled_caught or quick >= deadline:
+                    return
+            self._next_lifeline_check = trio.current_time() + LIFELINE_POLL
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
+                # The watcher takes its first step (an ended stream is seen there) before the
+                # socket can wake us: readiness arrives no earlier than the next batch.
+                await trio.lowlevel.checkpoint()
                 with trio.move_on_at(deadline):
                     await self.transport.wait_readable()
                 nursery.cancel_scope.cancel()

@@ -358,6 +358,9 @@ async def test_a_peer_opening_channels_without_limit_closes_only_its_own_oldest(
             with trio.fail_after(10), pytest.raises(PeerClosed) as closed:
                 await channel.receive()
             assert closed.value.code == sllp_wire.CLOSE_TOO_MANY_CHANNELS == 4
+            with trio.fail_after(10), pytest.raises(trio.EndOfChannel):  # bob closed its end
+                while True:
+                    await channel.stream.receive_message()
         assert [c.close_reason is None for c in handed] == [False, False, False, True, True]
         connection = bob.connection(alice.peer_id)
         assert connection is not None and connection.stream_count == 2

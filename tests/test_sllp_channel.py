@@ -20,6 +20,7 @@ from p2ptls.sllp import (
     DeliveryMode,
     IdleTimeout,
     KeysUpdated,
+    Lifeline,
     LifelineLost,
     Message,
     MessagesLost,
@@ -30,6 +31,7 @@ from p2ptls.sllp import (
     is_offer,
     open_channel,
 )
+from p2ptls.sllp.channel import LIFELINE_POLL
 from p2ptls.sllp.relay import LinkConditions, UdpRelay, memory_transport_pair
 from p2ptls.sllp.testing import channel_pair
 from p2ptls.sllp.transport import UdpTransport, gso_supported
@@ -392,6 +394,79 @@ async def test_lifeline_end_ends_the_channel(autojump_clock: trio.testing.MockCl
         await a.send(b"x")
     with pytest.raises((LifelineLost, PeerClosed)):
         await b.receive()
+    await close_all(a, b)
+
+
+class CuttableLifeline:
+    """A lifeline the test cuts: its end is seen at once, as a logical stream's is."""
+
+    def __init__(self, stream: Lifeline) -> None:
+        self.stream = stream
+        self.server_side = stream.server_side
+        self.remote_peer = stream.remote_peer
+        self.cut = False
+        self.looks = 0
+
+    def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        return self.stream.export_keying_material(label, context, length)
+
+    async def send_message(self, message: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_message(self) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.looks += 1
+        if self.cut:
+            raise trio.BrokenResourceError("cut by the test")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_busy_receiver_looks_at_its_lifeline_every_poll(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Datagrams every LIFELINE_POLL / 5 never leave the receiver quiet for LIFELINE_POLL; it
+    still sees its lifeline end within one LIFELINE_POLL (and the sender never closes)."""
+    a, b = await memory_pair(autojump_clock)
+    lifeline = CuttableLifeline(b.stream)
+    b.stream = lifeline
+    async with trio.open_nursery() as nursery:
+
+        async def frames() -> None:
+            while True:
+                await a.send(b"frame")
+                await trio.sleep(LIFELINE_POLL / 5)
+
+        nursery.start_soon(frames)
+        for _ in range(20):  # a second of frames: the lifeline is looked at, and holds
+            await b.receive()
+        lifeline.cut = True
+        cut_at = trio.current_time()
+        with pytest.raises(LifelineLost) as lost:
+            while True:
+                await b.receive()
+        assert trio.current_time() - cut_at <= LIFELINE_POLL + 0.001
+        assert isinstance(lost.value.__cause__, trio.BrokenResourceError)
+        nursery.cancel_scope.cancel()
+    await close_all(a, b)
+
+
+async def test_every_look_at_the_lifeline_reaches_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The quick look of a busy receiver is never cancelled before the stream was asked."""
+    a, b = await memory_pair(autojump_clock)
+    lifeline = CuttableLifeline(b.stream)
+    b.stream = lifeline
+    for _ in range(100):
+        await b._look_at_lifeline()
+    assert lifeline.looks == 100 and b.close_reason is None
+    lifeline.cut = True
+    await b._look_at_lifeline()
+    assert b.close_reason is not None and b.close_reason.code == 2
     await close_all(a, b)
 
 

@@ -11,13 +11,13 @@ The channel has no background task (like ``SecureStream``, it is driven by its c
 :meth:`SllpChannel.receive` drains the socket in batches, runs the session's timers (keep-alives,
 idle timeout, reassembly timeouts) and watches the stream, the channel's lifeline, for the peer's
 close or its end. While that task waits, it waits on the socket alone (cheap: this is the path
-taken under load), and on the socket and the stream together at least every ``LIFELINE_POLL``
-seconds, busy or not: then the stream is looked at before the socket, so datagrams that keep
-arriving cannot hide a lost lifeline. :meth:`SllpChannel.send` seals and writes synchronously,
-waiting only when the socket buffer is full, and when no task is receiving it does the same
-housekeeping (without the stream) at most every ``HOUSEKEEPING_INTERVAL``. So keep a task in
-``receive()`` (or ``async for``) on each side; a side that never receives still learns of a close
-by datagram or by the idle timeout.
+taken under load) and, after ``LIFELINE_POLL`` seconds of quiet, on the socket and the stream
+together; busy or not, it also takes a quick look at the stream at least every ``LIFELINE_POLL``
+(between datagrams), so datagrams that keep arriving cannot hide a lost lifeline.
+:meth:`SllpChannel.send` seals and writes synchronously, waiting only when the socket buffer is
+full, and when no task is receiving it does the same housekeeping (without the stream) at most
+every ``HOUSEKEEPING_INTERVAL``. So keep a task in ``receive()`` (or ``async for``) on each side;
+a side that never receives still learns of a close by datagram or by the idle timeout.
 
 The end of a channel always reaches the application as an error from ``receive()`` and ``send()``:
 :class:`PeerClosed` (a ``trio.EndOfChannel``: ``async for`` ends), :class:`IdleTimeout` and
@@ -279,23 +279,37 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         deadline = self.session.next_deadline()
         self._receiver_waiting = True
         try:
-            if now < self._next_lifeline_check:
-                quick = min(deadline, self._next_lifeline_check)
-                with trio.move_on_at(quick) as scope:
-                    await self.transport.wait_readable()
-                if not scope.cancelled_caught or quick >= deadline:
+            if now >= self._next_lifeline_check:
+                # Busy or not, a look at the stream at least every LIFELINE_POLL: datagrams that
+                # keep arriving must not hide a lost lifeline.
+                self._next_lifeline_check = now + LIFELINE_POLL
+                await self._look_at_lifeline()
+                if self.session.closed is not None:
                     return
-            self._next_lifeline_check = trio.current_time() + LIFELINE_POLL
+            quick = min(deadline, self._next_lifeline_check)
+            with trio.move_on_at(quick) as scope:
+                await self.transport.wait_readable()
+            if not scope.cancelled_caught or quick >= deadline:
+                return
+            # Quiet: wait on the socket and the stream together, until the next timer.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
-                # The watcher takes its first step (an ended stream is seen there) before the
-                # socket can wake us: readiness arrives no earlier than the next batch.
-                await trio.lowlevel.checkpoint()
                 with trio.move_on_at(deadline):
                     await self.transport.wait_readable()
                 nursery.cancel_scope.cancel()
         finally:
             self._receiver_waiting = False
+
+    async def _look_at_lifeline(self) -> None:
+        """Let the lifeline watcher take its first step (an ended logical stream is seen there,
+        without waiting), then stop it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
+            # The watcher's first step runs in the next batch; we cancel it only in the one after
+            # (cancelled before that step, it would not even look).
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
 
     async def _watch_lifeline(self, done: trio.CancelScope) -> None:
         data: bytes | None = None

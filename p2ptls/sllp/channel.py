@@ -11,13 +11,14 @@ The channel has no background task (like ``SecureStream``, it is driven by its c
 :meth:`SllpChannel.receive` drains the socket in batches, runs the session's timers (keep-alives,
 idle timeout, reassembly timeouts) and watches the stream, the channel's lifeline, for the peer's
 close or its end. While that task waits, it waits on the socket alone (cheap: this is the path
-taken under load) and, after ``LIFELINE_POLL`` seconds of quiet, on the socket and the stream
-together; busy or not, it also takes a quick look at the stream at least every ``LIFELINE_POLL``
-(between datagrams), so datagrams that keep arriving cannot hide a lost lifeline.
-:meth:`SllpChannel.send` seals and writes synchronously, waiting only when the socket buffer is
-full, and when no task is receiving it does the same housekeeping (without the stream) at most
-every ``HOUSEKEEPING_INTERVAL``. So keep a task in ``receive()`` (or ``async for``) on each side;
-a side that never receives still learns of a close by datagram or by the idle timeout.
+taken under load) and, at least every ``LIFELINE_POLL`` seconds when no datagram comes first, on
+the socket and the stream together. On a host's logical stream it also checks, without waiting,
+whether the shared connection ended, at least every ``LIFELINE_POLL`` however busy: datagrams that
+keep arriving cannot hide a broken connection. :meth:`SllpChannel.send` seals and writes
+synchronously, waiting only when the socket buffer is full, and when no task is receiving it does
+the same housekeeping (without the stream) at most every ``HOUSEKEEPING_INTERVAL``. So keep a task
+in ``receive()`` (or ``async for``) on each side; a side that never receives still learns of a
+close by datagram or by the idle timeout.
 
 The end of a channel always reaches the application as an error from ``receive()`` and ``send()``:
 :class:`PeerClosed` (a ``trio.EndOfChannel``: ``async for`` ends), :class:`IdleTimeout` and
@@ -37,6 +38,7 @@ import trio
 
 from .._util import ConflictDetector
 from ..identity import PeerRecord
+from ..logical import LogicalStream
 from . import _wire as wire
 from ._errors import NegotiationError, SllpError
 from ._session import DatagramTrain, Session
@@ -280,12 +282,14 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._receiver_waiting = True
         try:
             if now >= self._next_lifeline_check:
-                # Busy or not, a look at the stream at least every LIFELINE_POLL: datagrams that
-                # keep arriving must not hide a lost lifeline.
+                # Busy or not, at least every LIFELINE_POLL: datagrams that keep arriving must
+                # not hide a lost connection. (Checked without yielding: under load a yield can
+                # cost a whole frame of the sender's datagrams when both run in one process.)
                 self._next_lifeline_check = now + LIFELINE_POLL
-                await self._look_at_lifeline()
-                if self.session.closed is not None:
-                    return
+                if self._connection_ended():
+                    await self._look_at_lifeline()
+                    if self.session.closed is not None:
+                        return
             quick = min(deadline, self._next_lifeline_check)
             with trio.move_on_at(quick) as scope:
                 await self.transport.wait_readable()
@@ -299,6 +303,12 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
                 nursery.cancel_scope.cancel()
         finally:
             self._receiver_waiting = False
+
+    def _connection_ended(self) -> bool:
+        """Whether the shared connection under a logical-stream lifeline has ended (a bare
+        secure stream cannot tell without reading: it is watched while the receiver is quiet)."""
+        stream = self.stream
+        return isinstance(stream, LogicalStream) and stream.connection.closed
 
     async def _look_at_lifeline(self) -> None:
         """Let the lifeline watcher take its first step (an ended logical stream is seen there,

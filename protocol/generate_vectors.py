@@ -49,7 +49,6 @@ from protocol.handshake_vectors import (
     responder_randomness,
 )
 from protocol.reassembly_vectors import reassembly_vectors
-from protocol.record_reference import ReferenceReplayCache
 from protocol.replay_vectors import replay_vectors
 from protocol.session_vectors import run_session
 from protocol.vector_inputs import (
@@ -76,7 +75,6 @@ from protocol.vector_support import Party
 __all__ = [
     "FILES",
     "VECTOR_DIR",
-    "ReferenceReplayCache",  # where tests/test_fuzz.py finds the reference of the replay cache
     "build_vectors",
     "generate",
     "load_existing",

@@ -103,7 +103,7 @@ def parse_header_untrusted(
     if connection_level != (stream_id == 0):
         raise MuxError("stream id not allowed for this frame type")
     if frame_type is FrameType.DATA:
-        if flags & ~_DATA_FLAGS:
+        if flags & ~int(_DATA_FLAGS):
             raise MuxError("unknown DATA flags")
         if flags & Flag.END and not flags & Flag.MESSAGE:
             raise MuxError("END without MESSAGE")

@@ -1,4 +1,4 @@
-"""Small trio helpers shared by the package's context managers.
+"""Small trio helpers shared by the package: context managers' nurseries, exception groups.
 
 Theory of operation
 -------------------
@@ -126,3 +126,14 @@ class MessageIterator:
             return await self._receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+
+def unwrap_single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member each, else ``exc``.
+
+    For reporting what ended a ``trio.run``: its nurseries wrap even a lone failure in a group,
+    and a person wants to read the failure itself. A group of several stays a group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -37,7 +37,6 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._bounded import FairTable
-from ..connections import _socket_address
 from ..host import Host
 from ..identity import PeerId, PeerRecord
 from ..logical import LogicalStream
@@ -64,11 +63,9 @@ ChannelHandler = Callable[[SllpChannel], Awaitable[object]]
 
 def _stream_host(stream: Lifeline, *, peer: bool) -> str | None:
     """The IP address of the stream's own end (or the peer's), where it runs over TCP."""
-    if isinstance(stream, LogicalStream):
-        stream = stream.connection.secure
-    if not isinstance(stream, SecureStream):
+    if not isinstance(stream, LogicalStream | SecureStream):
         return None
-    address = _socket_address(stream, peer=peer)
+    address = stream.remote_address if peer else stream.local_address
     return None if address is None else address[0]
 
 

@@ -30,7 +30,7 @@ from p2ptls._mux import Multiplexer
 from p2ptls._mux_wire import FrameType
 from p2ptls._records import RecordSealer
 from p2ptls.trust import Admission
-from protocol.generate_vectors import ReferenceReplayCache
+from protocol.record_reference import ReferenceReplayCache
 from tests.hostile_support import (
     Flights,
     decrypt,

@@ -13,6 +13,7 @@ hand is ``tests/raw_peer.py``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -232,6 +233,28 @@ def established_pair(
     )
     handshake(initiator, responder, initiator_identity=initiator_identity)
     return initiator, responder
+
+
+def responder_reply(responder: Connection, hello: bytes) -> bytes:
+    """Feed ``hello`` to a fresh responder and return its Reply."""
+    operation = key_operation(responder.receive_data_untrusted(hello))
+    return responder.supply_decryption(decrypt(parties().responder, operation))
+
+
+def initiator_finish(initiator: Connection, reply: bytes) -> bytes:
+    operation = key_operation(initiator.receive_data_untrusted(reply))
+    return initiator.supply_decryption(decrypt(parties().initiator, operation))
+
+
+@functools.cache
+def genuine_flights() -> Flights:
+    """The flights of the reproducible handshake (the same bytes every time)."""
+    return handshake(make_initiator(), make_responder())
+
+
+def state_of(conn: Connection) -> State:
+    """``conn.state``, without letting a type checker assume it cannot change."""
+    return conn.state
 
 
 # -- forgery -------------------------------------------------------------------------------------

@@ -401,17 +401,22 @@ class Multiplexer:
         offset = 0
         end = len(buffer)
         while end - offset >= mw.HEADER_SIZE:
-            frame_type, flags, stream_id, length = mw.parse_header_untrusted(
-                memoryview(buffer)[offset : offset + mw.HEADER_SIZE]
-            )
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(buffer, offset)
             start = offset + mw.HEADER_SIZE
             if end - start < length:
+                if frame_type is FrameType.DATA:
+                    self._check_credit(stream_id, length)  # before buffering the payload
                 break
             payload = bytes(buffer[start : start + length])
             offset = start + length
             self._handle(frame_type, flags, stream_id, payload, events)
         del buffer[:offset]
         return events
+
+    def _check_credit(self, stream_id: int, length: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.reset and length > stream.receive_left:
+            raise MuxError("DATA past the stream's credit")
 
     def _handle(
         self,

@@ -164,6 +164,10 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this stream was closed")
 
     # -- receiving -----------------------------------------------------------------------------
+    #
+    # Every operation is a checkpoint, as trio's streams are: it checks for cancellation first and
+    # yields once, by waiting or, when it did not need to wait, by a cancel-shielded checkpoint
+    # at the end (so what it did is never undone by a cancellation).
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` bytes of the byte stream; ``b""`` after the peer's end."""
@@ -172,17 +176,23 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 self._check_open()
                 if self._bytes:
                     data = self._take_bytes(limit)
                     self.connection._bytes_consumed(self.stream_id, len(data))
-                    return data
+                    break
                 if self._fin_received:
-                    return b""
+                    data = b""
+                    break
                 if self._error is not None:
                     self._raise_error()
                 await self._receive_lot.park()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     def _take_bytes(self, limit: int) -> bytes:
         chunks = self._bytes
@@ -204,17 +214,22 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         """The next whole message; ``trio.EndOfChannel`` after the peer's end."""
         with self._message_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 self._check_open()
                 if self._messages:
                     message = self._messages.popleft()
                     self.connection._message_taken(self)
-                    return message
+                    break
                 if self._fin_received:
                     raise trio.EndOfChannel
                 if self._error is not None:
                     self._raise_error()
                 await self._receive_lot.park()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
 
     def messages(self) -> _Messages:
         """Whole messages until the peer's end: ``async for message in stream.messages()``."""
@@ -222,38 +237,39 @@ class LogicalStream(trio.abc.HalfCloseableStream):
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            await self._wait_sendable(need_credit=True)
-            taken = self.connection._send_data(self.stream_id, view)
-            view = view[taken:]
-
-    async def _wait_sendable(self, *, need_credit: bool) -> None:
-        """Wait for credit (if sending bytes) and room in the connection's output."""
+    async def _wait_sendable(self, *, need_credit: bool) -> bool:
+        """Wait for credit (if sending bytes) and room in the connection's output; whether it
+        had to wait."""
         connection = self.connection
+        waited = False
         while True:
             self._check_open()
             if self._error is not None:
                 self._raise_error()
             if self._fin_sent:
                 raise trio.ClosedResourceError("send_eof was already called")
-            credit = connection._send_credit(self.stream_id)
-            if need_credit and credit == 0:
+            if need_credit and connection._send_credit(self.stream_id) == 0:
                 await self._send_lot.park()
             elif connection._output_full():
                 await connection._drained.park()
             else:
-                return
+                return waited
+            waited = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on the byte stream."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if not data:
+            view = memoryview(data).cast("B")
+            waited = False
+            if not view:
                 self._check_open()
-                return
-            await self._send_bytes(data)
+            while view:
+                waited |= await self._wait_sendable(need_credit=True)
+                taken = self.connection._send_data(self.stream_id, view)
+                view = view[taken:]
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one whole message (at most the connection's ``max_message_size`` bytes).
@@ -267,36 +283,40 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_open()
             started = False
+            waited = False
             view = memoryview(message).cast("B")
             try:
                 while True:
-                    await self._wait_sendable(need_credit=bool(view))
+                    waited |= await self._wait_sendable(need_credit=bool(view))
                     taken = self.connection._send_data(self.stream_id, view, message=True, end=True)
                     started = True
                     view = view[taken:]
                     if not view:
-                        return
+                        break
             except BaseException:
                 if started and self._error is None:
                     self._abort(ResetCode.CANCEL, "a message was cut short by cancellation")
                 raise
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_eof(self) -> None:
         """End our direction; the peer's reads then end. Calling it again does nothing."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_open()
-            if self._fin_sent:
-                return
-            if self._error is not None:
-                self._raise_error()
-            self.connection._send_data(self.stream_id, b"", fin=True)
-            self._fin_sent = True
+            if not self._fin_sent:
+                if self._error is not None:
+                    self._raise_error()
+                self.connection._send_data(self.stream_id, b"", fin=True)
+                self._fin_sent = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._wait_sendable(need_credit=True)
+            if not await self._wait_sendable(need_credit=True):
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def ping(self) -> float:
         """One round trip on the shared connection, in seconds."""

@@ -87,6 +87,9 @@ class ConnectionManager:
         self._sinks: dict[str, StreamSink] = {}
         self._dials: dict[PeerId, _Dial] = {}
         self._live: dict[PeerId, set[PeerConnection]] = {}
+        self._announced: set[PeerId] = set()
+        """Peers whose :class:`PeerConnected` went out (and whose :class:`PeerDisconnected` is
+        owed when their last live connection ends)."""
         self._arrivals = trio.lowlevel.ParkingLot()
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._closing = False
@@ -263,11 +266,16 @@ class ConnectionManager:
             # The peer's other connection wins (or no slot is free): this one never carries a
             # stream of ours; the peer may have opened some already, so it goes away gently.
             connection.retire(GoAwayCode.REPLACED if decision.current else GoAwayCode.LIMIT)
+            if decision.current is not None:
+                # The peer may have lost the connection that won (a restart): find out in a
+                # round trip, so that its next dial succeeds.
+                decision.current.probe()
             return decision.current
         for old in decision.retire:
             same_peer = old.remote_peer.peer_id == peer
             old.retire(GoAwayCode.REPLACED if same_peer else GoAwayCode.LIMIT)
-        if len(live) == 1:
+        if peer not in self._announced:
+            self._announced.add(peer)
             self._emit(PeerConnected(peer, initiator))
         self._arrivals.unpark_all()
         return connection
@@ -284,7 +292,9 @@ class ConnectionManager:
         live.discard(connection)
         if not live:
             del self._live[peer]
-            self._emit(PeerDisconnected(peer, connection.cause))
+            if peer in self._announced:
+                self._announced.discard(peer)
+                self._emit(PeerDisconnected(peer, connection.cause))
 
     # -- events --------------------------------------------------------------------------------
 

@@ -74,7 +74,8 @@ class GoAwayCode(enum.IntEnum):
     PROTOCOL_ERROR = 4
 
 
-_DATA_FLAGS = Flag.MESSAGE | Flag.END | Flag.FIN
+# An int, not an IntFlag: ~ of an IntFlag keeps only its members (~_DATA_FLAGS would be 0).
+_DATA_FLAGS = int(Flag.MESSAGE | Flag.END | Flag.FIN)
 # (fixed payload length or None, connection-level frame)
 _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
     FrameType.DATA: (None, False),

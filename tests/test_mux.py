@@ -477,6 +477,16 @@ def test_a_bad_header_is_refused_before_its_payload(header: bytes) -> None:
         _mux.Multiplexer(initiator=False).receive_data_untrusted(header)
 
 
+@pytest.mark.parametrize("flag", [0x08, 0x10, 0x80])
+def test_a_data_frame_with_an_unknown_flag_on_an_open_stream_is_a_protocol_error(
+    flag: int,
+) -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    with pytest.raises(MuxError, match="unknown DATA flags"):
+        pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, flag, stream_id, 1) + b"x")
+
+
 def test_frames_split_at_every_byte_give_the_same_events() -> None:
     pair = Pair()
     stream_id = pair.a.open_stream("x/1")

@@ -50,6 +50,13 @@ from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
 
+# The per-frame paths use plain ints and module constants: an IntFlag operation or an enum
+# attribute lookup costs up to a microsecond.
+_MESSAGE, _END, _FIN = int(Flag.MESSAGE), int(Flag.END), int(Flag.FIN)
+_DATA, _WINDOW, _OPEN = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN
+_ACCEPT, _REFUSE = FrameType.ACCEPT, FrameType.REFUSE
+_PING, _PONG, _GOAWAY = FrameType.PING, FrameType.PONG, FrameType.GOAWAY
+
 # -- events ------------------------------------------------------------------------------------
 
 
@@ -303,16 +310,15 @@ class Multiplexer:
         view = memoryview(data)
         total = len(view)
         taken = 0
-        base = Flag.MESSAGE if message else 0
+        base = _MESSAGE if message else 0
+        last_flags = base | (_END if end else 0) | (_FIN if fin else 0)
         while True:
             size = min(total - taken, stream.send_credit, mw.FRAME_CHUNK)
             last = taken + size == total
             if size == 0 and not (last and (end or fin)):
                 break
-            flags = base
-            if last:
-                flags |= (Flag.END if end else 0) | (Flag.FIN if fin else 0)
-            self._out += mw.HEADER.pack(FrameType.DATA, flags, stream_id, size)
+            flags = last_flags if last else base
+            self._out += mw.HEADER.pack(_DATA, flags, stream_id, size)
             self._out += view[taken : taken + size]
             stream.send_credit -= size
             taken += size
@@ -426,31 +432,31 @@ class Multiplexer:
         payload: bytes,
         events: list[MuxEvent],
     ) -> None:
-        if frame_type is FrameType.PING:
-            self._reply(FrameType.PONG, 0, payload)
+        if frame_type is _PING:
+            self._reply(_PONG, 0, payload)
             return
-        if frame_type is FrameType.PONG:
+        if frame_type is _PONG:
             events.append(PongReceived(payload))
             return
-        if frame_type is FrameType.GOAWAY:
+        if frame_type is _GOAWAY:
             self._on_go_away(payload, events)
             return
-        if frame_type is FrameType.OPEN:
+        if frame_type is _OPEN:
             self._on_open(stream_id, payload, events)
             return
         stream = self._stream_for(stream_id)
         if stream is None:
             return  # a late frame for a stream that is gone
-        if frame_type is FrameType.DATA:
+        if frame_type is _DATA:
             self._on_data(stream_id, stream, flags, payload, events)
-        elif frame_type is FrameType.WINDOW:
+        elif frame_type is _WINDOW:
             self._on_window(stream_id, stream, int.from_bytes(payload, "big"), events)
-        elif frame_type is FrameType.ACCEPT:
+        elif frame_type is _ACCEPT:
             if not stream.local or stream.accepted:
                 raise MuxError("ACCEPT for a stream not waiting for one")
             stream.accepted = True
             events.append(StreamAccepted(stream_id))
-        elif frame_type is FrameType.REFUSE:
+        elif frame_type is _REFUSE:
             if not stream.local or stream.accepted:
                 raise MuxError("REFUSE for a stream not waiting for an answer")
             self._forget(stream_id)
@@ -503,9 +509,9 @@ class Multiplexer:
         if size > stream.receive_left:
             raise MuxError("DATA past the stream's credit")
         stream.receive_left -= size
-        fin = bool(flags & Flag.FIN)
-        if flags & Flag.MESSAGE:
-            end = bool(flags & Flag.END)
+        fin = bool(flags & _FIN)
+        if flags & _MESSAGE:
+            end = bool(flags & _END)
             if not self._take_fragment(stream_id, stream, size, end):
                 events.append(StreamAborted(stream_id, ResetCode.MESSAGE_TOO_LARGE, by_peer=False))
                 return

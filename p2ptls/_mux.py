@@ -401,23 +401,34 @@ class Multiplexer:
         Raises :class:`~p2ptls._errors.MuxError` if the peer broke the protocol (the connection
         must then be closed).
         """
-        buffer = self._in
-        buffer += data
         events: list[MuxEvent] = []
+        if self._in:  # the rest of a frame begun earlier
+            self._in += data
+            with memoryview(self._in) as view:
+                offset = self._parse(view, events)
+            del self._in[:offset]
+        else:  # frames parsed where they are; only an incomplete one at the end is kept
+            with memoryview(data).cast("B") as view:
+                offset = self._parse(view, events)
+                if offset < len(view):
+                    self._in += view[offset:]
+        return events
+
+    def _parse(self, view: memoryview, events: list[MuxEvent]) -> int:
+        """Handle the whole frames at the start of ``view`` (each payload copied once); how many
+        bytes they took."""
         offset = 0
-        end = len(buffer)
+        end = len(view)
         while end - offset >= mw.HEADER_SIZE:
-            frame_type, flags, stream_id, length = mw.parse_header_untrusted(buffer, offset)
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(view, offset)
             start = offset + mw.HEADER_SIZE
             if end - start < length:
                 if frame_type is FrameType.DATA:
                     self._check_credit(stream_id, length)  # before buffering the payload
                 break
-            payload = bytes(buffer[start : start + length])
             offset = start + length
-            self._handle(frame_type, flags, stream_id, payload, events)
-        del buffer[:offset]
-        return events
+            self._handle(frame_type, flags, stream_id, bytes(view[start:offset]), events)
+        return offset
 
     def _check_credit(self, stream_id: int, length: int) -> None:
         stream = self._streams.get(stream_id)

@@ -199,7 +199,10 @@ class Multiplexer:
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
         self._last_remote = 0 if initiator else -1
-        self._out = bytearray()
+        self._out: list[bytes | memoryview] = []
+        """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
+        slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
+        self._out_size = 0
         self._in = bytearray()
         self.go_away_sent = False
         self.go_away_received: GoAwayReceived | None = None
@@ -209,7 +212,7 @@ class Multiplexer:
     @property
     def output_size(self) -> int:
         """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
-        return len(self._out)
+        return self._out_size
 
     @property
     def stream_count(self) -> int:
@@ -238,19 +241,21 @@ class Multiplexer:
 
     def data_to_send(self) -> bytes:
         """Every queued frame, in order; the queue is then empty."""
-        data = bytes(self._out)
+        data = b"".join(self._out)
         self._out.clear()
+        self._out_size = 0
         return data
 
     def _queue(
         self, frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0
     ) -> None:
-        self._out += mw.HEADER.pack(frame_type, flags, stream_id, len(payload))
-        self._out += payload
+        self._out.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
+        self._out.append(payload)
+        self._out_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
         """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._queue(frame_type, stream_id, payload)
 
@@ -308,6 +313,7 @@ class Multiplexer:
         if stream.sent_fin:
             raise RuntimeError("this direction of the stream was finished")
         view = memoryview(data)
+        immutable = isinstance(view.obj, bytes)
         total = len(view)
         taken = 0
         base = _MESSAGE if message else 0
@@ -318,8 +324,10 @@ class Multiplexer:
             if size == 0 and not (last and (end or fin)):
                 break
             flags = last_flags if last else base
-            self._out += mw.HEADER.pack(_DATA, flags, stream_id, size)
-            self._out += view[taken : taken + size]
+            chunk = view[taken : taken + size]
+            self._out.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
+            self._out.append(chunk if immutable else bytes(chunk))
+            self._out_size += mw.HEADER_SIZE + size
             stream.send_credit -= size
             taken += size
             if last:

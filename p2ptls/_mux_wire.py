@@ -125,7 +125,7 @@ def parse_header_untrusted(
 
 def check_protocol_name(name: str) -> bytes:
     """The wire form of a protocol name: 1 to 128 visible ASCII characters."""
-    encoded = name.encode("ascii", errors="replace")
+    encoded = name.encode("ascii") if name.isascii() else b""  # refused below, never as "?"
     if not 1 <= len(encoded) <= MAX_PROTOCOL_NAME or not all(0x21 <= b <= 0x7E for b in encoded):
         raise ValueError("a protocol name is 1 to 128 visible ASCII characters, e.g. 'chat/1'")
     return encoded

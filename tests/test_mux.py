@@ -136,6 +136,8 @@ def test_protocol_names_are_checked_on_both_sides() -> None:
         _mux.Multiplexer(initiator=True).open_stream("has space")
     with pytest.raises(ValueError):
         _mux.Multiplexer(initiator=True).open_stream("x" * 129)
+    with pytest.raises(ValueError, match="visible ASCII"):  # not sent as "caf?/1"
+        _mux.Multiplexer(initiator=True).open_stream("café/1")
     b = _mux.Multiplexer(initiator=False)
     with pytest.raises(MuxError):
         b.receive_data_untrusted(mw.frame(FrameType.OPEN, 1, b"bad\x00name"))

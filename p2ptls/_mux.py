@@ -610,6 +610,8 @@ class Multiplexer:
             stream.to_return = 0
 
     def _release_messages(self, stream: _Stream) -> None:
+        if not stream.finished and not stream.assembling:
+            return  # nothing held (the common case: a byte stream)
         charged = stream.assembling_charged + sum(c for _, c in stream.finished)
         self.budget.release(charged, self.budget_key)
         stream.finished.clear()

@@ -13,6 +13,7 @@ a peer cannot make the parser hold more than the largest frame it allows.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 
 from ._errors import MuxError
@@ -123,16 +124,19 @@ def parse_header_untrusted(
     return frame_type, flags, stream_id, length
 
 
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]*")
+
+
 def check_protocol_name(name: str) -> bytes:
     """The wire form of a protocol name: 1 to 128 visible ASCII characters."""
     encoded = name.encode("ascii") if name.isascii() else b""  # refused below, never as "?"
-    if not 1 <= len(encoded) <= MAX_PROTOCOL_NAME or not all(0x21 <= b <= 0x7E for b in encoded):
+    if not 1 <= len(encoded) <= MAX_PROTOCOL_NAME or not _VISIBLE_ASCII.fullmatch(encoded):
         raise ValueError("a protocol name is 1 to 128 visible ASCII characters, e.g. 'chat/1'")
     return encoded
 
 
 def parse_protocol_name_untrusted(payload: bytes) -> str:
-    if not all(0x21 <= b <= 0x7E for b in payload):
+    if not _VISIBLE_ASCII.fullmatch(payload):
         raise MuxError("protocol name is not visible ASCII")
     return payload.decode("ascii")
 

@@ -280,6 +280,14 @@ def stream_config(args: argparse.Namespace) -> p2ptls.StreamConfig:
     return p2ptls.StreamConfig(**options)
 
 
+def connection_config(args: argparse.Namespace) -> p2ptls.ConnectionConfig:
+    """How the two hosts of the ``mux`` measurements share their connection."""
+    options: dict[str, Any] = {}
+    if args.stream_window is not None:
+        options["stream_window"] = args.stream_window
+    return p2ptls.ConnectionConfig(**options)
+
+
 # -- the accepting side -------------------------------------------------------------------------
 
 
@@ -309,9 +317,16 @@ class Server:
     """Accepts connections of the three kinds, and logical streams on a host, and runs the
     command each connection (or logical stream) sends."""
 
-    def __init__(self, material: Material, config: p2ptls.StreamConfig, read_size: int) -> None:
+    def __init__(
+        self,
+        material: Material,
+        config: p2ptls.StreamConfig,
+        read_size: int,
+        connections: p2ptls.ConnectionConfig,
+    ) -> None:
         self.material = material
         self.config = config
+        self.connections = connections
         self.read_size = read_size
         self.p2p_context = p2ptls.SecurityContext(
             material.server,
@@ -342,6 +357,7 @@ class Server:
             peers=[client.record for client in self.material.clients],
             listen=("127.0.0.1", 0),
             stream=self.config,
+            connections=self.connections,
         )
         async with p2ptls.open_host(config) as host:
             host.serve_protocol(COMMAND_PROTOCOL, self.handle_logical)
@@ -454,11 +470,13 @@ class Client:
         config: p2ptls.StreamConfig,
         ports: dict[Kind, int],
         read_size: int,
+        connections: p2ptls.ConnectionConfig,
         *,
         verify: bool = False,
     ) -> None:
         self.material = material
         self.config = config
+        self.connections = connections
         self.read_size = read_size
         self.verify = verify
         self.ports = ports
@@ -481,6 +499,7 @@ class Client:
             psk=self.material.psk,
             peers=[self.material.server.record],
             stream=self.config,
+            connections=self.connections,
         )
         async with p2ptls.open_host(config) as host:
             self.host = host
@@ -794,10 +813,13 @@ async def run_plan(client: Client, plan: Plan) -> Results:
 
 async def run_same_process(material: Material, args: argparse.Namespace, plan: Plan) -> Results:
     config = stream_config(args)
-    server = Server(material, config, args.read_size)
+    connections = connection_config(args)
+    server = Server(material, config, args.read_size, connections)
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
-        client = Client(material, config, server.ports, args.read_size, verify=args.verify)
+        client = Client(
+            material, config, server.ports, args.read_size, connections, verify=args.verify
+        )
         async with client.running_host():
             results = await run_plan(client, plan)
         nursery.cancel_scope.cancel()
@@ -822,6 +844,8 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
         command += ["--record-size", str(args.record_size)]
     if args.receive_size is not None:
         command += ["--receive-size", str(args.receive_size)]
+    if args.stream_window is not None:
+        command += ["--stream-window", str(args.stream_window)]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -834,7 +858,14 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
                 raise RuntimeError("the server process exited early")
             line += chunk
         ports: dict[Kind, int] = json.loads(line)
-        client = Client(material, stream_config(args), ports, args.read_size, verify=args.verify)
+        client = Client(
+            material,
+            stream_config(args),
+            ports,
+            args.read_size,
+            connection_config(args),
+            verify=args.verify,
+        )
         async with client.running_host():
             return await run_plan(client, plan)
     finally:
@@ -848,7 +879,7 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
 
 async def serve_child(args: argparse.Namespace) -> None:
     material = Material.load(Path(args.serve_child), args.clients)
-    server = Server(material, stream_config(args), args.read_size)
+    server = Server(material, stream_config(args), args.read_size, connection_config(args))
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
         print(json.dumps(server.ports), flush=True)
@@ -973,7 +1004,7 @@ def json_params(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "fairness_lead_mib": FAIRNESS_LEAD // MIB,
             "fairness": "p99 in ms of 64-byte round trips on one logical stream while another "
             "logical stream of the same connection sends bulk data",
-            "connections": attrs.asdict(p2ptls.ConnectionConfig()),
+            "connections": attrs.asdict(connection_config(args)),
         },
     }
 
@@ -1007,6 +1038,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--record-size", type=int, help="p2ptls StreamConfig.record_size")
     parser.add_argument("--receive-size", type=int, help="p2ptls StreamConfig.receive_size")
+    parser.add_argument(
+        "--stream-window", type=int, help="p2ptls ConnectionConfig.stream_window of both hosts"
+    )
     parser.add_argument(
         "--read-size", type=int, default=65536, help="receive_some size of the benchmark readers"
     )
@@ -1066,6 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     plan = build_plan(args)
     stream_config(args)  # validate the p2ptls options before the slow key generation
+    connection_config(args)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="p2ptls-bench-") as tmp:
         log(f"generating RSA-{KEY_BITS} keys and certificates...")

@@ -51,6 +51,8 @@ class Liveness:
     """When the connection last became free of streams (``None`` while it carries one)."""
     ping_sent_at: float | None = None
     """The keepalive PING awaiting any answer (``None``: none outstanding)."""
+    last_ping: float | None = None
+    """When the last keepalive PING was sent (kept after it is answered, to time it)."""
     retiring_since: float | None = None
     """When either side retired the connection (``None``: it is not retiring)."""
     probe_wanted: bool = False
@@ -95,6 +97,6 @@ class Liveness:
         ping_at = self.last_received + self.keepalive_interval
         if self.probe_wanted or now >= ping_at:
             self.probe_wanted = False
-            self.ping_sent_at = now
+            self.ping_sent_at = self.last_ping = now
             return Action.PING, now
         return Action.WAIT, min(ping_at, lifetime_end)

@@ -129,6 +129,7 @@ class PeerConnection:
         self._streams: dict[int, LogicalStream] = {}
         self._opening: dict[int, trio.Event] = {}
         self._refusals: dict[int, RefuseCode] = {}
+        self._reset_while_opening: set[int] = set()
         self._pongs: dict[bytes, trio.Event] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained = trio.lowlevel.ParkingLot()
@@ -153,6 +154,9 @@ class PeerConnection:
         )
         self.retired: GoAwayCode | None = None
         """Why this side retired the connection (``None``: it did not)."""
+        self.rtt: float | None = None
+        """The round trip of the last answered keepalive ping, in seconds."""
+        self._keepalive_ping = b""
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -230,6 +234,10 @@ class PeerConnection:
                 f"peer {self.remote_peer.peer_id.short} refused a stream for {protocol!r} "
                 "(too many streams)"
             )
+        if stream_id in self._reset_while_opening:
+            self._reset_while_opening.discard(stream_id)
+            await stream.aclose()
+            stream._raise_error()
         if self.closed or stream._closed:
             if isinstance(self.cause, ConnectionRetired):  # worth a try on another connection
                 raise _GoingAway(f"the connection ended: {self.cause}") from self.cause
@@ -393,7 +401,13 @@ class PeerConnection:
             if stream is not None:
                 reason = "the peer reset the stream" if event.by_peer else "the peer broke a limit"
                 stream._fail(StreamReset(reason, event.code))
+            answered = self._opening.pop(event.stream_id, None)
+            if answered is not None:  # reset instead of an answer
+                self._reset_while_opening.add(event.stream_id)
+                answered.set()
         elif isinstance(event, _mux.PongReceived):
+            if event.payload == self._keepalive_ping and self._liveness.last_ping is not None:
+                self.rtt = trio.current_time() - self._liveness.last_ping
             answered = self._pongs.pop(event.payload, None)
             if answered is not None:
                 answered.set()
@@ -449,7 +463,8 @@ class PeerConnection:
                 protected=self.manager.is_protected(peer),
             )
             if action is Action.PING:
-                self._mux.send_ping(os.urandom(8))
+                self._keepalive_ping = os.urandom(8)
+                self._mux.send_ping(self._keepalive_ping)
                 self._wake_writer()
             elif action is Action.LOST:
                 raise KeepaliveTimeout(liveness.keepalive_timeout)

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._mux_wire import ResetCode
-from ._util import ConflictDetector
+from ._util import ConflictDetector, MessageIterator
 from .identity import PeerRecord
 
 if TYPE_CHECKING:
     from .connections import PeerConnection
 
 _DEFAULT_RECEIVE_MAX = 256 * 1024
+_GATHER_BELOW = 4096
+"""Byte-stream frames smaller than this are gathered into shared buffers..."""
+_GATHER_UP_TO = 64 * 1024
+"""...of up to about this many bytes each."""
 
 
 class ConnectionLost(trio.BrokenResourceError):
@@ -46,20 +50,6 @@ class StreamReset(trio.BrokenResourceError):
     def __init__(self, message: str, code: ResetCode = ResetCode.CANCEL) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Messages:
-    def __init__(self, stream: LogicalStream) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._stream.receive_message()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class LogicalStream(trio.abc.HalfCloseableStream):
@@ -82,7 +72,10 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         self.server_side = server_side
         """``True`` for a stream the peer opened (as on :class:`~p2ptls.SecureStream`, the
         accepting side)."""
-        self._bytes: collections.deque[bytes] = collections.deque()
+        self._bytes: collections.deque[bytes | bytearray] = collections.deque()
+        """The byte stream's unread data. Large frames are kept as they came (no copy); small
+        ones are gathered into shared buffers, so a peer sending tiny frames costs no object per
+        frame (what it may send unread is bounded by the stream's credit)."""
         self._messages: collections.deque[bytes] = collections.deque()
         self._assembly: list[bytes] = []
         self._fin_received = False
@@ -121,7 +114,13 @@ class LogicalStream(trio.abc.HalfCloseableStream):
 
     def _data_arrived(self, data: bytes, message: bool, end: bool) -> None:
         if not message:
-            self._bytes.append(data)
+            chunks = self._bytes
+            if len(data) >= _GATHER_BELOW:
+                chunks.append(data)
+            elif chunks and isinstance(chunks[-1], bytearray) and len(chunks[-1]) < _GATHER_UP_TO:
+                chunks[-1] += data
+            else:
+                chunks.append(bytearray(data))
         else:
             if data:
                 self._assembly.append(data)
@@ -210,7 +209,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if len(chunk) > limit:
             chunks.appendleft(chunk[limit:])
             chunk = chunk[:limit]
-        return chunk
+        return chunk if type(chunk) is bytes else bytes(chunk)
 
     async def receive_message(self) -> bytes:
         """The next whole message; ``trio.EndOfChannel`` after the peer's end."""
@@ -233,9 +232,9 @@ class LogicalStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return message
 
-    def messages(self) -> _Messages:
+    def messages(self) -> MessageIterator:
         """Whole messages until the peer's end: ``async for message in stream.messages()``."""
-        return _Messages(self)
+        return MessageIterator(self.receive_message)
 
     # -- sending -------------------------------------------------------------------------------
 

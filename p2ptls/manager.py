@@ -47,9 +47,10 @@ from .connections import (
     ProtocolHandler,
     _GoingAway,
 )
+from .context import SecurityContext
 from .identity import PeerId, PeerRecord
 from .logical import LogicalStream
-from .stream import SecureStream, SecurityContext
+from .stream import SecureStream
 
 log = logging.getLogger("p2ptls.connections")
 
@@ -215,11 +216,20 @@ class ConnectionManager:
             if target is None:
                 raise ValueError(f"no address known for peer {peer.short}")
             with dial.scope:
-                secure = await self._handshake(record, target)
+                try:
+                    with trio.fail_after(self.config.dial_timeout):
+                        secure = await self._handshake(record, target)
+                except trio.TooSlowError:
+                    raise TimeoutError(
+                        f"dialling peer {peer.short} at {target[0]}:{target[1]} took longer "
+                        f"than dial_timeout ({self.config.dial_timeout:g} s)"
+                    ) from None
             if dial.scope.cancelled_caught:
                 dial.error = OSError("the dial was abandoned by every opener")
                 return
             if self._adopt(secure, initiator=True) is None:
+                if self._closing:
+                    raise trio.ClosedResourceError("the host is closing")
                 raise ConnectionLimitReached(
                     "every connection slot is held by a protected connection"
                 )

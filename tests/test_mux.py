@@ -274,7 +274,7 @@ def test_message_bytes_are_charged_to_the_budget_until_taken() -> None:
     stream_id = pair.open()
     pair.a.send_data(stream_id, bytes(100_000), message=True, end=True)
     pair.to_b()
-    assert pair.budget.in_use == 100_000
+    assert pair.budget.in_use == 100_000 + 2 * 64  # two frames, each charged its overhead
     pair.b.message_taken(stream_id)
     assert pair.budget.in_use == 0
 
@@ -338,6 +338,15 @@ def test_closing_a_stream_releases_what_its_messages_held() -> None:
     pair.a.send_data(stream_id, bytes(5000), message=True)  # half of a second one
     pair.to_b()
     assert pair.budget.in_use > 0
+    pair.b.close_stream(stream_id)
+    assert pair.budget.in_use == 0
+
+
+def test_closing_a_stream_releases_the_charge_of_an_empty_fragment() -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, Flag.MESSAGE, stream_id, 0))
+    assert pair.budget.in_use > 0  # the fragment's overhead, with no byte of message
     pair.b.close_stream(stream_id)
     assert pair.budget.in_use == 0
 

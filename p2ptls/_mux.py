@@ -201,7 +201,7 @@ class Multiplexer:
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
         self._last_remote = 0 if initiator else -1
-        self._out: list[bytes | memoryview] = []
+        self._out_pieces: list[bytes | memoryview] = []
         """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
         slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
         self._out_size = 0
@@ -243,16 +243,16 @@ class Multiplexer:
 
     def data_to_send(self) -> bytes:
         """Every queued frame, in order; the queue is then empty."""
-        data = b"".join(self._out)
-        self._out.clear()
+        data = b"".join(self._out_pieces)
+        self._out_pieces.clear()
         self._out_size = 0
         return data
 
     def _queue(
         self, frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0
     ) -> None:
-        self._out.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
-        self._out.append(payload)
+        self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
+        self._out_pieces.append(payload)
         self._out_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
@@ -327,8 +327,8 @@ class Multiplexer:
                 break
             flags = last_flags if last else base
             chunk = view[taken : taken + size]
-            self._out.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
-            self._out.append(chunk if immutable else bytes(chunk))
+            self._out_pieces.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
+            self._out_pieces.append(chunk if immutable else bytes(chunk))
             self._out_size += mw.HEADER_SIZE + size
             stream.send_credit -= size
             taken += size
@@ -509,7 +509,7 @@ class Multiplexer:
         protocol = mw.parse_protocol_name_untrusted(payload)
         if self.go_away_received is not None:
             raise MuxError("OPEN after the peer's GOAWAY")
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:

@@ -50,6 +50,13 @@ from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
 
+# The per-frame paths use plain ints and module constants: an IntFlag operation or an enum
+# attribute lookup costs up to a microsecond.
+_MESSAGE, _END, _FIN = int(Flag.MESSAGE), int(Flag.END), int(Flag.FIN)
+_DATA, _WINDOW, _OPEN = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN
+_ACCEPT, _REFUSE = FrameType.ACCEPT, FrameType.REFUSE
+_PING, _PONG, _GOAWAY = FrameType.PING, FrameType.PONG, FrameType.GOAWAY
+
 # -- events ------------------------------------------------------------------------------------
 
 
@@ -194,7 +201,10 @@ class Multiplexer:
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
         self._last_remote = 0 if initiator else -1
-        self._out = bytearray()
+        self._out_pieces: list[bytes | memoryview] = []
+        """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
+        slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
+        self._out_size = 0
         self._in = bytearray()
         self.go_away_sent = False
         self.go_away_received: GoAwayReceived | None = None
@@ -204,7 +214,7 @@ class Multiplexer:
     @property
     def output_size(self) -> int:
         """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
-        return len(self._out)
+        return self._out_size
 
     @property
     def stream_count(self) -> int:
@@ -233,19 +243,21 @@ class Multiplexer:
 
     def data_to_send(self) -> bytes:
         """Every queued frame, in order; the queue is then empty."""
-        data = bytes(self._out)
-        self._out.clear()
+        data = b"".join(self._out_pieces)
+        self._out_pieces.clear()
+        self._out_size = 0
         return data
 
     def _queue(
         self, frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0
     ) -> None:
-        self._out += mw.HEADER.pack(frame_type, flags, stream_id, len(payload))
-        self._out += payload
+        self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
+        self._out_pieces.append(payload)
+        self._out_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
         """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._queue(frame_type, stream_id, payload)
 
@@ -303,19 +315,21 @@ class Multiplexer:
         if stream.sent_fin:
             raise RuntimeError("this direction of the stream was finished")
         view = memoryview(data)
+        immutable = isinstance(view.obj, bytes)
         total = len(view)
         taken = 0
-        base = Flag.MESSAGE if message else 0
+        base = _MESSAGE if message else 0
+        last_flags = base | (_END if end else 0) | (_FIN if fin else 0)
         while True:
             size = min(total - taken, stream.send_credit, mw.FRAME_CHUNK)
             last = taken + size == total
             if size == 0 and not (last and (end or fin)):
                 break
-            flags = base
-            if last:
-                flags |= (Flag.END if end else 0) | (Flag.FIN if fin else 0)
-            self._out += mw.HEADER.pack(FrameType.DATA, flags, stream_id, size)
-            self._out += view[taken : taken + size]
+            flags = last_flags if last else base
+            chunk = view[taken : taken + size]
+            self._out_pieces.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
+            self._out_pieces.append(chunk if immutable else bytes(chunk))
+            self._out_size += mw.HEADER_SIZE + size
             stream.send_credit -= size
             taken += size
             if message:
@@ -397,23 +411,34 @@ class Multiplexer:
         Raises :class:`~p2ptls._errors.MuxError` if the peer broke the protocol (the connection
         must then be closed).
         """
-        buffer = self._in
-        buffer += data
         events: list[MuxEvent] = []
+        if self._in:  # the rest of a frame begun earlier
+            self._in += data
+            with memoryview(self._in) as view:
+                offset = self._parse(view, events)
+            del self._in[:offset]
+        else:  # frames parsed where they are; only an incomplete one at the end is kept
+            with memoryview(data).cast("B") as view:
+                offset = self._parse(view, events)
+                if offset < len(view):
+                    self._in += view[offset:]
+        return events
+
+    def _parse(self, view: memoryview, events: list[MuxEvent]) -> int:
+        """Handle the whole frames at the start of ``view`` (each payload copied once); how many
+        bytes they took."""
         offset = 0
-        end = len(buffer)
+        end = len(view)
         while end - offset >= mw.HEADER_SIZE:
-            frame_type, flags, stream_id, length = mw.parse_header_untrusted(buffer, offset)
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(view, offset)
             start = offset + mw.HEADER_SIZE
             if end - start < length:
                 if frame_type is FrameType.DATA:
                     self._check_credit(stream_id, length)  # before buffering the payload
                 break
-            payload = bytes(buffer[start : start + length])
             offset = start + length
-            self._handle(frame_type, flags, stream_id, payload, events)
-        del buffer[:offset]
-        return events
+            self._handle(frame_type, flags, stream_id, bytes(view[start:offset]), events)
+        return offset
 
     def _check_credit(self, stream_id: int, length: int) -> None:
         stream = self._streams.get(stream_id)
@@ -428,31 +453,31 @@ class Multiplexer:
         payload: bytes,
         events: list[MuxEvent],
     ) -> None:
-        if frame_type is FrameType.PING:
-            self._reply(FrameType.PONG, 0, payload)
+        if frame_type is _PING:
+            self._reply(_PONG, 0, payload)
             return
-        if frame_type is FrameType.PONG:
+        if frame_type is _PONG:
             events.append(PongReceived(payload))
             return
-        if frame_type is FrameType.GOAWAY:
+        if frame_type is _GOAWAY:
             self._on_go_away(payload, events)
             return
-        if frame_type is FrameType.OPEN:
+        if frame_type is _OPEN:
             self._on_open(stream_id, payload, events)
             return
         stream = self._stream_for(stream_id)
         if stream is None:
             return  # a late frame for a stream that is gone
-        if frame_type is FrameType.DATA:
+        if frame_type is _DATA:
             self._on_data(stream_id, stream, flags, payload, events)
-        elif frame_type is FrameType.WINDOW:
+        elif frame_type is _WINDOW:
             self._on_window(stream_id, stream, int.from_bytes(payload, "big"), events)
-        elif frame_type is FrameType.ACCEPT:
+        elif frame_type is _ACCEPT:
             if not stream.local or stream.accepted:
                 raise MuxError("ACCEPT for a stream not waiting for one")
             stream.accepted = True
             events.append(StreamAccepted(stream_id))
-        elif frame_type is FrameType.REFUSE:
+        elif frame_type is _REFUSE:
             if not stream.local or stream.accepted:
                 raise MuxError("REFUSE for a stream not waiting for an answer")
             self._forget(stream_id)
@@ -484,7 +509,7 @@ class Multiplexer:
         protocol = mw.parse_protocol_name_untrusted(payload)
         if self.go_away_received is not None:
             raise MuxError("OPEN after the peer's GOAWAY")
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:
@@ -509,9 +534,9 @@ class Multiplexer:
         if size > stream.receive_left:
             raise MuxError("DATA past the stream's credit")
         stream.receive_left -= size
-        fin = bool(flags & Flag.FIN)
-        if flags & Flag.MESSAGE:
-            end = bool(flags & Flag.END)
+        fin = bool(flags & _FIN)
+        if flags & _MESSAGE:
+            end = bool(flags & _END)
             if not self._take_fragment(stream_id, stream, size, end):
                 events.append(StreamAborted(stream_id, ResetCode.MESSAGE_TOO_LARGE, by_peer=False))
                 return
@@ -595,6 +620,8 @@ class Multiplexer:
             stream.to_return = 0
 
     def _release_messages(self, stream: _Stream) -> None:
+        if not stream.finished and not stream.assembling_charged:
+            return  # nothing charged (the common case: a byte stream)
         charged = stream.assembling_charged + sum(c for _, c in stream.finished)
         self.budget.release(charged, self.budget_key)
         stream.finished.clear()

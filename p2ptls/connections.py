@@ -295,7 +295,8 @@ class PeerConnection:
             self._watchdog_lot.unpark_all()
 
     def _wake_writer(self) -> None:
-        if self._mux.output_size:
+        # Checked first: unpark on an empty ParkingLot (a writer busy writing) costs about 0.5 us.
+        if self._mux.output_size and self._writer_lot:
             self._writer_lot.unpark()
 
     # -- running -------------------------------------------------------------------------------
@@ -447,7 +448,8 @@ class PeerConnection:
                         return
                     await self._writer_lot.park()
                 data = mux.data_to_send()
-                self._drained.unpark_all()
+                if self._drained:
+                    self._drained.unpark_all()
                 await secure.send_all(data)
         except BaseException:
             self._writer_failed = True

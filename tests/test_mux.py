@@ -136,6 +136,8 @@ def test_protocol_names_are_checked_on_both_sides() -> None:
         _mux.Multiplexer(initiator=True).open_stream("has space")
     with pytest.raises(ValueError):
         _mux.Multiplexer(initiator=True).open_stream("x" * 129)
+    with pytest.raises(ValueError, match="visible ASCII"):  # not sent as "caf?/1"
+        _mux.Multiplexer(initiator=True).open_stream("café/1")
     b = _mux.Multiplexer(initiator=False)
     with pytest.raises(MuxError):
         b.receive_data_untrusted(mw.frame(FrameType.OPEN, 1, b"bad\x00name"))
@@ -340,6 +342,15 @@ def test_closing_a_stream_releases_what_its_messages_held() -> None:
     assert pair.budget.in_use == 0
 
 
+def test_closing_a_stream_releases_the_charge_of_an_empty_fragment() -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, Flag.MESSAGE, stream_id, 0))
+    assert pair.budget.in_use > 0  # the fragment's overhead, with no byte of message
+    pair.b.close_stream(stream_id)
+    assert pair.budget.in_use == 0
+
+
 def test_release_all_gives_back_every_charge() -> None:
     pair = Pair(window=1 << 20)
     for stream_id in [pair.open() for _ in range(3)]:
@@ -475,6 +486,16 @@ def test_a_second_go_away_is_a_protocol_error() -> None:
 def test_a_bad_header_is_refused_before_its_payload(header: bytes) -> None:
     with pytest.raises(MuxError):
         _mux.Multiplexer(initiator=False).receive_data_untrusted(header)
+
+
+@pytest.mark.parametrize("flag", [0x08, 0x10, 0x80])
+def test_a_data_frame_with_an_unknown_flag_on_an_open_stream_is_a_protocol_error(
+    flag: int,
+) -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    with pytest.raises(MuxError, match="unknown DATA flags"):
+        pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, flag, stream_id, 1) + b"x")
 
 
 def test_frames_split_at_every_byte_give_the_same_events() -> None:

@@ -285,6 +285,8 @@ def connection_config(args: argparse.Namespace) -> p2ptls.ConnectionConfig:
     options: dict[str, Any] = {}
     if args.stream_window is not None:
         options["stream_window"] = args.stream_window
+    if args.max_stream_window is not None:
+        options["max_stream_window"] = args.max_stream_window
     return p2ptls.ConnectionConfig(**options)
 
 
@@ -846,6 +848,8 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
         command += ["--receive-size", str(args.receive_size)]
     if args.stream_window is not None:
         command += ["--stream-window", str(args.stream_window)]
+    if args.max_stream_window is not None:
+        command += ["--max-stream-window", str(args.max_stream_window)]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -1040,6 +1044,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--receive-size", type=int, help="p2ptls StreamConfig.receive_size")
     parser.add_argument(
         "--stream-window", type=int, help="p2ptls ConnectionConfig.stream_window of both hosts"
+    )
+    parser.add_argument(
+        "--max-stream-window",
+        type=int,
+        help="p2ptls ConnectionConfig.max_stream_window of both hosts (window auto-tuning's cap)",
     )
     parser.add_argument(
         "--read-size", type=int, default=65536, help="receive_some size of the benchmark readers"

@@ -144,6 +144,9 @@ MuxEvent = (
 class _Stream:
     local: bool
     """Opened by us."""
+    window: int
+    """The credit this side keeps granting the peer on this stream (it grows, see
+    :meth:`Multiplexer._give_back`)."""
     accepted: bool = False
     send_credit: int = mw.INITIAL_WINDOW
     receive_left: int = mw.INITIAL_WINDOW
@@ -170,7 +173,11 @@ class Multiplexer:
 
     Args:
       initiator: whether this side initiated the secure connection (it opens odd stream ids).
-      window: the credit this side keeps granting per stream (at least ``INITIAL_WINDOW``).
+      window: the credit this side grants per stream at first (at least ``INITIAL_WINDOW``).
+      max_window: how far a stream's window may grow while its reader keeps up and its sender
+        waits for credit (default: ``window``, no growth).
+      connection_window: the sum of the windows of all streams held, beyond which no window
+        grows (default: no bound but ``max_window`` per stream).
       max_inbound_streams: streams the peer may hold open at once; more are refused.
       max_message_size: largest message accepted on a stream's message channel.
       budget: shared memory budget for message bytes held without credit.
@@ -182,6 +189,8 @@ class Multiplexer:
         *,
         initiator: bool,
         window: int = DEFAULT_WINDOW,
+        max_window: int | None = None,
+        connection_window: int | None = None,
         max_inbound_streams: int = 64,
         max_message_size: int = 16 * 1024 * 1024,
         budget: ReassemblyBudget | None = None,
@@ -192,6 +201,12 @@ class Multiplexer:
             raise ValueError(f"window must be between {mw.INITIAL_WINDOW} and {mw.MAX_WINDOW}")
         self.initiator = initiator
         self.window = window
+        self.max_window = window if max_window is None else max_window
+        if not window <= self.max_window <= mw.MAX_WINDOW:
+            raise ValueError(f"max_window must be between window and {mw.MAX_WINDOW}")
+        self.connection_window = connection_window
+        self._windows = 0
+        """The sum of the windows of the streams held (for ``connection_window``)."""
         self.max_inbound_streams = max_inbound_streams
         self.max_message_size = max_message_size
         self.budget = budget if budget is not None else ReassemblyBudget()
@@ -270,7 +285,7 @@ class Multiplexer:
             raise RuntimeError("this connection opens no more streams (going away)")
         self._last_local += 2
         stream_id = self._last_local
-        self._streams[stream_id] = _Stream(local=True)
+        self._streams[stream_id] = self._new_stream(local=True)
         self._queue(FrameType.OPEN, stream_id, name)
         self._grant_window(stream_id, self._streams[stream_id])
         return stream_id
@@ -290,8 +305,12 @@ class Multiplexer:
         self._queue(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
+    def _new_stream(self, *, local: bool) -> _Stream:
+        self._windows += self.window
+        return _Stream(local=local, window=self.window)
+
     def _grant_window(self, stream_id: int, stream: _Stream) -> None:
-        extra = self.window - mw.INITIAL_WINDOW
+        extra = stream.window - mw.INITIAL_WINDOW
         if extra:
             stream.receive_left += extra
             self._queue(FrameType.WINDOW, stream_id, extra.to_bytes(4, "big"))
@@ -517,7 +536,7 @@ class Multiplexer:
         elif self._inbound >= self.max_inbound_streams:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.TOO_MANY_STREAMS]))
         else:
-            self._streams[stream_id] = _Stream(local=False)
+            self._streams[stream_id] = self._new_stream(local=False)
             self._inbound += 1
             events.append(StreamOpened(stream_id, protocol))
 
@@ -611,12 +630,29 @@ class Multiplexer:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _give_back(self, stream_id: int, stream: _Stream, size: int) -> None:
+        """Credit for ``size`` bytes consumed; a WINDOW once half the stream's window is.
+
+        Window growth (auto-tuning): if, when a grant is due, the peer has used all the credit it
+        held (so it waits for this grant: the window, not the reader, limits the stream), the
+        stream's window doubles, up to ``max_window`` and while the windows of all streams stay
+        within ``connection_window``; the grant carries the increase.
+        """
         if stream.received_fin or stream.reset:
             return
         stream.to_return += size
-        if stream.to_return >= self.window // 2:
-            stream.receive_left += stream.to_return
-            self._queue(FrameType.WINDOW, stream_id, stream.to_return.to_bytes(4, "big"))
+        if stream.to_return >= stream.window // 2:
+            grant = stream.to_return
+            if stream.receive_left == 0 and stream.window < self.max_window:
+                growth = min(stream.window, self.max_window - stream.window)
+                if (
+                    self.connection_window is None
+                    or self._windows + growth <= self.connection_window
+                ):
+                    stream.window += growth
+                    self._windows += growth
+                    grant += growth
+            stream.receive_left += grant
+            self._queue(FrameType.WINDOW, stream_id, grant.to_bytes(4, "big"))
             stream.to_return = 0
 
     def _release_messages(self, stream: _Stream) -> None:
@@ -631,6 +667,7 @@ class Multiplexer:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        self._windows -= stream.window
         self._release_messages(stream)
         if not stream.local:
             self._inbound -= 1

@@ -120,6 +120,8 @@ class PeerConnection:
         self._mux = _mux.Multiplexer(
             initiator=initiator,
             window=config.stream_window,
+            max_window=max(config.stream_window, config.max_stream_window),
+            connection_window=config.connection_window,
             max_inbound_streams=config.max_streams_per_peer,
             max_message_size=self.max_message_size,
             budget=secure.context.budget,

@@ -300,7 +300,9 @@ class Host:
         :class:`~p2ptls.ProtocolNotSupported`). An exception from the handler ends only its
         stream: it is logged (a ``BrokenResourceError`` or ``ClosedResourceError``, the peer
         going away, at info level; anything else as an error, counted in
-        ``host.manager.handler_failures``).
+        ``host.manager.handler_failures``). The handler is not cancelled when the connection
+        breaks: its stream's next operation raises :class:`~p2ptls.ConnectionLost`, so a handler
+        that waits on something else should also watch its stream.
         """
         self.manager.serve_protocol(protocol, handler)
 

@@ -15,7 +15,8 @@ import p2ptls
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as wire
 from p2ptls.state._membership import Membership
-from p2ptls.state._replica import Outbound, ReplicaCore
+from p2ptls.state._outbound import Outbound
+from p2ptls.state._replica import ReplicaCore
 from p2ptls.state._store import StateStore, StoredMember
 from p2ptls.state.testing import Forger
 

@@ -61,7 +61,8 @@ from ..trust import admit_network_members
 from . import _crypto
 from . import _wire as wire
 from ._membership import Candidate, Membership
-from ._replica import ChangeSet, Equivocation, Outbound, ReplicaCore
+from ._outbound import Outbound
+from ._replica import ChangeSet, Equivocation, ReplicaCore
 from ._store import StateStore, StoredMember
 from .config import StateNodeConfig
 from .errors import NotConnected, StateProtocolError, StateStoreError

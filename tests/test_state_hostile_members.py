@@ -173,7 +173,7 @@ async def test_a_thousand_made_up_members_lock_nobody_out(identities, tmp_path) 
             await conn.send(gossip)
             await handled(conn)
             assert {m.peer_id for m in victim.members()} == {attacker.peer_id}
-            assert len(victim._membership.candidates) <= 16
+            assert len(victim._members.table.candidates) <= 16
             # Not passed on: a member connecting now hears of no made-up member.
             async with raw_peer(observer, psk, victim.peer_record()) as other:
                 told = [m for m in await handled(other) if isinstance(m, wire.Members)]

@@ -33,6 +33,7 @@ from p2ptls.state import (
 )
 from p2ptls.state import _wire as wire
 from p2ptls.state.testing import Forger, RawConnection, raw_peer
+from tests.adversary.network import silent_state_member
 
 DEADLINE = 30
 T = TypeVar("T")
@@ -294,19 +295,22 @@ async def test_equivocation_is_refused_and_reported(identities) -> None:
                     pass
 
 
-async def test_silent_member_is_dropped_after_failed_pings(identities) -> None:
+async def test_a_member_whose_connection_goes_silent_is_dropped(identities) -> None:
+    """Liveness is the connection's: the host pings a silent peer and, with no answer within
+    ``ping_timeout``, drops the connection; the state session on it ends with it."""
     psk = p2ptls.generate_psk()
     fast = config(identities[0], psk, ping_interval=0.05, ping_timeout=0.3)
     async with open_state_node(fast) as node:
         members = node.subscribe(MemberChanged)
-        async with raw_peer(identities[1], psk, node.peer_record()) as connection:
-            # Never answer anything: the node gives up on us and closes.
+        async with silent_state_member(identities[1], psk, node.peer_record()) as silent:
+            # Never answer anything: the node's host gives up on the connection and closes it.
             with trio.fail_after(DEADLINE):
-                await connection.wait_closed()
+                await silent.wait_closed()
         states = []
         while MemberState.UNREACHABLE not in states:
             states.append((await next_event(members, MemberChanged)).status.state)
         assert MemberState.CONNECTED in states
+        assert node.host.connection(identities[1].peer_id) is None
 
 
 # -- 32 and 36: versions across restarts -----------------------------------------------------------

@@ -99,6 +99,7 @@ __all__ = [
     "NO_VERSION",
     "PING",
     "PONG",
+    "PROTOCOL",
     "PROTOCOL_VERSION",
     "PULL",
     "PUT",
@@ -135,6 +136,8 @@ __all__ = [
     "parse_record_untrusted",
 ]
 
+PROTOCOL = "p2ptls/state/1"
+"""The state network's protocol name on the host's shared connections (``host.open``)."""
 PROTOCOL_VERSION = 1
 MAX_DIGEST_ENTRIES = 65536
 MAX_MEMBERS_PER_MESSAGE = 1024

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -34,28 +33,10 @@ from p2ptls.state import (
 from p2ptls.state import _wire as wire
 from p2ptls.state.testing import Forger, RawConnection, raw_peer
 from tests.adversary.network import silent_state_member
+from tests.state_support import DEADLINE, connected, until
+from tests.state_support import node_config as config
 
-DEADLINE = 30
 T = TypeVar("T")
-
-
-def config(
-    identity: p2ptls.Identity,
-    psk: p2ptls.NetworkKey,
-    database: Path | None = None,
-    bootstrap: tuple[p2ptls.PeerRecord, ...] = (),
-    **options,
-) -> StateNodeConfig:
-    options.setdefault("reconnect_min", 0.05)
-    options.setdefault("reconnect_max", 0.5)
-    return StateNodeConfig(
-        identity=identity, psk=psk, database=database, bootstrap=bootstrap, **options
-    )
-
-
-async def until(node: StateNode, predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(DEADLINE):
-        await node.wait_until(predicate)
 
 
 def holds(node: StateNode, owner: p2ptls.PeerId, key: str, value: bytes) -> Callable[[], bool]:
@@ -66,17 +47,6 @@ def stale(node: StateNode, other: StateNode) -> Callable[[], bool]:
     def check() -> bool:
         status = node.member(other.peer_id)
         return status is not None and status.stale
-
-    return check
-
-
-def connected(node: StateNode, *others: StateNode) -> Callable[[], bool]:
-    def check() -> bool:
-        return all(
-            (status := node.member(other.peer_id)) is not None
-            and status.state is MemberState.CONNECTED
-            for other in others
-        )
 
     return check
 

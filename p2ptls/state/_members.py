@@ -45,7 +45,7 @@ from ._membership import Candidate, Membership
 from ._notify import Notifier
 from ._pipeline import WritePipeline
 from ._replica import ReplicaCore
-from ._session import keeps_new, misses_someone
+from ._session import Phase, keeps_new, misses_someone
 from ._store import StoredMember
 from ._wire import PROTOCOL
 from .config import StateNodeConfig
@@ -135,6 +135,8 @@ class Members:
         self._address = address
         self._own = config.identity.peer_id
         self.by_id: dict[PeerId, Member] = {}
+        self._running: dict[PeerId, set[SessionPump]] = {}
+        """Every session running, registered or not, by peer."""
         self.table = Membership(
             self._own.digest,
             max_members=config.max_members,
@@ -263,6 +265,14 @@ class Members:
 
     # -- sessions ----------------------------------------------------------------------------------
 
+    def opening(self, pump: SessionPump) -> None:
+        """A session with ``pump.peer_id`` starts (its HELLOs are not exchanged yet)."""
+        self._running.setdefault(pump.peer_id, set()).add(pump)
+
+    def _setting_up(self, peer_id: PeerId) -> bool:
+        """Whether a session with ``peer_id`` is still exchanging HELLOs."""
+        return any(pump.session.phase is Phase.HELLO for pump in self._running.get(peer_id, ()))
+
     def register(self, member: Member, pump: SessionPump) -> bool:
         """``pump``'s session with ``member`` exchanged HELLOs: make it the member's session,
         unless the one it has wins (see ``keeps_new``). False if ``pump`` is to be closed."""
@@ -274,19 +284,32 @@ class Members:
         member.pump = pump
         member.incarnation = pump.session.incarnation
         member.retry_delay = 0.0
+        member.poke.set()
         self.host.protect(member.peer_id, PROTECTION_TAG)
         self._set_state(member, MemberState.CONNECTED)
         self._notify.changed()  # a new session with a member that was connected (waiters)
         return True
 
     def unregister(self, pump: SessionPump) -> None:
-        """``pump``'s session ended."""
-        member = self.by_id.get(pump.peer_id)
-        if member is not None and member.pump is pump:
-            member.pump = None
-            self._set_state(member, MemberState.UNREACHABLE)
+        """``pump``'s session ended. Its member is unreachable unless another session with it
+        runs, or is being set up (when both open a session at once, one end may close the
+        losing session before the other end has seen the winner's HELLO)."""
+        peer_id = pump.peer_id
+        running = self._running.get(peer_id)
+        if running is not None:
+            running.discard(pump)
+            if not running:
+                del self._running[peer_id]
+        member = self.by_id.get(peer_id)
+        if member is not None:
+            if member.pump is pump:
+                member.pump = None
+            connected = member.state is MemberState.CONNECTED
+            if connected and member.pump is None and not self._setting_up(peer_id):
+                self._set_state(member, MemberState.UNREACHABLE)
+            member.poke.set()
         if member is None or member.pump is None:
-            self.host.unprotect(pump.peer_id, PROTECTION_TAG)
+            self.host.unprotect(peer_id, PROTECTION_TAG)
 
     def gossiped(self, source: PeerId, info: wire.MemberInfo) -> None:
         """A member claims another is a member at some address: a candidate to dial, no more
@@ -345,6 +368,9 @@ class Members:
                 await member.pump.ended.wait()
                 continue
             member.poke = trio.Event()
+            if self._setting_up(member.peer_id):
+                await member.poke.wait()  # a session the member opened may be the one
+                continue
             address = self._next_address(member)
             if address is None or not self.allowed(member.peer_id):
                 await member.poke.wait()

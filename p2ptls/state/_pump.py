@@ -218,6 +218,7 @@ class Sessions:
         )
         pump = SessionPump(stream, session)
         self.running.add(pump)
+        self._members.opening(pump)
         try:
             await pump.run(self._dispatch)
         finally:

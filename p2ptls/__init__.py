@@ -33,11 +33,12 @@ from .connections import (
     PeerConnection,
     PeerDisconnected,
 )
+from .context import SecurityContext
 from .host import DEFAULT_PROTOCOL, Host, HostConfig, open_host, serve
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, generate_psk
 from .logical import ConnectionLost, LogicalStream, StreamReset
 from .peerdb import PeerDatabase
-from .stream import CIPHER_SUITE, SecureStream, SecurityContext
+from .stream import CIPHER_SUITE, SecureStream
 from .trust import KnownPeers, ReplayGuard, admit_network_members, deny_unknown
 
 __version__ = "0.1.0"

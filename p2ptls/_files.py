@@ -1,4 +1,5 @@
-"""Private files: written 0600 atomically, refused when others can read them."""
+"""Private files: written 0600 atomically, refused when others can read them; and files of
+our own, refused when others could change them."""
 
 from __future__ import annotations
 
@@ -127,7 +128,32 @@ def check_own_path(path: StrPath, what: str, error: type[Exception] = KeyFileErr
     database) or remove it to stop a node from starting. The error names the path and the fix.
     """
     target = Path(path)
-    info = target.stat()
+    _check_own(target.stat(), target, what, error)
+
+
+def read_own_file(
+    path: StrPath, what: str, max_size: int, error: type[Exception] = KeyFileError
+) -> bytes:
+    """Read a file whose contents are trusted but not secret (a peer record): it must belong to
+    the running user and not be writable by group or others (see :func:`check_own_path`).
+
+    The checks are made on the opened file (no window between check and read). At most
+    ``max_size + 1`` bytes are read, so the caller can refuse a larger file without having held
+    it in memory. Every failure, a missing file included, raises ``error`` naming the path.
+    """
+    target = Path(path)
+    try:
+        handle = target.open("rb")
+    except FileNotFoundError:
+        raise error(f"{what} {str(target)!r} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(target)!r}: {exc.strerror or exc}") from None
+    with handle:
+        _check_own(os.fstat(handle.fileno()), target, what, error)
+        return handle.read(max_size + 1)
+
+
+def _check_own(info: os.stat_result, target: Path, what: str, error: type[Exception]) -> None:
     user = os.geteuid()
     if info.st_uid != user:
         raise error(

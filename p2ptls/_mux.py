@@ -44,7 +44,7 @@ import attrs
 
 from . import _mux_wire as mw
 from ._errors import MuxError, ReassemblyBudgetExceeded
-from ._fragments import ReassemblyBudget
+from ._fragments import FRAGMENT_OVERHEAD, ReassemblyBudget
 from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 
 DEFAULT_WINDOW = 256 * 1024
@@ -154,6 +154,8 @@ class _Stream:
     assembling: int = 0
     assembling_held: int = 0
     assembling_charged: int = 0
+    message_open: bool = False
+    sending_message: bool = False
 
 
 class Multiplexer:
@@ -316,6 +318,8 @@ class Multiplexer:
             self._out += view[taken : taken + size]
             stream.send_credit -= size
             taken += size
+            if message:
+                stream.sending_message = not (flags & Flag.END)
             if last:
                 stream.sent_fin = fin
                 break
@@ -341,13 +345,8 @@ class Multiplexer:
         self.budget.release(charged, self.budget_key)
         credit = held
         if not stream.finished and stream.assembling_held:
-            # The message being assembled is next: its bytes are consumed from now on.
-            if self._charge(stream_id, stream, stream.assembling_held):
-                credit += stream.assembling_held
-                stream.assembling_charged += stream.assembling_held
-                stream.assembling_held = 0
-            else:
-                return False
+            credit += stream.assembling_held
+            stream.assembling_held = 0
         self._give_back(stream_id, stream, credit)
         return True
 
@@ -367,10 +366,13 @@ class Multiplexer:
         if stream is None:
             return
         if not stream.reset:
-            if not stream.sent_fin:
+            if not stream.sent_fin and stream.sending_message:
+                self._queue(FrameType.RESET, stream_id, bytes([ResetCode.CANCEL]))
+                stream.reset = True
+            elif not stream.sent_fin:
                 self._queue(FrameType.DATA, stream_id, b"", Flag.FIN)
                 stream.sent_fin = True
-            if not stream.received_fin:
+            if not stream.received_fin and not stream.reset:
                 self._queue(FrameType.RESET, stream_id, bytes([ResetCode.CANCEL]))
         self._forget(stream_id)
 
@@ -401,17 +403,22 @@ class Multiplexer:
         offset = 0
         end = len(buffer)
         while end - offset >= mw.HEADER_SIZE:
-            frame_type, flags, stream_id, length = mw.parse_header_untrusted(
-                memoryview(buffer)[offset : offset + mw.HEADER_SIZE]
-            )
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(buffer, offset)
             start = offset + mw.HEADER_SIZE
             if end - start < length:
+                if frame_type is FrameType.DATA:
+                    self._check_credit(stream_id, length)  # before buffering the payload
                 break
             payload = bytes(buffer[start : start + length])
             offset = start + length
             self._handle(frame_type, flags, stream_id, payload, events)
         del buffer[:offset]
         return events
+
+    def _check_credit(self, stream_id: int, length: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.reset and length > stream.receive_left:
+            raise MuxError("DATA past the stream's credit")
 
     def _handle(
         self,
@@ -475,6 +482,10 @@ class Multiplexer:
         if stream_id != self._last_remote + 2:
             raise MuxError("OPEN with an out-of-order or wrong-side stream id")
         protocol = mw.parse_protocol_name_untrusted(payload)
+        if self.go_away_received is not None:
+            raise MuxError("OPEN after the peer's GOAWAY")
+        if len(self._out) > self.max_output_backlog:
+            raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.GOING_AWAY]))
@@ -509,6 +520,8 @@ class Multiplexer:
         elif size:
             events.append(DataReceived(stream_id, payload, False, False))
         if fin:
+            if stream.message_open:
+                raise MuxError("FIN inside an incomplete message")
             stream.received_fin = True
             events.append(StreamEnded(stream_id))
 
@@ -517,13 +530,15 @@ class Multiplexer:
         if stream.assembling + size > self.max_message_size:
             self._reset_for(stream_id, stream, ResetCode.MESSAGE_TOO_LARGE)
             return False
+        charge = size + FRAGMENT_OVERHEAD  # so that tiny or empty fragments are bounded in count
+        if not self._charge(stream_id, stream, charge):
+            return False
         stream.assembling += size
+        stream.assembling_charged += charge
+        stream.message_open = not end
         if stream.finished:
             stream.assembling_held += size  # credit held until the waiting messages are taken
         else:
-            if not self._charge(stream_id, stream, size):
-                return False
-            stream.assembling_charged += size
             self._give_back(stream_id, stream, size)
         if end:
             stream.finished.append((stream.assembling_held, stream.assembling_charged))

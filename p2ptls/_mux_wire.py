@@ -90,10 +90,11 @@ _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
 
 
 def parse_header_untrusted(
-    header: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview, offset: int = 0
 ) -> tuple[FrameType, int, int, int]:
-    """``(type, flags, stream_id, length)`` of a frame header; raises :class:`MuxError`."""
-    raw_type, flags, stream_id, length = HEADER.unpack(header)
+    """``(type, flags, stream_id, length)`` of the frame header at ``offset`` of ``data`` (at
+    least ``HEADER_SIZE`` bytes from there); raises :class:`MuxError`."""
+    raw_type, flags, stream_id, length = HEADER.unpack_from(data, offset)
     try:
         frame_type = FrameType(raw_type)
     except ValueError:
@@ -102,7 +103,7 @@ def parse_header_untrusted(
     if connection_level != (stream_id == 0):
         raise MuxError("stream id not allowed for this frame type")
     if frame_type is FrameType.DATA:
-        if flags & ~_DATA_FLAGS:
+        if flags & ~int(_DATA_FLAGS):
             raise MuxError("unknown DATA flags")
         if flags & Flag.END and not flags & Flag.MESSAGE:
             raise MuxError("END without MESSAGE")

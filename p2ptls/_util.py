@@ -1,4 +1,4 @@
-"""Small trio helpers shared by the package's context managers.
+"""Small trio helpers shared by the package: context managers' nurseries, exception groups.
 
 Theory of operation
 -------------------
@@ -18,7 +18,7 @@ holds a single non-cancellation exception.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
@@ -106,3 +106,34 @@ class ConflictDetector:
 
     def __exit__(self, *exc_info: object) -> None:
         self._held = False
+
+
+class MessageIterator:
+    """``async for message in stream.messages()``: whole messages until the peer's end (the
+    iterator of :meth:`SecureStream.messages <p2ptls.SecureStream.messages>` and
+    :meth:`LogicalStream.messages <p2ptls.LogicalStream.messages>`)."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, receive: Callable[[], Awaitable[bytes]]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> MessageIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+def unwrap_single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member each, else ``exc``.
+
+    For reporting what ended a ``trio.run``: its nurseries wrap even a lone failure in a group,
+    and a person wants to read the failure itself. A group of several stays a group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

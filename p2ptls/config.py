@@ -96,6 +96,9 @@ class ConnectionConfig:
     keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
     """Seconds a ping may go unanswered (with nothing else received) before the connection is
     declared lost."""
+    dial_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a dial may take to connect and complete its handshake (then ``TimeoutError``,
+    and the peer backs off)."""
     dial_backoff_initial: float = attrs.field(default=0.5, validator=_positive)
     """Seconds before a peer whose dial failed may be dialled again (doubling per failure)."""
     dial_backoff_max: float = attrs.field(default=60.0, validator=_positive)

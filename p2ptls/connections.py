@@ -26,7 +26,6 @@ The host's :class:`~p2ptls.manager.ConnectionManager` makes, shares and ends the
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -36,8 +35,8 @@ import trio
 
 from . import _mux
 from ._errors import MuxError, P2PTLSError, ProtocolNotSupported, StreamRefused
+from ._liveness import Action, Liveness
 from ._mux_wire import GoAwayCode, RefuseCode, ResetCode
-from .config import ConnectionConfig
 from .identity import PeerId, PeerRecord
 from .logical import ConnectionLost, LogicalStream, StreamReset
 from .stream import SecureStream
@@ -124,12 +123,13 @@ class PeerConnection:
             max_inbound_streams=config.max_streams_per_peer,
             max_message_size=self.max_message_size,
             budget=secure.context.budget,
-            budget_key=("mux", self.remote_peer.peer_id),
+            budget_key=self.remote_peer.peer_id,  # one share per peer, as the record layer
         )
         self._high_water = config.output_high_water
         self._streams: dict[int, LogicalStream] = {}
         self._opening: dict[int, trio.Event] = {}
         self._refusals: dict[int, RefuseCode] = {}
+        self._reset_while_opening: set[int] = set()
         self._pongs: dict[bytes, trio.Event] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained = trio.lowlevel.ParkingLot()
@@ -144,10 +144,19 @@ class PeerConnection:
         self.cause: BaseException | None = None
         """Why the connection ended (``None`` while it runs)."""
         now = trio.current_time()
-        self.last_received = now
-        self.idle_since: float | None = now
+        self._liveness = Liveness(
+            keepalive_interval=config.keepalive_interval,
+            keepalive_timeout=config.keepalive_timeout,
+            idle_timeout=config.idle_timeout,
+            grace=config.replaced_grace,
+            last_received=now,
+            idle_since=now,
+        )
         self.retired: GoAwayCode | None = None
-        self._retired_at = 0.0
+        """Why this side retired the connection (``None``: it did not)."""
+        self.rtt: float | None = None
+        """The round trip of the last answered keepalive ping, in seconds."""
+        self._keepalive_ping = b""
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -201,7 +210,7 @@ class PeerConnection:
         stream_id = self._mux.open_stream(protocol)
         stream = LogicalStream(self, stream_id, protocol, server_side=False)
         self._streams[stream_id] = stream
-        self.idle_since = None
+        self._liveness.streams_changed(len(self._streams), trio.current_time())
         answered = trio.Event()
         self._opening[stream_id] = answered
         self._wake_writer()
@@ -225,6 +234,10 @@ class PeerConnection:
                 f"peer {self.remote_peer.peer_id.short} refused a stream for {protocol!r} "
                 "(too many streams)"
             )
+        if stream_id in self._reset_while_opening:
+            self._reset_while_opening.discard(stream_id)
+            await stream.aclose()
+            stream._raise_error()
         if self.closed or stream._closed:
             if isinstance(self.cause, ConnectionRetired):  # worth a try on another connection
                 raise _GoingAway(f"the connection ended: {self.cause}") from self.cause
@@ -276,7 +289,7 @@ class PeerConnection:
 
     def _stream_gone(self) -> None:
         if not self._streams:
-            self.idle_since = trio.current_time()
+            self._liveness.streams_changed(0, trio.current_time())
             self._watchdog_lot.unpark_all()
 
     def _wake_writer(self) -> None:
@@ -355,7 +368,7 @@ class PeerConnection:
             if not data:
                 self._end(PeerClosed("the peer closed the connection"))
                 return
-            self.last_received = trio.current_time()
+            self._liveness.received(trio.current_time())
             for event in mux.receive_data_untrusted(data):
                 self._file(event)
             self._wake_writer()
@@ -387,11 +400,18 @@ class PeerConnection:
             if stream is not None:
                 reason = "the peer reset the stream" if event.by_peer else "the peer broke a limit"
                 stream._fail(StreamReset(reason, event.code))
+            answered = self._opening.pop(event.stream_id, None)
+            if answered is not None:  # reset instead of an answer
+                self._reset_while_opening.add(event.stream_id)
+                answered.set()
         elif isinstance(event, _mux.PongReceived):
+            if event.payload == self._keepalive_ping and self._liveness.last_ping is not None:
+                self.rtt = trio.current_time() - self._liveness.last_ping
             answered = self._pongs.pop(event.payload, None)
             if answered is not None:
                 answered.set()
         else:  # GoAwayReceived
+            self._liveness.retire(trio.current_time())
             self.manager._retired_by_peer(self)
             self._watchdog_lot.unpark_all()
 
@@ -411,7 +431,7 @@ class PeerConnection:
         self._mux.accept_stream(stream_id)
         stream = LogicalStream(self, stream_id, protocol, server_side=True)
         self._streams[stream_id] = stream
-        self.idle_since = None
+        self._liveness.streams_changed(len(self._streams), trio.current_time())
         self.manager._touch(self)
         self.manager._start_handler(stream)
 
@@ -432,50 +452,37 @@ class PeerConnection:
             raise
 
     async def _watchdog(self) -> None:
-        config = self.manager.config
-        ping_sent_at: float | None = None
+        liveness = self._liveness
+        peer = self.remote_peer.peer_id
         while True:
-            now = trio.current_time()
-            if ping_sent_at is not None and self.last_received < ping_sent_at:
-                if now >= ping_sent_at + config.keepalive_timeout:
-                    raise KeepaliveTimeout(config.keepalive_timeout)
-                deadline = ping_sent_at + config.keepalive_timeout
-            else:
-                ping_sent_at = None
-                deadline = self.last_received + config.keepalive_interval
-                if now >= deadline:
-                    ping_sent_at = now
-                    self._mux.send_ping(os.urandom(8))
-                    self._wake_writer()
-                    continue
-            retire = self._retire_deadline(config)
-            if retire is not None and now >= retire:
+            action, deadline = liveness.poll(
+                trio.current_time(),
+                streams=len(self._streams),
+                protected=self.manager.is_protected(peer),
+            )
+            if action is Action.PING:
+                self._keepalive_ping = os.urandom(8)
+                self._mux.send_ping(self._keepalive_ping)
+                self._wake_writer()
+            elif action is Action.LOST:
+                raise KeepaliveTimeout(liveness.keepalive_timeout)
+            elif action is Action.CLOSE:
                 self._retire_now()
                 return
-            if retire is not None:
-                deadline = min(deadline, retire)
-            with trio.move_on_at(deadline):
-                await self._watchdog_lot.park()
+            else:
+                with trio.move_on_at(deadline):
+                    await self._watchdog_lot.park()
 
-    def _retire_deadline(self, config: ConnectionConfig) -> float | None:
-        """When this connection should close on its own, or ``None``."""
-        if self.retired is not None or self._mux.go_away_received is not None:
-            if not self._streams:
-                return -math.inf
-            return self._retired_at + config.replaced_grace
-        if (
-            self.idle_since is not None
-            and config.idle_timeout is not None
-            and not self.manager.is_protected(self.remote_peer.peer_id)
-        ):
-            return self.idle_since + config.idle_timeout
-        return None
+    def probe(self) -> None:
+        """Check now that the peer still answers (a PING), instead of at the next keepalive."""
+        self._liveness.probe()
+        self._watchdog_lot.unpark_all()
 
     def retire(self, code: GoAwayCode) -> None:
         """Stop accepting new streams; close once the open ones end (or after the grace)."""
         if self.retired is None and not self.closed:
             self.retired = code
-            self._retired_at = trio.current_time()
+            self._liveness.retire(trio.current_time())
             self._mux.go_away(code)
             self._wake_writer()
             self._watchdog_lot.unpark_all()

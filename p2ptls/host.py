@@ -51,10 +51,11 @@ from ._errors import P2PTLSError, RecordError
 from ._util import open_service_nursery
 from .config import ConnectionConfig, StreamConfig
 from .connections import PeerConnection, PeerEvent, ProtocolHandler
+from .context import SecurityContext
 from .identity import Identity, NetworkKey, PeerId, PeerRecord
 from .logical import LogicalStream
 from .manager import ConnectionManager
-from .stream import SecureStream, SecurityContext
+from .stream import SecureStream
 from .trust import AdmissionPolicy, KnownPeers, ReplayGuard, deny_unknown
 
 log = logging.getLogger("p2ptls.host")
@@ -337,7 +338,10 @@ class Host:
             return peer  # connecting to a record does not make it trusted for incoming streams
         record = self.context.peers.get(peer)
         if record is None:
-            raise KeyError(f"unknown peer {peer.short}")
+            connection = self.manager.connection(peer)
+            if connection is None:
+                raise KeyError(f"unknown peer {peer.short}")
+            record = connection.remote_peer  # connected to us: its handshake proved it
         return record
 
     # -- accepting ------------------------------------------------------------------------------

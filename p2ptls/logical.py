@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._mux_wire import ResetCode
-from ._util import ConflictDetector
+from ._util import ConflictDetector, MessageIterator
 from .identity import PeerRecord
 
 if TYPE_CHECKING:
     from .connections import PeerConnection
 
 _DEFAULT_RECEIVE_MAX = 256 * 1024
+_GATHER_BELOW = 4096
+"""Byte-stream frames smaller than this are gathered into shared buffers..."""
+_GATHER_UP_TO = 64 * 1024
+"""...of up to about this many bytes each."""
 
 
 class ConnectionLost(trio.BrokenResourceError):
@@ -46,20 +50,6 @@ class StreamReset(trio.BrokenResourceError):
     def __init__(self, message: str, code: ResetCode = ResetCode.CANCEL) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Messages:
-    def __init__(self, stream: LogicalStream) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._stream.receive_message()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class LogicalStream(trio.abc.HalfCloseableStream):
@@ -82,7 +72,10 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         self.server_side = server_side
         """``True`` for a stream the peer opened (as on :class:`~p2ptls.SecureStream`, the
         accepting side)."""
-        self._bytes: collections.deque[bytes] = collections.deque()
+        self._bytes: collections.deque[bytes | bytearray] = collections.deque()
+        """The byte stream's unread data. Large frames are kept as they came (no copy); small
+        ones are gathered into shared buffers, so a peer sending tiny frames costs no object per
+        frame (what it may send unread is bounded by the stream's credit)."""
         self._messages: collections.deque[bytes] = collections.deque()
         self._assembly: list[bytes] = []
         self._fin_received = False
@@ -121,7 +114,13 @@ class LogicalStream(trio.abc.HalfCloseableStream):
 
     def _data_arrived(self, data: bytes, message: bool, end: bool) -> None:
         if not message:
-            self._bytes.append(data)
+            chunks = self._bytes
+            if len(data) >= _GATHER_BELOW:
+                chunks.append(data)
+            elif chunks and isinstance(chunks[-1], bytearray) and len(chunks[-1]) < _GATHER_UP_TO:
+                chunks[-1] += data
+            else:
+                chunks.append(bytearray(data))
         else:
             if data:
                 self._assembly.append(data)
@@ -164,6 +163,10 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this stream was closed")
 
     # -- receiving -----------------------------------------------------------------------------
+    #
+    # Every operation is a checkpoint, as trio's streams are: it checks for cancellation first and
+    # yields once, by waiting or, when it did not need to wait, by a cancel-shielded checkpoint
+    # at the end (so what it did is never undone by a cancellation).
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` bytes of the byte stream; ``b""`` after the peer's end."""
@@ -172,17 +175,23 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 self._check_open()
                 if self._bytes:
                     data = self._take_bytes(limit)
                     self.connection._bytes_consumed(self.stream_id, len(data))
-                    return data
+                    break
                 if self._fin_received:
-                    return b""
+                    data = b""
+                    break
                 if self._error is not None:
                     self._raise_error()
                 await self._receive_lot.park()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     def _take_bytes(self, limit: int) -> bytes:
         chunks = self._bytes
@@ -198,62 +207,68 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if len(chunk) > limit:
             chunks.appendleft(chunk[limit:])
             chunk = chunk[:limit]
-        return chunk
+        return chunk if type(chunk) is bytes else bytes(chunk)
 
     async def receive_message(self) -> bytes:
         """The next whole message; ``trio.EndOfChannel`` after the peer's end."""
         with self._message_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 self._check_open()
                 if self._messages:
                     message = self._messages.popleft()
                     self.connection._message_taken(self)
-                    return message
+                    break
                 if self._fin_received:
                     raise trio.EndOfChannel
                 if self._error is not None:
                     self._raise_error()
                 await self._receive_lot.park()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
 
-    def messages(self) -> _Messages:
+    def messages(self) -> MessageIterator:
         """Whole messages until the peer's end: ``async for message in stream.messages()``."""
-        return _Messages(self)
+        return MessageIterator(self.receive_message)
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            await self._wait_sendable(need_credit=True)
-            taken = self.connection._send_data(self.stream_id, view)
-            view = view[taken:]
-
-    async def _wait_sendable(self, *, need_credit: bool) -> None:
-        """Wait for credit (if sending bytes) and room in the connection's output."""
+    async def _wait_sendable(self, *, need_credit: bool) -> bool:
+        """Wait for credit (if sending bytes) and room in the connection's output; whether it
+        had to wait."""
         connection = self.connection
+        waited = False
         while True:
             self._check_open()
             if self._error is not None:
                 self._raise_error()
             if self._fin_sent:
                 raise trio.ClosedResourceError("send_eof was already called")
-            credit = connection._send_credit(self.stream_id)
-            if need_credit and credit == 0:
+            if need_credit and connection._send_credit(self.stream_id) == 0:
                 await self._send_lot.park()
             elif connection._output_full():
                 await connection._drained.park()
             else:
-                return
+                return waited
+            waited = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send bytes on the byte stream."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if not data:
+            view = memoryview(data).cast("B")
+            waited = False
+            if not view:
                 self._check_open()
-                return
-            await self._send_bytes(data)
+            while view:
+                waited |= await self._wait_sendable(need_credit=True)
+                taken = self.connection._send_data(self.stream_id, view)
+                view = view[taken:]
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one whole message (at most the connection's ``max_message_size`` bytes).
@@ -267,36 +282,40 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_open()
             started = False
+            waited = False
             view = memoryview(message).cast("B")
             try:
                 while True:
-                    await self._wait_sendable(need_credit=bool(view))
+                    waited |= await self._wait_sendable(need_credit=bool(view))
                     taken = self.connection._send_data(self.stream_id, view, message=True, end=True)
                     started = True
                     view = view[taken:]
                     if not view:
-                        return
+                        break
             except BaseException:
                 if started and self._error is None:
                     self._abort(ResetCode.CANCEL, "a message was cut short by cancellation")
                 raise
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_eof(self) -> None:
         """End our direction; the peer's reads then end. Calling it again does nothing."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check_open()
-            if self._fin_sent:
-                return
-            if self._error is not None:
-                self._raise_error()
-            self.connection._send_data(self.stream_id, b"", fin=True)
-            self._fin_sent = True
+            if not self._fin_sent:
+                if self._error is not None:
+                    self._raise_error()
+                self.connection._send_data(self.stream_id, b"", fin=True)
+                self._fin_sent = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._wait_sendable(need_credit=True)
+            if not await self._wait_sendable(need_credit=True):
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def ping(self) -> float:
         """One round trip on the shared connection, in seconds."""

@@ -47,9 +47,10 @@ from .connections import (
     ProtocolHandler,
     _GoingAway,
 )
+from .context import SecurityContext
 from .identity import PeerId, PeerRecord
 from .logical import LogicalStream
-from .stream import SecureStream, SecurityContext
+from .stream import SecureStream
 
 log = logging.getLogger("p2ptls.connections")
 
@@ -87,6 +88,9 @@ class ConnectionManager:
         self._sinks: dict[str, StreamSink] = {}
         self._dials: dict[PeerId, _Dial] = {}
         self._live: dict[PeerId, set[PeerConnection]] = {}
+        self._announced: set[PeerId] = set()
+        """Peers whose :class:`PeerConnected` went out (and whose :class:`PeerDisconnected` is
+        owed when their last live connection ends)."""
         self._arrivals = trio.lowlevel.ParkingLot()
         self._subscribers: list[trio.MemorySendChannel[PeerEvent]] = []
         self._closing = False
@@ -212,11 +216,20 @@ class ConnectionManager:
             if target is None:
                 raise ValueError(f"no address known for peer {peer.short}")
             with dial.scope:
-                secure = await self._handshake(record, target)
+                try:
+                    with trio.fail_after(self.config.dial_timeout):
+                        secure = await self._handshake(record, target)
+                except trio.TooSlowError:
+                    raise TimeoutError(
+                        f"dialling peer {peer.short} at {target[0]}:{target[1]} took longer "
+                        f"than dial_timeout ({self.config.dial_timeout:g} s)"
+                    ) from None
             if dial.scope.cancelled_caught:
                 dial.error = OSError("the dial was abandoned by every opener")
                 return
             if self._adopt(secure, initiator=True) is None:
+                if self._closing:
+                    raise trio.ClosedResourceError("the host is closing")
                 raise ConnectionLimitReached(
                     "every connection slot is held by a protected connection"
                 )
@@ -263,11 +276,16 @@ class ConnectionManager:
             # The peer's other connection wins (or no slot is free): this one never carries a
             # stream of ours; the peer may have opened some already, so it goes away gently.
             connection.retire(GoAwayCode.REPLACED if decision.current else GoAwayCode.LIMIT)
+            if decision.current is not None:
+                # The peer may have lost the connection that won (a restart): find out in a
+                # round trip, so that its next dial succeeds.
+                decision.current.probe()
             return decision.current
         for old in decision.retire:
             same_peer = old.remote_peer.peer_id == peer
             old.retire(GoAwayCode.REPLACED if same_peer else GoAwayCode.LIMIT)
-        if len(live) == 1:
+        if peer not in self._announced:
+            self._announced.add(peer)
             self._emit(PeerConnected(peer, initiator))
         self._arrivals.unpark_all()
         return connection
@@ -284,7 +302,9 @@ class ConnectionManager:
         live.discard(connection)
         if not live:
             del self._live[peer]
-            self._emit(PeerDisconnected(peer, connection.cause))
+            if peer in self._announced:
+                self._announced.discard(peer)
+                self._emit(PeerDisconnected(peer, connection.cause))
 
     # -- events --------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ import trio
 import trio.testing
 
 from .config import StreamConfig
+from .context import SecurityContext
 from .identity import Identity, NetworkKey
-from .stream import SecureStream, SecurityContext
+from .stream import SecureStream
 from .trust import KnownPeers
 
 TEST_KEY_BITS = 2048

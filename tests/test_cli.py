@@ -194,7 +194,7 @@ def test_peer_database(
     assert [entry["name"] for entry in json.loads(out)] == ["alice", "bob"]
 
     _out, err = run(capsys, "peers", "remove", "carol", "--db", "peers.db", code=1)
-    assert "no peer is named 'carol'" in err
+    assert "'carol' is neither a known name nor a peer id in hex" in err
     run(capsys, "peers", "remove", "bob", "--db", "peers.db")
     run(capsys, "peers", "remove", alice.peer_id.hex()[:8], "--db", "peers.db")
     _out, err = run(capsys, "peers", "list", "--db", "peers.db")
@@ -205,6 +205,89 @@ def test_peer_database(
     assert "failed authentication" in err
     _out, err = run(capsys, "peers", "add", "absent.json", "--db", "peers.db", code=1)
     assert "peer record file 'absent.json' does not exist" in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nowhere",
+        "host:",
+        ":7401",
+        "[::1]",
+        "[]:7401",
+        "host:65536",
+        "host:-1",
+        "host:0x10",
+        "host:0007401",
+        "host: 7401",
+        "host:\uff17\uff14\uff10\uff11",  # 7401 in full-width digits
+    ],
+)
+def test_a_bad_address_is_a_usage_error(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    _out, err = run(capsys, "identity", "show", "k", "--address", text, code=2)
+    assert f"Invalid value for '--address': {text!r} is not HOST:PORT" in err
+
+
+def test_peers_add_refuses_unusable_records(
+    capsys: pytest.CaptureFixture[str],
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    identities,
+) -> None:
+    """A record file of someone else's making is refused, with what is wrong and the fix;
+    nothing is added."""
+    run(capsys, "psk", "new", "network.psk")
+    record = json.dumps(identities[0].peer_record(name="a").to_dict())
+    forged = json.loads(record) | {"peer_id": identities[1].peer_id.hex()}
+    files = {
+        "open.json": (record, 0o664, "is writable by group or others"),
+        "big.json": (" " * (64 * 1024 + 1), 0o600, "is too large"),
+        "list.json": ("[]", 0o600, "a peer record is a JSON object"),
+        "text.json": ("not json", 0o600, "not a peer record"),
+        "forged.json": (json.dumps(forged), 0o600, "id is not the hash of its key"),
+    }
+    for name, (text, mode, _message) in files.items():
+        Path(name).write_text(text)
+        Path(name).chmod(mode)
+    Path("dir.json").mkdir()
+    for name, (_text, _mode, message) in files.items():
+        _out, err = run(capsys, "peers", "add", name, "--db", "peers.db", code=1)
+        assert err.startswith(f"p2ptls: error: peer record file '{name}'") and message in err
+    _out, err = run(capsys, "peers", "add", "open.json", "--db", "peers.db", code=1)
+    assert "chmod go-w 'open.json'" in err
+    _out, err = run(capsys, "peers", "add", "dir.json", "--db", "peers.db", code=1)
+    assert "cannot read peer record file 'dir.json'" in err
+    for data, message in (
+        (b" " * (64 * 1024 + 1), "the peer record on standard input is too large"),
+        (json.dumps(forged).encode(), "id is not the hash of its key"),
+    ):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        _out, err = run(capsys, "peers", "add", "-", "--db", "peers.db", code=1)
+        assert message in err
+    assert not Path("peers.db").exists()
+
+
+def test_peers_are_found_by_name_or_id(
+    capsys: pytest.CaptureFixture[str], workdir: Path, identities
+) -> None:
+    run(capsys, "psk", "new", "network.psk")
+    for index in (0, 1, 2):
+        path = Path(f"{index}.json")
+        path.write_text(json.dumps(identities[index].peer_record(name="twin").to_dict()))
+        path.chmod(0o600)
+        run(capsys, "peers", "add", str(path), "--db", "peers.db")
+    _out, err = run(capsys, "peers", "remove", "twin", "--db", "peers.db", code=1)
+    assert "several peers are named 'twin'" in err and "give a peer id" in err
+    _out, err = run(capsys, "peers", "remove", "abc", "--db", "peers.db", code=1)
+    assert "a peer id prefix has at least 6 digits" in err
+    _out, err = run(
+        capsys, "peers", "remove", identities[3].peer_id.hex(), "--db", "peers.db", code=1
+    )
+    assert "no known peer has the id" in err
+    run(capsys, "peers", "remove", identities[0].peer_id.hex().upper(), "--db", "peers.db")
+    run(capsys, "peers", "remove", identities[1].peer_id.hex()[:6], "--db", "peers.db")
+    out, _err = run(capsys, "peers", "list", "--db", "peers.db", "--json")
+    assert [entry["peer_id"] for entry in json.loads(out)] == [identities[2].peer_id.hex()]
 
 
 def test_demo_takes_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:

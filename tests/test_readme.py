@@ -78,6 +78,11 @@ def test_readme_block_runs(
     out = capsys.readouterr().out
     if "bob_handles_one_stream" in code:
         assert "bob got 27 bytes and b'or whole messages, up to 16 MiB'" in out
+    if "example/echo/1" in code:
+        lines = out.splitlines()
+        assert lines[:3] == ["b'ping'", "b'hello from bob'", "1 connection"]
+        assert "does not serve 'example/unknown/1'" in lines[3]
+        assert lines[4].startswith("PeerConnected(")
     if "DSNodeServer" in code:
         assert out.splitlines()[:2] == ["bar", "['bootstrap', 'connector']"]
 

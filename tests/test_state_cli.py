@@ -24,6 +24,7 @@ import pytest
 import trio
 
 import p2ptls
+from p2ptls import PeerId
 from p2ptls.state import StateNodeConfig, open_state_node
 from p2ptls.state.cli import ConfigError, load_node_config, parse_address
 from p2ptls.state.control import (
@@ -284,6 +285,10 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
         "node.toml: bootstrap: expected an array of tables ([[bootstrap]])"
     ]
     assert errors(base + "state = 3\n") == ["node.toml: state: expected a table, got 3"]
+    for address in ("host:", ":7401", "[::1]", "host:65536", "host:7401x"):
+        assert errors(base + f'listen = "{address}"\n') == [
+            f'node.toml: listen: expected a "host:port" address, got "{address}"'
+        ]
     assert errors("identity = [")[0].startswith("node.toml: not valid TOML")
 
     good = tmp_path / "good.toml"
@@ -298,8 +303,55 @@ def test_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identiti
     with pytest.raises(ConfigError, match=r"good\.toml: state: reconnect_max must be at least"):
         config.state_config(identities[0], p2ptls.generate_psk())
     assert parse_address("127.0.0.1:1", "x") == ("127.0.0.1", 1)
+    assert parse_address(["::1", 0], "x") == ("::1", 0)
     with pytest.raises(ConfigError, match="x: expected"):
         parse_address("127.0.0.1", "x")
+
+
+def test_bootstrap_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identities) -> None:
+    """A ``[[bootstrap]]`` table is a record file or a record's fields, with an address."""
+    monkeypatch.chdir(tmp_path)
+    path = Path("node.toml")
+    record = identities[1].peer_record(name="bob")
+    fields = record.to_dict()
+    inline = (
+        'identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\n'
+        f'peer_id = "{fields["peer_id"]}"\npublic_key = "{fields["public_key"]}"\nname = "bob"\n'
+    )
+
+    def errors(text: str) -> str:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_node_config(path)
+        return str(caught.value)
+
+    assert errors(inline) == (
+        f"node.toml: bootstrap[0]: the peer record of {record.peer_id.short} has no address: "
+        "give the entry one"
+    )
+    path.write_text(inline + 'address = "[::1]:7402"\n')
+    (loaded,) = load_node_config(path).bootstrap
+    assert loaded == record.with_address("::1", 7402)
+    forged = inline.replace(fields["peer_id"], identities[2].peer_id.hex())
+    assert "bootstrap[0]: the record: peer entry" in errors(forged + 'address = "h:1"\n')
+    assert errors('identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nname = "x"\n') == (
+        "node.toml: bootstrap[0]: give record_file, or peer_id and public_key"
+    )
+    # A record file: its address, or the one given beside it; never one others may write.
+    record_file = Path("bob.record.json")
+    record_file.write_text(json.dumps(record.with_address("127.0.0.1", 7).to_dict()))
+    record_file.chmod(0o600)
+    by_file = (
+        'identity = "a.key"\nnetwork_key = "n"\n[[bootstrap]]\nrecord_file = "bob.record.json"\n'
+    )
+    path.write_text(by_file)
+    assert load_node_config(path).bootstrap[0].address == ("127.0.0.1", 7)
+    path.write_text(by_file + 'address = "192.0.2.1:8"\n')
+    assert load_node_config(path).bootstrap[0].address == ("192.0.2.1", 8)
+    record_file.chmod(0o666)
+    message = errors(by_file)
+    assert "node.toml: bootstrap[0]: peer record file" in message
+    assert "is writable by group or others" in message
 
 
 def test_run_refuses_a_missing_identity(tmp_path: Path) -> None:
@@ -325,7 +377,9 @@ async def test_control_socket_is_private(short_dir: Path, identities) -> None:
         with pytest.raises(ControlError, match="accessible by group or others"):
             await ControlServer(node, loose / "sock").serve()
         path = short_dir / "ctl" / "sock"
-        server = ControlServer(node, path)
+        # Two peers with one local name: asking for that name is ambiguous.
+        twins = {PeerId(bytes([1]) * 32): "twin", PeerId(bytes([2]) * 32): "twin"}
+        server = ControlServer(node, path, twins)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -343,12 +397,18 @@ def _check_requests(path: Path) -> None:
     with ControlClient(path) as client:
         assert client.request("put", key="k", value="v")["key"] == "k"
         assert client.request("get", key="k")["value"] == "v"
+        own = client.request("info")["peer_id"]
+        for owner in (own.upper(), own[:6], "self"):
+            assert client.request("get", key="k", owner=owner)["owner"] == own
         for request, kind in (
             ({"op": "nonsense"}, "bad_request"),
             ({"op": "put", "key": 5, "value": "v"}, "bad_request"),
             ({"op": "put", "key": "k", "value_b64": "***"}, "bad_request"),
             ({"op": "get", "key": "absent"}, "not_found"),
             ({"op": "get", "key": "k", "owner": "abcdef"}, "not_found"),
+            ({"op": "get", "key": "k", "owner": "abc"}, "bad_request"),
+            ({"op": "get", "key": "k", "owner": "twin"}, "ambiguous"),
+            ({"op": "get", "key": "k", "owner": "x" * 257}, "bad_request"),
             ({"op": "get", "key": "k", "wait": -1}, "bad_request"),
             ({"op": "send", "to": "ab" * 32, "value": "x"}, "not_connected"),
         ):

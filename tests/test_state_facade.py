@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import p2ptls
+from p2ptls.state import StateNodeConfig, open_state_node
 from p2ptls.state.facade import (
     NAME_KEY,
     AmbiguousNode,
@@ -262,6 +264,48 @@ def test_names_resolve_and_conflicts_are_reported(
     assert reader.read_data("twin", "k") == "one"
 
 
+def test_a_claimed_name_cannot_capture_a_peer_id(
+    tmp_path: Path, identities, network_key: Path, servers
+) -> None:
+    """A member that claims another member's peer id as its name: the id still means the peer
+    that holds it. (A facade node refuses such a node_id; an impostor writes the claim itself.)"""
+    hub = start(servers, identities[0], "hub", tmp_path / "hub", network_key)
+    boot = [{"record_file": str(hub.config.record_path)}]
+    victim = start(servers, identities[1], "victim", tmp_path / "v", network_key, bootstrap=boot)
+    victim.update_data("k", "real")
+    victim_id = victim.peer_id.hex()
+    psk = p2ptls.NetworkKey.load(network_key)
+    impostor, hub_record = identities[2], hub.peer_record
+    release = threading.Event()
+    failures: list[BaseException] = []
+
+    async def impostor_node() -> None:
+        config = StateNodeConfig(identity=impostor, psk=psk, bootstrap=[hub_record])
+        async with open_state_node(config) as node:
+            await node.update({NAME_KEY: victim_id, "k": "forged"})
+            await trio.to_thread.run_sync(release.wait)
+
+    def run_impostor() -> None:
+        try:
+            trio.run(impostor_node)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    thread = threading.Thread(target=run_impostor)
+    thread.start()
+    try:
+        hub.node.wait_for_data(impostor.peer_id.hex(), "k", "forged", timeout=DEADLINE)
+        hub.node.wait_for_data(victim_id, "k", "real", timeout=DEADLINE)
+        assert hub.read_data(victim_id, "k") == "real"
+        assert hub.read_data(victim_id.upper(), "k") == "real"
+        assert hub.read_data("victim", "k") == "real"
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert not failures
+
+
 def test_restart_keeps_identity_and_state(
     tmp_path: Path, identities, network_key: Path, servers
 ) -> None:
@@ -339,8 +383,20 @@ def test_config_from_dict() -> None:
         DSNodeConfig(node_id="")
     with pytest.raises(ValueError):
         DSNodeConfig(node_id="a" * 64)  # looks like a peer id
-    with pytest.raises(BootstrapError):
-        DSNodeConfig(node_id="x", bootstrap_nodes=[{"port": 1}])
+    for entry, message in (
+        ({"port": 1}, "needs a record, a record_file or an address"),
+        ({"address": "h", "port": True}, "port must be an integer"),
+        ({"address": "h", "port": 65536}, "port must be an integer"),
+        ({"address": 5, "port": 1}, "address must be a string"),
+        ({"record": 5}, "a peer record is a JSON object"),
+        ({"record": {"peer_id": "00"}}, "bootstrap record: malformed peer entry"),
+        ({"record_file": 5}, "record_file must be a path"),
+        ({"address": "h", "port": 1, "colour": "blue"}, "unknown bootstrap entry fields"),
+    ):
+        with pytest.raises(BootstrapError, match=message):
+            DSNodeConfig(node_id="x", bootstrap_nodes=[entry])
+    with pytest.raises(BootstrapError, match="a mapping or a BootstrapNode"):
+        DSNodeConfig(node_id="x", bootstrap_nodes=["127.0.0.1:8000"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="network_key_file"):
         DSNodeServer(DSNodeConfig(node_id="x"))
 

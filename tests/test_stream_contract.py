@@ -1,10 +1,13 @@
-"""SecureStream follows trio's stream contract, checked by trio's own conformance suite."""
+"""SecureStream and LogicalStream follow trio's stream contract (trio's own conformance suite)."""
 
 from __future__ import annotations
+
+import math
 
 import trio
 import trio.testing
 
+import p2ptls
 from p2ptls.testing import (
     connected_contexts,
     lockstep_secure_stream_pair,
@@ -44,3 +47,24 @@ async def test_half_closeable_stream_contract_memory():
 
 async def test_half_closeable_stream_contract_lockstep():
     await trio.testing.check_half_closeable_stream(make_lockstep_pair, make_clogged_pair)
+
+
+async def test_logical_streams_follow_the_half_closeable_stream_contract(identities) -> None:
+    # Over two real hosts: every pair is a new logical stream on the hosts' one connection.
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    bob_config = p2ptls.HostConfig(
+        identity=bob, psk=psk, peers=[alice.record], listen=("127.0.0.1", 0)
+    )
+    async with p2ptls.open_host(bob_config) as bob_host:
+        accepted_send, accepted = trio.open_memory_channel[p2ptls.LogicalStream](math.inf)
+        bob_host.manager.deliver_protocol("contract/1", accepted_send.send_nowait)
+        alice_config = p2ptls.HostConfig(identity=alice, psk=psk, peers=[bob_host.peer_record()])
+        async with p2ptls.open_host(alice_config) as alice_host:
+
+            async def make_pair():
+                opened = await alice_host.open(bob.peer_id, "contract/1")
+                return opened, await accepted.receive()
+
+            await trio.testing.check_half_closeable_stream(make_pair, None)
+            assert len(alice_host.connections) == 1

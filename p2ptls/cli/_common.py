@@ -15,13 +15,13 @@ import rich.console
 import rich.table
 import rich.text
 
+from .._address import Address, format_host_port, parse_host_port
 from .._files import read_private_file
-from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, PeerId, PeerRecord
+from .._peer_lookup import find_peer
+from ..identity import ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity, NetworkKey, PeerId, PeerRecord
 
 PASSPHRASE_ENV = "P2PTLS_PASSPHRASE"
 """The environment variable that may hold an encrypted identity's passphrase."""
-MIN_PREFIX = 6
-"""Hex digits of a peer id that a command accepts as a prefix."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +41,21 @@ def check_new_file(path: Path, what: str) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise CliError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+
+
+def write_identity(path: Path, bits: int, passphrase: bytes | None) -> None:
+    """Create an identity file (mode 0600; never replacing one) and say so, with its peer id."""
+    created = Identity.generate(bits)
+    created.save(path, passphrase)
+    click.echo(f"wrote {path} (mode 0600); peer id {created.peer_id.hex()}")
+
+
+def write_network_key(path: Path) -> None:
+    """Create a network key file (mode 0600; never replacing one) and say so, with its
+    fingerprint."""
+    key = NetworkKey.generate()
+    key.save(path)
+    click.echo(f"wrote {path} (mode 0600); fingerprint {key.fingerprint}")
 
 
 def bits_option(help_text: str) -> Callable[[F], F]:
@@ -122,47 +137,32 @@ def load_identity(path: Path, ask: bool, passphrase_file: Path | None) -> Identi
     return Identity.load(path, identity_passphrase(path, ask, passphrase_file))
 
 
-def parse_address_option(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6HOST]:PORT`` from the command line."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
 def address_callback(
     _ctx: click.Context, _param: click.Parameter, value: str | None
-) -> tuple[str, int] | None:
-    return None if value is None else parse_address_option(value)
+) -> Address | None:
+    """A click callback: ``HOST:PORT`` or ``[V6HOST]:PORT`` from the command line."""
+    if value is None:
+        return None
+    try:
+        return parse_host_port(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT") from None
 
 
-def format_address(address: tuple[str, int] | list[Any] | None) -> str:
+def format_address(address: Address | list[Any] | None) -> str:
+    """An address for a table: ``HOST:PORT`` (``[V6HOST]:PORT``), or ``-`` for none."""
     if not address:
         return "-"
     host, port = address
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return format_host_port((str(host), int(port)))
 
 
 def find_record(records: Iterable[PeerRecord], wanted: str) -> PeerRecord:
-    """The one record named ``wanted``, or whose peer id starts with it (``MIN_PREFIX`` hex
-    digits at least)."""
-    records = list(records)
-    named = [r for r in records if r.name and r.name == wanted]
-    if len(named) == 1:
-        return named[0]
-    if len(named) > 1:
-        raise CliError(f"several peers are named {wanted!r}; give a peer id")
-    text = wanted.lower()
-    if len(text) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in text):
-        raise CliError(f"no peer is named {wanted!r} (or give {MIN_PREFIX}+ hex digits of its id)")
-    found = [r for r in records if r.peer_id.hex().startswith(text)]
-    if not found:
-        raise CliError(f"no peer id starts with {text}")
-    if len(found) > 1:
-        raise CliError(f"several peer ids start with {text}; give more digits")
-    return found[0]
+    """The one record named ``wanted``, or whose peer id is or starts with it (six hex digits
+    at least). A :class:`~p2ptls._peer_lookup.PeerLookupError` (exit status 1) says why not."""
+    by_id = {record.peer_id: record for record in records}
+    names = ((peer_id, record.name) for peer_id, record in by_id.items() if record.name)
+    return by_id[find_peer(wanted, names, by_id)]
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

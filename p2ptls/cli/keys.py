@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..identity import Identity, NetworkKey
+from ..identity import NetworkKey
 from ._common import (
     address_callback,
     bits_option,
@@ -15,6 +15,8 @@ from ._common import (
     load_identity,
     new_passphrase,
     passphrase_options,
+    write_identity,
+    write_network_key,
 )
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -38,9 +40,7 @@ def identity_new(*, path: Path, bits: str, ask: bool, passphrase_file: Path | No
     """
     check_new_file(path, "an identity")
     passphrase = new_passphrase(ask, passphrase_file)
-    created = Identity.generate(int(bits))
-    created.save(path, passphrase)
-    click.echo(f"wrote {path} (mode 0600); peer id {created.peer_id.hex()}")
+    write_identity(path, int(bits), passphrase)
 
 
 @identity.command("show")
@@ -103,9 +103,7 @@ def psk_new(*, path: Path) -> None:
       p2ptls psk new network.psk
     """
     check_new_file(path, "a network key")
-    key = NetworkKey.generate()
-    key.save(path)
-    click.echo(f"wrote {path} (mode 0600); fingerprint {key.fingerprint}")
+    write_network_key(path)
 
 
 @psk.command("show")

@@ -26,7 +26,7 @@ import click
 import trio
 
 from .._errors import P2PTLSError
-from ..identity import Identity, NetworkKey
+from .._util import unwrap_single
 from ..state.cli import NodeFileConfig, load_node_config, render_node_config, run_node
 from ..state.control import ControlClient
 from ..state.node import StateNode
@@ -41,6 +41,8 @@ from ._common import (
     passphrase_options,
     print_table,
     short_id,
+    write_identity,
+    write_network_key,
 )
 
 log = logging.getLogger("p2ptls.cli")
@@ -136,13 +138,9 @@ def node_init(
     )
     passphrase = new_passphrase(ask, passphrase_file) if new_identity else None
     if new_network_key:
-        created_key = NetworkKey.generate()
-        created_key.save(key_path)
-        click.echo(f"wrote {key_path} (mode 0600); fingerprint {created_key.fingerprint}")
+        write_network_key(key_path)
     if new_identity:
-        created = Identity.generate(int(bits))
-        created.save(identity_path, passphrase)
-        click.echo(f"wrote {identity_path} (mode 0600); peer id {created.peer_id.hex()}")
+        write_identity(identity_path, int(bits), passphrase)
     with path.open("x", encoding="utf-8") as out:
         out.write(text)
     click.echo(f"wrote {path}")
@@ -192,7 +190,7 @@ def node_run(*, config: Path, verbose: int, passphrase_file: Path | None) -> Non
     try:
         trio.run(_run_until_signalled, loaded, passphrase)
     except BaseException as exc:
-        error = _single(exc)
+        error = unwrap_single(exc)
         if isinstance(error, OSError) and error.errno == errno.EADDRINUSE and loaded.listen:
             raise CliError(
                 f"cannot listen on {format_address(loaded.listen)}: address already in use "
@@ -222,13 +220,6 @@ async def _run_until_signalled(config: NodeFileConfig, passphrase: bytes | None)
                 log.info("signal %d: stopping", signum)
                 nursery.cancel_scope.cancel()
                 break
-
-
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) exception groups of one exception, else ``exc``."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 # -- the client commands ------------------------------------------------------------------------
@@ -265,6 +256,14 @@ def _socket(config: Path | None, socket: Path | None) -> Path:
     raise CliError(
         "give the node's configuration (-c FILE) or its control socket (-s PATH)", exit_code=2
     )
+
+
+def _request(
+    config: Path | None, socket: Path | None, timeout: float | None, op: str, **arguments: Any
+) -> Any:
+    """One request to the node that ``-c``/``-s`` name; its result."""
+    with ControlClient(_socket(config, socket), timeout=timeout) as client:
+        return client.request(op, **arguments)
 
 
 def _print_json(data: Any) -> None:
@@ -308,8 +307,7 @@ def node_put(
         argument = {"value_b64": text}
     else:
         argument = {"value": value}
-    with ControlClient(_socket(config, socket), timeout=timeout) as client:
-        result = client.request("put", key=key, **argument)
+    result = _request(config, socket, timeout, "put", key=key, **argument)
     if as_json:
         _print_json(result)
 
@@ -326,8 +324,7 @@ def node_delete(
     Example:
       p2ptls node delete -c alice.toml color
     """
-    with ControlClient(_socket(config, socket), timeout=timeout) as client:
-        client.request("delete", key=key)
+    _request(config, socket, timeout, "delete", key=key)
 
 
 @node.command("get", short_help="Print a key of the node's state or of another owner's.")
@@ -358,8 +355,7 @@ def node_get(
     if wait:
         request["wait"] = wait
     total = None if timeout is None else timeout + wait
-    with ControlClient(_socket(config, socket), timeout=total) as client:
-        result = client.request("get", **request)
+    result = _request(config, socket, total, "get", **request)
     if as_json:
         _print_json(result)
     elif result["value"] is not None:
@@ -420,8 +416,7 @@ def node_peers(
     Example:
       p2ptls node peers -c alice.toml
     """
-    with ControlClient(_socket(config, socket), timeout=timeout) as client:
-        result = client.request("peers")
+    result = _request(config, socket, timeout, "peers")
     if as_json:
         _print_json(result)
         return
@@ -471,8 +466,7 @@ def node_consensus(
     Example:
       p2ptls node consensus -c alice.toml color
     """
-    with ControlClient(_socket(config, socket), timeout=timeout) as client:
-        result = client.request("consensus", key=key)
+    result = _request(config, socket, timeout, "consensus", key=key)
     if as_json:
         _print_json(result)
         return
@@ -497,8 +491,7 @@ def node_info(*, config: Path | None, socket: Path | None, timeout: float | None
     Example:
       p2ptls node info -c alice.toml
     """
-    with ControlClient(_socket(config, socket), timeout=timeout) as client:
-        _print_json(client.request("info"))
+    _print_json(_request(config, socket, timeout, "info"))
 
 
 __all__ = ["node"]

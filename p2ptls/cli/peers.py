@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
-from .._errors import PeerDatabaseError
 from ..identity import NetworkKey, PeerRecord
 from ..peerdb import PeerDatabase
-from ..state.facade import BootstrapError, load_peer_record
+from ..state._bootstrap import (
+    MAX_RECORD_FILE_BYTES,
+    load_peer_record,
+    peer_record_from_json,
+)
 from ._common import (
     CliError,
     address_callback,
@@ -28,7 +31,6 @@ from ._common import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_RECORD_BYTES = 64 * 1024
 
 
 def database_options(function: F) -> F:
@@ -97,24 +99,12 @@ def peers_add(
 
 
 def _read_record(source: str) -> PeerRecord:
+    """The peer record in the file ``source``, or on standard input for ``-`` (a
+    :class:`~p2ptls.state._bootstrap.BootstrapError`, exit status 1, says what is wrong)."""
     if source != "-":
-        try:
-            return load_peer_record(source)
-        except BootstrapError as exc:
-            raise CliError(str(exc)) from None
-    data = sys.stdin.buffer.read(MAX_RECORD_BYTES + 1)
-    if len(data) > MAX_RECORD_BYTES:
-        raise CliError("the peer record on standard input is too large")
-    try:
-        parsed = json.loads(data)
-        if not isinstance(parsed, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise CliError(f"standard input is not a peer record: {exc}") from None
-    try:
-        return PeerRecord.from_dict(parsed)
-    except PeerDatabaseError as exc:
-        raise CliError(f"standard input: {exc}") from None
+        return load_peer_record(source)
+    data = sys.stdin.buffer.read(MAX_RECORD_FILE_BYTES + 1)
+    return peer_record_from_json(data, "the peer record on standard input")
 
 
 @peers.command("list")

@@ -36,6 +36,7 @@ refused with its path, e.g. ``node.toml: state.coalesce_delay: expected a number
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -52,18 +53,22 @@ import trio
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from .._errors import PeerDatabaseError
+from .._address import MAX_PORT, Address, format_host_port, parse_host_port
 from ..identity import Identity, NetworkKey, PeerRecord
 from ..peerdb import PeerDatabase
+from ._bootstrap import (
+    BootstrapError,
+    bootstrap_record,
+    load_peer_record,
+    peer_record_from_dict,
+    save_peer_record,
+)
 from .config import StateNodeConfig
 from .control import ControlServer
 from .errors import StateError
-from .facade import BootstrapError, load_peer_record, save_peer_record
 from .node import StateNode, open_state_node
 
 log = logging.getLogger("p2ptls.state.cli")
-
-Address = tuple[str, int]
 
 
 class ConfigError(StateError):
@@ -194,18 +199,14 @@ def _address(text: object) -> Address:
             isinstance(host, str)
             and isinstance(port, int)
             and not isinstance(port, bool)
-            and 0 <= port < 65536
+            and 0 <= port <= MAX_PORT
         ):
             return host, port
         raise _Invalid(f"expected [host, port], got {_shown(text)}")
-    if not isinstance(text, str):
-        raise _Invalid(f'expected a "host:port" address, got {_shown(text)}')
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise _Invalid(f'expected a "host:port" address, got {_shown(text)}')
-    return host, int(port_text)
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):
+            return parse_host_port(text)
+    raise _Invalid(f'expected a "host:port" address, got {_shown(text)}')
 
 
 def _is_literal(type_: Any) -> bool:
@@ -383,26 +384,17 @@ def load_node_config(path: str | Path) -> NodeFileConfig:
 
 
 def _bootstrap(entry: BootstrapEntry, base: Path, here: str) -> PeerRecord:
+    if entry.record_file is None and (entry.peer_id is None or entry.public_key is None):
+        raise ConfigError(f"{here}: give record_file, or peer_id and public_key")
     try:
         if entry.record_file is not None:
             record = load_peer_record(base / Path(entry.record_file).expanduser())
         else:
-            fields = {
-                "peer_id": entry.peer_id,
-                "public_key": entry.public_key,
-                "name": entry.name,
-                "address": list(entry.address) if entry.address else None,
-            }
-            if entry.peer_id is None or entry.public_key is None:
-                raise ConfigError(f"{here}: give record_file, or peer_id and public_key")
-            record = PeerRecord.from_dict(fields)
-    except (BootstrapError, PeerDatabaseError) as exc:
+            fields = {"peer_id": entry.peer_id, "public_key": entry.public_key, "name": entry.name}
+            record = peer_record_from_dict(fields, "the record")
+        return bootstrap_record(record, entry.address)
+    except BootstrapError as exc:
         raise ConfigError(f"{here}: {exc}") from None
-    if entry.address is not None:
-        record = record.with_address(*entry.address)
-    if record.address is None:
-        raise ConfigError(f'{here}: the record has no address (add address = "host:port")')
-    return record
 
 
 # -- writing a new file -----------------------------------------------------------------------
@@ -410,11 +402,6 @@ def _bootstrap(entry: BootstrapEntry, base: Path, here: str) -> PeerRecord:
 
 def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
-
-
-def _format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def render_node_config(
@@ -461,12 +448,12 @@ def render_node_config(
         ),
         setting(
             "listen",
-            quoted(_format_address(listen)) if listen is not None else "false",
+            quoted(format_host_port(listen)) if listen is not None else "false",
             "where members connect (0.0.0.0 for other machines; false: only dial out)",
         ),
         setting(
             "advertise",
-            quoted(_format_address(advertise)) if advertise is not None else None,
+            quoted(format_host_port(advertise)) if advertise is not None else None,
             "the address members are told (default: listen)",
             '"192.0.2.10:7401"',
         ),

@@ -1,124 +1,49 @@
-"""The local control socket of a running state node (what ``p2ptls node put/get/...`` talk to).
-
-Theory of operation
--------------------
-``p2ptls node run`` serves a Unix stream socket that only the user running the node can open:
-
-* the socket's directory must be owned by that user with mode 0700 (it is created so; an existing
-  directory with looser permissions or another owner is refused), the socket file is 0600, and
-* every accepted connection's peer credentials (``SO_PEERCRED``) must show the same uid; any
-  other connection is closed unanswered.
-
-Requests and responses are frames: a 4-byte big-endian length, then that many bytes of a UTF-8
-JSON object. A request is ``{"op": NAME, ...arguments}``; the answer is ``{"ok": true, "result":
-...}`` or ``{"ok": false, "error": {"type": TYPE, "message": TEXT}}`` with ``TYPE`` one of
-:data:`ERROR_TYPES`. One connection carries any number of requests, one at a time; ``watch``
-turns the connection into a stream of ``{"ok": true, "event": {...}}`` frames (after a first
-``{"ok": true, "result": {"watching": true}}``) until either side closes it. Requests are at most
-``max_request`` bytes (about four times the node's ``max_value_size``), responses at most
-:data:`MAX_RESPONSE`, connections at most :data:`MAX_CONNECTIONS` at once, and a request must
-arrive within :data:`REQUEST_TIMEOUT` seconds of the previous answer.
-
-Values travel as ``"value"`` (text, UTF-8) or ``"value_b64"`` (any bytes, base64); answers carry
-``value`` (``null`` if the bytes are not UTF-8) and ``value_b64``. Owners are peer ids in hex; a
-request may give a unique prefix of at least :data:`MIN_PREFIX` digits, or a name: this node's
-own, or one of the names in its peer records (the ``names`` the server was given, e.g. those of
-its bootstrap records). Names are local labels, never sent by a peer: answers carry them
-(``name``) for display only.
-"""
+"""The server end of a node's control socket (see :mod:`p2ptls.state.control`): who may
+connect, and what each request does to the node."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
-import json
+import itertools
 import logging
 import os
 import socket
 import stat
 import struct
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ..identity import PeerId
-from .errors import NotConnected, StateError
-from .events import MemberChanged, MemberStatus, StateChanged, SubscriptionOverflowed
-from .node import StateNode
+from ..._address import format_host_port
+from ..._peer_lookup import AmbiguousPeer, PeerLookupError, UnknownPeer, find_peer
+from ...identity import PeerId
+from ..errors import NotConnected
+from ..events import MemberChanged, MemberStatus, StateChanged, SubscriptionOverflowed
+from ..node import StateNode
+from ._frames import (
+    FRAME,
+    MAX_RESPONSE,
+    ControlError,
+    FrameBuffer,
+    decode_frame,
+    encode_frame,
+    max_request_size,
+    value_fields,
+)
 
 log = logging.getLogger("p2ptls.state.control")
 
-FRAME = struct.Struct(">I")
-MAX_RESPONSE = 64 * 1024 * 1024
 MAX_CONNECTIONS = 32
 REQUEST_TIMEOUT = 60.0
 MAX_WAIT = 3600.0
-MIN_PREFIX = 6
 MAX_SOCKET_PATH = 100
 """Bytes of a socket path (the kernel's limit is 107; a little is kept in reserve)."""
-
-ERROR_TYPES = (
-    "bad_request",
-    "not_found",
-    "ambiguous",
-    "too_large",
-    "timeout",
-    "not_connected",
-    "busy",
-    "overflowed",
-    "internal",
-)
-"""The typed errors a response may carry."""
-
-
-class ControlError(StateError):
-    """A control request failed; ``kind`` is one of :data:`ERROR_TYPES` (or ``"unavailable"``
-    when the socket cannot be reached, ``"protocol"`` when the answer is malformed)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-    def to_dict(self) -> dict[str, str]:
-        return {"type": self.kind, "message": str(self)}
-
-
-def max_request_size(max_value_size: int) -> int:
-    """The largest request a node accepts: a value as base64 or escaped JSON text, plus room."""
-    return 4 * max_value_size + 64 * 1024
-
-
-# -- helpers shared by both ends -------------------------------------------------------------------
-
-
-def encode_frame(obj: Any) -> bytes:
-    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return FRAME.pack(len(data)) + data
-
-
-def decode_frame(data: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ControlError("bad_request", "a frame is a UTF-8 JSON object") from None
-    if not isinstance(obj, dict):
-        raise ControlError("bad_request", "a frame is a UTF-8 JSON object")
-    return obj
-
-
-def value_fields(value: bytes | None) -> dict[str, Any]:
-    """``value`` (text or ``None``) and ``value_b64`` of some bytes."""
-    if value is None:
-        return {"value": None, "value_b64": None}
-    try:
-        text: str | None = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return {"value": text, "value_b64": base64.b64encode(value).decode("ascii")}
+LOOKUP_ERRORS = {UnknownPeer: "not_found", AmbiguousPeer: "ambiguous"}
+"""The control error type of a failed owner lookup (any other: ``bad_request``)."""
 
 
 def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
@@ -150,9 +75,6 @@ def check_socket_dir(directory: Path, *, create: bool) -> None:
             f"control socket directory {str(directory)!r} is accessible by group or others "
             f"(mode {stat.S_IMODE(info.st_mode):04o}); fix it with: chmod 700 {str(directory)!r}",
         )
-
-
-# -- the server --------------------------------------------------------------------------------
 
 
 class ControlServer:
@@ -414,32 +336,20 @@ class ControlServer:
             nursery.cancel_scope.cancel()
 
     def _owner(self, value: object) -> PeerId:
+        """The peer a request's ``owner``/``to`` names: this node (absent or ``"self"``), a
+        name, or a peer id in hex (whole, or a unique prefix of a known one)."""
         node = self.node
         if value is None or value == "self":
             return node.peer_id
         if not isinstance(value, str) or not value or len(value) > 256:
             raise ControlError("bad_request", "owner is a name or a peer id in hex")
-        named = [peer_id for peer_id, name in self.names.items() if name == value]
-        if len(named) > 1:
-            raise ControlError("ambiguous", f"several peers are named {value!r}; give a peer id")
-        if named:
-            return named[0]
-        text = value.lower()
-        if len(text) > 64 or any(c not in "0123456789abcdef" for c in text):
-            raise ControlError(
-                "bad_request", f"{value!r} is neither a known name nor a peer id in hex"
-            )
-        if len(text) == 64:
-            return PeerId.from_hex(text)
-        if len(text) < MIN_PREFIX:
-            raise ControlError("bad_request", f"an owner prefix has at least {MIN_PREFIX} digits")
-        candidates = {node.peer_id, *node.owners(), *(m.peer_id for m in node.members())}
-        found = [c for c in candidates if c.hex().startswith(text)]
-        if not found:
-            raise ControlError("not_found", f"no known owner starts with {text}")
-        if len(found) > 1:
-            raise ControlError("ambiguous", f"several owners start with {text}")
-        return found[0]
+        known = itertools.chain(
+            (node.peer_id,), node.owners(), (member.peer_id for member in node.members())
+        )
+        try:
+            return find_peer(value, self.names.items(), known, any_whole_id=True)
+        except PeerLookupError as exc:
+            raise ControlError(LOOKUP_ERRORS.get(type(exc), "bad_request"), str(exc)) from None
 
     def _member(self, status: MemberStatus) -> dict[str, Any]:
         return {"name": self.names.get(status.peer_id, ""), **_member(status)}
@@ -456,29 +366,17 @@ async def _until_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> N
 class _FrameReader:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
-        self._buffer = bytearray()
-
-    async def _fill(self, size: int) -> bool:
-        while len(self._buffer) < size:
-            chunk = await self._stream.receive_some(max(65536, size - len(self._buffer)))
-            if not chunk:
-                return False
-            self._buffer += chunk
-        return True
+        self._frames = FrameBuffer()
 
     async def frame(self, limit: int) -> bytes | None:
         """The next frame's body; ``None`` at a clean end of the connection."""
-        if not await self._fill(FRAME.size):
-            if self._buffer:
-                raise ControlError("bad_request", "truncated frame")
-            return None
-        (size,) = FRAME.unpack_from(self._buffer)
-        if size > limit:
-            raise ControlError("too_large", f"request of {size} bytes exceeds {limit}")
-        if not await self._fill(FRAME.size + size):
-            raise ControlError("bad_request", "truncated frame")
-        data = bytes(self._buffer[FRAME.size : FRAME.size + size])
-        del self._buffer[: FRAME.size + size]
+        while (data := self._frames.next_frame(limit)) is None:
+            chunk = await self._stream.receive_some(max(65536, self._frames.missing))
+            if not chunk:
+                if self._frames.pending:
+                    raise ControlError("bad_request", "truncated frame")
+                return None
+            self._frames.feed(chunk)
         return data
 
 
@@ -510,10 +408,7 @@ def _value(request: dict[str, Any]) -> bytes:
 
 
 def _address(address: tuple[str, int] | None) -> str | None:
-    if address is None:
-        return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None if address is None else format_host_port(address)
 
 
 def _member(status: MemberStatus) -> dict[str, Any]:
@@ -540,123 +435,3 @@ def _socket_answers(path: Path) -> bool:
     finally:
         probe.close()
     return True
-
-
-# -- the client --------------------------------------------------------------------------------
-
-
-class ControlClient:
-    """A blocking client of a node's control socket (for the command line and scripts).
-
-    Example::
-
-        with ControlClient("run/alice/control.sock") as client:
-            client.request("put", key="color", value="blue")
-            print(client.request("get", key="color")["value"])
-    """
-
-    def __init__(self, path: str | os.PathLike[str], timeout: float | None = 30.0) -> None:
-        self.path = Path(path)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(os.fspath(self.path))
-        except OSError as exc:
-            self._sock.close()
-            raise ControlError(
-                "unavailable", f"no node answers at {str(self.path)!r}: {exc.strerror or exc}"
-            ) from None
-        self._buffer = bytearray()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def _send(self, request: dict[str, Any]) -> None:
-        try:
-            self._sock.sendall(encode_frame(request))
-        except OSError as exc:
-            raise ControlError("unavailable", f"the node went away: {exc}") from None
-
-    def _receive(self, timeout: float | None = None) -> dict[str, Any]:
-        if timeout is not None:
-            self._sock.settimeout(timeout)
-        try:
-            while True:
-                if len(self._buffer) >= FRAME.size:
-                    (size,) = FRAME.unpack_from(self._buffer)
-                    if size > MAX_RESPONSE:
-                        raise ControlError("protocol", "answer too large")
-                    if len(self._buffer) >= FRAME.size + size:
-                        data = bytes(self._buffer[FRAME.size : FRAME.size + size])
-                        del self._buffer[: FRAME.size + size]
-                        break
-                chunk = self._sock.recv(65536)
-                if not chunk:
-                    raise ControlError("unavailable", "the node closed the connection")
-                self._buffer += chunk
-        except TimeoutError:
-            raise ControlError("timeout", "the node did not answer in time") from None
-        except OSError as exc:
-            raise ControlError("unavailable", f"the node went away: {exc}") from None
-        try:
-            return decode_frame(data)
-        except ControlError:
-            raise ControlError("protocol", "malformed answer") from None
-
-    @staticmethod
-    def _result(answer: dict[str, Any]) -> Any:
-        if answer.get("ok") is True:
-            return answer.get("result")
-        error = answer.get("error")
-        if isinstance(error, dict):
-            raise ControlError(str(error.get("type", "internal")), str(error.get("message", "")))
-        raise ControlError("protocol", "malformed answer")
-
-    def request(self, op: str, **arguments: Any) -> Any:
-        """Send one request and return its result; raises :class:`ControlError` on an error."""
-        self._send({"op": op, **arguments})
-        return self._result(self._receive())
-
-    def watch(self, **arguments: Any) -> Iterator[dict[str, Any]]:
-        """Subscribe (``owner``, ``key``, ``members``) and yield events until the connection
-        ends. The generator starts once the node confirmed the subscription."""
-        self._send({"op": "watch", **arguments})
-        self._result(self._receive())
-        return self._events()
-
-    def _events(self) -> Iterator[dict[str, Any]]:
-        while True:
-            try:
-                answer = self._receive(timeout=None)
-            except ControlError as exc:
-                if exc.kind == "unavailable":
-                    return
-                raise
-            event = answer.get("event")
-            if answer.get("ok") is not True or not isinstance(event, dict):
-                self._result(answer)
-                raise ControlError("protocol", "malformed event")
-            yield event
-
-
-def wait_for_socket(path: str | os.PathLike[str], timeout: float = 30.0) -> None:
-    """Block until a node answers on ``path`` (for scripts that just started one); raises
-    :class:`ControlError` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        try:
-            with ControlClient(path, timeout=max(0.1, deadline - time.monotonic())) as client:
-                client.request("info")
-                return
-        except ControlError as exc:
-            if exc.kind != "unavailable" or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)

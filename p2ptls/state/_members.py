@@ -342,6 +342,11 @@ class Members:
             member.retry_delay = 0.0
             member.poke.set()
 
+    @property
+    def _open_timeout(self) -> float:
+        """A dial (bounded by the host's ``dial_timeout``), then the peer's answer to the open."""
+        return 2 * self.config.connect_timeout
+
     # -- keeping a session with every member -------------------------------------------------------
 
     async def _run_member(self, member: Member) -> None:
@@ -397,7 +402,7 @@ class Members:
         """Open a session with ``member`` at ``address`` and run it; returns how long to wait
         before the next attempt if none could be set up."""
         try:
-            with trio.fail_after(self.config.connect_timeout):
+            with trio.fail_after(self._open_timeout):
                 stream = await self.host.open(member.record, PROTOCOL, address=address)
         except DialBackoff as exc:
             return exc.retry_after
@@ -476,7 +481,7 @@ class Members:
                 if self.pump_of(record.peer_id) is not None:
                     return  # it connected (or we did) while this dial waited for its turn
                 try:
-                    with trio.fail_after(self.config.connect_timeout):
+                    with trio.fail_after(self._open_timeout):
                         stream = await self.host.open(record, PROTOCOL, address=candidate.address)
                 except _OPEN_ERRORS as exc:
                     log.debug("candidate %s failed: %r", record.peer_id.short, exc)

@@ -88,7 +88,8 @@ class StateNodeConfig:
     reconnect_max: float = attrs.field(default=15.0, validator=_positive)
     """Longest delay between dials (the delay doubles, with jitter, up to this)."""
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    """Deadline for a dial (TCP connect and handshake), and again for the hello exchange."""
+    """Deadline for a dial (TCP connect and handshake: the host's ``dial_timeout``), again for
+    the peer to accept the state stream, and again for the hello exchange."""
     anti_entropy_interval: float = attrs.field(default=30.0, validator=_positive)
     """Seconds between digests on an open connection (repairs anything missed)."""
     max_members: int = attrs.field(default=1024, validator=_positive)
@@ -136,12 +137,13 @@ class StateNodeConfig:
         """The node's host's connection settings: liveness and dial back-off are the
         connection's, shared by every protocol on it. The host pings after
         ``min(ping_interval, ping_timeout / 2)`` of silence and gives up ``ping_timeout`` after
-        the last thing it heard; failed dials back off from ``reconnect_min`` to
-        ``reconnect_max``."""
+        the last thing it heard; a dial may take ``connect_timeout``, and failed dials back off
+        from ``reconnect_min`` to ``reconnect_max``."""
         interval = min(self.ping_interval, self.ping_timeout / 2)
         return ConnectionConfig(
             keepalive_interval=interval,
             keepalive_timeout=self.ping_timeout - interval,
+            dial_timeout=self.connect_timeout,
             dial_backoff_initial=self.reconnect_min,
             dial_backoff_max=self.reconnect_max,
         )

@@ -291,6 +291,24 @@ def test_members_direct_ping_and_unknown_pongs(identities) -> None:
     assert [parsed(m) for m in outgoing(pair.a)] == [wire.Pong(b"12345678")]
 
 
+def test_wants_to_send_says_when_a_sender_need_not_wake(identities) -> None:
+    a, b = make_core(identities[0]), make_core(identities[1])
+    pair = synced(a, b)
+    assert not pair.a.wants_to_send
+    target = publish(a, [("k", b"v")])
+    pair.a.note_changed(a.own_id)
+    assert pair.a.wants_to_send  # updates to push
+    outgoing(pair.a)
+    pair.a.want_acknowledgement(target)
+    assert pair.a.wants_to_send  # the acknowledgement ping
+    outgoing(pair.a)
+    assert not pair.a.wants_to_send
+    pair.a.send_direct(b"x", "token")
+    assert pair.a.wants_to_send
+    deliver([b"\xff"], pair.a)
+    assert not pair.a.wants_to_send  # ended
+
+
 def test_control_goes_before_direct_messages_before_updates(identities) -> None:
     a, b = make_core(identities[0]), make_core(identities[1])
     pair = synced(a, b)

@@ -6,8 +6,8 @@ A :class:`SessionPump` runs one :class:`~p2ptls.state._session.PeerSession` on o
 stream of ``p2ptls/state/1`` and decides nothing itself. Its **reader** hands every message to the
 session and the resulting events to :class:`Sessions`; it never waits for a send, so a peer that
 does not read cannot stop us reading (the session bounds what we owe it). Its **writer** sends
-whatever the session has to send, in the session's order, and fires the session's timers (the
-HELLO deadline, the anti-entropy digest). Whatever ends either task ends the pump: the session
+whatever the session has to send, in the session's order; a third task fires the session's timers
+(the HELLO deadline, the anti-entropy digest). Whatever ends one of them ends the pump: the session
 ended, the peer closed the stream, the stream was reset, or the shared connection under it broke
 (:class:`~p2ptls.ConnectionLost`, the same for every protocol on that connection).
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -117,10 +117,13 @@ class SessionPump:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guarded, self._reader, dispatch)
                 nursery.start_soon(self._guarded, self._writer, dispatch)
+                nursery.start_soon(self._guarded, self._timers, dispatch)
 
-    async def _guarded(self, task: Callable[[Dispatch], object], dispatch: Dispatch) -> None:
+    async def _guarded(
+        self, task: Callable[[Dispatch], Awaitable[None]], dispatch: Dispatch
+    ) -> None:
         try:
-            await task(dispatch)  # type: ignore[misc]
+            await task(dispatch)
         except _STREAM_ENDED as exc:
             if self.failure is None:
                 self.failure = exc
@@ -138,21 +141,16 @@ class SessionPump:
         while session.ended is None:
             data = await self.stream.receive_message()
             dispatch(self, session.receive_message_untrusted(data, trio.current_time()))
-            self.kick()
+            if session.wants_to_send or session.ended is not None:
+                self.kick()
             await trio.lowlevel.checkpoint()
 
-    async def _writer(self, dispatch: Dispatch) -> None:
+    async def _writer(self, _dispatch: Dispatch) -> None:
         session = self.session
-        while True:
-            now = trio.current_time()
-            if now >= session.next_deadline():
-                dispatch(self, session.handle_timers(now))
-            if session.ended is not None:
-                return
+        while session.ended is None:
             outgoing = session.next_message()
             if outgoing is None:
-                with trio.move_on_at(session.next_deadline()):
-                    await self._wake.wait()
+                await self._wake.wait()
                 self._wake = trio.Event()
                 continue
             try:
@@ -163,6 +161,15 @@ class SessionPump:
                 raise
             if outgoing.direct is not None:
                 outgoing.direct.done.set()
+
+    async def _timers(self, dispatch: Dispatch) -> None:
+        """Fire the session's timers. (Sleeping until the deadline seen last can only delay the
+        first anti-entropy digest after the HELLOs, and ``start`` sends a digest anyway.)"""
+        session = self.session
+        while session.ended is None:
+            await trio.sleep_until(session.next_deadline())
+            dispatch(self, session.handle_timers(trio.current_time()))
+            self.kick()
 
 
 class Sessions:

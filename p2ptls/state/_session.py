@@ -305,6 +305,18 @@ class PeerSession(Generic[T]):
 
     # -- output ------------------------------------------------------------------------------------
 
+    @property
+    def wants_to_send(self) -> bool:
+        """Whether :meth:`next_message` may have something (cheap: a sender need not wake
+        otherwise)."""
+        if self.ended is not None:
+            return False
+        if self.control:
+            return True
+        return self.phase is Phase.OPEN and bool(
+            self._directs or self.outbound.dirty or self._ack_due()
+        )
+
     def next_message(self) -> Outgoing[T] | None:
         """The next message to send, or ``None`` until something changes."""
         if self.ended is not None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _errors
+from .._mux_wire import GoAwayCode
 from ..connections import ConnectionLimitReached, DialBackoff
 from ..host import Host
 from ..identity import PeerId, PeerRecord
@@ -273,6 +274,23 @@ class Members:
         """Whether a session with ``peer_id`` is still exchanging HELLOs."""
         return any(pump.session.phase is Phase.HELLO for pump in self._running.get(peer_id, ()))
 
+    def _moving(self, pump: SessionPump) -> bool:
+        """Whether the host has replaced the connection under ``pump`` (a simultaneous open:
+        the loser's streams end after a grace): the member is not gone, its task opens a
+        session on the connection that won at once."""
+        connection = pump.stream.connection
+        if connection.retired is GoAwayCode.REPLACED:
+            return True  # this end kept another one (gone too if the ends disagreed: redial)
+        current = self.host.connection(pump.peer_id)
+        return current is not None and current is not connection and current.accepts_new_streams
+
+    def _no_session(self, member: Member) -> None:
+        """A connected member's last session ended and none is being set up: it is
+        unreachable."""
+        connected = member.state is MemberState.CONNECTED
+        if connected and member.pump is None and not self._setting_up(member.peer_id):
+            self._set_state(member, MemberState.UNREACHABLE)
+
     def register(self, member: Member, pump: SessionPump) -> bool:
         """``pump``'s session with ``member`` exchanged HELLOs: make it the member's session,
         unless the one it has wins (see ``keeps_new``). False if ``pump`` is to be closed."""
@@ -304,9 +322,8 @@ class Members:
         if member is not None:
             if member.pump is pump:
                 member.pump = None
-            connected = member.state is MemberState.CONNECTED
-            if connected and member.pump is None and not self._setting_up(peer_id):
-                self._set_state(member, MemberState.UNREACHABLE)
+            if not self._moving(pump):
+                self._no_session(member)
             member.poke.set()
         if member is None or member.pump is None:
             self.host.unprotect(peer_id, PROTECTION_TAG)
@@ -381,6 +398,7 @@ class Members:
                 await member.poke.wait()
                 continue
             delay = await self._open(member, address)
+            self._no_session(member)  # after a session moved to a new connection, or failed to
             if member.pump is None and delay > 0:
                 with trio.move_on_after(delay):
                     await member.poke.wait()

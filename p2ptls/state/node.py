@@ -130,6 +130,8 @@ class StateNode:
             members=self._members,
             address=lambda: self.address,
         )
+        self._listening = host.address if host.listeners else None
+        """Where the host listens (read once: its listener closes before the last session)."""
         self.pull_interval = PULL_INTERVAL
         """Seconds between digests while a member is not connected; see :data:`PULL_INTERVAL`."""
 
@@ -154,9 +156,8 @@ class StateNode:
         """Where this node tells members to reach it, if it listens."""
         if self.config.advertise is not None:
             return self.config.advertise
-        if not self.host.listeners:
-            return None
-        return self.host.address
+        return self._listening
+
 
     def peer_record(self, name: str = "") -> PeerRecord:
         """This node's public record with its address: give it to others as a bootstrap entry."""

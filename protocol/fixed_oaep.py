@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from p2ptls.identity import PeerRecord
+if TYPE_CHECKING:  # only a type: the reference implementations import nothing of p2ptls
+    from p2ptls.identity import PeerRecord
 
 HASH_SIZE = 32
 
-OaepEncrypt = Callable[[PeerRecord, bytes, bytes], bytes]
+OaepEncrypt = Callable[["PeerRecord", bytes, bytes], bytes]
 
 
 def mgf1_sha256(seed: bytes, length: int) -> bytes:

@@ -27,7 +27,7 @@ from p2ptls import _wire as wire
 from p2ptls._connection import Connection, State
 from p2ptls._records import RecordSealer
 from p2ptls.trust import Admission
-from protocol.generate_vectors import ReferenceReplayCache
+from protocol.record_reference import ReferenceReplayCache
 from tests.hostile_support import (
     Flights,
     decrypt,

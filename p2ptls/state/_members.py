@@ -278,6 +278,8 @@ class Members:
         """Whether the host has replaced the connection under ``pump`` (a simultaneous open:
         the loser's streams end after a grace): the member is not gone, its task opens a
         session on the connection that won at once."""
+        if not isinstance(pump.failure, ConnectionLost):
+            return False  # the session itself ended (closed, refused, broke the protocol)
         connection = pump.stream.connection
         if connection.retired is GoAwayCode.REPLACED:
             return True  # this end kept another one (gone too if the ends disagreed: redial)
@@ -395,6 +397,7 @@ class Members:
                 continue
             address = self._next_address(member)
             if address is None or not self.allowed(member.peer_id):
+                self._no_session(member)  # (a session that was moving cannot be reopened)
                 await member.poke.wait()
                 continue
             delay = await self._open(member, address)

@@ -14,13 +14,19 @@ the figures measured for the earlier Artifice implementation):
   ``send_message`` / ``receive_message``;
 * ``p2ptls_sllp``: an SLLP channel (``p2ptls.sllp.open_channel`` on a SecureStream), one frame per
   message, 1200-byte datagrams (the default: fits any path), unordered delivery;
+* ``p2ptls_mux``: two p2ptls hosts; each camera opens a logical stream of ``camera/frames/1``
+  (``host.open``) on the **one** connection the sending host keeps to the receiving host (the
+  receiver serves the protocol with ``host.serve_protocol``); one frame per message. Each stream
+  has its own credit (flow control), but all share one TCP connection and its losses;
 * ``tls``: ``trio.SSLStream``, TLS 1.3 only, mutual authentication with RSA-3072 certificates
   (set up as ``benchmarks/stream.py`` does), frames length-prefixed (u32) on the byte stream;
 * ``tcp``: plain trio TCP, length-prefixed: the unencrypted ceiling.
 
 **Each camera has its own connection** (its own TCP connection, TLS session, SecureStream, or SLLP
 channel with its own stream and UDP socket), as independent cameras would: one camera's stalls never
-hold up another's frames. The receiver reads each connection in its own task.
+hold up another's frames; except ``p2ptls_mux``, where every camera is a logical stream of one
+shared connection, as the protocols of one host are. The receiver reads each stream in its own
+task.
 
 Regimes (case names):
 
@@ -106,8 +112,9 @@ from p2ptls import sllp
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
 from p2ptls.sllp.transport import UdpTransport
 
-Transport = Literal["p2ptls_stream", "p2ptls_sllp", "tls", "tcp"]
-TRANSPORTS: tuple[Transport, ...] = ("p2ptls_stream", "p2ptls_sllp", "tls", "tcp")
+Transport = Literal["p2ptls_stream", "p2ptls_sllp", "p2ptls_mux", "tls", "tcp"]
+TRANSPORTS: tuple[Transport, ...] = ("p2ptls_stream", "p2ptls_sllp", "p2ptls_mux", "tls", "tcp")
+CAMERA_PROTOCOL = "camera/frames/1"
 SOURCES = ("480p_raw", "720p_raw", "jpeg")
 KEY_BITS = 3072
 READ_SIZE = 256 * 1024
@@ -359,7 +366,7 @@ class Material:
     def __init__(self, directory: Path) -> None:
         self.server = p2ptls.Identity.generate(KEY_BITS)
         self.client = p2ptls.Identity.generate(KEY_BITS)
-        psk = p2ptls.generate_psk()
+        self.psk = psk = p2ptls.generate_psk()
         self.server_context = p2ptls.SecurityContext(
             self.server, psk, p2ptls.KnownPeers([self.client.record])
         )
@@ -391,12 +398,18 @@ class Connector:
         self.seed = seed
         self.listener: trio.SocketListener | None = None
         self.target: tuple[str, int] = ("127.0.0.1", 0)
+        self.hosts: tuple[p2ptls.Host, p2ptls.Host] | None = None  # p2ptls_mux: sender, receiver
+        self.accepted: trio.MemoryReceiveChannel[p2ptls.LogicalStream] | None = None
 
     async def start(self) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.listener = listeners[0]
-        host, port = self.listener.socket.getsockname()[:2]
-        self.target = (str(host), int(port))
+        if self.kind == "p2ptls_mux":
+            self.hosts = await self.nursery.start(self._run_hosts)
+            self.target = self.hosts[1].address
+        else:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.listener = listeners[0]
+            host, port = self.listener.socket.getsockname()[:2]
+            self.target = (str(host), int(port))
         if self.case.loss is not None and self.kind != "p2ptls_sllp":
             relay = ImpairedTcpRelay(
                 self.target,
@@ -404,6 +417,40 @@ class Connector:
             )
             await self.nursery.start(relay.run)
             self.target = relay.address
+
+    async def _run_hosts(
+        self, *, task_status: trio.TaskStatus[tuple[p2ptls.Host, p2ptls.Host]]
+    ) -> None:
+        """A sending and a receiving host, until cancelled; the receiver hands every camera
+        stream to :meth:`link` and keeps it open until the host closes."""
+        material = self.material
+        receiving = p2ptls.HostConfig(
+            identity=material.server,
+            psk=material.psk,
+            peers=[material.client.record],
+            listen=("127.0.0.1", 0),
+        )
+        sending = p2ptls.HostConfig(
+            identity=material.client, psk=material.psk, peers=[material.server.record]
+        )
+        accepted, self.accepted = trio.open_memory_channel[p2ptls.LogicalStream](math.inf)
+
+        async def hand_over(stream: p2ptls.LogicalStream) -> None:
+            accepted.send_nowait(stream)
+            await trio.sleep_forever()
+
+        async with p2ptls.open_host(receiving) as receiver, p2ptls.open_host(sending) as sender:
+            receiver.serve_protocol(CAMERA_PROTOCOL, hand_over)
+            task_status.started((sender, receiver))
+            await trio.sleep_forever()
+
+    async def logical_pair(self) -> tuple[p2ptls.LogicalStream, p2ptls.LogicalStream]:
+        """A camera's logical stream (sender, receiver) on the hosts' one shared connection."""
+        assert self.hosts is not None and self.accepted is not None
+        sender = await self.hosts[0].open(
+            self.material.server.record, CAMERA_PROTOCOL, address=self.target
+        )
+        return sender, await self.accepted.receive()
 
     async def tcp_pair(self) -> tuple[trio.SocketStream, trio.SocketStream]:
         assert self.listener is not None
@@ -438,19 +485,30 @@ class Connector:
                 nursery.start_soon(tls_client.do_handshake)
                 nursery.start_soon(tls_server.do_handshake)
             return self._byte_stream_link(tls_client, tls_server, buffers)
+        if self.kind == "p2ptls_mux":
+            return self._message_link(*await self.logical_pair(), buffers)
         secure_client, secure_server = await self.secure_pair()
         if self.kind == "p2ptls_stream":
-            views = buffers.views
-
-            async def send_message(i: int) -> None:
-                await secure_client.send_message(views[i])
-
-            async def receive_messages(sink: FrameSink) -> None:
-                async for message in secure_server.messages():
-                    sink(message, 0, len(message))
-
-            return Link(send_message, receive_messages, [secure_client, secure_server])
+            return self._message_link(secure_client, secure_server, buffers)
         return await self._sllp_link(index, secure_client, secure_server, buffers)
+
+    def _message_link(
+        self,
+        client: p2ptls.SecureStream | p2ptls.LogicalStream,
+        server: p2ptls.SecureStream | p2ptls.LogicalStream,
+        buffers: CameraBuffers,
+    ) -> Link:
+        views = buffers.views
+        send_message = client.send_message
+
+        async def send(i: int) -> None:
+            await send_message(views[i])
+
+        async def receive(sink: FrameSink) -> None:
+            async for message in server.messages():
+                sink(message, 0, len(message))
+
+        return Link(send, receive, [client, server])
 
     def _byte_stream_link(
         self, client: trio.abc.Stream, server: trio.abc.Stream, buffers: CameraBuffers
@@ -843,7 +901,8 @@ def verdicts(figures: Figures) -> list[tuple[str, str, str]]:
 def print_report(figures: Figures, args: argparse.Namespace, elapsed: float) -> None:
     say()
     say(
-        f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera; "
+        f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera "
+        "(p2ptls_mux: one logical stream per camera, one connection); "
         f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; {elapsed:.0f} s in all"
     )
     print_results(figures, f"Camera streams on 127.0.0.1, one process ({median_of(args.runs)})")
@@ -875,6 +934,7 @@ def json_params(
 TRANSPORT_LABELS: dict[Transport, str] = {
     "p2ptls_stream": "p2ptls SecureStream",
     "p2ptls_sllp": "p2ptls SLLP datagrams",
+    "p2ptls_mux": "p2ptls host: logical streams, one connection",
     "tls": "TLS 1.3 (trio SSLStream)",
     "tcp": "plain TCP, unencrypted",
 }
@@ -886,12 +946,14 @@ SOURCE_LABELS = {
 COLOURS: dict[Transport, str] = {
     "p2ptls_stream": "tab:blue",
     "p2ptls_sllp": "tab:orange",
+    "p2ptls_mux": "tab:green",
     "tls": "tab:red",
     "tcp": "tab:gray",
 }
 STYLES: dict[Transport, str] = {
     "p2ptls_stream": "-",
     "p2ptls_sllp": "-",
+    "p2ptls_mux": "-",
     "tls": "--",
     "tcp": ":",
 }

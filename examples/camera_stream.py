@@ -17,10 +17,12 @@ and in another (or on the sending machine)::
 On two machines, copy ``network.psk`` (secret: it proves membership of the network) and the other
 side's ``*.peer.json`` (public) to each, and each side's ``.key`` (secret) to that side only.
 
-``--transport stream`` sends each frame as one message on a :class:`p2ptls.SecureStream` (reliable,
-in order: a lost packet delays every later frame); ``--transport sllp`` opens an SLLP channel on the
-stream and sends each frame as encrypted UDP datagrams (a frame arrives whole or not at all, never
-late because of another). The receiver tells the two apart by itself.
+``--transport stream`` sends each frame as one message on a logical stream of the example's own
+protocol, ``camera/frames/1`` (reliable, in order: a lost packet delays every later frame);
+``--transport sllp`` opens an SLLP channel (set up on a logical stream of ``p2ptls/sllp/1``) and
+sends each frame as encrypted UDP datagrams (a frame arrives whole or not at all, never late
+because of another). Either way the stream shares the one connection the sender's host keeps to
+the receiver; the receiver serves both protocols and tells the cameras apart by the protocol.
 
 The sender reads a real camera through OpenCV with ``--camera 0`` (``pip install -e '.[camera]'``,
 or ``pip install opencv-python-headless``) and otherwise, or if that fails, a synthetic camera: a
@@ -63,6 +65,8 @@ SLLP_CONFIG = sllp.SllpConfig(
     delivery=sllp.DeliveryMode.ORDERED,
 )
 STREAM_CONFIG = p2ptls.StreamConfig(max_message_size=8 * 1024 * 1024)
+FRAMES_PROTOCOL = "camera/frames/1"
+"""One frame per message, until the sender closes the stream."""
 
 
 def optional_module(name: str) -> Any:
@@ -257,24 +261,9 @@ def percentile(values: list[float], q: int) -> float:
 
 
 async def receive_frames(
-    stream: p2ptls.SecureStream, report: Report, limit: int | None, every: float
+    messages: AsyncIterator[bytes], report: Report, limit: int | None, every: float
 ) -> None:
-    """Frames from one sender, by whichever transport it chose, until it stops or ``limit``."""
-    first = await stream.receive_message()
-    channel: sllp.SllpChannel | None = None
-    if sllp.is_offer(first):
-        channel = await sllp.accept_datagram(stream, config=SLLP_CONFIG, first_message=first)
-        report.label += " (sllp)"
-        messages: AsyncIterator[bytes] = (message.data async for message in channel)
-    else:
-        report.label += " (stream)"
-
-        async def from_stream() -> AsyncIterator[bytes]:
-            yield first
-            async for message in stream.messages():
-                yield message
-
-        messages = from_stream()
+    """Frames from one sender, until it stops or ``limit``."""
     print(f"{report.label}: receiving")
     try:
         async for message in messages:
@@ -285,12 +274,40 @@ async def receive_frames(
                 break
     except trio.BrokenResourceError as exc:
         print(f"{report.label}: connection ended: {exc!r}")
-    finally:
-        if channel is not None:
-            await channel.aclose()
-        else:
-            await stream.aclose()
     print(report.line(final=True))
+
+
+class Receiver:
+    """A host's receiving side: cameras arrive on ``camera/frames/1`` streams or on SLLP channels
+    (each in its own task, closed when done); one :class:`Report` per camera."""
+
+    def __init__(self, host: p2ptls.Host, limit: int | None, every: float) -> None:
+        self.limit, self.every = limit, every
+        self.reports: list[Report] = []
+        self.first_done = trio.Event()
+        """Set when the first camera has stopped (or reached ``limit``)."""
+        host.serve_protocol(FRAMES_PROTOCOL, self.from_stream)
+        sllp.serve_datagrams(host, self.from_channel, config=SLLP_CONFIG)
+
+    def _report(self, peer: p2ptls.PeerId, transport: str) -> Report:
+        report = Report(f"camera from {peer.short} #{len(self.reports)} ({transport})")
+        self.reports.append(report)
+        return report
+
+    async def from_stream(self, stream: p2ptls.LogicalStream) -> None:
+        report = self._report(stream.remote_peer.peer_id, "stream")
+        try:
+            await receive_frames(stream.messages(), report, self.limit, self.every)
+        finally:
+            self.first_done.set()
+
+    async def from_channel(self, channel: sllp.SllpChannel) -> None:
+        report = self._report(channel.remote_peer.peer_id, "sllp")
+        try:
+            messages = (message.data async for message in channel)
+            await receive_frames(messages, report, self.limit, self.every)
+        finally:
+            self.first_done.set()
 
 
 async def receive(args: argparse.Namespace) -> list[Report]:
@@ -300,19 +317,15 @@ async def receive(args: argparse.Namespace) -> list[Report]:
     config = p2ptls.HostConfig(
         identity=identity, psk=psk, peers=peers, listen=args.listen, stream=STREAM_CONFIG
     )
-    reports: list[Report] = []
     async with p2ptls.open_host(config) as host:
+        receiver = Receiver(host, args.frames, args.report_every)
         host_address, port = host.address
         print(f"listening on {host_address}:{port} as {identity.peer_id.short}", flush=True)
-        async with trio.open_nursery() as nursery:
-            async for stream in host.incoming():
-                report = Report(f"camera from {stream.remote_peer.peer_id.short} #{len(reports)}")
-                reports.append(report)
-                if args.once:
-                    await receive_frames(stream, report, args.frames, args.report_every)
-                    break
-                nursery.start_soon(receive_frames, stream, report, args.frames, args.report_every)
-    return reports
+        if args.once:
+            await receiver.first_done.wait()
+        else:
+            await trio.sleep_forever()
+    return receiver.reports
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -330,12 +343,11 @@ async def send(args: argparse.Namespace) -> dict[str, Any]:
 async def send_frames(
     host: p2ptls.Host, receiver: p2ptls.PeerRecord, to: tuple[str, int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    stream = await host.connect(receiver, to)
-    print(f"connected to {receiver.peer_id.short} at {to[0]}:{to[1]} ({args.transport})")
     sent = 0
-    started = time.monotonic()
     if args.transport == "sllp":
-        channel = await sllp.open_channel(stream, config=SLLP_CONFIG)
+        channel = await sllp.connect_datagram(host, receiver, address=to, config=SLLP_CONFIG)
+        print(f"connected to {receiver.peer_id.short} at {to[0]}:{to[1]} (sllp)")
+        started = time.monotonic()
         async with channel, trio.open_nursery() as nursery:
 
             async def drain() -> None:  # keep a task in receive(): timers, the peer's close
@@ -352,6 +364,9 @@ async def send_frames(
                 sent += 1
             nursery.cancel_scope.cancel()
     else:
+        stream = await host.open(receiver, FRAMES_PROTOCOL, address=to)
+        print(f"connected to {receiver.peer_id.short} at {to[0]}:{to[1]} (stream)")
+        started = time.monotonic()
         async with stream:
             async for number, captured, data in frames(args):
                 await stream.send_message(FRAME_HEADER.pack(number, captured) + data)
@@ -394,7 +409,6 @@ async def demo(
     args = argparse.Namespace(
         camera=None, size=size, quality=quality, fps=fps, frames=frames_count, transport=transport
     )
-    report = Report("demo receiver")
     receiver_config = p2ptls.HostConfig(
         identity=receiver_id,
         psk=psk,
@@ -402,24 +416,16 @@ async def demo(
         listen=("127.0.0.1", 0),
         stream=STREAM_CONFIG,
     )
-    async with p2ptls.open_host(receiver_config) as receiver, trio.open_nursery() as nursery:
-        done = trio.Event()
-
-        async def accept_one() -> None:
-            async for stream in receiver.incoming():
-                await receive_frames(stream, report, frames_count, 1.0)
-                done.set()
-                return
-
-        nursery.start_soon(accept_one)
+    async with p2ptls.open_host(receiver_config) as receiver_host:
+        receiver = Receiver(receiver_host, frames_count, 1.0)
         sender_config = p2ptls.HostConfig(
             identity=sender_id, psk=psk, peers=[receiver_id.record], stream=STREAM_CONFIG
         )
         async with p2ptls.open_host(sender_config) as sender:
-            sent = await send_frames(sender, receiver_id.record, receiver.address, args)
+            sent = await send_frames(sender, receiver_id.record, receiver_host.address, args)
         with trio.move_on_after(5):  # the last frames, then the receiver ends on the close
-            await done.wait()
-        nursery.cancel_scope.cancel()
+            await receiver.first_done.wait()
+    report = receiver.reports[0]
     return {
         "sent": sent["sent"],
         "received": report.frames,

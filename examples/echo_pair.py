@@ -3,7 +3,10 @@
 Run it as written:  python examples/echo_pair.py  [--dir DIR]
 
 It writes alice's and bob's identity keys and the network key into DIR (a temporary directory by
-default), loads them back as a real deployment would, and opens one authenticated stream.
+default), loads them back as a real deployment would, and opens one authenticated stream: a
+logical stream of the default protocol (``p2ptls.serve`` serves it, ``host.connect`` opens it), on
+the one connection alice's host keeps to bob's. Programs with exchanges of their own give each its
+protocol name (``host.serve_protocol``, ``host.open``): see ``camera_stream.py`` and the demo.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import trio
 import p2ptls
 
 
-async def echo(stream: p2ptls.SecureStream) -> None:
+async def echo(stream: p2ptls.LogicalStream) -> None:
     async for message in stream.messages():
         await stream.send_message(b"echo: " + message)
 

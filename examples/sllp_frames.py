@@ -2,10 +2,11 @@
 
 Run it as written:  python examples/sllp_frames.py  [--frames N] [--size BYTES] [--fps FPS]
 
-Both peers run p2ptls hosts (fresh identities, a fresh network key). Alice opens a dedicated
-secure stream to bob and an SLLP channel on it (``connect_datagram``); bob answers
-(``accept_datagram``). Each frame travels as about 44 encrypted, authenticated UDP datagrams; bob
-gets each frame whole or learns it was lost, and never waits for a retransmission.
+Both peers run p2ptls hosts (fresh identities, a fresh network key). Bob accepts SLLP channels
+(``sllp.serve_datagrams``); alice opens one (``sllp.connect_datagram``), set up on a logical stream
+of ``"p2ptls/sllp/1"`` on the one connection her host keeps to bob's. Each frame travels as about
+44 encrypted, authenticated UDP datagrams; bob gets each frame whole or learns it was lost, and
+never waits for a retransmission.
 """
 
 from __future__ import annotations
@@ -29,19 +30,15 @@ def synthetic_frame(number: int, size: int) -> bytes:
     return FRAME_HEADER.pack(number, trio.current_time()) + body
 
 
-async def bob_receives(host: p2ptls.Host, report: dict[str, object]) -> None:
-    async for stream in host.incoming():
-        channel = await sllp.accept_datagram(stream)
-        delivered, damaged = 0, 0
-        async with channel:
-            async for message in channel:  # ends when alice closes the channel
-                number, _sent = FRAME_HEADER.unpack_from(message.data)
-                if message.data != synthetic_frame_checked(number, len(message.data), message.data):
-                    damaged += 1
-                delivered += 1
-            stats = channel.statistics()
-        report.update(delivered=delivered, damaged=damaged, stats=stats)
-        return
+async def bob_receives(channel: sllp.SllpChannel, report: dict[str, object]) -> None:
+    """Bob's handler of one channel (``serve_datagrams`` closes it when this returns)."""
+    delivered, damaged = 0, 0
+    async for message in channel:  # ends when alice closes the channel
+        number, _sent = FRAME_HEADER.unpack_from(message.data)
+        if message.data != synthetic_frame_checked(number, len(message.data), message.data):
+            damaged += 1
+        delivered += 1
+    report.update(delivered=delivered, damaged=damaged, stats=channel.statistics())
 
 
 def synthetic_frame_checked(number: int, size: int, received: bytes) -> bytes:
@@ -61,8 +58,16 @@ async def main(frames: int = 300, size: int = 50_000, fps: float = 0.0) -> dict[
         peers=(alice_id.record,),
         listen=("127.0.0.1", 0),
     )
-    async with p2ptls.open_host(bob_config) as bob, trio.open_nursery() as nursery:
-        nursery.start_soon(bob_receives, bob, report)
+    received = trio.Event()
+
+    async def on_channel(channel: sllp.SllpChannel) -> None:
+        try:
+            await bob_receives(channel, report)
+        finally:
+            received.set()
+
+    async with p2ptls.open_host(bob_config) as bob:
+        sllp.serve_datagrams(bob, on_channel)
         alice_config = p2ptls.HostConfig(
             identity=alice_id,
             psk=psk,
@@ -81,6 +86,7 @@ async def main(frames: int = 300, size: int = 50_000, fps: float = 0.0) -> dict[
                         await trio.sleep(1 / fps)
                 sent = channel.statistics()
             report["datagrams_sent"] = sent.datagrams_sent
+        await received.wait()  # bob's count, after alice's close
     stats = report["stats"]
     assert isinstance(stats, sllp.Statistics)
     lost = frames - int(report["delivered"])  # type: ignore[call-overload]

@@ -169,11 +169,13 @@ class PeerConnection:
 
     @property
     def local_address(self) -> tuple[str, int] | None:
-        return _socket_address(self.secure, peer=False)
+        """This end's ``(host, port)`` (see :attr:`SecureStream.local_address`)."""
+        return self.secure.local_address
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
-        return _socket_address(self.secure, peer=True)
+        """The peer's ``(host, port)`` as this end sees it."""
+        return self.secure.remote_address
 
     @property
     def closed(self) -> bool:
@@ -542,14 +544,3 @@ class PeerConnection:
         if self.closed:
             raise ConnectionLost("the connection ended before the pong") from self.cause
         return trio.current_time() - start
-
-
-def _socket_address(secure: SecureStream, *, peer: bool) -> tuple[str, int] | None:
-    transport = secure.transport_stream
-    if not isinstance(transport, trio.SocketStream):
-        return None
-    try:
-        name = transport.socket.getpeername() if peer else transport.socket.getsockname()
-    except OSError:
-        return None
-    return str(name[0]), int(name[1])

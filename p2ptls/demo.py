@@ -1,17 +1,21 @@
 """``make demo``: three local peers authenticate each other and move data.
 
 Creates (or reuses) identity keys for alice, bob and carol, a network key and an encrypted peer
-database in ``./demo-run``; starts three hosts on 127.0.0.1; connects every pair; exchanges
-messages; transfers a file-sized payload with a progress bar; and prints who authenticated whom,
-the cipher suite and the throughput (tables and the progress bar drawn with rich; outside a
-terminal, as in a CI log, the bar is printed once, when the transfer ends). Then three state nodes
-replicate signed state, one stops and is reported stale, and a consensus query is printed
-(:mod:`p2ptls.state.demo`).
+database in ``./demo-run``; starts three hosts on 127.0.0.1, each serving two protocols of the
+demo's own (``demo/hello/1``: a greeting and its answer; ``demo/transfer/1``: a file and its
+SHA-256); every host greets every other, so that each pair ends up sharing one connection, whoever
+dialled it; alice transfers a file-sized payload to bob with a progress bar and streams camera-
+sized frames to him over an SLLP channel on the same connection; and it prints who authenticated
+whom, the cipher suite, the connections and the throughput (tables and the progress bar drawn with
+rich; outside a terminal, as in a CI log, the bar is printed once, when the transfer ends). Then
+three state nodes replicate signed state, one stops and is reported stale, and a consensus query
+is printed (:mod:`p2ptls.state.demo`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import time
@@ -39,16 +43,23 @@ from . import (
     Host,
     HostConfig,
     Identity,
+    LogicalStream,
     NetworkKey,
     PeerDatabase,
     PeerRecord,
-    SecureStream,
     open_host,
+    sllp,
 )
 from .state import demo as state_demo
 
 NAMES = ("alice", "bob", "carol")
 CHUNK = 64 * 1024
+HELLO = "demo/hello/1"
+"""A greeting message, answered with ``"<name> got: <greeting>"``."""
+TRANSFER = "demo/transfer/1"
+"""A message with the size, that many bytes, answered with their SHA-256."""
+FRAMES = 100
+FRAME_SIZE = 50_000
 
 
 def _load_or_create(directory: Path, key_bits: int) -> tuple[NetworkKey, dict[str, Identity]]:
@@ -99,30 +110,32 @@ class _Verified:
     peer_id: str
 
 
-async def _serve_peer(host: Host, name: str, log: list[_Verified]) -> None:
-    async with trio.open_nursery() as nursery:
-        async for stream in host.incoming():
-            known = host.context.peers.get(stream.remote_peer.peer_id)
-            nursery.start_soon(_handle, stream, name, known.name if known else "?", log)
+def _serve(host: Host, name: str, log: list[_Verified]) -> None:
+    """The demo's protocols, served on every connection of ``host`` (each stream in its own
+    task, closed when its handler returns)."""
+    host.serve_protocol(HELLO, functools.partial(_greet, host=host, name=name, log=log))
+    host.serve_protocol(TRANSFER, _receive_file)
 
 
-async def _handle(stream: SecureStream, name: str, remote_name: str, log: list[_Verified]) -> None:
+async def _greet(stream: LogicalStream, *, host: Host, name: str, log: list[_Verified]) -> None:
+    known = host.context.peers.get(stream.remote_peer.peer_id)
+    remote_name = known.name if known else "?"
     log.append(_Verified(name, remote_name, stream.remote_peer.peer_id.short + "…"))
-    async with stream:
-        async for message in stream.messages():
-            if message.startswith(b"SEND "):
-                size = int(message.split()[1])
-                digest = hashlib.sha256()
-                received = 0
-                while received < size:
-                    chunk = await stream.receive_some(1 << 20)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    received += len(chunk)
-                await stream.send_message(digest.digest())
-            else:
-                await stream.send_message(f"{name} got: {message.decode()}".encode())
+    async for message in stream.messages():
+        await stream.send_message(f"{name} got: {message.decode()}".encode())
+
+
+async def _receive_file(stream: LogicalStream) -> None:
+    size = int(await stream.receive_message())
+    digest = hashlib.sha256()
+    received = 0
+    while received < size:
+        chunk = await stream.receive_some(1 << 20)
+        if not chunk:
+            break
+        digest.update(chunk)
+        received += len(chunk)
+    await stream.send_message(digest.digest())
 
 
 async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
@@ -147,12 +160,14 @@ async def run(directory: Path, payload_mib: int, key_bits: int) -> None:
             for other in PeerDatabase.open(directory / "peers.db", psk):
                 if other.peer_id != host.peer_id:
                     host.add_peer(other)
-        async with trio.open_nursery() as nursery:
-            for name, host in hosts.items():
-                nursery.start_soon(_serve_peer, host, name, log)
-            await _exchange(console, hosts, records, log)
-            await _transfer(console, alice, records["bob"], payload_mib)
-            nursery.cancel_scope.cancel()
+        for name, host in hosts.items():
+            _serve(host, name, log)
+        frames = _Frames()
+        sllp.serve_datagrams(bob, frames.receive)
+        await _exchange(console, hosts, records, log)
+        await _transfer(console, alice, records["bob"], payload_mib)
+        await _stream_frames(alice, records["bob"], frames)
+        _print_connections(console, hosts)
     await state_demo.run(directory / "state", psk, identities)
 
 
@@ -169,13 +184,13 @@ async def _exchange(
         for other, record in records.items():
             if other == name:
                 continue
-            stream = await host.connect(record)
+            stream = await host.open(record, HELLO)
             await stream.send_message(f"hello from {name}".encode())
             reply = (await stream.receive_message()).decode()
             rows.append([name, other, stream.remote_peer.peer_id.short + "…", reply])
             suites.add(stream.cipher_suite)
             await stream.aclose()
-    print(f"\nconnecting every pair ({', '.join(sorted(suites))}):")
+    print(f"\nevery host greets every other on {HELLO} ({', '.join(sorted(suites))}):")
     print("  each client verified the server it reached by the server's RSA key")
     _print_table(console, ["client", "server", "server's peer id", "reply"], rows)
     print("who authenticated whom (server side):")
@@ -190,9 +205,9 @@ async def _exchange(
 async def _transfer(console: Console, alice: Host, bob: PeerRecord, payload_mib: int) -> None:
     size = payload_mib * 1024 * 1024
     payload = os.urandom(CHUNK) * (size // CHUNK)
-    print(f"transferring a {payload_mib} MiB file from alice to bob:")
-    stream = await alice.connect(bob)
-    await stream.send_message(f"SEND {size}".encode())
+    print(f"transferring a {payload_mib} MiB file from alice to bob on {TRANSFER}:")
+    stream = await alice.open(bob, TRANSFER)
+    await stream.send_message(str(size).encode())
     view = memoryview(payload)
     started = time.perf_counter()
     with Progress(
@@ -216,6 +231,53 @@ async def _transfer(console: Console, alice: Host, bob: PeerRecord, payload_mib:
     await stream.aclose()
     if not ok:
         raise SystemExit(1)
+
+
+class _Frames:
+    """Bob's side of the SLLP part: counts the frames of a channel until alice closes it."""
+
+    def __init__(self) -> None:
+        self.whole = 0
+        self.done = trio.Event()
+
+    async def receive(self, channel: sllp.SllpChannel) -> None:
+        try:
+            async for message in channel:
+                self.whole += len(message.data) == FRAME_SIZE
+        finally:
+            self.done.set()
+
+
+async def _stream_frames(alice: Host, bob: PeerRecord, frames: _Frames) -> None:
+    channel = await sllp.connect_datagram(alice, bob)
+    print(
+        f"\nstreaming {FRAMES} camera-sized frames ({FRAME_SIZE // 1000} KB) from alice to bob "
+        f"over SLLP (UDP), set up on {sllp.PROTOCOL}:"
+    )
+    frame = os.urandom(FRAME_SIZE)
+    started = time.perf_counter()
+    async with channel:
+        for _ in range(FRAMES):
+            await channel.send(frame)
+        sent = channel.statistics()
+    await frames.done.wait()
+    elapsed = time.perf_counter() - started
+    print(
+        f"  bob received {frames.whole}/{FRAMES} frames whole, {sent.datagrams_sent} encrypted "
+        f"datagrams in {elapsed * 1e3:.0f} ms (a frame arrives whole or is reported lost, never "
+        "retransmitted)"
+    )
+
+
+def _print_connections(console: Console, hosts: dict[str, Host]) -> None:
+    names = {host.peer_id: name for name, host in hosts.items()}
+    print("\nconnections: one per pair of peers, shared by every protocol, whoever dialled it")
+    rows = []
+    for name, host in hosts.items():
+        for connection in host.connections:
+            side = "dialled" if connection.initiator else "accepted"
+            rows.append([name, names[connection.remote_peer.peer_id], side])
+    _print_table(console, ["host", "peer", "connection"], sorted(rows))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,16 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         return self.connection.remote_peer
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's ``(host, port)`` of the shared connection (``None`` off TCP)."""
+        return self.connection.local_address
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)`` of the shared connection, as this end sees it."""
+        return self.connection.remote_address
+
+    @property
     def cipher_suite(self) -> str:
         return self.connection.secure.cipher_suite
 

@@ -183,6 +183,26 @@ class SecureStream(trio.abc.HalfCloseableStream):
         return remote
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's ``(host, port)``, if the transport is a TCP socket (else ``None``)."""
+        return self._socket_address(peer=False)
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)`` as this end sees it, if the transport is a TCP socket."""
+        return self._socket_address(peer=True)
+
+    def _socket_address(self, *, peer: bool) -> tuple[str, int] | None:
+        transport = self.transport_stream
+        if not isinstance(transport, trio.SocketStream):
+            return None
+        try:
+            name = transport.socket.getpeername() if peer else transport.socket.getsockname()
+        except OSError:
+            return None
+        return str(name[0]), int(name[1])
+
+    @property
     def cipher_suite(self) -> str:
         return CIPHER_SUITE
 

@@ -11,7 +11,8 @@ Every value is computed twice: once by a small *reference* implementation writte
 anything if the two disagree, so the vectors pin the code *and* the specification.
 
 Inputs are fixed: the secure stream's exporter secret (standing for a completed handshake), an
-offer and an answer, and the messages. Nothing is random.
+offer and an answer, the messages, and the stream id of a host's logical stream (for the secrets
+of a channel set up on one). Nothing is random.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2ptls.sllp import Message, SllpConfig
 from p2ptls.sllp import _wire as wire
-from p2ptls.sllp.testing import make_offer, sessions_from
+from p2ptls.sllp._keys import direction_secrets
+from p2ptls.sllp.testing import logical_stream_exporter, make_offer, sessions_from
 
 OUTPUT = Path(__file__).resolve().parent / "vectors" / "sllp.json"
 
@@ -41,6 +43,7 @@ SHORT_MESSAGE = b"hello, sllp"
 LONG_MESSAGE = bytes(i % 251 for i in range(600))  # 3 fragments of at most 249 bytes
 CLOSE_CODE, CLOSE_REASON = 16, "bye"
 REKEY_MESSAGES = 17  # answerer -> offerer: the 17th datagram is the first of key epoch 1
+LOGICAL_STREAM_ID = 3  # the connection initiator's second logical stream
 
 
 # -- the reference implementation (from SPEC-sllp.md) ----------------------------------------------
@@ -60,6 +63,14 @@ def ref_expand_label(secret: bytes, label: str, context: bytes, length: int) -> 
 def ref_exporter(exporter_secret: bytes, label: str, context: bytes, length: int) -> bytes:
     derived = ref_expand_label(exporter_secret, label, b"", 32)
     return ref_expand_label(derived, "exporter", hashlib.sha256(context).digest(), length)
+
+
+def ref_logical_stream_exporter(
+    exporter_secret: bytes, stream_id: int, label: str, context: bytes, length: int
+) -> bytes:
+    """A logical stream's exporter: the connection's, its context prefixed by the stream."""
+    bound = b"p2ptls-mux/1" + struct.pack(">I", stream_id) + context
+    return ref_exporter(exporter_secret, label, bound, length)
 
 
 def ref_offer(kind: int, cid: int, host_v6: bytes, port: int, *limits: int) -> bytes:
@@ -131,13 +142,25 @@ def reference() -> dict[str, Any]:
     close = struct.pack(">H", CLOSE_CODE) + CLOSE_REASON.encode()
     add("o2a", 5, ref_body(3, 0, 0, 0, close), f"close, code {CLOSE_CODE}")
     add("a2o", 16, ref_body(1, 16, 0, 1, b"n16"), "answerer message 16: key epoch 1, phase 1")
+    logical = {
+        "stream_id": LOGICAL_STREAM_ID,
+        "offerer_to_answerer": ref_logical_stream_exporter(
+            EXPORTER_SECRET, LOGICAL_STREAM_ID, "sllp1 offerer to answerer", context, 32
+        ).hex(),
+        "answerer_to_offerer": ref_logical_stream_exporter(
+            EXPORTER_SECRET, LOGICAL_STREAM_ID, "sllp1 answerer to offerer", context, 32
+        ).hex(),
+    }
     return {
         "description": (
             "SLLP known answers (SPEC-sllp.md). The exporter secret stands for a completed "
             "p2ptls handshake: Exporter(label, context, L) = ExpandLabel(ExpandLabel(exporter, "
             'label, "", 32), "exporter", SHA-256(context), L). All datagrams but the last go '
             "offerer to answerer in order; the last is the 17th datagram answerer to offerer "
-            "(rekey_after = 16), the first under key epoch 1."
+            "(rekey_after = 16), the first under key epoch 1. derived.logical_stream: the epoch-0 "
+            "secrets of the same offer and answer on a host's logical stream (the exporter "
+            "secret is then the connection's): Exporter(label, 'p2ptls-mux/1' | stream_id (u32) "
+            "| offer | answer, 32)."
         ),
         "inputs": {
             "exporter_secret": EXPORTER_SECRET.hex(),
@@ -160,6 +183,7 @@ def reference() -> dict[str, Any]:
             "fragment_size": fragment,
             "offerer_to_answerer": o2a_epochs,
             "answerer_to_offerer": a2o_epochs,
+            "logical_stream": logical,
         },
         "datagrams": datagrams,
     }
@@ -199,14 +223,20 @@ def implementation(expected: dict[str, Any]) -> dict[str, Any]:
             delivered.append(event.data)
     assert delivered == [SHORT_MESSAGE, LONG_MESSAGE], "the answerer did not deliver the messages"
     assert answerer.closed is not None and answerer.closed.code == CLOSE_CODE
-    return {"datagrams": produced}
+    export = logical_stream_exporter(EXPORTER_SECRET, LOGICAL_STREAM_ID)
+    secrets = direction_secrets(export, wire.encode_offer(offer), wire.encode_offer(answer))
+    return {"datagrams": produced, "logical_stream": [secret.hex() for secret in secrets]}
 
 
 def build() -> dict[str, Any]:
     expected = reference()
-    produced = implementation(expected)["datagrams"]
+    produced = implementation(expected)
     reference_datagrams = [d["datagram"] for d in expected["datagrams"]]
-    if produced != reference_datagrams:
+    logical = expected["derived"]["logical_stream"]
+    reference_logical = [logical["offerer_to_answerer"], logical["answerer_to_offerer"]]
+    if produced["datagrams"] != reference_datagrams or produced["logical_stream"] != (
+        reference_logical
+    ):
         raise SystemExit("p2ptls.sllp and the reference implementation disagree")
     return expected
 

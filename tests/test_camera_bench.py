@@ -118,7 +118,7 @@ def test_tiny_benchmark_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert set(case) == set(camera_stream.TRANSPORTS)
         for figures in case.values():
             assert {"fps", "p50_ms", "p99_ms", "delivered", "on_time", "cpu"} <= set(figures)
-    for kind in ("p2ptls_stream", "tls", "tcp"):
+    for kind in ("p2ptls_stream", "p2ptls_mux", "tls", "tcp"):
         assert results["paced_2x30_jpeg"][kind]["delivered"] == 1.0
         assert results["loss5_paced_2x30_jpeg"][kind]["delivered"] == 1.0  # reliable streams
     assert "damaged" not in capsys.readouterr().err

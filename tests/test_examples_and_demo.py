@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import subprocess
 import sys
@@ -67,12 +68,22 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert set(clients) == pairs
     assert all(r[3] == r[1] and r[7] == r[0] for r in rows if len(r) == 8 and r[4] == "got:")
     # Server side: server, client, the client's peer id (the same id it proves as a server).
-    servers = {(r[0], r[1]): r[2] for r in rows if len(r) == 3 and (r[0], r[1]) in pairs}
+    servers = {
+        (r[0], r[1]): r[2]
+        for r in rows
+        if len(r) == 3 and (r[0], r[1]) in pairs and r[2].endswith("…")
+    }
     assert set(servers) == pairs
     assert all(servers[(a, b)] == clients[(a, b)] for a, b in pairs)  # both: b's peer id
     assert "8.0/8.0 MiB" in out  # the progress bar, printed once at the end outside a terminal
     assert "bob's SHA-256 of what arrived matches alice's" in out
     assert "throughput:" in out
+    frames = re.search(r"bob received (\d+)/100 frames whole", out)
+    assert frames is not None and int(frames[1]) >= 80  # SLLP on loopback: normally all
+    # One connection per pair, shared by both protocols and SLLP: three dialled, three accepted.
+    connections = [r for r in rows if len(r) == 3 and r[2] in ("dialled", "accepted")]
+    assert sorted((r[0], r[1]) for r in connections) == sorted(pairs)
+    assert [r[2] for r in connections].count("dialled") == 3
 
 
 def test_cli_creates_keys(tmp_path: Path) -> None:

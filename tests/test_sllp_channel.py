@@ -1,6 +1,7 @@
 """The trio SLLP channel: real UDP on 127.0.0.1 (with and without GSO/GRO), the in-process lossy
 relay under trio's autojump clock, the lifecycle (close, idle timeout, keep-alives, rekeying, the
-stream as lifeline), set-up over hosts, and the API's contract."""
+stream as lifeline), set-up on a bare SecureStream, and the API's contract (set-up through hosts:
+test_sllp_host.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from p2ptls.sllp import (
     DeliveryMode,
     IdleTimeout,
     KeysUpdated,
+    Lifeline,
     LifelineLost,
     Message,
     MessagesLost,
@@ -26,11 +28,10 @@ from p2ptls.sllp import (
     PeerClosed,
     SllpChannel,
     SllpConfig,
-    accept_datagram,
-    connect_datagram,
     is_offer,
     open_channel,
 )
+from p2ptls.sllp.channel import LIFELINE_POLL
 from p2ptls.sllp.relay import LinkConditions, UdpRelay, memory_transport_pair
 from p2ptls.sllp.testing import channel_pair
 from p2ptls.sllp.transport import UdpTransport, gso_supported
@@ -385,13 +386,88 @@ async def test_keepalives_keep_a_quiet_channel_open(autojump_clock: trio.testing
 async def test_lifeline_end_ends_the_channel(autojump_clock: trio.testing.MockClock) -> None:
     a, b = await memory_pair(autojump_clock)
     await b.stream.aclose()  # the stream ends without an SLLP close
-    with pytest.raises(LifelineLost):
+    with pytest.raises(LifelineLost) as lost:
         await a.receive()
+    assert isinstance(lost.value.__cause__, trio.EndOfChannel)
     assert a.close_reason is not None and a.close_reason.code == 2
     with pytest.raises(trio.BrokenResourceError):
         await a.send(b"x")
     with pytest.raises((LifelineLost, PeerClosed)):
         await b.receive()
+    await close_all(a, b)
+
+
+class CuttableLifeline:
+    """A lifeline the test cuts: its end is seen at once, as a logical stream's is."""
+
+    def __init__(self, stream: Lifeline) -> None:
+        self.stream = stream
+        self.server_side = stream.server_side
+        self.remote_peer = stream.remote_peer
+        self.cut = False
+        self.looks = 0
+
+    def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        return self.stream.export_keying_material(label, context, length)
+
+    async def send_message(self, message: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_message(self) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.looks += 1
+        if self.cut:
+            raise trio.BrokenResourceError("cut by the test")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_busy_receiver_looks_at_its_lifeline_every_poll(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Datagrams every LIFELINE_POLL / 5 never leave the receiver quiet for LIFELINE_POLL; it
+    still watches its lifeline, and sees it end within one LIFELINE_POLL (the sender, which
+    never receives, never closes)."""
+    a, b = await memory_pair(autojump_clock)
+    lifeline = CuttableLifeline(b.stream)
+    b.stream = lifeline
+    async with trio.open_nursery() as nursery:
+
+        async def frames() -> None:
+            while True:
+                await a.send(b"frame")
+                await trio.sleep(LIFELINE_POLL / 5)
+
+        nursery.start_soon(frames)
+        for _ in range(20):  # a second of frames: the lifeline is looked at, and holds
+            await b.receive()
+        lifeline.cut = True
+        cut_at = trio.current_time()
+        with trio.fail_after(1), pytest.raises(LifelineLost) as lost:
+            while True:
+                await b.receive()
+        assert trio.current_time() - cut_at <= LIFELINE_POLL + 0.001
+        assert isinstance(lost.value.__cause__, trio.BrokenResourceError)
+        nursery.cancel_scope.cancel()
+    await close_all(a, b)
+
+
+async def test_every_look_at_the_lifeline_reaches_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The quick look of a busy receiver is never cancelled before the stream was asked."""
+    a, b = await memory_pair(autojump_clock)
+    lifeline = CuttableLifeline(b.stream)
+    b.stream = lifeline
+    for _ in range(100):
+        await b._look_at_lifeline()
+    assert lifeline.looks == 100 and b.close_reason is None
+    lifeline.cut = True
+    await b._look_at_lifeline()
+    assert b.close_reason is not None and b.close_reason.code == 2
     await close_all(a, b)
 
 
@@ -456,48 +532,3 @@ async def test_setup_times_out(autojump_clock: trio.testing.MockClock) -> None:
     assert is_offer(offer)
     await client.aclose()
     await server.aclose()
-
-
-async def test_connect_and_accept_through_hosts() -> None:
-    alice, bob = ids()
-    psk = p2ptls.NetworkKey.generate()
-    # (HostConfig's ``converter=tuple`` hides the field type from mypy's attrs plugin.)
-    bob_config = p2ptls.HostConfig(
-        identity=bob,
-        psk=psk,
-        peers=(alice.record,),
-        listen=("127.0.0.1", 0),
-    )
-    async with p2ptls.open_host(bob_config) as bob_host:
-        bob_record = bob_host.peer_record()
-        alice_config = p2ptls.HostConfig(
-            identity=alice,
-            psk=psk,
-            peers=(bob_record,),
-        )
-        async with p2ptls.open_host(alice_config) as alice_host, trio.open_nursery() as nursery:
-            accepted: list[SllpChannel] = []
-
-            async def accept() -> None:
-                async for stream in bob_host.incoming():
-                    first = await stream.receive_message()
-                    assert is_offer(first)
-                    accepted.append(await accept_datagram(stream, first_message=first))
-                    return
-
-            nursery.start_soon(accept)
-            channel = await connect_datagram(alice_host, bob.peer_id, local_address=("0.0.0.0", 0))
-            await trio.testing.wait_all_tasks_blocked()
-            while not accepted:
-                await trio.lowlevel.checkpoint()
-            bob_channel = accepted[0]
-            assert channel.remote_peer.peer_id == bob.peer_id
-            assert bob_channel.remote_peer.peer_id == alice.peer_id
-            await channel.send(b"over the host" * 100)
-            assert (await bob_channel.receive()).data == b"over the host" * 100
-            await bob_channel.send(b"and back")
-            assert (await channel.receive()).data == b"and back"
-            await channel.aclose()
-            with pytest.raises(PeerClosed):
-                await bob_channel.receive()
-            await bob_channel.aclose()

@@ -19,7 +19,7 @@ from p2ptls import _keyschedule as ks
 from p2ptls.sllp import KeysUpdated, Message, SllpConfig
 from p2ptls.sllp import _keys as keys
 from p2ptls.sllp import _wire as wire
-from p2ptls.sllp.testing import sessions_from
+from p2ptls.sllp.testing import logical_stream_exporter, sessions_from
 from protocol import generate_sllp_vectors
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "sllp.json"
@@ -78,6 +78,23 @@ def test_key_schedule(vectors: dict[str, Any]) -> None:
             got = (secret.hex(), key.hex(), iv.hex())
             assert got == (expected["secret"], expected["key"], expected["iv"])
             secret = keys.next_secret(secret)
+
+
+def test_key_schedule_on_a_logical_stream(vectors: dict[str, Any]) -> None:
+    """A channel set up on a host's logical stream: the stream's exporter binds the secrets to
+    the stream id (other ids give other secrets)."""
+    inputs, logical = vectors["inputs"], vectors["derived"]["logical_stream"]
+    exporter = bytes.fromhex(inputs["exporter_secret"])
+    offer, answer = bytes.fromhex(inputs["offer"]), bytes.fromhex(inputs["answer"])
+    export = logical_stream_exporter(exporter, logical["stream_id"])
+    o2a, a2o = keys.direction_secrets(export, offer, answer)
+    assert (o2a.hex(), a2o.hex()) == (
+        logical["offerer_to_answerer"],
+        logical["answerer_to_offerer"],
+    )
+    other = logical_stream_exporter(exporter, logical["stream_id"] + 2)
+    assert keys.direction_secrets(other, offer, answer)[0] != o2a
+    assert o2a.hex() != vectors["derived"]["offerer_to_answerer"][0]["secret"]
 
 
 def test_datagrams_are_reproduced_byte_for_byte(vectors: dict[str, Any]) -> None:

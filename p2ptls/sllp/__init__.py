@@ -1,18 +1,23 @@
 """SLLP: the encrypted, loss-tolerant datagram mode of p2ptls.
 
-Between two peers that share an established :class:`~p2ptls.SecureStream`, an SLLP channel carries
-messages over UDP, encrypted and authenticated with keys exported from the stream, for data where
-speed matters more than completeness. A message of any size up to a configured maximum arrives
-whole, or the receiver learns that it was lost; nothing is ever retransmitted. ::
+Between two peers, an SLLP channel carries messages over UDP, encrypted and authenticated with keys
+exported from an authenticated stream between them, for data where speed matters more than
+completeness. A message of any size up to a configured maximum arrives whole, or the receiver
+learns that it was lost; nothing is ever retransmitted. Through a host, the channel is set up on a
+logical stream of ``sllp.PROTOCOL`` (``"p2ptls/sllp/1"``) on the host's one connection to the
+peer::
 
-    channel = await p2ptls.sllp.open_channel(stream, local_address=("127.0.0.1", 0))
+    sllp.serve_datagrams(bob_host, handle_channel)             # bob: handle_channel(channel)
+    channel = await sllp.connect_datagram(alice_host, bob_id)  # alice
     await channel.send(frame)
     async for message in channel:
         handle(message.message_id, message.data)
 
+``open_channel(stream)`` sets one up on a bare :class:`~p2ptls.SecureStream` as well.
+
 Layout: a sans-IO core (``_wire``, ``_keys``, ``_replay``, ``_reassembly``, ``_session``; no trio)
-under a thin trio layer (``transport``, ``channel``); ``relay`` simulates lossy links for tests and
-benchmarks. ``protocol/SPEC-sllp.md`` is the normative description.
+under a thin trio layer (``transport``, ``channel``, ``setup``); ``relay`` simulates lossy links
+for tests and benchmarks. ``protocol/SPEC-sllp.md`` is the normative description.
 """
 
 from ._errors import DatagramError, DatagramTooLarge, NegotiationError, SessionClosed, SllpError
@@ -22,13 +27,11 @@ from ._wire import Offer, is_offer
 from .channel import (
     ChannelBroken,
     IdleTimeout,
+    Lifeline,
     LifelineLost,
     PeerClosed,
     SequenceExhausted,
     SllpChannel,
-    accept_datagram,
-    connect_datagram,
-    open_channel,
 )
 from .config import DeliveryMode, SllpConfig
 from .events import (
@@ -41,11 +44,21 @@ from .events import (
     MessagesLost,
     Statistics,
 )
+from .setup import (
+    PROTOCOL,
+    ChannelHandler,
+    accept_datagram,
+    connect_datagram,
+    open_channel,
+    serve_datagrams,
+)
 from .transport import DatagramTransport, UdpTransport
 
 __all__ = [
+    "PROTOCOL",
     "ChannelBroken",
     "ChannelClosed",
+    "ChannelHandler",
     "CloseCause",
     "DatagramError",
     "DatagramTooLarge",
@@ -55,6 +68,7 @@ __all__ = [
     "Event",
     "IdleTimeout",
     "KeysUpdated",
+    "Lifeline",
     "LifelineLost",
     "LossReason",
     "Message",
@@ -77,4 +91,5 @@ __all__ = [
     "connect_datagram",
     "is_offer",
     "open_channel",
+    "serve_datagrams",
 ]

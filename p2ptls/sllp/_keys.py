@@ -33,7 +33,7 @@ LABEL_IV = "sllp iv"
 LABEL_KEY_UPDATE = "sllp key update"
 
 Exporter = Callable[[str, bytes, int], bytes]
-"""``SecureStream.export_keying_material``: ``(label, context, length) -> bytes``."""
+"""The stream's ``export_keying_material``: ``(label, context, length) -> bytes``."""
 
 
 def direction_secrets(export: Exporter, offer: bytes, answer: bytes) -> tuple[bytes, bytes]:

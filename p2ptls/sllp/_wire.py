@@ -15,7 +15,8 @@ never repeats under one key. Bit 0 of ``flags`` is the key phase (the parity of 
 other bits must be zero. All integers are big endian.
 
 The set-up messages (offer, answer, close) travel as whole messages on the dedicated, already
-authenticated :class:`~p2ptls.SecureStream`, never over UDP. ``protocol/SPEC-sllp.md`` is the
+authenticated stream (a host's logical stream of ``"p2ptls/sllp/1"``, or a
+:class:`~p2ptls.SecureStream`), never over UDP. ``protocol/SPEC-sllp.md`` is the
 normative description; the constants here must match it.
 
 This module only encodes and decodes: no state, no cryptography. Decoders end in ``_untrusted``,
@@ -66,6 +67,7 @@ CLOSE_NORMAL = 0
 CLOSE_IDLE_TIMEOUT = 1
 CLOSE_LIFELINE_LOST = 2
 CLOSE_SEQUENCE_EXHAUSTED = 3
+CLOSE_TOO_MANY_CHANNELS = 4  # the accepting side evicted the channel to make room for another
 FIRST_APPLICATION_CLOSE_CODE = 16
 CLOSE_CODE = struct.Struct(">H")
 MAX_CLOSE_REASON = 128  # bytes of UTF-8

@@ -1,50 +1,50 @@
-"""The SLLP channel: a trio ``send``/``receive`` channel over UDP, opened from a secure stream.
+"""The SLLP channel: a trio ``send``/``receive`` channel over UDP, set up on a stream.
 
 Theory of operation
 -------------------
-:func:`open_channel` runs the offer/answer exchange on an established, dedicated
-:class:`~p2ptls.SecureStream` (the side with ``server_side == False`` offers), derives the two
-direction secrets from the stream's exporter, and wraps a sans-IO
-:class:`~p2ptls.sllp.Session` and a :class:`~p2ptls.sllp.transport.DatagramTransport` in an
-:class:`SllpChannel`. UDP never carries a handshake.
+An :class:`SllpChannel` wraps a sans-IO :class:`~p2ptls.sllp.Session` and a
+:class:`~p2ptls.sllp.transport.DatagramTransport`, and keeps the stream it was set up on (a
+:class:`Lifeline`: a host's logical stream of ``"p2ptls/sllp/1"``, or a bare
+:class:`~p2ptls.SecureStream`; see :mod:`p2ptls.sllp.setup`). UDP never carries a handshake.
 
 The channel has no background task (like ``SecureStream``, it is driven by its callers): a task in
 :meth:`SllpChannel.receive` drains the socket in batches, runs the session's timers (keep-alives,
 idle timeout, reassembly timeouts) and watches the stream, the channel's lifeline, for the peer's
-close or its end. While that task waits, it first waits on the socket alone (cheap: this is the
-path taken under load) and, after ``LIFELINE_POLL`` seconds of quiet, on the socket and the stream
-together. :meth:`SllpChannel.send` seals and writes synchronously, waiting only when the socket
-buffer is full, and when no task is receiving it does the same housekeeping (without the stream)
-at most every ``HOUSEKEEPING_INTERVAL``. So keep a task in ``receive()`` (or ``async for``) on each
-side; a side that never receives still learns of a close by datagram or by the idle timeout.
+close or its end. While that task waits, it waits on the socket alone (cheap: this is the path
+taken under load) and, at least every ``LIFELINE_POLL`` seconds when no datagram comes first, on
+the socket and the stream together. On a host's logical stream it also checks, without waiting,
+whether the shared connection ended, at least every ``LIFELINE_POLL`` however busy: datagrams that
+keep arriving cannot hide a broken connection. :meth:`SllpChannel.send` seals and writes
+synchronously, waiting only when the socket buffer is full, and when no task is receiving it does
+the same housekeeping (without the stream) at most every ``HOUSEKEEPING_INTERVAL``. So keep a task
+in ``receive()`` (or ``async for``) on each side; a side that never receives still learns of a
+close by datagram or by the idle timeout.
 
 The end of a channel always reaches the application as an error from ``receive()`` and ``send()``:
 :class:`PeerClosed` (a ``trio.EndOfChannel``: ``async for`` ends), :class:`IdleTimeout` and
 :class:`LifelineLost` (both ``trio.BrokenResourceError``), or ``trio.ClosedResourceError`` after
-our own ``aclose()``. Messages that arrived before the end are delivered first.
+our own ``aclose()``. Messages that arrived before the end are delivered first. A
+:class:`LifelineLost` has the stream's own error as its ``__cause__`` (for a logical stream whose
+connection broke, a :class:`~p2ptls.ConnectionLost`, whose cause says why).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
-import os
-import socket
+from typing import Protocol
 
 import trio
 
 from .._util import ConflictDetector
-from ..host import Host
-from ..identity import PeerId, PeerRecord
-from ..stream import SecureStream
+from ..identity import PeerRecord
+from ..logical import LogicalStream
 from . import _wire as wire
 from ._errors import NegotiationError, SllpError
-from ._keys import direction_secrets
-from ._session import DatagramTrain, Session, SessionParameters
+from ._session import DatagramTrain, Session
 from .config import SllpConfig
 from .events import ChannelClosed, CloseCause, Event, Message, Statistics
-from .transport import DatagramTransport, UdpTransport
+from .transport import DatagramTransport
 
 LIFELINE_POLL = 0.05
 HOUSEKEEPING_INTERVAL = 0.01
@@ -71,11 +71,41 @@ class IdleTimeout(ChannelBroken):
 
 
 class LifelineLost(ChannelBroken):
-    """The secure stream under the channel ended (or carried something unexpected)."""
+    """The stream under the channel ended, was reset, broke with its connection, or carried
+    something unexpected; ``__cause__`` is that stream's error."""
 
 
 class SequenceExhausted(ChannelBroken):
     """The 64-bit sequence space of our direction ran out (never in practice)."""
+
+
+class Lifeline(Protocol):
+    """What SLLP needs of the stream it is set up on, which stays open as the channel's lifeline:
+    whole messages both ways, the exporter, and who is who. A host's
+    :class:`~p2ptls.LogicalStream` and a :class:`~p2ptls.SecureStream` both qualify."""
+
+    @property
+    def server_side(self) -> bool:
+        """``False`` on the side that opened the stream: that side offers, the other answers."""
+        ...
+
+    @property
+    def remote_peer(self) -> PeerRecord: ...
+
+    def export_keying_material(self, label: str, context: bytes, length: int) -> bytes: ...
+
+    async def send_message(self, message: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_message(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def aclose_forcefully(stream: Lifeline) -> None:
+    """Close ``stream`` at once, without waiting to tell the peer (``trio.aclose_forcefully``)."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.aclose()
 
 
 class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message]):
@@ -89,13 +119,13 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     def __init__(
         self,
-        stream: SecureStream,
+        stream: Lifeline,
         session: Session,
         transport: DatagramTransport,
         config: SllpConfig,
     ) -> None:
         self.stream = stream
-        """The secure stream the channel was set up on (its lifeline)."""
+        """The stream the channel was set up on (its lifeline)."""
         self.session = session
         """The sans-IO session (for inspection)."""
         self.transport = transport
@@ -103,15 +133,17 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._closed = False
         self._receiver_waiting = False
         self._next_housekeeping = -math.inf
+        self._next_lifeline_check = -math.inf
         self._send_guard = ConflictDetector("another task is already sending on this channel")
         self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
+        self._lifeline_error: BaseException | None = None
 
     # -- properties -----------------------------------------------------------------------------
 
     @property
     def remote_peer(self) -> PeerRecord:
-        """The authenticated peer (from the secure stream)."""
+        """The authenticated peer (from the stream)."""
         return self.stream.remote_peer
 
     @property
@@ -148,7 +180,8 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
             elif cause is CloseCause.IDLE_TIMEOUT:
                 error = IdleTimeout(f"no authenticated datagram for {self.config.idle_timeout} s")
             elif cause is CloseCause.LIFELINE_LOST:
-                error = LifelineLost("the secure stream under the SLLP channel ended")
+                error = LifelineLost("the stream under the SLLP channel ended")
+                error.__cause__ = self._lifeline_error
             elif cause is CloseCause.SEQUENCE_EXHAUSTED:
                 error = SequenceExhausted("sequence numbers exhausted")
             else:
@@ -246,13 +279,23 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     async def _wait(self, now: float) -> None:
         deadline = self.session.next_deadline()
-        quick = min(deadline, now + LIFELINE_POLL)
         self._receiver_waiting = True
         try:
+            if now >= self._next_lifeline_check:
+                # Busy or not, at least every LIFELINE_POLL: datagrams that keep arriving must
+                # not hide a lost connection. (Checked without yielding: under load a yield can
+                # cost a whole frame of the sender's datagrams when both run in one process.)
+                self._next_lifeline_check = now + LIFELINE_POLL
+                if self._connection_ended():
+                    await self._look_at_lifeline()
+                    if self.session.closed is not None:
+                        return
+            quick = min(deadline, self._next_lifeline_check)
             with trio.move_on_at(quick) as scope:
                 await self.transport.wait_readable()
             if not scope.cancelled_caught or quick >= deadline:
                 return
+            # Quiet: wait on the socket and the stream together, until the next timer.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
                 with trio.move_on_at(deadline):
@@ -261,25 +304,49 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         finally:
             self._receiver_waiting = False
 
+    def _connection_ended(self) -> bool:
+        """Whether the shared connection under a logical-stream lifeline has ended (a bare
+        secure stream cannot tell without reading: it is watched while the receiver is quiet)."""
+        stream = self.stream
+        return isinstance(stream, LogicalStream) and stream.connection.closed
+
+    async def _look_at_lifeline(self) -> None:
+        """Let the lifeline watcher take its first step (an ended logical stream is seen there,
+        without waiting), then stop it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_lifeline, nursery.cancel_scope)
+            # The watcher's first step runs in the next batch; we cancel it only in the one after
+            # (cancelled before that step, it would not even look).
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+
     async def _watch_lifeline(self, done: trio.CancelScope) -> None:
+        data: bytes | None = None
+        error: BaseException | None = None
         try:
             data = await self.stream.receive_message()
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            data = None
+        except trio.EndOfChannel:
+            error = trio.EndOfChannel("the peer ended the stream without closing the channel")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            error = exc  # reset, or the connection under it lost (ConnectionLost), or closed
         # Whatever the peer sent by UDP before it closed the stream is waiting: take it first.
         if not self._closed:
             self._housekeeping(trio.current_time())
-        close = None
         if data is not None:
-            with contextlib.suppress(NegotiationError):
+            try:
                 close = wire.parse_stream_close_untrusted(data)
-        if close is not None:
-            self.session.close_received(close.code, close.reason)
-        else:
-            self._lifeline_lost()
+            except NegotiationError as exc:
+                error = exc
+            else:
+                self.session.close_received(close.code, close.reason)
+        if error is not None:
+            self._lifeline_lost(error)
         done.cancel()
 
-    def _lifeline_lost(self) -> None:
+    def _lifeline_lost(self, error: BaseException) -> None:
+        if self._lifeline_error is None:
+            self._lifeline_error = error
         train = self.session.lifeline_lost()
         if train is not None and not self._closed:
             self._transmit_nowait([train])
@@ -306,9 +373,9 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
                     await self.stream.send_message(wire.encode_stream_close(code, reason))
             await self.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            await trio.aclose_forcefully(self.stream)
+            await aclose_forcefully(self.stream)
         except BaseException:
-            await trio.aclose_forcefully(self.stream)
+            await aclose_forcefully(self.stream)
             raise
         finally:
             self.transport.close()
@@ -316,184 +383,3 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
     def __repr__(self) -> str:
         state = "open" if self.session.closed is None else self.session.closed.cause.value
         return f"<SllpChannel {self.transport.local_address} {state}>"
-
-
-# -- opening ----------------------------------------------------------------------------------
-
-
-def _stream_socket_address(stream: SecureStream, *, peer: bool) -> str | None:
-    sock = getattr(stream.transport_stream, "socket", None)
-    if sock is None:
-        return None
-    try:
-        address = sock.getpeername() if peer else sock.getsockname()
-    except (OSError, AttributeError):
-        return None
-    return str(address[0])
-
-
-def _peer_address(
-    stream: SecureStream, offered: tuple[str, int], override: tuple[str, int] | None
-) -> tuple[str, int]:
-    if override is not None:
-        return override
-    host, port = offered
-    if ipaddress.ip_address(host).is_unspecified:
-        seen = _stream_socket_address(stream, peer=True)
-        if seen is None:
-            raise NegotiationError("peer offered no UDP host and the stream has no peer address")
-        host = seen
-    return host, port
-
-
-def _fit_family(transport: DatagramTransport, address: tuple[str, int]) -> tuple[str, int]:
-    """The peer address in a form our socket can send to (or a NegotiationError)."""
-    if not isinstance(transport, UdpTransport):
-        return address
-    host, port = address
-    ipv6 = ipaddress.ip_address(host).version == 6
-    if transport.socket.family == socket.AF_INET6:
-        return (host, port) if ipv6 else (f"::ffff:{host}", port)
-    if ipv6:
-        raise NegotiationError("peer's UDP address is IPv6 but our socket is IPv4")
-    return address
-
-
-def _new_connection_id(avoid: int = 0) -> int:
-    while True:
-        cid = int.from_bytes(os.urandom(8), "big")
-        if cid and cid != avoid:
-            return cid
-
-
-async def open_channel(
-    stream: SecureStream,
-    *,
-    local_address: tuple[str, int] | None = None,
-    config: SllpConfig | None = None,
-    peer_address: tuple[str, int] | None = None,
-    transport: DatagramTransport | None = None,
-    first_message: bytes | None = None,
-) -> SllpChannel:
-    """Set up an SLLP channel over an established, dedicated secure stream; call on both sides.
-
-    Args:
-      stream: the secure stream (its handshake runs now if it has not). It becomes the channel's
-        lifeline: the channel closes it, and its end ends the channel.
-      local_address: where to bind the UDP socket; default: the stream's local host, port 0.
-      config: limits and tunables (each side has its own).
-      peer_address: send to this address instead of the one in the peer's offer (a relay, NAT).
-      transport: a ready transport instead of a new UDP socket (tests, the in-process relay).
-      first_message: the offer, if the accepting application already read it from the stream.
-
-    Raises :class:`NegotiationError` if the exchange fails or times out (``setup_timeout``). The
-    stream is left open on failure; the caller owns it.
-    """
-    config = config or SllpConfig()
-    await stream.do_handshake()
-    offerer = not stream.server_side
-    own_transport = transport is None
-    if transport is None:
-        if local_address is None:
-            local_address = (_stream_socket_address(stream, peer=False) or "127.0.0.1", 0)
-        transport = UdpTransport.bind(local_address, config)
-    try:
-        host, port = transport.local_address
-        mine = wire.Offer(
-            kind=wire.KIND_OFFER if offerer else wire.KIND_ANSWER,
-            epoch=wire.CHANNEL_EPOCH,
-            connection_id=_new_connection_id(),
-            address=(host, port),
-            max_datagram_payload=config.max_datagram_payload,
-            max_message_size=config.max_message_size,
-        )
-        try:
-            with trio.fail_after(config.setup_timeout):
-                if offerer:
-                    offer_bytes = wire.encode_offer(mine)
-                    await stream.send_message(offer_bytes)
-                    answer_bytes = await stream.receive_message()
-                    theirs = wire.parse_offer_untrusted(answer_bytes, wire.KIND_ANSWER)
-                    if theirs.epoch != mine.epoch:
-                        raise NegotiationError("SLLP answer for another epoch")
-                    if theirs.connection_id == mine.connection_id:
-                        raise NegotiationError("SLLP answer reuses the offer's connection id")
-                else:
-                    if first_message is None:
-                        first_message = await stream.receive_message()
-                    offer_bytes = bytes(first_message)
-                    theirs = wire.parse_offer_untrusted(offer_bytes, wire.KIND_OFFER)
-                    mine = wire.Offer(
-                        kind=wire.KIND_ANSWER,
-                        epoch=theirs.epoch,
-                        connection_id=_new_connection_id(avoid=theirs.connection_id),
-                        address=mine.address,
-                        max_datagram_payload=mine.max_datagram_payload,
-                        max_message_size=mine.max_message_size,
-                    )
-                    answer_bytes = wire.encode_offer(mine)
-                    await stream.send_message(answer_bytes)
-        except trio.TooSlowError:
-            raise NegotiationError("SLLP set-up did not finish within setup_timeout") from None
-        except trio.EndOfChannel:
-            raise NegotiationError("the stream ended during SLLP set-up") from None
-        address = _peer_address(stream, theirs.address, peer_address)
-        transport.set_peer(_fit_family(transport, address))
-    except BaseException:
-        if own_transport:
-            transport.close()
-        raise
-    offerer_to_answerer, answerer_to_offerer = direction_secrets(
-        stream.export_keying_material, offer_bytes, answer_bytes
-    )
-    send_secret, receive_secret = (
-        (offerer_to_answerer, answerer_to_offerer)
-        if offerer
-        else (answerer_to_offerer, offerer_to_answerer)
-    )
-    parameters = SessionParameters(
-        local_connection_id=mine.connection_id,
-        remote_connection_id=theirs.connection_id,
-        datagram_size=min(mine.max_datagram_payload, theirs.max_datagram_payload),
-        peer_max_message_size=theirs.max_message_size,
-    )
-    session = Session(config, parameters, send_secret, receive_secret, trio.current_time())
-    return SllpChannel(stream, session, transport, config)
-
-
-async def connect_datagram(
-    host: Host,
-    peer: PeerRecord | PeerId,
-    *,
-    address: tuple[str, int] | None = None,
-    local_address: tuple[str, int] | None = None,
-    config: SllpConfig | None = None,
-) -> SllpChannel:
-    """Open a dedicated secure stream to ``peer`` with ``host.connect`` and an SLLP channel on it.
-
-    The peer accepts with :func:`accept_datagram` on the stream it gets from ``host.incoming()``.
-    """
-    stream = await host.connect(peer, address)
-    try:
-        return await open_channel(stream, local_address=local_address, config=config)
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-
-
-async def accept_datagram(
-    stream: SecureStream,
-    *,
-    local_address: tuple[str, int] | None = None,
-    config: SllpConfig | None = None,
-    first_message: bytes | None = None,
-) -> SllpChannel:
-    """Answer the SLLP offer on an accepted stream (from ``host.incoming()`` or ``serve``).
-
-    Pass ``first_message`` if the application already read the offer (see ``is_offer``).
-    """
-    if not stream.server_side:
-        raise ValueError("accept_datagram needs the accepting side of a stream")
-    return await open_channel(
-        stream, local_address=local_address, config=config, first_message=first_message
-    )

@@ -7,24 +7,32 @@
   :func:`~p2ptls.sllp.relay.memory_transport_pair`).
 * :func:`seal_datagram` makes an authentic datagram with any body, to test what a misbehaving
   peer can do after authentication.
+* :func:`logical_stream_exporter` is the exporter a channel set up on a host's logical stream
+  uses, from a fixed connection exporter secret (the known-answer vectors).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import trio
 import trio.testing
 
 from .._keyschedule import export_keying_material
 from ..identity import Identity
+from ..logical import LogicalStream
 from ..testing import memory_secure_stream_pair
 from . import _wire as wire
-from ._keys import direction_secrets
+from ._keys import Exporter, direction_secrets
 from ._session import Session, SessionParameters
-from .channel import SllpChannel, open_channel
+from .channel import SllpChannel
 from .config import SllpConfig
+from .setup import PROTOCOL, open_channel
 from .transport import DatagramTransport
+
+if TYPE_CHECKING:
+    from ..connections import PeerConnection
 
 TEST_EXPORTER_SECRET = bytes(range(32))
 OFFERER_CID = 0x0102030405060708
@@ -113,6 +121,18 @@ class FragmentFeeder:
             wire.TYPE_DATA, message_id, index, count, bytes([message_id % 256]) * size
         )
         self.receiver.receive_datagram_untrusted(seal_datagram(self.sender, body), 0.0)
+
+
+def logical_stream_exporter(exporter_secret: bytes, stream_id: int) -> Exporter:
+    """The exporter of logical stream ``stream_id`` of a connection whose exporter secret is
+    ``exporter_secret``: what an SLLP channel set up on that stream derives its keys from."""
+
+    class _Connection:  # only the exporter of a connection, for a stream that is not connected
+        def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+            return export_keying_material(exporter_secret, label, context, length)
+
+    connection = cast("PeerConnection", _Connection())
+    return LogicalStream(connection, stream_id, PROTOCOL, server_side=False).export_keying_material
 
 
 def seal_datagram(

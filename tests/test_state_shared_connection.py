@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import p2ptls
+from p2ptls import sllp
 from p2ptls.state import (
     PROTOCOL,
     MemberChanged,
@@ -25,6 +26,7 @@ from p2ptls.state import (
 )
 from tests.state_support import DEADLINE, connected, until
 from tests.state_support import node_config as config
+from tests.test_sllp_host import tcp_connections_through
 
 ECHO = "test/echo/1"
 
@@ -97,6 +99,37 @@ async def test_state_and_another_protocol_share_one_connection(identities) -> No
             # Members' connections are protected: no idle timeout, no eviction by the limit.
             assert bob.host.manager.is_protected(alice.peer_id)
             assert alice.host.manager.is_protected(bob.peer_id)
+
+
+async def test_a_state_node_and_an_sllp_channel_hold_one_tcp_connection(identities) -> None:
+    """Two peers with a state node each and an SLLP channel between them hold one TCP
+    connection: the state session, the channel's set-up stream (its lifeline) and the
+    application's own protocols all ride on it."""
+    psk = p2ptls.generate_psk()
+    async with open_state_node(config(identities[0], psk)) as alice:
+        channels = trio.open_memory_channel[sllp.SllpChannel](1)
+
+        async def accept(channel: sllp.SllpChannel) -> None:
+            await channels[0].send(channel)
+            await trio.sleep_forever()
+
+        sllp.serve_datagrams(alice.host, accept)
+        async with open_state_node(joining(identities[1], psk, alice)) as bob:
+            await until(bob, connected(bob, alice))
+            await until(alice, connected(alice, bob))
+            port = alice.host.address[1]
+            async with await sllp.connect_datagram(bob.host, alice.peer_id) as channel:
+                with trio.fail_after(DEADLINE):
+                    answered = await channels[1].receive()
+                await channel.send(b"a frame")
+                with trio.fail_after(DEADLINE):
+                    assert (await answered.receive()).data == b"a frame"
+                await bob.set("k", b"v")
+                await until(alice, lambda: alice.get(bob.peer_id, "k") == b"v")
+                lifeline = channel.stream
+                assert isinstance(lifeline, p2ptls.LogicalStream)
+                assert lifeline.connection is session_stream(bob, alice).connection
+                assert tcp_connections_through(port) == 2  # one connection: its two ends
 
 
 @pytest.mark.parametrize("round_", range(10))

@@ -389,7 +389,7 @@ def _observed(stream: LogicalStream, advertised: tuple[str, int] | None) -> tupl
     address its connection comes from."""
     if advertised is None or advertised[0] not in _UNSPECIFIED_HOSTS:
         return advertised
-    seen = stream.connection.remote_address
+    seen = stream.remote_address
     if seen is None:
         return None
     try:

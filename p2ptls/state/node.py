@@ -158,7 +158,6 @@ class StateNode:
             return self.config.advertise
         return self._listening
 
-
     def peer_record(self, name: str = "") -> PeerRecord:
         """This node's public record with its address: give it to others as a bootstrap entry."""
         return self.config.identity.peer_record(name=name or self.config.name, address=self.address)

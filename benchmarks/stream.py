@@ -8,10 +8,22 @@ Measures, on 127.0.0.1:
 * handshakes per second (p2ptls and TLS): TCP connect + handshake + close, ``--concurrency``
   at once.
 
+The ``mux`` transport is a logical stream (``host.open``) on the one connection between two
+hosts (``p2ptls.open_host``, ``host.serve_protocol``); it runs the bulk and round-trip tests as
+the others do and is compared with the bare ``SecureStream`` (``p2ptls``) measured in the same
+round (the ratios are the median of the per-round ratios). Two tests are its own:
+
+* ``open``: logical streams opened per second on the shared connection, ``--open-concurrency``
+  at a time: open and close, and open, one 64-byte round trip and close;
+* ``fairness``: one logical stream sends bulk data as fast as it can while another of the same
+  connection runs 64-byte round trips; the ``fairness`` figure is the p99 of those round trips
+  in milliseconds (also reported: their p50 and the bulk rate meanwhile).
+
 By default both ends run in this process and trio run (how the reference figures were measured);
 ``--two-process`` moves the accepting side into a child process. Every connection starts with the
-handshake; the client then sends a 9-byte command (``B`` + u64 size for bulk, ``R`` + u64 count
-for round trips) or simply closes (the handshake benchmark). The bulk receiver answers with the
+handshake (a logical stream starts with its open); the client then sends a 9-byte command (``B``
++ u64 size for bulk, ``S`` for bulk until its end of stream, ``R`` + u64 count for round trips)
+or simply closes (the handshake benchmark). The bulk receiver answers with the
 ``time.perf_counter_ns()`` of its last byte (CLOCK_MONOTONIC, so comparable across processes).
 Each figure is the median of ``--runs`` rounds (3), the order of the transports rotating.
 
@@ -20,6 +32,7 @@ Examples::
     .venv/bin/python benchmarks/stream.py --quick
     .venv/bin/python benchmarks/stream.py --json results.json
     .venv/bin/python benchmarks/stream.py --quick --record-size 65264 --only p2ptls --tests bulk
+    .venv/bin/python benchmarks/stream.py --quick --only mux --tests bulk rtt open fairness
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +61,7 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import attrs
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,16 +71,28 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import p2ptls
 from benchmarks._common import log, median_of, percentiles, print_table, progress, say, write_json
 
-Kind = Literal["p2ptls", "tls", "tcp"]
+Kind = Literal["p2ptls", "mux", "tls", "tcp"]
 KINDS: tuple[Kind, ...] = ("p2ptls", "tls", "tcp")
+"""The transports of the stream table (and of its JSON figures)."""
+ALL_KINDS: tuple[Kind, ...] = ("p2ptls", "mux", "tls", "tcp")
+"""``mux`` is a logical stream on a host's shared connection, compared with ``p2ptls`` (a bare
+``SecureStream``) measured in the same round."""
 SECURE_KINDS: tuple[Kind, ...] = ("p2ptls", "tls")
-TESTS = ("bulk", "rtt", "handshake")
+TESTS = ("bulk", "rtt", "handshake", "open", "fairness")
+MUX_TESTS = ("open", "fairness")
+"""Measured on the multiplexed connection only."""
 
 KEY_BITS = 3072
 WRITE_SIZE = 64 * 1024
 RTT_PAYLOAD = 64
 MIB = 1024 * 1024
 COMMAND = struct.Struct(">cQ")
+COMMAND_PROTOCOL = "bench/command/1"
+"""The hosts' protocol that runs the same commands as the bare listeners."""
+OPEN_PROTOCOL = "bench/open/1"
+"""The hosts' protocol for the open rate: echo what one read returns (if anything), then end."""
+FAIRNESS_LEAD = 8 * MIB
+"""Bytes the bulk stream sends before the request-reply stream starts its round trips."""
 ACK = struct.Struct(">Q32s")  # receive end time (perf_counter_ns), SHA-256 or zeros
 TLS_HOSTNAME = "localhost"
 
@@ -254,6 +280,16 @@ def stream_config(args: argparse.Namespace) -> p2ptls.StreamConfig:
     return p2ptls.StreamConfig(**options)
 
 
+def connection_config(args: argparse.Namespace) -> p2ptls.ConnectionConfig:
+    """How the two hosts of the ``mux`` measurements share their connection."""
+    options: dict[str, Any] = {}
+    if args.stream_window is not None:
+        options["stream_window"] = args.stream_window
+    if args.max_stream_window is not None:
+        options["max_stream_window"] = args.max_stream_window
+    return p2ptls.ConnectionConfig(**options)
+
+
 # -- the accepting side -------------------------------------------------------------------------
 
 
@@ -280,9 +316,19 @@ class Reader:
 
 
 class Server:
-    """Accepts connections of the three kinds and runs the command each connection sends."""
+    """Accepts connections of the three kinds, and logical streams on a host, and runs the
+    command each connection (or logical stream) sends."""
 
-    def __init__(self, material: Material, config: p2ptls.StreamConfig, read_size: int) -> None:
+    def __init__(
+        self,
+        material: Material,
+        config: p2ptls.StreamConfig,
+        read_size: int,
+        connections: p2ptls.ConnectionConfig,
+    ) -> None:
+        self.material = material
+        self.config = config
+        self.connections = connections
         self.read_size = read_size
         self.p2p_context = p2ptls.SecurityContext(
             material.server,
@@ -302,6 +348,24 @@ class Server:
             nursery.start_soon(
                 trio.serve_listeners, functools.partial(self.handle, kind), listeners
             )
+        host: p2ptls.Host = await nursery.start(self.run_host)
+        self.ports["mux"] = host.address[1]
+
+    async def run_host(self, *, task_status: trio.TaskStatus[p2ptls.Host]) -> None:
+        """The accepting host of the ``mux`` measurements (until cancelled)."""
+        config = p2ptls.HostConfig(
+            identity=self.material.server,
+            psk=self.material.psk,
+            peers=[client.record for client in self.material.clients],
+            listen=("127.0.0.1", 0),
+            stream=self.config,
+            connections=self.connections,
+        )
+        async with p2ptls.open_host(config) as host:
+            host.serve_protocol(COMMAND_PROTOCOL, self.handle_logical)
+            host.serve_protocol(OPEN_PROTOCOL, self.handle_open)
+            task_status.started(host)
+            await trio.sleep_forever()
 
     def wrap(self, kind: Kind, transport: trio.SocketStream) -> trio.abc.Stream:
         if kind == "p2ptls":
@@ -315,17 +379,7 @@ class Server:
         try:
             if isinstance(stream, p2ptls.SecureStream | trio.SSLStream):
                 await stream.do_handshake()
-            reader = Reader(stream, self.read_size)
-            command = await reader.read_exactly(COMMAND.size)
-            if command is not None:
-                op, value = COMMAND.unpack(command)
-                if op in (b"B", b"V"):
-                    await self.sink(stream, reader, value, verify=op == b"V")
-                elif op == b"R":
-                    await self.echo(stream, reader, value)
-                # Wait for the client to close.
-                while await stream.receive_some(self.read_size):
-                    pass  # pragma: no cover - clients send nothing more
+            await self.run_command(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.errors += 1
             log(f"server ({kind}): {exc!r} cause={exc.__cause__!r}")
@@ -337,23 +391,56 @@ class Server:
             ):
                 await stream.aclose()
 
+    async def handle_logical(self, stream: p2ptls.LogicalStream) -> None:
+        """A logical stream of :data:`COMMAND_PROTOCOL` (the host closes it afterwards)."""
+        try:
+            await self.run_command(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.errors += 1
+            log(f"server (mux): {exc!r} cause={exc.__cause__!r}")
+
+    async def handle_open(self, stream: p2ptls.LogicalStream) -> None:
+        """A logical stream of :data:`OPEN_PROTOCOL`: echo one read, if the client sends one."""
+        data = await stream.receive_some(RTT_PAYLOAD)
+        if data:
+            await stream.send_all(data)
+
+    async def run_command(self, stream: trio.abc.Stream) -> None:
+        """Read the client's command and run it; then wait for the client to close."""
+        reader = Reader(stream, self.read_size)
+        command = await reader.read_exactly(COMMAND.size)
+        if command is None:
+            return
+        op, value = COMMAND.unpack(command)
+        if op in (b"B", b"V"):
+            await self.sink(stream, reader, value, verify=op == b"V")
+        elif op == b"S":
+            await self.sink(stream, reader, None, verify=False)
+        elif op == b"R":
+            await self.echo(stream, reader, value)
+        while await stream.receive_some(self.read_size):
+            pass  # pragma: no cover - clients send nothing more
+
     async def sink(
-        self, stream: trio.abc.Stream, reader: Reader, total: int, *, verify: bool
+        self, stream: trio.abc.Stream, reader: Reader, total: int | None, *, verify: bool
     ) -> None:
+        """Read ``total`` bytes (``None``: until the client's EOF), then acknowledge."""
         digest = hashlib.sha256(reader.pending) if verify else None
         received = len(reader.pending)
         reader.pending.clear()
         receive_some = stream.receive_some
         read_size = self.read_size
-        while received < total:
+        while total is None or received < total:
             chunk = await receive_some(read_size)
             if not chunk:
+                if total is None:
+                    break
                 raise trio.BrokenResourceError("EOF during bulk transfer")
             received += len(chunk)
             if digest is not None:
                 digest.update(chunk)
         end = time.perf_counter_ns()
-        if received != total:
+        if total is not None and received != total:
             raise trio.BrokenResourceError(f"received {received} bytes, expected {total}")
         await stream.send_all(ACK.pack(end, digest.digest() if digest else bytes(32)))
 
@@ -368,6 +455,16 @@ class Server:
 # -- the connecting side ------------------------------------------------------------------------
 
 
+@dataclass
+class Fairness:
+    """Round trips on one logical stream while another moves bulk data on the same connection."""
+
+    rtt_p50_ms: float
+    rtt_p99_ms: float
+    bulk_MBps: float
+    """The bulk stream's rate while the round trips ran (bytes sent by the client)."""
+
+
 class Client:
     def __init__(
         self,
@@ -375,13 +472,19 @@ class Client:
         config: p2ptls.StreamConfig,
         ports: dict[Kind, int],
         read_size: int,
+        connections: p2ptls.ConnectionConfig,
         *,
         verify: bool = False,
     ) -> None:
+        self.material = material
+        self.config = config
+        self.connections = connections
         self.read_size = read_size
         self.verify = verify
         self.ports = ports
         self.server_record = material.server.record
+        self.host: p2ptls.Host | None = None
+        """The connecting host of the ``mux`` measurements, while :meth:`running_host` runs."""
         self.p2p_contexts = [
             p2ptls.SecurityContext(
                 identity, material.psk, p2ptls.KnownPeers([material.server.record]), config=config
@@ -390,7 +493,33 @@ class Client:
         ]
         _, self.tls_context = tls_contexts(material.directory)
 
+    @contextlib.asynccontextmanager
+    async def running_host(self) -> AsyncIterator[p2ptls.Host]:
+        """Run the connecting host (one connection to the server's host, made on first use)."""
+        config = p2ptls.HostConfig(
+            identity=self.material.clients[0],
+            psk=self.material.psk,
+            peers=[self.material.server.record],
+            stream=self.config,
+            connections=self.connections,
+        )
+        async with p2ptls.open_host(config) as host:
+            self.host = host
+            try:
+                yield host
+            finally:
+                self.host = None
+
+    async def open_logical(self, protocol: str) -> p2ptls.LogicalStream:
+        """A logical stream to the server's host, on the one shared connection."""
+        if self.host is None:
+            raise RuntimeError("the mux measurements run inside running_host()")
+        address = ("127.0.0.1", self.ports["mux"])
+        return await self.host.open(self.server_record, protocol, address=address)
+
     async def connect(self, kind: Kind, slot: int = 0) -> trio.abc.Stream:
+        if kind == "mux":
+            return await self.open_logical(COMMAND_PROTOCOL)
         transport = await trio.open_tcp_stream("127.0.0.1", self.ports[kind])
         stream: trio.abc.Stream
         if kind == "p2ptls":
@@ -457,6 +586,68 @@ class Client:
             await stream.aclose()
         return samples
 
+    async def opens(self, count: int, concurrency: int, *, exchange: bool) -> float:
+        """Logical streams opened per second on the shared connection: open, one 64-byte round
+        trip if ``exchange``, close; ``concurrency`` at a time."""
+        payload = os.urandom(RTT_PAYLOAD)
+        remaining = count
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                stream = await self.open_logical(OPEN_PROTOCOL)
+                try:
+                    if exchange:
+                        await stream.send_all(payload)
+                        echoed = await Reader(stream, RTT_PAYLOAD).read_exactly(RTT_PAYLOAD)
+                        if echoed != payload:
+                            raise RuntimeError("echo mismatch")
+                finally:
+                    await stream.aclose()
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        return count / (time.perf_counter() - start)
+
+    async def fairness(self, count: int, warmup: int) -> Fairness:
+        """64-byte round trips on one logical stream while another logical stream of the same
+        connection sends bulk data as fast as it can (started :data:`FAIRNESS_LEAD` bytes
+        earlier)."""
+        payload = os.urandom(WRITE_SIZE)
+        bulk = await self.open_logical(COMMAND_PROTOCOL)
+        sent = 0
+        flowing = trio.Event()
+        stop = trio.Event()
+
+        async def push() -> None:
+            nonlocal sent
+            send_all = bulk.send_all
+            while not stop.is_set():
+                await send_all(payload)
+                sent += WRITE_SIZE
+                if sent >= FAIRNESS_LEAD:
+                    flowing.set()
+            await bulk.send_eof()
+            if await Reader(bulk, self.read_size).read_exactly(ACK.size) is None:
+                raise RuntimeError("server closed before acknowledging the bulk transfer")
+
+        try:
+            await bulk.send_all(COMMAND.pack(b"S", 0))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(push)
+                await flowing.wait()
+                sent_before, start = sent, time.perf_counter_ns()
+                samples = await self.round_trips("mux", count, warmup)
+                bulk_bytes, elapsed_ns = sent - sent_before, time.perf_counter_ns() - start
+                stop.set()
+        finally:
+            await bulk.aclose()
+        p50, p99 = percentiles(samples, 50, 99)
+        return Fairness(p50 / 1e3, p99 / 1e3, bulk_bytes / (elapsed_ns / 1e9) / 1e6)
+
     async def handshakes(self, kind: Kind, count: int, concurrency: int) -> float:
         """Handshakes per second: connect, handshake, close; ``concurrency`` at a time."""
         remaining = count
@@ -485,9 +676,21 @@ class Plan:
     rtt_warmup: int
     handshakes: int
     concurrency: int
+    open_count: int
+    open_concurrency: int
+    fairness_count: int
     runs: int
     kinds: list[Kind]
     tests: list[str]
+
+    def runs_test(self, test: str) -> bool:
+        """Whether ``test`` is measured (the mux-only tests need the ``mux`` transport)."""
+        return test in self.tests and (test not in MUX_TESTS or "mux" in self.kinds)
+
+
+def _median(values: Iterable[float]) -> float:
+    measured = list(values)
+    return statistics.median(measured) if measured else math.nan
 
 
 @dataclass
@@ -496,6 +699,32 @@ class Results:
     p50: dict[Kind, list[float]] = field(default_factory=dict)
     p99: dict[Kind, list[float]] = field(default_factory=dict)
     handshakes: dict[Kind, list[float]] = field(default_factory=dict)
+    opens: list[float] = field(default_factory=list)
+    opens_exchange: list[float] = field(default_factory=list)
+    fairness: list[Fairness] = field(default_factory=list)
+
+    def vs_stream(self, samples: dict[Kind, list[float]]) -> float:
+        """The median over rounds of mux / p2ptls, each ratio taken within one round."""
+        pairs = zip(samples.get("mux", []), samples.get("p2ptls", []), strict=False)
+        return _median(mux / stream for mux, stream in pairs if stream)
+
+    def mux(self) -> dict[str, Any]:
+        """The figures of the multiplexed connection (the JSON ``mux`` section)."""
+        return {
+            "bulk_MBps": _median(self.bulk.get("mux", [])),
+            "rtt64_p50_us": _median(self.p50.get("mux", [])),
+            "rtt64_p99_us": _median(self.p99.get("mux", [])),
+            "streams_open_per_s": _median(self.opens),
+            "streams_open_exchange_per_s": _median(self.opens_exchange),
+            "fairness": _median(f.rtt_p99_ms for f in self.fairness),
+            "fairness_rtt64_p50_ms": _median(f.rtt_p50_ms for f in self.fairness),
+            "fairness_bulk_MBps": _median(f.bulk_MBps for f in self.fairness),
+            "vs_stream": {
+                "bulk_MBps": self.vs_stream(self.bulk),
+                "rtt64_p50_us": self.vs_stream(self.p50),
+                "rtt64_p99_us": self.vs_stream(self.p99),
+            },
+        }
 
     def table(self) -> dict[str, Row]:
         def median(samples: dict[Kind, list[float]]) -> Row:
@@ -513,8 +742,14 @@ def plan_steps(plan: Plan) -> int:
     """Measurements in the whole plan (for the progress bar)."""
     per_round = 0
     for test in plan.tests:
-        kinds = plan.kinds if test != "handshake" else [k for k in plan.kinds if k in SECURE_KINDS]
-        per_round += len(kinds)
+        if test == "handshake":
+            per_round += len([k for k in plan.kinds if k in SECURE_KINDS])
+        elif test == "open":
+            per_round += 2 if plan.runs_test(test) else 0
+        elif test == "fairness":
+            per_round += 1 if plan.runs_test(test) else 0
+        else:
+            per_round += len(plan.kinds)
     return per_round * plan.runs
 
 
@@ -554,17 +789,41 @@ async def run_plan(client: Client, plan: Plan) -> Results:
                     value = await client.handshakes(kind, plan.handshakes, plan.concurrency)
                     results.handshakes.setdefault(kind, []).append(value)
                     done(round_index, f"handshakes {kind}: {value:,.1f}/s")
+            if plan.runs_test("open"):
+                for exchange, rates in ((False, results.opens), (True, results.opens_exchange)):
+                    what = "open+rtt64+close" if exchange else "open+close"
+                    bar.update(task, status=f"run {round_index + 1}: mux {what}")
+                    warmup = plan.open_concurrency * 4
+                    await client.opens(warmup, plan.open_concurrency, exchange=exchange)
+                    value = await client.opens(
+                        plan.open_count, plan.open_concurrency, exchange=exchange
+                    )
+                    rates.append(value)
+                    done(round_index, f"mux {what}: {value:,.0f} streams/s")
+            if plan.runs_test("fairness"):
+                bar.update(task, status=f"run {round_index + 1}: mux fairness")
+                fair = await client.fairness(plan.fairness_count, plan.rtt_warmup)
+                results.fairness.append(fair)
+                done(
+                    round_index,
+                    f"mux fairness: rtt64 p50 {fair.rtt_p50_ms:.2f} ms, p99 "
+                    f"{fair.rtt_p99_ms:.2f} ms beside bulk at {fair.bulk_MBps:,.0f} MB/s",
+                )
         bar.update(task, status="")
     return results
 
 
 async def run_same_process(material: Material, args: argparse.Namespace, plan: Plan) -> Results:
     config = stream_config(args)
-    server = Server(material, config, args.read_size)
+    connections = connection_config(args)
+    server = Server(material, config, args.read_size, connections)
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
-        client = Client(material, config, server.ports, args.read_size, verify=args.verify)
-        results = await run_plan(client, plan)
+        client = Client(
+            material, config, server.ports, args.read_size, connections, verify=args.verify
+        )
+        async with client.running_host():
+            results = await run_plan(client, plan)
         nursery.cancel_scope.cancel()
     if server.errors:
         log(f"warning: {server.errors} server-side connection errors")
@@ -587,6 +846,10 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
         command += ["--record-size", str(args.record_size)]
     if args.receive_size is not None:
         command += ["--receive-size", str(args.receive_size)]
+    if args.stream_window is not None:
+        command += ["--stream-window", str(args.stream_window)]
+    if args.max_stream_window is not None:
+        command += ["--max-stream-window", str(args.max_stream_window)]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -599,8 +862,16 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
                 raise RuntimeError("the server process exited early")
             line += chunk
         ports: dict[Kind, int] = json.loads(line)
-        client = Client(material, stream_config(args), ports, args.read_size, verify=args.verify)
-        return await run_plan(client, plan)
+        client = Client(
+            material,
+            stream_config(args),
+            ports,
+            args.read_size,
+            connection_config(args),
+            verify=args.verify,
+        )
+        async with client.running_host():
+            return await run_plan(client, plan)
     finally:
         await process.stdin.aclose()  # the child exits when its stdin closes
         with trio.move_on_after(5):
@@ -612,7 +883,7 @@ async def run_two_process(material: Material, args: argparse.Namespace, plan: Pl
 
 async def serve_child(args: argparse.Namespace) -> None:
     material = Material.load(Path(args.serve_child), args.clients)
-    server = Server(material, stream_config(args), args.read_size)
+    server = Server(material, stream_config(args), args.read_size, connection_config(args))
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
         print(json.dumps(server.ports), flush=True)
@@ -628,6 +899,55 @@ ROW_LABELS = {
     "rtt64_p99_us": "rtt64 p99 us",
     "handshakes_per_s": "handshakes/s",
 }
+
+
+MUX_ROWS = [
+    ("bulk_MBps", "bulk MB/s"),
+    ("rtt64_p50_us", "rtt64 p50 us"),
+    ("rtt64_p99_us", "rtt64 p99 us"),
+    ("streams_open_per_s", "streams/s: open, close"),
+    ("streams_open_exchange_per_s", "streams/s: open, rtt64, close"),
+    ("fairness", "fairness: rtt64 p99 ms beside bulk"),
+    ("fairness_rtt64_p50_ms", "fairness: rtt64 p50 ms beside bulk"),
+    ("fairness_bulk_MBps", "fairness: bulk MB/s meanwhile"),
+]
+
+MUX_TARGETS: list[tuple[str, Callable[[dict[str, Any]], float], Callable[[float], bool]]] = [
+    ("bulk >= 0.9x stream", lambda m: m["vs_stream"]["bulk_MBps"], lambda x: x >= 0.9),
+    ("rtt p50 <= 1.1x stream", lambda m: m["vs_stream"]["rtt64_p50_us"], lambda x: x <= 1.1),
+    ("streams/s >= 20,000", lambda m: m["streams_open_per_s"], lambda x: x >= 20_000),
+    ("fairness p99 < 5 ms", lambda m: m["fairness"], lambda x: x < 5),
+]
+
+
+def _verdict(value: float, ok: Callable[[float], bool]) -> str:
+    return "n/a" if math.isnan(value) else ("MET" if ok(value) else "NOT MET")
+
+
+def report_mux(mux: dict[str, Any], stream: dict[str, Row], plan: Plan) -> None:
+    """The table of the multiplexed connection beside the bare ``SecureStream``."""
+    say(
+        f"mux: logical streams of one shared connection between two hosts; "
+        f"{plan.open_count} opens x{plan.open_concurrency} (+{plan.open_concurrency * 4} "
+        f"warm-up); fairness: {plan.fairness_count} round trips on one stream beside a bulk "
+        f"stream ({FAIRNESS_LEAD // MIB} MiB ahead); mux/stream is the median of the ratios "
+        f"within each run"
+    )
+    rows = []
+    for metric, label in MUX_ROWS:
+        bare = stream[metric].get("p2ptls") if metric in stream else None
+        ratio = mux["vs_stream"].get(metric, math.nan)
+        rows.append([label, format_value(mux[metric]), format_value(bare), format_value(ratio)])
+    print_table(
+        ["metric", "mux", "stream", "mux/stream"],
+        rows,
+        title=f"Multiplexed on 127.0.0.1 ({median_of(plan.runs)})",
+    )
+    checks = []
+    for description, measure, ok in MUX_TARGETS:
+        value = measure(mux)
+        checks.append([description, format_value(value), _verdict(value, ok)])
+    print_table(["target", "measured", "verdict"], checks, title="Multiplexing targets")
 
 
 def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
@@ -658,8 +978,7 @@ def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
     checks = []
     for metric, description, measure, ok in TARGETS:
         value = measure(table[metric])
-        verdict = "n/a" if math.isnan(value) else ("MET" if ok(value) else "NOT MET")
-        checks.append([description, format_value(value), verdict])
+        checks.append([description, format_value(value), _verdict(value, ok)])
     print_table(["target", "measured", "verdict"], checks, title="Targets")
 
 
@@ -681,19 +1000,36 @@ def json_params(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "tests": plan.tests,
         "two_process": args.two_process,
         "verify": args.verify,
+        "mux": {
+            "open_count": plan.open_count,
+            "open_concurrency": plan.open_concurrency,
+            "open_warmup": plan.open_concurrency * 4,
+            "fairness_count": plan.fairness_count,
+            "fairness_lead_mib": FAIRNESS_LEAD // MIB,
+            "fairness": "p99 in ms of 64-byte round trips on one logical stream while another "
+            "logical stream of the same connection sends bulk data",
+            "connections": attrs.asdict(connection_config(args)),
+        },
     }
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
     bulk_mib = args.bulk_mib if args.bulk_mib is not None else (64 if quick else 256)
-    kinds: list[Kind] = [k for k in KINDS if args.only is None or k in args.only]
+    kinds: list[Kind] = [k for k in ALL_KINDS if args.only is None or k in args.only]
+    if "mux" in kinds and "p2ptls" not in kinds:
+        kinds.insert(0, "p2ptls")  # the mux figures are ratios to the bare stream of each round
     return Plan(
         bulk_bytes=bulk_mib * MIB,
         rtt_count=args.rtt_count if args.rtt_count is not None else (3000 if quick else 10000),
         rtt_warmup=200 if quick else 500,
         handshakes=args.handshakes if args.handshakes is not None else (200 if quick else 1000),
         concurrency=args.concurrency,
+        open_count=args.open_count if args.open_count is not None else (5000 if quick else 20000),
+        open_concurrency=args.open_concurrency,
+        fairness_count=(
+            args.fairness_count if args.fairness_count is not None else (2000 if quick else 5000)
+        ),
         runs=args.runs,
         kinds=kinds,
         tests=args.tests,
@@ -707,6 +1043,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--record-size", type=int, help="p2ptls StreamConfig.record_size")
     parser.add_argument("--receive-size", type=int, help="p2ptls StreamConfig.receive_size")
     parser.add_argument(
+        "--stream-window", type=int, help="p2ptls ConnectionConfig.stream_window of both hosts"
+    )
+    parser.add_argument(
+        "--max-stream-window",
+        type=int,
+        help="p2ptls ConnectionConfig.max_stream_window of both hosts (window auto-tuning's cap)",
+    )
+    parser.add_argument(
         "--read-size", type=int, default=65536, help="receive_some size of the benchmark readers"
     )
     parser.add_argument(
@@ -716,13 +1060,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--handshakes", type=int, help="handshakes per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="handshakes at once (4)")
     parser.add_argument(
+        "--open-count", type=int, help="logical streams opened per measurement (20000, quick 5000)"
+    )
+    parser.add_argument(
+        "--open-concurrency", type=int, default=16, help="logical streams opened at once (16)"
+    )
+    parser.add_argument(
+        "--fairness-count", type=int, help="round trips beside the bulk stream (5000, quick 2000)"
+    )
+    parser.add_argument(
         "--runs",
         "--repeat",
         type=int,
         default=3,
         help="rounds; the median of each figure is reported (3)",
     )
-    parser.add_argument("--only", nargs="+", choices=KINDS, help="measure only these transports")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=ALL_KINDS,
+        help="measure only these transports (mux brings p2ptls, its reference)",
+    )
     parser.add_argument(
         "--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which measurements to run"
     )
@@ -739,6 +1097,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--quick still sends at least 64 MiB")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if not 1 <= args.open_concurrency <= p2ptls.ConnectionConfig().max_streams_per_peer // 2:
+        parser.error("--open-concurrency must be between 1 and half of max_streams_per_peer")
     return args
 
 
@@ -749,6 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     plan = build_plan(args)
     stream_config(args)  # validate the p2ptls options before the slow key generation
+    connection_config(args)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="p2ptls-bench-") as tmp:
         log(f"generating RSA-{KEY_BITS} keys and certificates...")
@@ -758,7 +1119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         results = trio.run(runner, material, args, plan)
     table = results.table()
+    mux = results.mux()
     report(table, args, plan)
+    if "mux" in plan.kinds:
+        report_mux(mux, table, plan)
     log(f"total time {time.perf_counter() - started:.1f} s")
     if args.json:
         write_json(
@@ -772,6 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rtt64_p50_us": {k: table["rtt64_p50_us"].get(k) for k in KINDS},
                 "rtt64_p99_us": {k: table["rtt64_p99_us"].get(k) for k in KINDS},
                 "handshakes_per_s": {k: table["handshakes_per_s"].get(k) for k in SECURE_KINDS},
+                "mux": mux if "mux" in plan.kinds else None,
             },
         )
     return 0

@@ -50,6 +50,13 @@ from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
 
+# The per-frame paths use plain ints and module constants: an IntFlag operation or an enum
+# attribute lookup costs up to a microsecond.
+_MESSAGE, _END, _FIN = int(Flag.MESSAGE), int(Flag.END), int(Flag.FIN)
+_DATA, _WINDOW, _OPEN = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN
+_ACCEPT, _REFUSE = FrameType.ACCEPT, FrameType.REFUSE
+_PING, _PONG, _GOAWAY = FrameType.PING, FrameType.PONG, FrameType.GOAWAY
+
 # -- events ------------------------------------------------------------------------------------
 
 
@@ -137,6 +144,9 @@ MuxEvent = (
 class _Stream:
     local: bool
     """Opened by us."""
+    window: int
+    """The credit this side keeps granting the peer on this stream (it grows, see
+    :meth:`Multiplexer._give_back`)."""
     accepted: bool = False
     send_credit: int = mw.INITIAL_WINDOW
     receive_left: int = mw.INITIAL_WINDOW
@@ -163,7 +173,11 @@ class Multiplexer:
 
     Args:
       initiator: whether this side initiated the secure connection (it opens odd stream ids).
-      window: the credit this side keeps granting per stream (at least ``INITIAL_WINDOW``).
+      window: the credit this side grants per stream at first (at least ``INITIAL_WINDOW``).
+      max_window: how far a stream's window may grow while its reader keeps up and its sender
+        waits for credit (default: ``window``, no growth).
+      connection_window: the sum of the windows of all streams held, beyond which no window
+        grows (default: no bound but ``max_window`` per stream).
       max_inbound_streams: streams the peer may hold open at once; more are refused.
       max_message_size: largest message accepted on a stream's message channel.
       budget: shared memory budget for message bytes held without credit.
@@ -175,6 +189,8 @@ class Multiplexer:
         *,
         initiator: bool,
         window: int = DEFAULT_WINDOW,
+        max_window: int | None = None,
+        connection_window: int | None = None,
         max_inbound_streams: int = 64,
         max_message_size: int = 16 * 1024 * 1024,
         budget: ReassemblyBudget | None = None,
@@ -185,6 +201,12 @@ class Multiplexer:
             raise ValueError(f"window must be between {mw.INITIAL_WINDOW} and {mw.MAX_WINDOW}")
         self.initiator = initiator
         self.window = window
+        self.max_window = window if max_window is None else max_window
+        if not window <= self.max_window <= mw.MAX_WINDOW:
+            raise ValueError(f"max_window must be between window and {mw.MAX_WINDOW}")
+        self.connection_window = connection_window
+        self._windows = 0
+        """The sum of the windows of the streams held (for ``connection_window``)."""
         self.max_inbound_streams = max_inbound_streams
         self.max_message_size = max_message_size
         self.budget = budget if budget is not None else ReassemblyBudget()
@@ -194,7 +216,10 @@ class Multiplexer:
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
         self._last_remote = 0 if initiator else -1
-        self._out = bytearray()
+        self._out_pieces: list[bytes | memoryview] = []
+        """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
+        slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
+        self._out_size = 0
         self._in = bytearray()
         self.go_away_sent = False
         self.go_away_received: GoAwayReceived | None = None
@@ -204,7 +229,7 @@ class Multiplexer:
     @property
     def output_size(self) -> int:
         """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
-        return len(self._out)
+        return self._out_size
 
     @property
     def stream_count(self) -> int:
@@ -233,19 +258,21 @@ class Multiplexer:
 
     def data_to_send(self) -> bytes:
         """Every queued frame, in order; the queue is then empty."""
-        data = bytes(self._out)
-        self._out.clear()
+        data = b"".join(self._out_pieces)
+        self._out_pieces.clear()
+        self._out_size = 0
         return data
 
     def _queue(
         self, frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0
     ) -> None:
-        self._out += mw.HEADER.pack(frame_type, flags, stream_id, len(payload))
-        self._out += payload
+        self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
+        self._out_pieces.append(payload)
+        self._out_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
         """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._queue(frame_type, stream_id, payload)
 
@@ -258,7 +285,7 @@ class Multiplexer:
             raise RuntimeError("this connection opens no more streams (going away)")
         self._last_local += 2
         stream_id = self._last_local
-        self._streams[stream_id] = _Stream(local=True)
+        self._streams[stream_id] = self._new_stream(local=True)
         self._queue(FrameType.OPEN, stream_id, name)
         self._grant_window(stream_id, self._streams[stream_id])
         return stream_id
@@ -278,8 +305,12 @@ class Multiplexer:
         self._queue(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
+    def _new_stream(self, *, local: bool) -> _Stream:
+        self._windows += self.window
+        return _Stream(local=local, window=self.window)
+
     def _grant_window(self, stream_id: int, stream: _Stream) -> None:
-        extra = self.window - mw.INITIAL_WINDOW
+        extra = stream.window - mw.INITIAL_WINDOW
         if extra:
             stream.receive_left += extra
             self._queue(FrameType.WINDOW, stream_id, extra.to_bytes(4, "big"))
@@ -303,19 +334,21 @@ class Multiplexer:
         if stream.sent_fin:
             raise RuntimeError("this direction of the stream was finished")
         view = memoryview(data)
+        immutable = isinstance(view.obj, bytes)
         total = len(view)
         taken = 0
-        base = Flag.MESSAGE if message else 0
+        base = _MESSAGE if message else 0
+        last_flags = base | (_END if end else 0) | (_FIN if fin else 0)
         while True:
             size = min(total - taken, stream.send_credit, mw.FRAME_CHUNK)
             last = taken + size == total
             if size == 0 and not (last and (end or fin)):
                 break
-            flags = base
-            if last:
-                flags |= (Flag.END if end else 0) | (Flag.FIN if fin else 0)
-            self._out += mw.HEADER.pack(FrameType.DATA, flags, stream_id, size)
-            self._out += view[taken : taken + size]
+            flags = last_flags if last else base
+            chunk = view[taken : taken + size]
+            self._out_pieces.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
+            self._out_pieces.append(chunk if immutable else bytes(chunk))
+            self._out_size += mw.HEADER_SIZE + size
             stream.send_credit -= size
             taken += size
             if message:
@@ -397,23 +430,34 @@ class Multiplexer:
         Raises :class:`~p2ptls._errors.MuxError` if the peer broke the protocol (the connection
         must then be closed).
         """
-        buffer = self._in
-        buffer += data
         events: list[MuxEvent] = []
+        if self._in:  # the rest of a frame begun earlier
+            self._in += data
+            with memoryview(self._in) as view:
+                offset = self._parse(view, events)
+            del self._in[:offset]
+        else:  # frames parsed where they are; only an incomplete one at the end is kept
+            with memoryview(data).cast("B") as view:
+                offset = self._parse(view, events)
+                if offset < len(view):
+                    self._in += view[offset:]
+        return events
+
+    def _parse(self, view: memoryview, events: list[MuxEvent]) -> int:
+        """Handle the whole frames at the start of ``view`` (each payload copied once); how many
+        bytes they took."""
         offset = 0
-        end = len(buffer)
+        end = len(view)
         while end - offset >= mw.HEADER_SIZE:
-            frame_type, flags, stream_id, length = mw.parse_header_untrusted(buffer, offset)
+            frame_type, flags, stream_id, length = mw.parse_header_untrusted(view, offset)
             start = offset + mw.HEADER_SIZE
             if end - start < length:
                 if frame_type is FrameType.DATA:
                     self._check_credit(stream_id, length)  # before buffering the payload
                 break
-            payload = bytes(buffer[start : start + length])
             offset = start + length
-            self._handle(frame_type, flags, stream_id, payload, events)
-        del buffer[:offset]
-        return events
+            self._handle(frame_type, flags, stream_id, bytes(view[start:offset]), events)
+        return offset
 
     def _check_credit(self, stream_id: int, length: int) -> None:
         stream = self._streams.get(stream_id)
@@ -428,31 +472,31 @@ class Multiplexer:
         payload: bytes,
         events: list[MuxEvent],
     ) -> None:
-        if frame_type is FrameType.PING:
-            self._reply(FrameType.PONG, 0, payload)
+        if frame_type is _PING:
+            self._reply(_PONG, 0, payload)
             return
-        if frame_type is FrameType.PONG:
+        if frame_type is _PONG:
             events.append(PongReceived(payload))
             return
-        if frame_type is FrameType.GOAWAY:
+        if frame_type is _GOAWAY:
             self._on_go_away(payload, events)
             return
-        if frame_type is FrameType.OPEN:
+        if frame_type is _OPEN:
             self._on_open(stream_id, payload, events)
             return
         stream = self._stream_for(stream_id)
         if stream is None:
             return  # a late frame for a stream that is gone
-        if frame_type is FrameType.DATA:
+        if frame_type is _DATA:
             self._on_data(stream_id, stream, flags, payload, events)
-        elif frame_type is FrameType.WINDOW:
+        elif frame_type is _WINDOW:
             self._on_window(stream_id, stream, int.from_bytes(payload, "big"), events)
-        elif frame_type is FrameType.ACCEPT:
+        elif frame_type is _ACCEPT:
             if not stream.local or stream.accepted:
                 raise MuxError("ACCEPT for a stream not waiting for one")
             stream.accepted = True
             events.append(StreamAccepted(stream_id))
-        elif frame_type is FrameType.REFUSE:
+        elif frame_type is _REFUSE:
             if not stream.local or stream.accepted:
                 raise MuxError("REFUSE for a stream not waiting for an answer")
             self._forget(stream_id)
@@ -484,7 +528,7 @@ class Multiplexer:
         protocol = mw.parse_protocol_name_untrusted(payload)
         if self.go_away_received is not None:
             raise MuxError("OPEN after the peer's GOAWAY")
-        if len(self._out) > self.max_output_backlog:
+        if self._out_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:
@@ -492,7 +536,7 @@ class Multiplexer:
         elif self._inbound >= self.max_inbound_streams:
             self._reply(FrameType.REFUSE, stream_id, bytes([RefuseCode.TOO_MANY_STREAMS]))
         else:
-            self._streams[stream_id] = _Stream(local=False)
+            self._streams[stream_id] = self._new_stream(local=False)
             self._inbound += 1
             events.append(StreamOpened(stream_id, protocol))
 
@@ -509,9 +553,9 @@ class Multiplexer:
         if size > stream.receive_left:
             raise MuxError("DATA past the stream's credit")
         stream.receive_left -= size
-        fin = bool(flags & Flag.FIN)
-        if flags & Flag.MESSAGE:
-            end = bool(flags & Flag.END)
+        fin = bool(flags & _FIN)
+        if flags & _MESSAGE:
+            end = bool(flags & _END)
             if not self._take_fragment(stream_id, stream, size, end):
                 events.append(StreamAborted(stream_id, ResetCode.MESSAGE_TOO_LARGE, by_peer=False))
                 return
@@ -586,15 +630,34 @@ class Multiplexer:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _give_back(self, stream_id: int, stream: _Stream, size: int) -> None:
+        """Credit for ``size`` bytes consumed; a WINDOW once half the stream's window is.
+
+        Window growth (auto-tuning): if, when a grant is due, the peer has used all the credit it
+        held (so it waits for this grant: the window, not the reader, limits the stream), the
+        stream's window doubles, up to ``max_window`` and while the windows of all streams stay
+        within ``connection_window``; the grant carries the increase.
+        """
         if stream.received_fin or stream.reset:
             return
         stream.to_return += size
-        if stream.to_return >= self.window // 2:
-            stream.receive_left += stream.to_return
-            self._queue(FrameType.WINDOW, stream_id, stream.to_return.to_bytes(4, "big"))
+        if stream.to_return >= stream.window // 2:
+            grant = stream.to_return
+            if stream.receive_left == 0 and stream.window < self.max_window:
+                growth = min(stream.window, self.max_window - stream.window)
+                if (
+                    self.connection_window is None
+                    or self._windows + growth <= self.connection_window
+                ):
+                    stream.window += growth
+                    self._windows += growth
+                    grant += growth
+            stream.receive_left += grant
+            self._queue(FrameType.WINDOW, stream_id, grant.to_bytes(4, "big"))
             stream.to_return = 0
 
     def _release_messages(self, stream: _Stream) -> None:
+        if not stream.finished and not stream.assembling_charged:
+            return  # nothing charged (the common case: a byte stream)
         charged = stream.assembling_charged + sum(c for _, c in stream.finished)
         self.budget.release(charged, self.budget_key)
         stream.finished.clear()
@@ -604,6 +667,7 @@ class Multiplexer:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        self._windows -= stream.window
         self._release_messages(stream)
         if not stream.local:
             self._inbound -= 1

@@ -13,6 +13,7 @@ a peer cannot make the parser hold more than the largest frame it allows.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 
 from ._errors import MuxError
@@ -74,7 +75,8 @@ class GoAwayCode(enum.IntEnum):
     PROTOCOL_ERROR = 4
 
 
-_DATA_FLAGS = Flag.MESSAGE | Flag.END | Flag.FIN
+# An int, not an IntFlag: ~ of an IntFlag keeps only its members (~_DATA_FLAGS would be 0).
+_DATA_FLAGS = int(Flag.MESSAGE | Flag.END | Flag.FIN)
 # (fixed payload length or None, connection-level frame)
 _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
     FrameType.DATA: (None, False),
@@ -87,6 +89,10 @@ _SHAPES: dict[FrameType, tuple[int | None, bool]] = {
     FrameType.PONG: (PING_SIZE, True),
     FrameType.GOAWAY: (5, True),
 }
+# The parser works on plain ints: an enum call or an IntFlag operation costs about a microsecond.
+_SHAPE_OF_RAW = {int(t): (t, fixed, level) for t, (fixed, level) in _SHAPES.items()}
+_MESSAGE, _END = int(Flag.MESSAGE), int(Flag.END)
+_DATA, _OPEN = FrameType.DATA, FrameType.OPEN
 
 
 def parse_header_untrusted(
@@ -95,23 +101,22 @@ def parse_header_untrusted(
     """``(type, flags, stream_id, length)`` of the frame header at ``offset`` of ``data`` (at
     least ``HEADER_SIZE`` bytes from there); raises :class:`MuxError`."""
     raw_type, flags, stream_id, length = HEADER.unpack_from(data, offset)
-    try:
-        frame_type = FrameType(raw_type)
-    except ValueError:
-        raise MuxError("unknown frame type") from None
-    fixed, connection_level = _SHAPES[frame_type]
+    shape = _SHAPE_OF_RAW.get(raw_type)
+    if shape is None:
+        raise MuxError("unknown frame type")
+    frame_type, fixed, connection_level = shape
     if connection_level != (stream_id == 0):
         raise MuxError("stream id not allowed for this frame type")
-    if frame_type is FrameType.DATA:
-        if flags & ~int(_DATA_FLAGS):
+    if frame_type is _DATA:
+        if flags & ~_DATA_FLAGS:
             raise MuxError("unknown DATA flags")
-        if flags & Flag.END and not flags & Flag.MESSAGE:
+        if flags & _END and not flags & _MESSAGE:
             raise MuxError("END without MESSAGE")
         if length > MAX_DATA_PAYLOAD:
             raise MuxError("DATA frame too long")
     elif flags:
         raise MuxError("flags on a frame that has none")
-    if frame_type is FrameType.OPEN:
+    if frame_type is _OPEN:
         if not 1 <= length <= MAX_PROTOCOL_NAME:
             raise MuxError("bad protocol name length")
     elif fixed is not None and length != fixed:
@@ -119,16 +124,19 @@ def parse_header_untrusted(
     return frame_type, flags, stream_id, length
 
 
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]*")
+
+
 def check_protocol_name(name: str) -> bytes:
     """The wire form of a protocol name: 1 to 128 visible ASCII characters."""
-    encoded = name.encode("ascii", errors="replace")
-    if not 1 <= len(encoded) <= MAX_PROTOCOL_NAME or not all(0x21 <= b <= 0x7E for b in encoded):
+    encoded = name.encode("ascii") if name.isascii() else b""  # refused below, never as "?"
+    if not 1 <= len(encoded) <= MAX_PROTOCOL_NAME or not _VISIBLE_ASCII.fullmatch(encoded):
         raise ValueError("a protocol name is 1 to 128 visible ASCII characters, e.g. 'chat/1'")
     return encoded
 
 
 def parse_protocol_name_untrusted(payload: bytes) -> str:
-    if not all(0x21 <= b <= 0x7E for b in payload):
+    if not _VISIBLE_ASCII.fullmatch(payload):
         raise MuxError("protocol name is not visible ASCII")
     return payload.decode("ascii")
 

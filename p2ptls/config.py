@@ -106,7 +106,17 @@ class ConnectionConfig:
     max_streams_per_peer: int = attrs.field(default=64, validator=_at_least(1))
     """Logical streams a peer may hold open on its connection at once; more are refused."""
     stream_window: int = attrs.field(default=256 * 1024, validator=_at_least(64 * 1024))
-    """Bytes a peer may send on one logical stream before the application reads them."""
+    """Bytes a peer may send on one logical stream before the application reads them, at first."""
+    max_stream_window: int = attrs.field(
+        default=4 * 1024 * 1024,
+        validator=[_at_least(64 * 1024), attrs.validators.le((1 << 31) - 1)],
+    )
+    """How far a stream's window grows while its reader keeps up and its sender waits for credit
+    (window auto-tuning: a bulk transfer is not held back by round trips of credit)."""
+    connection_window: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(64 * 1024))
+    """The sum of the windows of one connection's streams beyond which no window grows: what a
+    peer may have sent unread on a connection is at most this, or ``max_streams_per_peer`` x
+    ``stream_window`` if that is more."""
     replaced_grace: float = attrs.field(default=10.0, validator=_positive)
     """Seconds a connection replaced by a newer one (a simultaneous open) keeps serving its
     streams before it is closed."""

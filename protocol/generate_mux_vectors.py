@@ -388,6 +388,43 @@ def flow_exchanges() -> list[Script]:
         .receive_raw(open_(1, "chat/1")[:5])
         .receive_raw(open_(1, "chat/1")[5:] + data(1, b"hi")[:11])
         .receive_raw(data(1, b"hi")[11:]),
+        responder_with_stream(
+            "window_grows_while_the_sender_waits",
+            "The peer used all its credit when a grant was due: the window doubles, to its cap.",
+            max_window=4 * ref.INITIAL_WINDOW,
+            **SMALL,
+        )
+        .receive(data(1, fill(65536)))
+        .do("consume", stream_id=1, size=65536)
+        .receive(data(1, fill(65536)), data(1, fill(65536)))
+        .do("consume", stream_id=1, size=131072)
+        .receive(*[data(1, fill(65536)) for _ in range(4)])
+        .do("consume", stream_id=1, size=262144)
+        .receive(*[data(1, fill(65536)) for _ in range(4)])
+        .do("consume", stream_id=1, size=262144),
+        responder_with_stream(
+            "window_stays_while_credit_is_left",
+            "The peer still held credit when the grant was due: no growth.",
+            max_window=4 * ref.INITIAL_WINDOW,
+            **SMALL,
+        )
+        .receive(data(1, fill(40000)))
+        .do("consume", stream_id=1, size=40000),
+        Script(
+            "window_growth_within_the_connection_window",
+            "responder",
+            "Two streams; the sum of their windows may not pass connection_window.",
+            window=ref.INITIAL_WINDOW,
+            max_window=4 * ref.INITIAL_WINDOW,
+            connection_window=3 * ref.INITIAL_WINDOW,
+        )
+        .receive(open_(1, "chat/1"), open_(3, "chat/1"))
+        .do("accept", stream_id=1)
+        .do("accept", stream_id=3)
+        .receive(data(1, fill(65536)))
+        .do("consume", stream_id=1, size=65536)
+        .receive(data(3, fill(65536)))
+        .do("consume", stream_id=3, size=65536),
         responder_with_stream("credit_checked_from_header", "Before the payload.", **SMALL)
         .receive(data(1, fill(1000)))
         .receive_raw(data(1, fill(64537))[:10]),

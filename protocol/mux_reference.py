@@ -135,8 +135,9 @@ def stream_keying_context(stream_id: int, context: bytes) -> bytes:
 
 
 class RefStream:
-    def __init__(self, mine: bool) -> None:
+    def __init__(self, mine: bool, window: int) -> None:
         self.mine = mine
+        self.window = window  # the credit we keep granting (§14.7: it may grow)
         self.accepted = False
         self.send_credit = INITIAL_WINDOW
         self.peer_credit = INITIAL_WINDOW  # credit granted to the peer and not yet used
@@ -159,6 +160,8 @@ class RefSide:
         *,
         initiator: bool,
         window: int = DEFAULT_WINDOW,
+        max_window: int | None = None,
+        connection_window: int | None = None,
         max_inbound_streams: int = 64,
         max_message_size: int = 16 * 1024 * 1024,
         budget: tuple[int, int] = (256 << 20, 64 << 20),
@@ -166,6 +169,9 @@ class RefSide:
     ) -> None:
         self.initiator = initiator
         self.window = window
+        self.max_window = window if max_window is None else max_window
+        self.connection_window = connection_window
+        self.windows = 0  # the sum of the windows of the streams we hold
         self.max_inbound_streams = max_inbound_streams
         self.max_message_size = max_message_size
         self.budget_total, self.budget_per_peer = budget
@@ -206,8 +212,12 @@ class RefSide:
             return 0
         return stream.send_credit
 
+    def _new_stream(self, *, mine: bool) -> RefStream:
+        self.windows += self.window
+        return RefStream(mine=mine, window=self.window)
+
     def _grant_initial(self, stream: RefStream, stream_id: int) -> None:
-        extra = self.window - INITIAL_WINDOW
+        extra = stream.window - INITIAL_WINDOW
         if extra > 0:
             stream.peer_credit += extra
             self._send("WINDOW", stream_id, extra.to_bytes(4, "big"))
@@ -217,9 +227,19 @@ class RefSide:
         if stream.peer_fin or stream.reset:
             return
         stream.consumed += size
-        if stream.consumed >= self.window // 2:
-            stream.peer_credit += stream.consumed
-            self._send("WINDOW", stream_id, stream.consumed.to_bytes(4, "big"))
+        if stream.consumed >= stream.window // 2:
+            grant = stream.consumed
+            # §14.7 growth: the peer used all its credit, so the window limited the stream.
+            if stream.peer_credit == 0 and stream.window < self.max_window:
+                growth = min(stream.window, self.max_window - stream.window)
+                if self.connection_window is None or (
+                    self.windows + growth <= self.connection_window
+                ):
+                    stream.window += growth
+                    self.windows += growth
+                    grant += growth
+            stream.peer_credit += grant
+            self._send("WINDOW", stream_id, grant.to_bytes(4, "big"))
             stream.consumed = 0
 
     def _release(self, stream: RefStream) -> None:
@@ -230,6 +250,7 @@ class RefSide:
 
     def _forget(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id)
+        self.windows -= stream.window
         self._release(stream)
         if not stream.mine:
             self.inbound -= 1
@@ -242,7 +263,7 @@ class RefSide:
         assert not self.goaway_sent and not self.goaway_received
         assert self.last_local + 2 <= MAX_STREAM_ID
         self.last_local += 2
-        stream = self.streams[self.last_local] = RefStream(mine=True)
+        stream = self.streams[self.last_local] = self._new_stream(mine=True)
         self._send("OPEN", self.last_local, name)
         self._grant_initial(stream, self.last_local)
         return self.last_local
@@ -409,7 +430,7 @@ class RefSide:
         elif self.inbound >= self.max_inbound_streams:
             self._send("REFUSE", stream_id, bytes([code_of(REFUSE_CODES, "TOO_MANY_STREAMS")]))
         else:
-            self.streams[stream_id] = RefStream(mine=False)
+            self.streams[stream_id] = self._new_stream(mine=False)
             self.inbound += 1
             self._report("opened", stream_id=stream_id, protocol=payload.decode("ascii"))
 

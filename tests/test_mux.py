@@ -136,6 +136,8 @@ def test_protocol_names_are_checked_on_both_sides() -> None:
         _mux.Multiplexer(initiator=True).open_stream("has space")
     with pytest.raises(ValueError):
         _mux.Multiplexer(initiator=True).open_stream("x" * 129)
+    with pytest.raises(ValueError, match="visible ASCII"):  # not sent as "caf?/1"
+        _mux.Multiplexer(initiator=True).open_stream("café/1")
     b = _mux.Multiplexer(initiator=False)
     with pytest.raises(MuxError):
         b.receive_data_untrusted(mw.frame(FrameType.OPEN, 1, b"bad\x00name"))
@@ -340,6 +342,15 @@ def test_closing_a_stream_releases_what_its_messages_held() -> None:
     assert pair.budget.in_use == 0
 
 
+def test_closing_a_stream_releases_the_charge_of_an_empty_fragment() -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, Flag.MESSAGE, stream_id, 0))
+    assert pair.budget.in_use > 0  # the fragment's overhead, with no byte of message
+    pair.b.close_stream(stream_id)
+    assert pair.budget.in_use == 0
+
+
 def test_release_all_gives_back_every_charge() -> None:
     pair = Pair(window=1 << 20)
     for stream_id in [pair.open() for _ in range(3)]:
@@ -477,6 +488,16 @@ def test_a_bad_header_is_refused_before_its_payload(header: bytes) -> None:
         _mux.Multiplexer(initiator=False).receive_data_untrusted(header)
 
 
+@pytest.mark.parametrize("flag", [0x08, 0x10, 0x80])
+def test_a_data_frame_with_an_unknown_flag_on_an_open_stream_is_a_protocol_error(
+    flag: int,
+) -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    with pytest.raises(MuxError, match="unknown DATA flags"):
+        pair.b.receive_data_untrusted(mw.HEADER.pack(FrameType.DATA, flag, stream_id, 1) + b"x")
+
+
 def test_frames_split_at_every_byte_give_the_same_events() -> None:
     pair = Pair()
     stream_id = pair.a.open_stream("x/1")
@@ -486,3 +507,56 @@ def test_frames_split_at_every_byte_give_the_same_events() -> None:
     for i in range(len(whole)):
         events += b.receive_data_untrusted(whole[i : i + 1])
     assert events == [_mux.StreamOpened(stream_id, "x/1"), _mux.CreditAvailable(stream_id)]
+
+
+def test_a_window_grows_while_the_sender_waits_and_the_reader_keeps_up() -> None:
+    pair = Pair(window=_mux.DEFAULT_WINDOW, max_window=4 * _mux.DEFAULT_WINDOW)
+    stream_id = pair.open()
+    granted = []
+    for _ in range(4):
+        credit = pair.a.send_credit(stream_id)
+        assert pair.a.send_data(stream_id, bytes(credit)) == credit  # all of it: it then waits
+        pair.to_b()
+        pair.b.bytes_consumed(stream_id, credit)
+        pair.to_a()
+        granted.append(pair.a.send_credit(stream_id))
+    assert granted == [
+        2 * _mux.DEFAULT_WINDOW,
+        4 * _mux.DEFAULT_WINDOW,
+        4 * _mux.DEFAULT_WINDOW,
+        4 * _mux.DEFAULT_WINDOW,
+    ]
+
+
+def test_a_window_does_not_grow_for_a_reader_that_lags_or_a_sender_with_credit_left() -> None:
+    pair = Pair(window=_mux.DEFAULT_WINDOW, max_window=4 * _mux.DEFAULT_WINDOW)
+    stream_id = pair.open()
+    pair.a.send_data(stream_id, bytes(_mux.DEFAULT_WINDOW // 2))  # credit left: no growth
+    pair.to_b()
+    pair.b.bytes_consumed(stream_id, _mux.DEFAULT_WINDOW // 2)
+    pair.to_a()
+    assert pair.a.send_credit(stream_id) == _mux.DEFAULT_WINDOW
+    pair.a.send_data(stream_id, bytes(_mux.DEFAULT_WINDOW))  # all of it, but nothing is read
+    pair.to_b()
+    assert pair.to_a() == []
+    assert pair.a.send_credit(stream_id) == 0
+
+
+def test_windows_grow_only_within_the_connection_window() -> None:
+    window = _mux.DEFAULT_WINDOW
+    pair = Pair(window=window, max_window=8 * window, connection_window=3 * window)
+    first, second = pair.open(), pair.open()
+    for stream_id in (first, second):
+        pair.a.send_data(stream_id, bytes(window))
+        pair.to_b()
+        pair.b.bytes_consumed(stream_id, window)
+        pair.to_a()
+    assert pair.a.send_credit(first) == 2 * window  # grew: the sum became 3 windows
+    assert pair.a.send_credit(second) == window  # could not grow
+    pair.b.close_stream(first)  # its window leaves the sum
+    pair.to_a()
+    pair.a.send_data(second, bytes(window))
+    pair.to_b()
+    pair.b.bytes_consumed(second, window)
+    pair.to_a()
+    assert pair.a.send_credit(second) == 2 * window

@@ -100,6 +100,8 @@ def _side(exchange: dict[str, Any]) -> _mux.Multiplexer:
     return _mux.Multiplexer(
         initiator=exchange["side"] == "initiator",
         window=settings.get("window", ref.DEFAULT_WINDOW),
+        max_window=settings.get("max_window"),
+        connection_window=settings.get("connection_window"),
         max_inbound_streams=settings.get("max_inbound_streams", 64),
         max_message_size=settings.get("max_message_size", 16 * 1024 * 1024),
         budget=ReassemblyBudget(total, per_peer),

@@ -14,7 +14,9 @@ Measures, in one run on 127.0.0.1:
   this process, fully connected by gossip before measuring): median and worst of several rounds,
   one second apart, with a garbage collection between rounds (the 50 nodes share one Python
   heap, whose full collection pauses the process for about 0.4 s; a node in a process of its own
-  holds 1/50 of it).
+  holds 1/50 of it); also the time the N nodes took to mesh (every node connected to every
+  other) and, after the rounds, the established TCP connections per node (Linux: counted in
+  ``/proc``; each node holds one per peer it shares with every protocol, N - 1 in a full mesh).
 
 p2ptls nodes keep their state in memory here (``database=None``: distributed-state-network keeps
 its state only in memory too) and sign at once (``coalesce_delay=0``); ``--durability normal`` or
@@ -233,12 +235,37 @@ def _holds(node: StateNode, owner: p2ptls.PeerId, version: tuple[int, int]) -> C
     return lambda: node.version(owner) >= version
 
 
-async def p2ptls_all_nodes(network: Network, plan: Plan) -> list[float]:
+def established_tcp_connections() -> int | None:
+    """TCP sockets of this process in the ESTABLISHED state (from ``/proc``; ``None`` where there
+    is none). Both ends of a connection between two nodes of this process count."""
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    inodes = set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                    count += 1
+    return count
+
+
+async def p2ptls_all_nodes(network: Network, plan: Plan) -> tuple[list[float], float, float | None]:
+    """The round times (ms), the time to mesh (s) and the TCP connections per node."""
     async with contextlib.AsyncExitStack() as stack:
         log(f"  starting {plan.nodes} nodes and waiting until all are connected...")
         started = time.perf_counter()
         nodes = await open_nodes(stack, network, plan.nodes)
-        log(f"  {plan.nodes} nodes connected in {time.perf_counter() - started:.1f} s")
+        mesh_s = time.perf_counter() - started
+        log(f"  {plan.nodes} nodes connected in {mesh_s:.1f} s")
         writer, readers = nodes[0], nodes[1:]
         owner = writer.peer_id
         times = []
@@ -267,7 +294,11 @@ async def p2ptls_all_nodes(network: Network, plan: Plan) -> list[float]:
             await trio.sleep(ROUND_SPACING / 2)
             gc.collect()
             await trio.sleep(ROUND_SPACING / 2)  # the timers the collection delayed fire here
-        return times
+        sockets = established_tcp_connections()
+        per_node = sockets / len(nodes) if sockets is not None else None
+        if per_node is not None:
+            log(f"  {per_node:.1f} TCP connections per node ({len(nodes) - 1} peers each)")
+        return times, mesh_s, per_node
 
 
 async def run_p2ptls(plan: Plan, directory: Path, steps: Steps) -> dict[str, Any]:
@@ -289,9 +320,11 @@ async def run_p2ptls(plan: Plan, directory: Path, steps: Steps) -> dict[str, Any
             steps.done(f"[{run + 1}/{plan.runs}] {rates[-1]:,.0f} updates/s")
         results[key] = statistics.median(rates)
     steps.start(f"p2ptls: one update reaching all {plan.nodes} nodes ({plan.rounds} rounds)")
-    times = await p2ptls_all_nodes(network, plan)
+    times, mesh_s, per_node = await p2ptls_all_nodes(network, plan)
     results["all_nodes_ms"] = statistics.median(times)
     results["all_nodes_worst_ms"] = max(times)
+    results["mesh_s"] = mesh_s
+    results["tcp_connections_per_node"] = per_node
     steps.done(f"median {results['all_nodes_ms']:.1f} ms, worst {max(times):.1f} ms")
     return results
 
@@ -451,6 +484,14 @@ def report(
             p2p["updates_per_s"] >= rate_floor,
         ),
         ("updates/s, 10 peers", p2p["updates_per_s_10_peers"], None, "(reported)", None),
+        (f"time to mesh {n} nodes (s)", p2p["mesh_s"], None, "(reported)", None),
+        (
+            "TCP connections per node",
+            p2p["tcp_connections_per_node"] or math.nan,
+            None,
+            f"(reported; {n - 1} peers each)",
+            None,
+        ),
         (
             f"one update on all {n} nodes (ms)",
             p2p["all_nodes_ms"],
@@ -582,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             nodes_key: p2p["all_nodes_ms"],
             "nodes": plan.nodes,
             "all_nodes_worst_ms": p2p["all_nodes_worst_ms"],
+            "mesh_s": p2p["mesh_s"],
+            "tcp_connections_per_node": p2p["tcp_connections_per_node"],
             "durability": plan.durability,
             "targets_met": dict(verdicts),
         }

@@ -6,7 +6,9 @@ Alice starts first; Bob joins through Alice, Carol through Bob, and they learn t
 other. Every node writes a few keys of its own state; every node then reads every other node's
 state locally (no request on the read path), checks who wrote a value, asks what most nodes
 think a key should be, and sends one direct message. Each node keeps its state in a SQLite file in
-DIR (a temporary directory by default).
+DIR (a temporary directory by default). The state network is one protocol (``p2ptls/state/1``) on
+each node's host, which keeps one connection per peer: ``node.host`` serves and opens protocols of
+the application's own on the same connections.
 """
 
 from __future__ import annotations
@@ -103,6 +105,16 @@ async def main(directory: Path) -> dict[str, dict[str, dict[str, bytes]]]:
 
         members = ", ".join(f"{names[m.peer_id]} {m.state.value}" for m in alice.members())
         print(f"alice's members: {members}")
+
+        # An application protocol beside the state network, on the same connections.
+        async def uptime(stream: p2ptls.LogicalStream) -> None:
+            await stream.send_message(b"alice has been up since the start")
+
+        alice.host.serve_protocol("example/uptime/1", uptime)
+        async with await carol.host.open(alice.peer_id, "example/uptime/1") as asked:
+            answer = (await asked.receive_message()).decode()
+        count = len(carol.host.connections)
+        print(f"carol asked alice over {count} connections (one per peer): {answer}")
         return views
 
 

@@ -29,6 +29,7 @@ async def test_state_demo_in_process(tmp_path: Path, identities) -> None:
         ]
         text = "\n".join(lines)
         assert "converged in" in text
+        assert "alice holds 2, one per peer, shared by every protocol" in text
         table = [line.split() for line in text.splitlines()]
         assert ["owner", "key", "at", "alice", "at", "bob", "at", "carol"] in table
         for owner, writes in expected.items():

@@ -41,3 +41,4 @@ def test_state_network_example_runs_as_a_script() -> None:
     assert "carol reads locally: alice.role=first, bob.role=second, carol.role=third" in out
     assert "'color' by consensus: blue held by 2" in out
     assert "direct message from carol" in out
+    assert "carol asked alice over 2 connections (one per peer)" in out

@@ -173,7 +173,7 @@ async def test_a_thousand_made_up_members_lock_nobody_out(identities, tmp_path) 
             await conn.send(gossip)
             await handled(conn)
             assert {m.peer_id for m in victim.members()} == {attacker.peer_id}
-            assert len(victim._membership.candidates) <= 16
+            assert len(victim._members.table.candidates) <= 16
             # Not passed on: a member connecting now hears of no made-up member.
             async with raw_peer(observer, psk, victim.peer_record()) as other:
                 told = [m for m in await handled(other) if isinstance(m, wire.Members)]
@@ -306,6 +306,48 @@ async def test_an_owner_flood_evicts_only_the_flood_and_members_stay(identities)
             assert victim.get(newcomer.peer_id, "k") == b"honest"
             await newcomer.set("k", b"later")
             await until(victim, lambda: victim.get(newcomer.peer_id, "k") == b"later")
+
+
+# -- 7. sessions ----------------------------------------------------------------------------------
+
+
+async def test_a_member_opening_state_streams_without_limit_holds_one_session(identities) -> None:
+    """A member opens state streams and never says HELLO: the victim holds at most the host's
+    ``max_streams_per_peer`` of them (the rest are refused at the opener), keeps the one session
+    the member does set up, and serves an honest newcomer meanwhile."""
+    victim_id, attacker, newcomer_id, _ = identities
+    psk = p2ptls.generate_psk()
+    hello = wire.Hello(_crypto.network_id(psk), 1, None).encode()
+    async with (
+        open_state_node(config(victim_id, psk)) as victim,
+        p2ptls.open_host(p2ptls.HostConfig(identity=attacker, psk=psk)) as host,
+    ):
+        record = victim.peer_record()
+        limit = victim.host.config.connections.max_streams_per_peer
+        streams, refused = [], 0
+        for _ in range(limit + 20):
+            try:
+                streams.append(await host.open(record, wire.PROTOCOL))
+            except p2ptls.StreamRefused:
+                refused += 1
+        assert len(streams) == limit and refused == 20
+        assert len(victim._sessions.running) == limit
+        # The member sets one of them up: that one is its session, the others wait for HELLO.
+        chosen = streams[-1]
+        await chosen.send_message(hello)
+        await chosen.send_message(wire.Ping(b"set up!!").encode())
+        with trio.fail_after(DEADLINE):
+            while await chosen.receive_message() != wire.Pong(b"set up!!").encode():
+                pass
+        session = victim._members.pump_of(attacker.peer_id)
+        assert session is not None and session.stream.stream_id == chosen.stream_id
+        newcomer_config = config(newcomer_id, psk, bootstrap=(record,))
+        async with open_state_node(newcomer_config) as newcomer:
+            await newcomer.set("k", b"v")
+            await until(victim, lambda: victim.get(newcomer.peer_id, "k") == b"v")
+        for stream in streams:
+            await stream.aclose()
+        assert victim.stats.errors_contained == 0
 
 
 async def test_certificates_without_batches_are_not_kept(identities, tmp_path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -33,28 +32,11 @@ from p2ptls.state import (
 )
 from p2ptls.state import _wire as wire
 from p2ptls.state.testing import Forger, RawConnection, raw_peer
+from tests.adversary.network import silent_state_member
+from tests.state_support import DEADLINE, connected, until
+from tests.state_support import node_config as config
 
-DEADLINE = 30
 T = TypeVar("T")
-
-
-def config(
-    identity: p2ptls.Identity,
-    psk: p2ptls.NetworkKey,
-    database: Path | None = None,
-    bootstrap: tuple[p2ptls.PeerRecord, ...] = (),
-    **options,
-) -> StateNodeConfig:
-    options.setdefault("reconnect_min", 0.05)
-    options.setdefault("reconnect_max", 0.5)
-    return StateNodeConfig(
-        identity=identity, psk=psk, database=database, bootstrap=bootstrap, **options
-    )
-
-
-async def until(node: StateNode, predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(DEADLINE):
-        await node.wait_until(predicate)
 
 
 def holds(node: StateNode, owner: p2ptls.PeerId, key: str, value: bytes) -> Callable[[], bool]:
@@ -65,17 +47,6 @@ def stale(node: StateNode, other: StateNode) -> Callable[[], bool]:
     def check() -> bool:
         status = node.member(other.peer_id)
         return status is not None and status.stale
-
-    return check
-
-
-def connected(node: StateNode, *others: StateNode) -> Callable[[], bool]:
-    def check() -> bool:
-        return all(
-            (status := node.member(other.peer_id)) is not None
-            and status.state is MemberState.CONNECTED
-            for other in others
-        )
 
     return check
 
@@ -294,19 +265,22 @@ async def test_equivocation_is_refused_and_reported(identities) -> None:
                     pass
 
 
-async def test_silent_member_is_dropped_after_failed_pings(identities) -> None:
+async def test_a_member_whose_connection_goes_silent_is_dropped(identities) -> None:
+    """Liveness is the connection's: the host pings a silent peer and, with no answer within
+    ``ping_timeout``, drops the connection; the state session on it ends with it."""
     psk = p2ptls.generate_psk()
     fast = config(identities[0], psk, ping_interval=0.05, ping_timeout=0.3)
     async with open_state_node(fast) as node:
         members = node.subscribe(MemberChanged)
-        async with raw_peer(identities[1], psk, node.peer_record()) as connection:
-            # Never answer anything: the node gives up on us and closes.
+        async with silent_state_member(identities[1], psk, node.peer_record()) as silent:
+            # Never answer anything: the node's host gives up on the connection and closes it.
             with trio.fail_after(DEADLINE):
-                await connection.wait_closed()
+                await silent.wait_closed()
         states = []
         while MemberState.UNREACHABLE not in states:
             states.append((await next_event(members, MemberChanged)).status.state)
         assert MemberState.CONNECTED in states
+        assert node.host.connection(identities[1].peer_id) is None
 
 
 # -- 32 and 36: versions across restarts -----------------------------------------------------------

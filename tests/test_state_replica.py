@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import hashes
 import p2ptls
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as wire
-from p2ptls.state._replica import Outbound, ReplicaCore
+from p2ptls.state._outbound import Outbound
+from p2ptls.state._replica import ReplicaCore
 from p2ptls.state._store import StateStore
 from p2ptls.state.errors import BadSignature, ForeignNetwork, StateProtocolError
 from p2ptls.state.testing import Forger

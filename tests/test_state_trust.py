@@ -12,15 +12,14 @@ import functools
 import pytest
 
 import p2ptls
-from p2ptls.state import _crypto
 from p2ptls.state import _wire as wire
 from p2ptls.state._membership import Membership
-from p2ptls.state._replica import Outbound, ReplicaCore
+from p2ptls.state._outbound import Outbound
+from p2ptls.state._replica import ReplicaCore
 from p2ptls.state._store import StateStore, StoredMember
 from p2ptls.state.testing import Forger
+from tests.state_support import NETWORK, make_core, publish
 
-PSK = p2ptls.NetworkKey(bytes(range(32)))
-NETWORK = _crypto.network_id(PSK)
 HIGH = (wire.MAX_COUNTER - 1, wire.MAX_COUNTER - 1)
 
 
@@ -28,15 +27,6 @@ HIGH = (wire.MAX_COUNTER - 1, wire.MAX_COUNTER - 1)
 def more_identities() -> tuple[p2ptls.Identity, ...]:
     """Owners for a flood (real keys: an owner's certificate must verify)."""
     return tuple(p2ptls.Identity.generate(2048) for _ in range(3))
-
-
-def make_core(identity: p2ptls.Identity, epoch: int = 5, max_owners: int = 4096) -> ReplicaCore:
-    core = ReplicaCore(
-        NETWORK, identity.peer_id.digest, identity.record.public_key_der, max_owners=max_owners
-    )
-    core.begin_epoch(_crypto.EpochSigner.create(identity, NETWORK, epoch))
-    core.take_changes()
-    return core
 
 
 def parsed(message: wire.Message) -> wire.Message:
@@ -47,16 +37,6 @@ def deliver(core: ReplicaCore, updates: wire.Updates, source: bytes = b"peer"):
     message = parsed(updates)
     assert isinstance(message, wire.Updates)
     return core.receive_updates_untrusted(message, source)
-
-
-def publish(core: ReplicaCore, items: list[tuple[str, bytes | None]]) -> None:
-    for key, value in items:
-        core.stage(key, value)
-    core.note_durable(core.staged_version)
-    batch = core.sign_pending(256)
-    assert batch is not None
-    core.publish(batch.last_version)
-    core.take_changes()
 
 
 # -- our own id: claims versus proofs ----------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The state network: replicated per-node key-value state over p2ptls secure streams.
+"""The state network: replicated per-node key-value state over p2ptls.
 
 Every node holds a small key-value state that only it may write; every other node holds a replica
 and reads it locally. Writes are signed (an RSA-certified Ed25519 key per node and epoch, one
 signature per batch of writes), stored durably in SQLite, pushed to members at once and repaired
 by anti-entropy, so nodes that are never connected directly converge through those that are.
+The state protocol is :data:`PROTOCOL` (``"p2ptls/state/1"``), one protocol on the host's shared
+connection per peer: ``node.host`` serves and opens other protocols on the same connections.
 
 ::
 
@@ -43,10 +45,11 @@ from .events import (
     StateRecord,
     SubscriptionOverflowed,
 )
-from .node import StateNode, open_state_node
+from .node import PROTOCOL, StateNode, open_state_node
 from .proof import RecordProof, VerifiedRecord
 
 __all__ = [
+    "PROTOCOL",
     "BadSignature",
     "ConsensusEntry",
     "DirectMessage",

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ..config import StreamConfig
+from ..config import ConnectionConfig, StreamConfig
 from ..identity import Identity, NetworkKey, PeerId, PeerRecord
 from . import _wire as wire
 from ._store import Durability
@@ -77,15 +77,19 @@ class StateNodeConfig:
     message_budget: int = attrs.field(default=1024 * 1024, validator=_positive)
     """Aim for update messages of about this many bytes (one record may exceed it)."""
     ping_interval: float = attrs.field(default=5.0, validator=_positive)
-    """Seconds between pings on an idle connection."""
+    """Seconds of silence after which the host pings a connection (its keepalive; see
+    :attr:`connections`)."""
     ping_timeout: float = attrs.field(default=20.0, validator=_positive)
-    """A connection silent for this long is closed and its member reported unreachable."""
+    """A connection silent for this long is closed (every protocol on it sees
+    ``ConnectionLost``) and its member reported unreachable."""
     reconnect_min: float = attrs.field(default=0.2, validator=_positive)
-    """First delay before dialling a member again."""
+    """First delay before dialling a member again: the host's dial back-off starts here, and
+    so does the node's wait after a session that could not be set up."""
     reconnect_max: float = attrs.field(default=15.0, validator=_positive)
     """Longest delay between dials (the delay doubles, with jitter, up to this)."""
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    """Deadline for a dial (TCP connect and handshake), and again for the hello exchange."""
+    """Deadline for a dial (TCP connect and handshake: the host's ``dial_timeout``), again for
+    the peer to accept the state stream, and again for the hello exchange."""
     anti_entropy_interval: float = attrs.field(default=30.0, validator=_positive)
     """Seconds between digests on an open connection (repairs anything missed)."""
     max_members: int = attrs.field(default=1024, validator=_positive)
@@ -127,6 +131,22 @@ class StateNodeConfig:
             raise ValueError("reconnect_max must be at least reconnect_min")
         if self.durability not in ("full", "normal"):
             raise ValueError("durability must be 'full' or 'normal'")
+
+    @property
+    def connections(self) -> ConnectionConfig:
+        """The node's host's connection settings: liveness and dial back-off are the
+        connection's, shared by every protocol on it. The host pings after
+        ``min(ping_interval, ping_timeout / 2)`` of silence and gives up ``ping_timeout`` after
+        the last thing it heard; a dial may take ``connect_timeout``, and failed dials back off
+        from ``reconnect_min`` to ``reconnect_max``."""
+        interval = min(self.ping_interval, self.ping_timeout / 2)
+        return ConnectionConfig(
+            keepalive_interval=interval,
+            keepalive_timeout=self.ping_timeout - interval,
+            dial_timeout=self.connect_timeout,
+            dial_backoff_initial=self.reconnect_min,
+            dial_backoff_max=self.reconnect_max,
+        )
 
     @property
     def limits(self) -> wire.Limits:

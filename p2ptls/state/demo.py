@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..identity import Identity, NetworkKey, PeerId, PeerRecord
+from ._wire import PROTOCOL
 from .config import StateNodeConfig
 from .events import MemberState
 from .node import StateNode, open_state_node
@@ -100,6 +101,10 @@ async def run(
                 reader: {names[o.peer_id]: node.snapshot(o.peer_id) for o in nodes.values()}
                 for reader, node in nodes.items()
             }
+            out(
+                f"    the state network is one protocol ({PROTOCOL}) on each host's connections: "
+                f"alice holds {len(alice.host.connections)}, one per peer, shared by every protocol"
+            )
             out("    what each node reads locally:")
             out(_view_table(views))
             record = bob.record(carol.peer_id, "temperature")

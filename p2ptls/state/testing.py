@@ -3,11 +3,12 @@
 :class:`Forger` builds signed protocol objects (certificates, records, batches, spans) for an
 identity, honestly or not: tests use it to play a misbehaving owner or relay. :func:`raw_peer`
 connects to a running node as a bare protocol speaker that sends exactly the messages a test
-gives it.
+gives it, on a logical stream of ``p2ptls/state/1`` as a node opens one.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -17,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..host import HostConfig, open_host
 from ..identity import Identity, NetworkKey, PeerRecord
-from ..stream import SecureStream
+from ..logical import LogicalStream
 from . import _crypto
 from . import _wire as wire
+from ._wire import PROTOCOL
 
 
 class Forger:
@@ -100,22 +102,43 @@ class Forger:
 
 @attrs.define
 class RawConnection:
-    """A verified stream to a node on which the test speaks the protocol itself."""
+    """A state stream to a node on which the test speaks the protocol itself (the logical stream
+    shares the test host's one connection to the node, so ``stream.connection`` is there to
+    open other protocols on, or to cut)."""
 
-    stream: SecureStream
+    stream: LogicalStream
     hello: wire.Hello
     limits: wire.Limits
+    received: collections.deque[bytes] = attrs.field(factory=collections.deque)
+    """Messages read ahead (by :meth:`taken`) and not handed out by :meth:`receive` yet."""
 
     async def send(self, message: wire.Message | bytes) -> None:
         data = message if isinstance(message, bytes) else message.encode()
         await self.stream.send_message(data)
 
     async def receive(self) -> wire.Message:
-        return wire.parse_message_untrusted(await self.stream.receive_message(), self.limits)
+        data = self.received.popleft() if self.received else await self.stream.receive_message()
+        return wire.parse_message_untrusted(data, self.limits)
+
+    async def taken(self) -> bool:
+        """Wait until the node has taken this session (it answers a PING only after it handled
+        our HELLO and kept the session); what it sends meanwhile stays for :meth:`receive`.
+        False if it closed the stream instead."""
+        nonce = b"taken?!!"
+        await self.send(wire.Ping(nonce))
+        try:
+            while True:
+                data = await self.stream.receive_message()
+                if data == wire.Pong(nonce).encode():
+                    return True
+                self.received.append(data)
+        except (trio.EndOfChannel, trio.BrokenResourceError):
+            return False
 
     async def wait_closed(self) -> None:
-        """Read (and drop) messages until the node closes the connection."""
+        """Read (and drop) messages until the node closes the stream (or it breaks)."""
         try:
+            self.received.clear()
             while True:
                 await self.stream.receive_message()
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -131,15 +154,18 @@ async def raw_peer(
     network: bytes | None = None,
     incarnation: int = 1,
 ) -> AsyncIterator[RawConnection]:
-    """Connect to ``node`` (a record with its address) and exchange hellos.
+    """Open a state stream to ``node`` (a record with its address), exchange hellos and wait
+    until the node has taken the session (:meth:`RawConnection.taken`).
 
     ``network`` overrides the state network id the hello claims.
     """
     network_id = network if network is not None else _crypto.network_id(psk)
     async with open_host(HostConfig(identity=identity, psk=psk)) as host:
-        stream = await host.connect(node)
+        stream = await host.open(node, PROTOCOL)
         await stream.send_message(wire.Hello(network_id, incarnation, None).encode())
         limits = wire.Limits(max_value_size=wire.MAX_VALUE_LIMIT)
         first = wire.parse_message_untrusted(await stream.receive_message(), limits)
         assert isinstance(first, wire.Hello)
-        yield RawConnection(stream, first, limits)
+        connection = RawConnection(stream, first, limits)
+        await connection.taken()
+        yield connection

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import trio
 
 from p2ptls import HostConfig, open_host
-from p2ptls.state import StateNode
+from p2ptls.state import PROTOCOL, StateNode
 from p2ptls.state import _wire as wire
 
 from .network import NODE_TASKS, SAFETY_NET, HonestNode, StateNetwork, converged
@@ -36,6 +36,8 @@ def assert_nodes_up(network: StateNetwork) -> None:
         assert honest.node is not None
         missing = [name for name in NODE_TASKS if name not in running_tasks(honest.node)]
         assert not missing, f"{honest.name} lost its tasks {missing}"
+        served = honest.node.host.manager.handler_for(PROTOCOL)
+        assert served is not None, f"{honest.name} no longer serves {PROTOCOL}"
 
 
 async def answers(network: StateNetwork, honest: HonestNode) -> bool:
@@ -45,7 +47,7 @@ async def answers(network: StateNetwork, honest: HonestNode) -> bool:
         async with open_host(HostConfig(identity=probe, psk=network.psk)) as host:
             host.context.offload_private_key_operations = False
             try:
-                stream = await host.connect(honest.up.peer_record())
+                stream = await host.open(honest.up.peer_record(), PROTOCOL)
                 await stream.send_message(wire.Hello(network.network_id, 1, None).encode())
                 limits = wire.Limits(wire.MAX_VALUE_LIMIT)
                 first = wire.parse_message_untrusted(await stream.receive_message(), limits)
@@ -106,17 +108,18 @@ def assert_tables_bounded(network: StateNetwork) -> None:
                 f"{name}: {len(state.certs)} certificates held for owner {owner.hex()[:12]} "
                 f"with batches in {len(epochs)} epochs"
             )
-        for peer in node._peers.values():
-            assert len(peer.control) <= config.max_pending_requests, f"{name}: control queue"
-            # What a connection remembers per owner is worth keeping for owners held at most.
-            outbound = peer.outbound
+        for pump in node._sessions.running:
+            session = pump.session
+            assert len(session.control) <= config.max_pending_requests, f"{name}: control queue"
+            # What a session remembers per owner is worth keeping for owners held at most.
+            outbound = session.outbound
             for table in ("belief", "pulls_outstanding", "sent_certs", "announced"):
                 size = len(getattr(outbound, table))
                 assert size <= config.max_owners, (
-                    f"{name}: {size} entries in the {table} of the connection to "
-                    f"{peer.peer_id.short} (max_owners {config.max_owners})"
+                    f"{name}: {size} entries in the {table} of the session with "
+                    f"{pump.peer_id.short} (max_owners {config.max_owners})"
                 )
-        buffered = node._direct_send.statistics().current_buffer_used
+        buffered = node._sessions.direct_send.statistics().current_buffer_used
         assert buffered <= config.direct_buffer, f"{name}: {buffered} direct messages"
         host = node.host
         assert host.pending_handshakes <= host.config.max_pending_handshakes, f"{name}: handshakes"

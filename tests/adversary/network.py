@@ -12,7 +12,10 @@ waits, so watchdogs, pings, backoffs and anti-entropy run in virtual time.
 
 :class:`StateMember` is one lane of the adversary: a genuine member (its own RSA identity and the
 network key, admitted by ``admit_network_members``) that opens state connections to its victim,
-raw TCP connections to the victim's host, and signs whatever it likes with its own keys.
+raw TCP connections to the victim's host, and signs whatever it likes with its own keys. Its
+state streams are logical streams of ``p2ptls/state/1`` opened through its own host
+(``host.open``), on the one connection that host keeps to the victim; :func:`silent_state_member`
+is a member with a connection of its own that goes silent.
 """
 
 from __future__ import annotations
@@ -29,8 +32,21 @@ import attrs
 import trio
 import trio.testing
 
-from p2ptls import Host, HostConfig, Identity, NetworkKey, PeerId, PeerRecord, open_host
+from p2ptls import (
+    Host,
+    HostConfig,
+    Identity,
+    KnownPeers,
+    NetworkKey,
+    PeerId,
+    PeerRecord,
+    SecureStream,
+    SecurityContext,
+    open_host,
+)
+from p2ptls._mux import DataReceived, Multiplexer
 from p2ptls.state import (
+    PROTOCOL,
     MemberState,
     StateNode,
     StateNodeConfig,
@@ -44,8 +60,9 @@ from tests.conftest import identity_pool
 SAFETY_NET = 60.0
 """Clock seconds before a wait that should succeed fails the test (only reached by a bug)."""
 
-NODE_TASKS = ("_store_loop", "_sign_loop", "_pull_loop", "_accept_loop")
-"""Background tasks every listening state node runs for as long as it is up."""
+NODE_TASKS = ("_store_loop", "_sign_loop", "digest_loop", "candidate_loop")
+"""Background tasks every state node runs for as long as it is up (it also serves
+``p2ptls/state/1`` on its host: see ``invariants.assert_nodes_up``)."""
 
 
 @functools.cache
@@ -345,9 +362,9 @@ class StateMember:
         return self._forgers[key]
 
     async def stream(self) -> Any:
-        """A fresh verified secure stream to the victim (no state hello sent yet)."""
-        stream = await self.host.connect(self.victim_record)
-        return stream
+        """A fresh state stream to the victim (no state hello sent yet), on the lane's shared
+        connection to it."""
+        return await self.host.open(self.victim_record, PROTOCOL)
 
     async def fresh(self, *, hello: bool = True, incarnation: int = 1) -> StateConnection:
         """A new state connection (replacing the lane's current one)."""
@@ -403,3 +420,67 @@ async def state_member(network: StateNetwork, lane: int) -> AsyncIterator[StateM
 def lanes_of(network: StateNetwork) -> Callable[[int], Any]:
     """The lane factory for :func:`~tests.adversary.core.run_adversary`."""
     return functools.partial(state_member, network)
+
+
+class SilentMember:
+    """A member's own connection to a node (no host runs it: nothing answers the node's
+    keepalive pings) with a state session on it; see :func:`silent_state_member`."""
+
+    def __init__(self, secure: SecureStream, mux: Multiplexer, stream_id: int) -> None:
+        self.secure = secure
+        self.mux = mux
+        self.stream_id = stream_id
+        self._assembly: list[bytes] = []
+
+    async def send(self, message: wire.Message) -> None:
+        self.mux.send_data(self.stream_id, message.encode(), message=True, end=True)
+        await self.secure.send_all(self.mux.data_to_send())
+
+    async def receive_until(self, wanted: bytes) -> None:
+        """Read (without answering anything) until the node sends the message ``wanted``."""
+        while True:
+            data = await self.secure.receive_some()
+            if not data:
+                raise trio.EndOfChannel
+            for event in self.mux.receive_data_untrusted(data):
+                if not isinstance(event, DataReceived) or event.stream_id != self.stream_id:
+                    continue
+                self._assembly.append(event.data)
+                if event.end:
+                    message = b"".join(self._assembly)
+                    self._assembly.clear()
+                    self.mux.message_taken(self.stream_id)
+                    if message == wanted:
+                        return
+
+    async def wait_closed(self) -> None:
+        """Read (and drop) everything, answering nothing, until the node closes the
+        connection."""
+        try:
+            while await self.secure.receive_some():
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+@asynccontextmanager
+async def silent_state_member(
+    identity: Identity, psk: NetworkKey, node: PeerRecord
+) -> AsyncIterator[SilentMember]:
+    """A member that dials ``node`` on a connection of its own, opens a state session, exchanges
+    HELLOs, waits until the node took the session (a state PING answered), and then answers
+    nothing more: from the node's side, a member whose connection went silent."""
+    assert node.address is not None
+    tcp = await trio.open_tcp_stream(*node.address)
+    context = SecurityContext(identity, psk, KnownPeers([node]))
+    secure = SecureStream(tcp, context, remote=node, messages=False)
+    try:
+        await secure.do_handshake()
+        mux = Multiplexer(initiator=True)
+        member = SilentMember(secure, mux, mux.open_stream(PROTOCOL))
+        await member.send(wire.Hello(_crypto.network_id(psk), 1, None))
+        await member.send(wire.Ping(b"silence!"))
+        await member.receive_until(wire.Pong(b"silence!").encode())
+        yield member
+    finally:
+        await trio.aclose_forcefully(secure)

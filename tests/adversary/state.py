@@ -17,13 +17,14 @@ import random
 import struct
 
 import attrs
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from p2ptls.state import _wire as wire
 
 from .core import FunctionMove, move
-from .network import StateMember
+from .network import StateMember, silent_state_member
 
 MAX = wire.MAX_COUNTER
 """2^63 - 1: the first counter value out of range."""
@@ -480,9 +481,16 @@ async def pong_unsolicited(m: StateMember, rng: random.Random) -> None:
 
 @move("silence")
 async def silence(m: StateMember, rng: random.Random) -> None:
-    """A member that stops sending (the victim's watchdog closes it after ``ping_timeout``)."""
+    """A member whose connection goes silent after the HELLOs (the victim's connection keepalive
+    closes it after ``ping_timeout``), or that only stops talking on its state stream while its
+    host answers the keepalive (the session stays; a PING later still gets its PONG)."""
+    if rng.random() < 0.5:
+        async with silent_state_member(m.identity, m.network.psk, m.victim_record) as member:
+            await member.wait_closed()
+        return
     conn = await m.state()
-    await conn.closed.wait()
+    await trio.sleep(m.victim_node.config.ping_timeout)
+    await conn.barrier()
 
 
 STATE_MOVES: tuple[StateMove, ...] = (

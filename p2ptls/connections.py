@@ -160,6 +160,8 @@ class PeerConnection:
         self.rtt: float | None = None
         """The round trip of the last answered keepalive ping, in seconds."""
         self._keepalive_ping = b""
+        self._heard = trio.Event()
+        """Set once the first bytes from the peer arrived on this connection."""
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -192,8 +194,21 @@ class PeerConnection:
     def accepts_new_streams(self) -> bool:
         return not self.closed and self.retired is None and self._mux.can_open()
 
+    @property
+    def going_away(self) -> GoAwayCode | None:
+        """Why the peer retired this connection (its GOAWAY), or ``None``: streams go on for the
+        grace period, new ones go to another connection."""
+        notice = self._mux.go_away_received
+        return None if notice is None else notice.code
+
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    async def wait_heard(self) -> None:
+        """Ping the peer and wait until it has said anything on this connection (proof that it
+        completed the handshake), or until the connection ended."""
+        self.probe()
+        await self._heard.wait()
 
     def __repr__(self) -> str:
         side = "out" if self.initiator else "in"
@@ -375,6 +390,8 @@ class PeerConnection:
                 self._end(PeerClosed("the peer closed the connection"))
                 return
             self._liveness.received(trio.current_time())
+            if not self._heard.is_set():
+                self._heard.set()
             for event in mux.receive_data_untrusted(data):
                 self._file(event)
             self._wake_writer()
@@ -539,6 +556,7 @@ class PeerConnection:
         self._opening.clear()
         self._mux.release_all()
         self._closed.set()
+        self._heard.set()  # nobody waits for a peer that is gone
         self._drained.unpark_all()
         self.manager._connection_ended(self)
 

@@ -318,6 +318,10 @@ class Host:
     def unprotect(self, peer: PeerId, tag: str) -> None:
         self.manager.unprotect(peer, tag)
 
+    def forget_backoff(self, peer: PeerId) -> None:
+        """Let ``peer`` be dialled again at once, even while its failed dials back off."""
+        self.manager.forget_backoff(peer)
+
     def peer_events(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[PeerEvent]:
         """:class:`~p2ptls.PeerConnected` and :class:`~p2ptls.PeerDisconnected` events from now
         on (a peer's first live connection, and its last one ending). A reader that falls

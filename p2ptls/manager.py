@@ -49,7 +49,7 @@ from .connections import (
 )
 from .context import SecurityContext
 from .identity import PeerId, PeerRecord
-from .logical import LogicalStream
+from .logical import ConnectionLost, LogicalStream
 from .stream import SecureStream
 
 log = logging.getLogger("p2ptls.connections")
@@ -166,6 +166,11 @@ class ConnectionManager:
     def is_protected(self, peer: PeerId) -> bool:
         return self._table.is_protected(peer)
 
+    def forget_backoff(self, peer: PeerId) -> None:
+        """Let ``peer`` be dialled again at once, whatever its earlier dials did (for example
+        after the network came back, or the peer's operator said it was fixed)."""
+        self._backoff.succeeded(peer)
+
     def _touch(self, connection: PeerConnection) -> None:
         self._table.touch(connection.remote_peer.peer_id)
 
@@ -223,7 +228,7 @@ class ConnectionManager:
             with dial.scope:
                 try:
                     with trio.fail_after(self.config.dial_timeout):
-                        secure = await self._handshake(record, target)
+                        connection = await self._connect(record, target)
                 except trio.TooSlowError:
                     raise TimeoutError(
                         f"dialling peer {peer.short} at {target[0]}:{target[1]} took longer "
@@ -232,7 +237,7 @@ class ConnectionManager:
             if dial.scope.cancelled_caught:
                 dial.error = OSError("the dial was abandoned by every opener")
                 return
-            if self._adopt(secure, initiator=True) is None:
+            if self._adopt(connection, initiator=True) is None:
                 if self._closing:
                     raise trio.ClosedResourceError("the host is closing")
                 raise ConnectionLimitReached(
@@ -249,6 +254,34 @@ class ConnectionManager:
             del self._dials[peer]
             dial.done.set()
 
+    async def _connect(self, record: PeerRecord, target: tuple[str, int]) -> PeerConnection:
+        """A running connection to ``record``'s peer, once the peer has spoken on it.
+
+        Our side of the handshake completes first (as a TLS client's does), before the peer has
+        checked our last flight; the peer may still refuse us, or drop its half-done handshake
+        (its bound on handshakes in progress). So the connection counts, and may replace another
+        one to the peer, only once its first frame arrived: the answer to a PING sent at once.
+        """
+        secure = await self._handshake(record, target)
+        connection = PeerConnection(secure, self, initiator=True)
+        self._nursery.start_soon(connection.run)
+        try:
+            await connection.wait_heard()
+        except BaseException:
+            connection.close("the dial was abandoned")
+            raise
+        if connection.closed:
+            raise ConnectionLost(
+                f"the connection to {record.peer_id.short} ended before the peer answered: "
+                f"{connection.cause}"
+            ) from connection.cause
+        if connection.going_away is GoAwayCode.LIMIT:
+            raise ConnectionLost(
+                f"peer {record.peer_id.short} turned the connection away: its connection limit "
+                "is reached and every connection it holds is protected"
+            )
+        return connection
+
     async def _handshake(self, record: PeerRecord, target: tuple[str, int]) -> SecureStream:
         tcp = await trio.open_tcp_stream(*target)
         try:
@@ -264,19 +297,20 @@ class ConnectionManager:
         return secure
 
     def adopt(self, secure: SecureStream) -> PeerConnection | None:
-        """Take an accepted connection whose handshake completed (the host calls it)."""
-        return self._adopt(secure, initiator=False)
+        """Take an accepted connection whose handshake completed (the host calls it): the
+        initiator completed its side before ours, so the connection counts at once."""
+        connection = PeerConnection(secure, self, initiator=False)
+        self._nursery.start_soon(connection.run)
+        return self._adopt(connection, initiator=False)
 
-    def _adopt(self, secure: SecureStream, *, initiator: bool) -> PeerConnection | None:
-        connection = PeerConnection(secure, self, initiator=initiator)
+    def _adopt(self, connection: PeerConnection, *, initiator: bool) -> PeerConnection | None:
         peer = connection.remote_peer.peer_id
         if self._closing:
-            self._nursery.start_soon(trio.aclose_forcefully, secure)
+            connection.close("the host is closing")
             return None
         decision = self._table.add(peer, connection, initiated_by_us=initiator)
         live = self._live.setdefault(peer, {})
         live[connection] = None
-        self._nursery.start_soon(connection.run)
         running = [c for c in live if c.cause is None]
         while len(running) > MAX_LIVE_PER_PEER:
             oldest = next(c for c in running if c is not connection and c is not decision.current)

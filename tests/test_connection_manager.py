@@ -284,7 +284,7 @@ async def test_the_connection_limit_evicts_the_least_recently_used_unprotected(
             await settle(lambda: served() == {a.peer_id, b.peer_id})
             # Every slot protected: a newcomer's connection is refused (it goes away at once).
             server.protect(b.peer_id, "important")
-            with pytest.raises(ConnectionLost):
+            with pytest.raises(ConnectionLost, match="connection limit"):
                 await use(c)
             assert served() == {a.peer_id, b.peer_id}
             # On the dialling side, a full table of protected connections refuses the dial.
@@ -292,6 +292,7 @@ async def test_the_connection_limit_evicts_the_least_recently_used_unprotected(
                 await server.open(c.peer_id, ECHO)
             # Unprotected, a is evicted for c (the least recently used).
             server.unprotect(a.peer_id, "important")
+            c.forget_backoff(server.peer_id)  # turned away a moment ago: c backs off
             await use(c)
             await settle(lambda: served() == {b.peer_id, c.peer_id})
 

@@ -100,7 +100,56 @@ async def test_the_keepalive_measures_the_round_trip(
             host.context.offload_private_key_operations = False
             async with await host.open(bob.peer_id, "echo/1") as stream:
                 connection = stream.connection
-                assert connection.rtt is None
+                assert connection.rtt is not None  # the dial's first ping measured it
+                first_ping = connection._liveness.last_ping
                 await trio.sleep(11.0)  # virtual: a keepalive interval passes on both sides
-                assert connection.rtt is not None
+                assert connection._liveness.last_ping != first_ping  # measured again
                 assert 0.0 <= connection.rtt < 1.0
+
+
+class _DropsAfterItsReply(trio.abc.Stream):
+    """A responder's transport that goes dead once the Reply is sent: the initiator completes
+    its side of the handshake, but the responder never completes its own."""
+
+    def __init__(self, tcp: trio.SocketStream) -> None:
+        self.tcp = tcp
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.tcp.send_all(data)
+        await self.tcp.aclose()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tcp.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.tcp.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.tcp.aclose()
+
+
+async def test_a_dialled_connection_counts_only_once_the_peer_has_spoken(identities) -> None:
+    alice, bob = identities[0], identities[1]
+    psk = p2ptls.generate_psk()
+    bob_context = p2ptls.SecurityContext(bob, psk, p2ptls.KnownPeers([alice.record]))
+
+    async def half_handshake(tcp: trio.SocketStream) -> None:
+        secure = p2ptls.SecureStream(_DropsAfterItsReply(tcp), bob_context, server_side=True)
+        with pytest.raises(trio.BrokenResourceError):
+            await secure.do_handshake()
+        await trio.aclose_forcefully(secure)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    config = HostConfig(
+        identity=alice, psk=psk, peers=[bob.peer_record(address=("127.0.0.1", port))]
+    )
+    async with trio.open_nursery() as nursery, open_host(config) as host:
+        nursery.start_soon(trio.serve_listeners, half_handshake, listeners)
+        events = host.peer_events()
+        with pytest.raises(p2ptls.ConnectionLost, match="before the peer answered"):
+            await host.open(bob.peer_id, "echo/1")
+        assert host.connections == ()
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()  # no PeerConnected for a connection bob never completed
+        nursery.cancel_scope.cancel()

@@ -359,6 +359,7 @@ class Members:
     def retry_now(self) -> None:
         for member in self.by_id.values():
             member.retry_delay = 0.0
+            self.host.forget_backoff(member.record.peer_id)
             member.poke.set()
 
     @property

@@ -361,8 +361,8 @@ class StateNode:
 
     def retry_now(self) -> None:
         """Open a session with every unconnected member at once, e.g. after the
-        ``peer_filter`` changed or the network came back. (A peer whose dial failed stays in the
-        host's dial back-off, at most ``reconnect_max``.)"""
+        ``peer_filter`` changed or the network came back (the host's dial back-off for each
+        member is forgotten)."""
         self._members.retry_now()
 
     # -- running --------------------------------------------------------------------------------

@@ -420,6 +420,28 @@ async def test_empty_messages_nobody_reads_are_bounded() -> None:
         await settle(lambda: harness.host.context.budget.in_use == 0)
 
 
+async def test_a_window_of_one_byte_frames_nobody_reads_costs_its_bytes_not_an_object_each() -> (
+    None
+):
+    """SPEC §14.6: a stream's unread bytes are bounded by its window, and their memory must be
+    proportional to the bytes. A window's worth of 1-byte frames (262,144 of them) would cost
+    about 10 MB at one object per frame; gathered, it costs about the window."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        peer = await raw_peer(harness)
+        connection = connection_of(harness, peer)
+        sid = await peer.open(SINK)  # its handler never reads
+        window = harness.host.config.connections.stream_window
+        one_byte = mw.frame(FrameType.DATA, sid, b"x")
+        with heap_growth() as growth:
+            for _ in range(window // 16384):
+                await peer.send_frames(one_byte * 16384)
+            await peer.echo(b"the host has read the window")
+        assert growth.grown < 2 * window, growth.grown
+        assert not connection.closed
+        await peer.aclose()
+
+
 async def test_half_messages_on_logical_streams_share_the_budget() -> None:
     """Peers each holding half a maximum-size message on a logical stream fill the host's
     budget; the stream that would exceed it is reset (its connection goes on); when holders

@@ -6,8 +6,9 @@ Run from the repository root::
     .venv/bin/python -m protocol.generate_sllp_vectors --check  # exit 1 if the file is stale
 
 Every value is computed twice: once by a small *reference* implementation written from
-``protocol/SPEC-sllp.md`` with only ``hmac``, ``struct`` and the ``cryptography`` AES-GCM primitive
-(this module), and once by p2ptls's SLLP session (``p2ptls.sllp``). The generator refuses to write
+``protocol/SPEC-sllp.md`` with only ``struct``, the ``cryptography`` AES-GCM primitive and the
+handshake reference's HKDF (``protocol.handshake_reference``, which uses nothing of p2ptls) (this
+module), and once by p2ptls's SLLP session (``p2ptls.sllp``). The generator refuses to write
 anything if the two disagree, so the vectors pin the code *and* the specification.
 
 Inputs are fixed: the secure stream's exporter secret (standing for a completed handshake), an
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import struct
 import sys
@@ -33,6 +33,7 @@ from p2ptls.sllp import Message, SllpConfig
 from p2ptls.sllp import _wire as wire
 from p2ptls.sllp._keys import direction_secrets
 from p2ptls.sllp.testing import logical_stream_exporter, make_offer, sessions_from
+from protocol.handshake_reference import expand_label as ref_expand_label
 
 OUTPUT = Path(__file__).resolve().parent / "vectors" / "sllp.json"
 
@@ -47,17 +48,6 @@ LOGICAL_STREAM_ID = 3  # the connection initiator's second logical stream
 
 
 # -- the reference implementation (from SPEC-sllp.md) ----------------------------------------------
-
-
-def ref_expand_label(secret: bytes, label: str, context: bytes, length: int) -> bytes:
-    full = b"p2ptls1 " + label.encode()
-    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.digest(secret, block + info + bytes([counter]), "sha256")
-        out += block
-        counter += 1
-    return out[:length]
 
 
 def ref_exporter(exporter_secret: bytes, label: str, context: bytes, length: int) -> bytes:

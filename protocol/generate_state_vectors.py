@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import struct
 import sys
@@ -38,6 +37,8 @@ from p2ptls.identity import Identity, NetworkKey
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as wire
 from p2ptls.state.proof import RecordProof
+from protocol.handshake_reference import expand_label as ref_expand_label
+from protocol.handshake_reference import hkdf_extract as ref_hkdf_extract
 
 Json = dict[str, Any]
 
@@ -70,21 +71,6 @@ OTHER_OWNER = _fixed("other owner")
 PING_NONCE = bytes(range(8))
 
 # --- reference implementation of SPEC-state.md --------------------------------------------------
-
-
-def ref_hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.digest(salt, ikm, "sha256")
-
-
-def ref_expand_label(secret: bytes, label: str, context: bytes, length: int) -> bytes:
-    full = b"p2ptls1 " + label.encode("ascii")
-    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
-    output, block, counter = b"", b"", 1
-    while len(output) < length:
-        block = hmac.digest(secret, block + info + bytes([counter]), "sha256")
-        output += block
-        counter += 1
-    return output[:length]
 
 
 def ref_network_id(psk: bytes) -> bytes:

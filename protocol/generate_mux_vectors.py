@@ -16,7 +16,6 @@ repeated byte, ``{"sha256": ..., "length": n}`` for whole wire data longer than 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -29,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: python protocol/generate_mux_v
 
 from protocol import mux_reference as ref
 from protocol.mux_reference import END, FIN, MESSAGE, MuxViolation, RefSide
+from protocol.vector_files import write_or_check
 
 OUTPUT = Path(__file__).resolve().parent / "vectors" / "mux.json"
 WIRE_INLINE = 2048
@@ -596,19 +596,7 @@ def generate() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    text = generate()
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT} is stale", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check({OUTPUT.name: generate()}, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ of a channel set up on one). Nothing is random.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import struct
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from p2ptls.sllp import _wire as wire
 from p2ptls.sllp._keys import direction_secrets
 from p2ptls.sllp.testing import logical_stream_exporter, make_offer, sessions_from
 from protocol.handshake_reference import expand_label as ref_expand_label
+from protocol.vector_files import write_or_check
 
 OUTPUT = Path(__file__).resolve().parent / "vectors" / "sllp.json"
 
@@ -232,19 +231,7 @@ def build() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    text = json.dumps(build(), indent=2) + "\n"
-    if args.check:
-        current = OUTPUT.read_text() if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT} is stale", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check({OUTPUT.name: json.dumps(build(), indent=2) + "\n"}, argv, __doc__)
 
 
 if __name__ == "__main__":

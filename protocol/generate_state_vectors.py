@@ -19,7 +19,6 @@ one); later runs reuse it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import struct
@@ -39,6 +38,7 @@ from p2ptls.state import _wire as wire
 from p2ptls.state.proof import RecordProof
 from protocol.handshake_reference import expand_label as ref_expand_label
 from protocol.handshake_reference import hkdf_extract as ref_hkdf_extract
+from protocol.vector_files import write_or_check
 
 Json = dict[str, Any]
 
@@ -309,23 +309,8 @@ def generate() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="compare, do not write")
-    args = parser.parse_args(argv)
-    text = generate()
-    current = VECTOR_FILE.read_text(encoding="utf-8") if VECTOR_FILE.exists() else None
-    if args.check:
-        if current != text:
-            print(f"{VECTOR_FILE.name} is stale; run python -m protocol.generate_state_vectors")
-            return 1
-        print(f"{VECTOR_FILE.name} is up to date")
-        return 0
-    if current != text:
-        VECTOR_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {VECTOR_FILE}")
-    else:
-        print(f"{VECTOR_FILE.name} unchanged")
-    return 0
+    description = __doc__.splitlines()[0] if __doc__ else None
+    return write_or_check({VECTOR_FILE.name: generate()}, argv, description)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ This module assembles the files; the parts are, by job:
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from protocol.handshake_vectors import (
 from protocol.reassembly_vectors import reassembly_vectors
 from protocol.replay_vectors import replay_vectors
 from protocol.session_vectors import run_session
+from protocol.vector_files import VECTOR_DIR, write_or_check
 from protocol.vector_inputs import (
     EPHEMERAL_INITIATOR,
     EPHEMERAL_RESPONDER,
@@ -83,7 +82,6 @@ __all__ = [
     "render",
 ]
 
-VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 FILES = (
     "handshake.json",
     "key_schedule.json",
@@ -281,25 +279,8 @@ def generate(directory: Path = VECTOR_DIR) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="compare, do not write")
-    args = parser.parse_args(argv)
-    rendered = generate()
-    stale = [
-        name
-        for name, text in rendered.items()
-        if not (VECTOR_DIR / name).exists()
-        or (VECTOR_DIR / name).read_text(encoding="utf-8") != text
-    ]
-    if args.check:
-        for name in stale:
-            print(f"stale: protocol/vectors/{name}", file=sys.stderr)
-        return 1 if stale else 0
-    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
-    for name in stale:
-        (VECTOR_DIR / name).write_text(rendered[name], encoding="utf-8")
-        print(f"wrote protocol/vectors/{name}")
-    return 0
+    description = __doc__.splitlines()[0] if __doc__ else None
+    return write_or_check(generate(), argv, description)
 
 
 if __name__ == "__main__":

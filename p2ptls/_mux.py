@@ -31,8 +31,9 @@ length (before the payload is buffered), stream id parity and order, the credit.
 raises :class:`~p2ptls._errors.MuxError` and the connection ends; nothing else is shared with other
 connections. The peer can add to three tables, each bounded: streams it opened (at most
 ``max_inbound_streams``, beyond that it is refused), our queued replies (at most
-``max_output_backlog`` bytes of frames answering it: a peer that asks without reading is cut) and
-message bytes (the budget).
+``max_output_backlog`` bytes of frames other than DATA: a peer that asks without reading is cut;
+our own DATA waiting is bounded by the senders and not counted, so that a peer that pings while we
+send in bulk is not taken for one that does not read) and message bytes (the budget).
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class Multiplexer:
         """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
         slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
         self._out_size = 0
+        self._control_size = 0
+        """Bytes of the queued frames other than DATA (what :meth:`_reply` bounds)."""
         self._in = bytearray()
         self.go_away_sent = False
         self.go_away_received: GoAwayReceived | None = None
@@ -264,7 +267,7 @@ class Multiplexer:
         """Every queued frame, in order; the queue is then empty."""
         data = b"".join(self._out_pieces)
         self._out_pieces.clear()
-        self._out_size = 0
+        self._out_size = self._control_size = 0
         return data
 
     def _queue(
@@ -273,10 +276,13 @@ class Multiplexer:
         self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
         self._out_pieces.append(payload)
         self._out_size += mw.HEADER_SIZE + len(payload)
+        if frame_type is not _DATA:
+            self._control_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
-        """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
-        if self._out_size > self.max_output_backlog:
+        """Queue a frame the peer's input asked for; a peer that asks without reading is cut
+        (our own DATA waiting is bounded by the senders and does not count)."""
+        if self._control_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._queue(frame_type, stream_id, payload)
 
@@ -532,7 +538,7 @@ class Multiplexer:
         protocol = mw.parse_protocol_name_untrusted(payload)
         if self.go_away_received is not None:
             raise MuxError("OPEN after the peer's GOAWAY")
-        if self._out_size > self.max_output_backlog:
+        if self._control_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:

@@ -449,6 +449,19 @@ def control_exchanges() -> list[Script]:
             "refuse", stream_id=2 * n + 1, code="UNKNOWN_PROTOCOL"
         )
     refusals.receive(open_(9, "nope/1"))
+    own_data = (
+        Script(
+            "own_data_is_not_a_backlog",
+            "responder",
+            "Our DATA waiting is not the peer's asking: a PING beside it is answered.",
+            max_output_backlog=40,
+            peer_reads=False,
+        )
+        .receive(open_(1, "chat/1"))
+        .do("accept", stream_id=1)
+        .do("send", stream_id=1, data=fill(100))
+        .receive(ping(b"\x05" * 8))
+    )
     return [
         Script("ping_pong", "initiator", "PING is answered; PONG is reported.")
         .receive(ping(b"\x01" * 8))
@@ -456,6 +469,7 @@ def control_exchanges() -> list[Script]:
         .do("ping", payload=b"\x03" * 8),
         pings,
         refusals,
+        own_data,
         Script("goaway_received", "initiator", "Our opens above 3 are refused.")
         .do("open", protocol="chat/1")
         .do("open", protocol="chat/1")

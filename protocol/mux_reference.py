@@ -185,6 +185,7 @@ class RefSide:
         self.goaway_sent = False
         self.goaway_received = False
         self.output = bytearray()
+        self.control_waiting = 0  # bytes of output other than DATA (§14.9)
         self._input = bytearray()
         self._events: list[dict[str, Any]] = []
 
@@ -193,14 +194,19 @@ class RefSide:
     def take_output(self) -> bytes:
         data = bytes(self.output)
         self.output.clear()
+        self.control_waiting = 0
         return data
 
     def _send(self, kind: str, stream_id: int, payload: bytes = b"", flags: int = 0) -> None:
-        self.output += encode(kind, stream_id, payload, flags)
+        frame = encode(kind, stream_id, payload, flags)
+        self.output += frame
+        if kind != "DATA":
+            self.control_waiting += len(frame)
 
     def _check_backlog(self) -> None:
-        """§14.9: a reply is due; a peer that does not read its replies is cut."""
-        if len(self.output) > self.max_output_backlog:
+        """§14.9: a reply is due; a peer that does not read its replies is cut (our own DATA
+        waiting does not count)."""
+        if self.control_waiting > self.max_output_backlog:
             raise MuxViolation("14.9 more than max_output_backlog bytes wait for the peer")
 
     def _report(self, event: str, **fields: Any) -> None:

@@ -518,7 +518,7 @@ class Multiplexer:
             if stream.reset:
                 return  # crossed with our own RESET
             stream.reset = True
-            self._release_messages(stream)
+            self._release_assembling(stream)
             events.append(StreamAborted(stream_id, _reset_code(payload[0]), by_peer=True))
 
     def _stream_for(self, stream_id: int) -> _Stream | None:
@@ -613,7 +613,7 @@ class Multiplexer:
         """Abort a stream whose peer broke a limit of ours (the stream stays known, reset, until
         the application closes it)."""
         stream.reset = True
-        self._release_messages(stream)
+        self._release_assembling(stream)
         self._reply(FrameType.RESET, stream_id, bytes([code]))
 
     def _on_window(
@@ -666,6 +666,13 @@ class Multiplexer:
             stream.receive_left += grant
             self._queue(FrameType.WINDOW, stream_id, grant.to_bytes(4, "big"))
             stream.to_return = 0
+
+    def _release_assembling(self, stream: _Stream) -> None:
+        """The stream was reset: the message under assembly will never be whole (the logical
+        stream drops its fragments). Finished messages are still read before the reset, so they
+        stay charged until taken or the stream is gone."""
+        self.budget.release(stream.assembling_charged, self.budget_key)
+        stream.assembling = stream.assembling_held = stream.assembling_charged = 0
 
     def _release_messages(self, stream: _Stream) -> None:
         if not stream.finished and not stream.assembling_charged:

@@ -384,6 +384,23 @@ def flow_exchanges() -> list[Script]:
         .receive(*[data(1, b"", MESSAGE | END) for _ in range(4)])
         .do("take_message", stream_id=1)
         .receive(data(1, b"", MESSAGE | END)),
+        responder_with_stream(
+            "reset_keeps_unread_messages_charged",
+            "A reset stream's finished messages are still read: they stay charged until taken or "
+            "the stream is gone; stream 3 finds the budget as full as that.",
+            budget=(1 << 20, 256),
+        )
+        .receive(*[data(1, b"", MESSAGE | END) for _ in range(3)])
+        .receive(reset(1, 0))
+        .receive(open_(3, "chat/1"))
+        .do("accept", stream_id=3)
+        .receive(data(3, b"", MESSAGE | END), data(3, b"", MESSAGE | END))
+        .do("take_message", stream_id=1)
+        .do("close", stream_id=1)
+        .do("close", stream_id=3)
+        .receive(open_(5, "chat/1"))
+        .do("accept", stream_id=5)
+        .receive(*[data(5, b"", MESSAGE | END) for _ in range(4)]),
         Script("split_receives", "responder", "Frames arrive in pieces.")
         .receive_raw(open_(1, "chat/1")[:5])
         .receive_raw(open_(1, "chat/1")[5:] + data(1, b"hi")[:11])

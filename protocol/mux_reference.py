@@ -248,6 +248,11 @@ class RefSide:
             self._send("WINDOW", stream_id, grant.to_bytes(4, "big"))
             stream.consumed = 0
 
+    def _release_assembling(self, stream: RefStream) -> None:
+        """§14.6: a reset drops the message under assembly; finished ones stay charged."""
+        self.budget_used -= stream.assembling_charge
+        stream.assembling_size = stream.assembling_held = stream.assembling_charge = 0
+
     def _release(self, stream: RefStream) -> None:
         charged = stream.assembling_charge + sum(charge for _, charge in stream.complete)
         self.budget_used -= charged
@@ -461,7 +466,7 @@ class RefSide:
         if stream.reset:
             return
         stream.reset = True
-        self._release(stream)
+        self._release_assembling(stream)
         code = RESET_CODES.get(payload[0], "INTERNAL")
         self._report("aborted", stream_id=stream_id, code=code, by_peer=True)
 
@@ -504,7 +509,7 @@ class RefSide:
         if stream.assembling_size + size > self.max_message_size or not self._reserve(charge):
             self._check_backlog()
             stream.reset = True
-            self._release(stream)
+            self._release_assembling(stream)
             self._send("RESET", stream_id, bytes([code_of(RESET_CODES, "MESSAGE_TOO_LARGE")]))
             self._report("aborted", stream_id=stream_id, code="MESSAGE_TOO_LARGE", by_peer=False)
             return False

@@ -11,7 +11,8 @@ import pytest
 from p2ptls import _mux
 from p2ptls import _mux_wire as mw
 from p2ptls._errors import MuxError
-from p2ptls._mux_wire import FrameType
+from p2ptls._fragments import ReassemblyBudget
+from p2ptls._mux_wire import Flag, FrameType
 from tests.test_mux import Pair
 
 MIB = 1024 * 1024
@@ -45,3 +46,49 @@ def test_replies_the_peer_does_not_read_are_still_bounded_beside_our_data() -> N
     ping = mw.frame(FrameType.PING, 0, bytes(8))
     with pytest.raises(MuxError, match="does not read"):
         pair.a.receive_data_untrusted(ping * 200)
+
+
+# -- a reset stream's unread messages stay charged ---------------------------------------------
+
+
+def _message(stream_id: int, payload: bytes) -> bytes:
+    return mw.frame(FrameType.DATA, stream_id, payload, Flag.MESSAGE | Flag.END)
+
+
+def test_a_reset_keeps_the_charge_of_finished_messages_until_they_are_taken() -> None:
+    """A finished message the application has not taken is still in memory (the logical stream
+    reads it before the reset): its budget charge must stay, or a peer could send a message,
+    reset the stream, and repeat on a new stream, holding memory the budget no longer sees."""
+    budget = ReassemblyBudget(limit=1 << 30, per_peer_limit=1 << 30)
+    pair = Pair()
+    pair.b = _mux.Multiplexer(initiator=False, budget=budget, budget_key="b")
+    stream_id = pair.open()
+    pair.b.receive_data_untrusted(_message(stream_id, bytes(50_000)))
+    charged = budget.in_use
+    assert charged >= 50_000
+    pair.b.receive_data_untrusted(mw.frame(FrameType.RESET, stream_id, b"\x00"))
+    assert budget.in_use == charged  # the message is still held, unread
+    pair.b.message_taken(stream_id)
+    assert budget.in_use == 0
+    pair.b.close_stream(stream_id)
+    assert budget.in_use == 0
+
+
+def test_a_reset_for_a_broken_limit_keeps_the_charge_of_finished_messages() -> None:
+    budget = ReassemblyBudget(limit=1 << 30, per_peer_limit=1 << 30)
+    pair = Pair()
+    pair.b = _mux.Multiplexer(
+        initiator=False, budget=budget, budget_key="b", max_message_size=60_000
+    )
+    stream_id = pair.open()
+    pair.b.receive_data_untrusted(_message(stream_id, bytes(50_000)))
+    charged = budget.in_use
+    over = mw.frame(FrameType.DATA, stream_id, bytes(60_001 - 50_000), Flag.MESSAGE)
+    fragment = mw.frame(FrameType.DATA, stream_id, bytes(50_000), Flag.MESSAGE)
+    events = pair.b.receive_data_untrusted(fragment + over)
+    assert events[-1] == _mux.StreamAborted(
+        stream_id, mw.ResetCode.MESSAGE_TOO_LARGE, by_peer=False
+    )
+    assert budget.in_use == charged  # the first message, unread; the second one's bytes freed
+    pair.b.close_stream(stream_id)
+    assert budget.in_use == 0

@@ -534,7 +534,7 @@ class PeerConnection:
         lost.__cause__ = self.cause
         for stream in list(self._streams.values()):
             stream._fail(lost)
-        for answered in self._opening.values():
+        for answered in [*self._opening.values(), *self._pongs.values()]:
             answered.set()
         self._opening.clear()
         self._mux.release_all()
@@ -543,7 +543,10 @@ class PeerConnection:
         self.manager._connection_ended(self)
 
     async def ping(self) -> float:
-        """One round trip on this connection, in seconds."""
+        """One round trip on this connection, in seconds; :class:`~p2ptls.ConnectionLost` if it
+        ends first."""
+        if self.closed:
+            raise ConnectionLost("the connection ended before the ping") from self.cause
         payload = os.urandom(8)
         answered = trio.Event()
         self._pongs[payload] = answered

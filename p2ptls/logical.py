@@ -330,7 +330,8 @@ class LogicalStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def ping(self) -> float:
-        """One round trip on the shared connection, in seconds."""
+        """One round trip on the shared connection, in seconds; :class:`ConnectionLost` if the
+        connection ends first."""
         return await self.connection.ping()
 
     # -- closing -------------------------------------------------------------------------------

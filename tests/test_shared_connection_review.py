@@ -7,11 +7,16 @@ stated as the behaviour that now holds. The rules that are sans-IO are in
 
 from __future__ import annotations
 
-from p2ptls import ReassemblyBudget, StreamReset
+import pytest
+import trio
+import trio.testing
+
+from p2ptls import ConnectionLost, ReassemblyBudget, StreamReset
 from p2ptls._mux_wire import FrameType, ResetCode
 from p2ptls._mux_wire import frame as mux_frame
+from tests.hostile_support import SAFETY_NET
 from tests.raw_peer import message_frame, raw_peer
-from tests.test_mux_hostile import SINK, mux_host
+from tests.test_mux_hostile import SINK, connection_of, mux_host
 
 # -- the reassembly budget cannot be freed by resetting streams -----------------------------------
 
@@ -50,3 +55,37 @@ async def test_resetting_streams_does_not_free_the_budget_their_unread_messages_
             await stream.aclose()
         assert harness.host.context.budget.in_use == 0
         await peer.aclose()
+
+
+# -- a ping on a connection that ends --------------------------------------------------------------
+
+
+async def test_a_ping_outstanding_when_the_connection_ends_raises_connection_lost() -> None:
+    async with mux_host() as arena:
+        peer = await raw_peer(arena.harness)  # it answers nothing unless it reads
+        connection = connection_of(arena.harness, peer)
+        outcome: list[BaseException] = []
+
+        async def ping() -> None:
+            try:
+                await connection.ping()
+            except ConnectionLost as exc:
+                outcome.append(exc)
+
+        with trio.fail_after(SAFETY_NET):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ping)
+                await trio.testing.wait_all_tasks_blocked()
+                await peer.aclose()  # the peer goes away without answering
+        assert len(outcome) == 1
+
+
+async def test_a_ping_on_a_connection_that_ended_raises_connection_lost() -> None:
+    async with mux_host() as arena:
+        peer = await raw_peer(arena.harness)
+        connection = connection_of(arena.harness, peer)
+        await peer.aclose()
+        with trio.fail_after(SAFETY_NET):
+            await connection.wait_closed()
+            with pytest.raises(ConnectionLost):
+                await connection.ping()

@@ -213,6 +213,8 @@ class PeerConnection:
         if not self.accepts_new_streams:
             raise _GoingAway("this connection opens no more streams") from self.cause
         stream_id = self._mux.open_stream(protocol)
+        if not self._mux.can_open():  # that was our last stream id: the next open dials
+            self.retire(GoAwayCode.NORMAL)
         stream = LogicalStream(self, stream_id, protocol, server_side=False)
         self._streams[stream_id] = stream
         self._liveness.streams_changed(len(self._streams), trio.current_time())
@@ -418,7 +420,7 @@ class PeerConnection:
                 answered.set()
         else:  # GoAwayReceived
             self._liveness.retire(trio.current_time())
-            self.manager._retired_by_peer(self)
+            self.manager._retired(self)
             self._watchdog_lot.unpark_all()
 
     def _answer(self, stream_id: int) -> None:
@@ -494,9 +496,11 @@ class PeerConnection:
         self._watchdog_lot.unpark_all()
 
     def retire(self, code: GoAwayCode) -> None:
-        """Stop accepting new streams; close once the open ones end (or after the grace)."""
+        """Stop accepting new streams; close once the open ones end (or after the grace). The
+        host's next open to the peer uses (or dials) another connection."""
         if self.retired is None and not self.closed:
             self.retired = code
+            self.manager._retired(self)
             self._liveness.retire(trio.current_time())
             self._mux.go_away(code)
             self._wake_writer()

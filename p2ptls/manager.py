@@ -300,7 +300,8 @@ class ConnectionManager:
         self._arrivals.unpark_all()
         return connection
 
-    def _retired_by_peer(self, connection: PeerConnection) -> None:
+    def _retired(self, connection: PeerConnection) -> None:
+        """Either end retired ``connection``: it is no longer the peer's current one."""
         self._table.remove(connection.remote_peer.peer_id, connection)
 
     def _connection_ended(self, connection: PeerConnection) -> None:

@@ -7,16 +7,29 @@ stated as the behaviour that now holds. The rules that are sans-IO are in
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
 
-from p2ptls import ConnectionLost, ReassemblyBudget, StreamReset
-from p2ptls._mux_wire import FrameType, ResetCode
+from p2ptls import (
+    ConnectionLost,
+    Host,
+    HostConfig,
+    Identity,
+    LogicalStream,
+    ReassemblyBudget,
+    StreamReset,
+    generate_psk,
+    open_host,
+)
+from p2ptls._mux_wire import MAX_STREAM_ID, FrameType, GoAwayCode, ResetCode
 from p2ptls._mux_wire import frame as mux_frame
-from tests.hostile_support import SAFETY_NET
+from tests.hostile_support import LOOPBACK, SAFETY_NET
 from tests.raw_peer import message_frame, raw_peer
-from tests.test_mux_hostile import SINK, connection_of, mux_host
+from tests.test_mux_hostile import ECHO, SINK, connection_of, echo, mux_host
 
 # -- the reassembly budget cannot be freed by resetting streams -----------------------------------
 
@@ -89,3 +102,70 @@ async def test_a_ping_on_a_connection_that_ended_raises_connection_lost() -> Non
             await connection.wait_closed()
             with pytest.raises(ConnectionLost):
                 await connection.ping()
+
+
+# -- a connection that can open no more streams is replaced ---------------------------------------
+
+
+@asynccontextmanager
+async def lower_and_higher(identities: tuple[Identity, ...]) -> AsyncIterator[tuple[Host, Host]]:
+    """Two listening hosts that know each other, serving the echo: the one whose peer id is
+    lower first (it wins a simultaneous open, §14.11)."""
+    lower, higher = sorted(identities[:2], key=lambda identity: identity.peer_id.digest)
+    psk = generate_psk()
+    async with (
+        open_host(HostConfig(identity=lower, psk=psk, listen=(LOOPBACK, 0))) as low,
+        open_host(HostConfig(identity=higher, psk=psk, listen=(LOOPBACK, 0))) as high,
+    ):
+        low.add_peer(high.peer_record())
+        high.add_peer(low.peer_record())
+        for host in (low, high):
+            host.serve_protocol(ECHO, echo)
+        yield low, high
+
+
+async def assert_echoes(stream: LogicalStream, payload: bytes) -> None:
+    with trio.fail_after(SAFETY_NET):
+        await stream.send_message(payload)
+        assert await stream.receive_message() == payload
+
+
+async def test_a_host_that_retired_a_connection_opens_the_next_stream_on_a_new_one(
+    identities: tuple[Identity, ...],
+) -> None:
+    """``PeerConnection.retire`` takes the connection out of use at this end as the GOAWAY does
+    at the other: the next open dials, even when the retired connection, dialled by the lower
+    peer id, would win against the new one."""
+    async with lower_and_higher(identities) as (low, high):
+        first = await low.open(high.peer_id, ECHO)  # the lower id dials
+        retired = high.connection(low.peer_id)
+        assert retired is not None
+        retired.retire(GoAwayCode.NORMAL)
+        again = await high.open(low.peer_id, ECHO)
+        assert again.connection is not retired
+        assert high.connection(low.peer_id) is again.connection
+        await assert_echoes(again, b"on the new connection")
+        await assert_echoes(first, b"the old stream goes on")
+
+
+async def test_a_connection_out_of_stream_ids_is_replaced(
+    identities: tuple[Identity, ...],
+) -> None:
+    """A side that used its last stream id (2^32 - 2 for the responder) opens no more streams
+    on that connection: it retires it, and its next open dials a new connection, which both ends
+    keep, even though the old one was dialled by the lower peer id."""
+    async with lower_and_higher(identities) as (low, high):
+        first = await low.open(high.peer_id, ECHO)  # the lower id dials: high is the responder
+        exhausted = high.connection(low.peer_id)
+        assert exhausted is not None
+        last = MAX_STREAM_ID - 1
+        exhausted._mux._last_local = first.connection._mux._last_remote = last - 2  # 2^31 opens
+        final = await high.open(low.peer_id, ECHO)
+        assert final.stream_id == last
+        assert final.connection is exhausted
+        after = await high.open(low.peer_id, ECHO)
+        assert after.connection is not exhausted
+        await assert_echoes(after, b"on the new connection")
+        await assert_echoes(final, b"the last stream of the old one goes on")
+        current = low.connection(high.peer_id)  # both ends keep the new one
+        assert current is not None and current.session_id == after.session_id

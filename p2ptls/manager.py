@@ -6,7 +6,8 @@ Every protocol of a host reaches a peer through :meth:`ConnectionManager.open`. 
 peer's current :class:`~p2ptls.connections.PeerConnection` in the sans-IO
 :class:`~p2ptls._connection_table.ConnectionTable` and opens a logical stream on it; if there is
 none it dials, and every other open to that peer waits for the same dial (the dial runs in the
-host's nursery, so one cancelled opener does not cancel it for the others). A failed dial puts the
+host's nursery, so one cancelled opener does not cancel it for the others; once every opener has
+left, it is abandoned, and an open after that dials anew). A failed dial puts the
 peer in back-off: opens fail at once with :class:`~p2ptls.connections.DialBackoff` until
 ``retry_after``.
 
@@ -210,6 +211,8 @@ class ConnectionManager:
                 dial.waiters -= 1
                 if not dial.waiters and not dial.done.is_set():
                     dial.scope.cancel()  # nobody wants it any more
+                    if self._dials.get(peer) is dial:  # an open from now on dials anew
+                        del self._dials[peer]
             if dial.error is not None:
                 raise dial.error
         raise ConnectionLimitReached(f"no usable connection to {peer.short}")
@@ -246,7 +249,8 @@ class ConnectionManager:
         except Exception as exc:  # handed to every waiting opener; the host goes on
             dial.error = exc
         finally:
-            del self._dials[peer]
+            if self._dials.get(peer) is dial:
+                del self._dials[peer]
             dial.done.set()
 
     async def _handshake(self, record: PeerRecord, target: tuple[str, int]) -> SecureStream:

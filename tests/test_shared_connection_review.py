@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from p2ptls import (
+    ConnectionConfig,
     ConnectionLost,
     Host,
     HostConfig,
@@ -169,3 +170,34 @@ async def test_a_connection_out_of_stream_ids_is_replaced(
         await assert_echoes(final, b"the last stream of the old one goes on")
         current = low.connection(high.peer_id)  # both ends keep the new one
         assert current is not None and current.session_id == after.session_id
+
+
+# -- an open that gave up does not spoil the next one ----------------------------------------------
+
+
+async def _hold_silently(tcp: trio.SocketStream) -> None:
+    async with tcp:
+        await trio.sleep_forever()
+
+
+async def test_an_open_right_after_one_that_gave_up_gets_its_own_dial(
+    identities: tuple[Identity, ...], autojump_clock: trio.testing.MockClock
+) -> None:
+    """The dial of an open that gave up (its own timeout) is abandoned; an open made right after
+    it (a retry) must wait for a dial of its own, not receive the abandoned one's error."""
+    alice, bob = identities[0], identities[1]
+    listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+    silent = bob.peer_record(address=(LOOPBACK, listeners[0].socket.getsockname()[1]))
+    config = HostConfig(
+        identity=alice,
+        psk=generate_psk(),
+        peers=[silent],
+        connections=ConnectionConfig(dial_timeout=3.0),
+    )
+    async with trio.open_nursery() as nursery, open_host(config) as host:
+        nursery.start_soon(trio.serve_listeners, _hold_silently, listeners)
+        with trio.move_on_after(1.0):
+            await host.open(bob.peer_id, ECHO)
+        with pytest.raises(TimeoutError, match="dial_timeout"):
+            await host.open(bob.peer_id, ECHO)
+        nursery.cancel_scope.cancel()

@@ -153,13 +153,21 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if self._error is None:
             self._error = error
             self._assembly.clear()
-        self._receive_lot.unpark_all()
-        self._send_lot.unpark_all()
+        self._wake_all()
 
     def _closed_by_host(self) -> None:
         self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Every task waiting on this stream wakes to find it failed or closed, a sender waiting
+        for room in the connection's output included (the other streams' senders waiting there
+        check again and wait on)."""
         self._receive_lot.unpark_all()
         self._send_lot.unpark_all()
+        drained = self.connection._drained
+        if drained:
+            drained.unpark_all()
 
     def _raise_error(self) -> None:
         error = self._error
@@ -345,8 +353,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self.connection._close_stream(self)
-            self._receive_lot.unpark_all()
-            self._send_lot.unpark_all()
+            self._wake_all()
         await trio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:

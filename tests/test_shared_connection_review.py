@@ -26,10 +26,12 @@ from p2ptls import (
     generate_psk,
     open_host,
 )
+from p2ptls._mux import Multiplexer
 from p2ptls._mux_wire import MAX_STREAM_ID, FrameType, GoAwayCode, ResetCode
 from p2ptls._mux_wire import frame as mux_frame
+from tests.host_harness import serving_host, settle
 from tests.hostile_support import LOOPBACK, SAFETY_NET
-from tests.raw_peer import message_frame, raw_peer
+from tests.raw_peer import RawPeer, message_frame, raw_peer
 from tests.test_mux_hostile import ECHO, SINK, connection_of, echo, mux_host
 
 # -- the reassembly budget cannot be freed by resetting streams -----------------------------------
@@ -201,3 +203,37 @@ async def test_an_open_right_after_one_that_gave_up_gets_its_own_dial(
         with pytest.raises(TimeoutError, match="dial_timeout"):
             await host.open(bob.peer_id, ECHO)
         nursery.cancel_scope.cancel()
+
+
+# -- closing a stream wakes its sender, even while the connection's output is full -----------------
+
+
+async def test_closing_a_stream_wakes_its_sender_waiting_for_room_in_the_output() -> None:
+    """A peer that stops reading fills the connection's output; a sender then waits for room.
+    Closing its stream (from another task, as trio allows) must wake it with
+    ``ClosedResourceError`` at once, not when the output drains (never, here: the keepalive is
+    far off and the peer reads nothing)."""
+    connections = ConnectionConfig(keepalive_interval=3600.0)
+    async with serving_host(connections=connections) as harness:
+        sending: list[LogicalStream] = []
+        woken = trio.Event()
+
+        async def source(stream: LogicalStream) -> None:
+            sending.append(stream)
+            try:
+                while True:
+                    await stream.send_all(bytes(1024 * 1024))
+            except trio.ClosedResourceError:
+                woken.set()
+
+        harness.host.serve_protocol("source/1", source)
+        peer = await RawPeer.connect(harness.host, receive_buffer=4096)
+        peer.mux = Multiplexer(initiator=True, window=64 * 1024 * 1024)  # credit is no limit
+        await peer.handshake()
+        await peer.open("source/1")  # then it reads nothing more
+        connection = connection_of(harness, peer)
+        await settle(lambda: connection._output_full() and bool(connection._drained))
+        await sending[0].aclose()
+        with trio.fail_after(SAFETY_NET):
+            await woken.wait()
+        await peer.aclose()

@@ -519,23 +519,36 @@ class PeerConnection:
             }.get(self.retired or GoAwayCode.NORMAL, "closed by the host")
         self._end(ConnectionRetired(reason))
 
-    def close(self, reason: str = "the host closed the connection") -> None:
+    def close(self, reason: str = "the host closed the connection", *, lost: bool = False) -> None:
         """Close the connection and every stream on it now, as if the application had closed
-        each stream: the peer reads the end of each, then the connection's goodbye."""
+        each stream: the peer reads the end of each, then the connection's goodbye.
+
+        ``lost``: our application did not close it (the peer holds too many connections), so
+        our streams fail with :class:`~p2ptls.ConnectionLost`, as on a broken connection,
+        instead of becoming closed.
+        """
         if self.cause is not None or self.closed:
             return
+        cause = ConnectionRetired(reason)
         for stream in list(self._streams.values()):
-            stream._closed_by_host()
+            if lost:
+                stream._fail(self._lost(cause))
+            else:
+                stream._closed_by_host()
             self._mux.close_stream(stream.stream_id)
         self._streams.clear()
         self.retire(GoAwayCode.NORMAL)
-        self._end(ConnectionRetired(reason))
+        self._end(cause)
+
+    def _lost(self, cause: BaseException) -> ConnectionLost:
+        lost = ConnectionLost(f"the connection to {self._short} was lost: {cause}")
+        lost.__cause__ = cause
+        return lost
 
     def _finish(self, cause: BaseException) -> None:
         if self.cause is None:
             self.cause = cause
-        lost = ConnectionLost(f"the connection to {self._short} was lost: {self.cause}")
-        lost.__cause__ = self.cause
+        lost = self._lost(self.cause)
         for stream in list(self._streams.values()):
             stream._fail(lost)
         for answered in [*self._opening.values(), *self._pongs.values()]:

@@ -284,7 +284,9 @@ class ConnectionManager:
         running = [c for c in live if c.cause is None]
         while len(running) > MAX_LIVE_PER_PEER:
             oldest = next(c for c in running if c is not connection and c is not decision.current)
-            oldest.close("the peer holds too many connections (it reconnected again and again)")
+            oldest.close(
+                "the peer holds too many connections (it reconnected again and again)", lost=True
+            )
             running.remove(oldest)
         if not decision.keep:
             # The peer's other connection wins (or no slot is free): this one never carries a

@@ -29,6 +29,8 @@ from p2ptls import (
 from p2ptls._mux import Multiplexer
 from p2ptls._mux_wire import MAX_STREAM_ID, FrameType, GoAwayCode, ResetCode
 from p2ptls._mux_wire import frame as mux_frame
+from p2ptls.connections import ConnectionRetired
+from p2ptls.manager import MAX_LIVE_PER_PEER
 from tests.host_harness import serving_host, settle
 from tests.hostile_support import LOOPBACK, SAFETY_NET
 from tests.raw_peer import RawPeer, message_frame, raw_peer
@@ -237,3 +239,42 @@ async def test_closing_a_stream_wakes_its_sender_waiting_for_room_in_the_output(
         with trio.fail_after(SAFETY_NET):
             await woken.wait()
         await peer.aclose()
+
+
+# -- the streams of a connection closed for the peer's reconnections are lost, not "closed" --------
+
+
+async def test_streams_of_a_connection_closed_for_reconnections_raise_connection_lost() -> None:
+    """When a peer holds too many connections, the oldest retiring one is closed at once. The
+    application did not close its streams there: they must fail as a lost connection does
+    (``ConnectionLost``, which a protocol handles by opening again), not with
+    ``ClosedResourceError``, which says the application closed the stream itself."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        outcome: list[BaseException] = []
+        done = trio.Event()
+
+        async def watch(stream: LogicalStream) -> None:
+            try:
+                await stream.receive_message()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                outcome.append(exc)
+            done.set()
+
+        harness.host.serve_protocol("watch/1", watch)
+        peers = [await RawPeer.connect(harness.host)]
+        await peers[0].handshake()
+        await peers[0].open("watch/1")
+        for _ in range(MAX_LIVE_PER_PEER):  # the same peer reconnects, a stream held on each
+            peer = await RawPeer.connect(harness.host)
+            await peer.handshake()
+            await peer.open(SINK)
+            peers.append(peer)
+        with trio.fail_after(SAFETY_NET):
+            await done.wait()
+        [error] = outcome
+        assert isinstance(error, ConnectionLost), repr(error)
+        assert isinstance(error.__cause__, ConnectionRetired)
+        assert "too many connections" in str(error.__cause__)
+        for peer in peers:
+            await peer.aclose()

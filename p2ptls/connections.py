@@ -56,7 +56,9 @@ class DialBackoff(OSError):
     """A recent dial to this peer failed; the host waits ``retry_after`` seconds before the next."""
 
     def __init__(self, peer: PeerId, retry_after: float) -> None:
-        super().__init__(f"peer {peer.short} is backing off after a failed dial")
+        super().__init__(
+            f"peer {peer.short} is backing off after a failed dial (retry in {retry_after:.1f} s)"
+        )
         self.peer = peer
         self.retry_after = retry_after
 

@@ -17,6 +17,7 @@ import trio.testing
 from p2ptls import (
     ConnectionConfig,
     ConnectionLost,
+    DialBackoff,
     Host,
     HostConfig,
     Identity,
@@ -278,3 +279,21 @@ async def test_streams_of_a_connection_closed_for_reconnections_raise_connection
         assert "too many connections" in str(error.__cause__)
         for peer in peers:
             await peer.aclose()
+
+
+# -- what a program learns from a failed open ------------------------------------------------------
+
+
+async def test_a_back_off_says_when_the_peer_may_be_dialled_again(
+    identities: tuple[Identity, ...],
+) -> None:
+    alice, bob = identities[0], identities[1]
+    unreachable = bob.peer_record(address=(LOOPBACK, 1))  # nothing listens on port 1
+    config = HostConfig(identity=alice, psk=generate_psk(), peers=[unreachable])
+    async with open_host(config) as host:
+        with pytest.raises(OSError):
+            await host.open(bob.peer_id, ECHO)
+        with pytest.raises(DialBackoff, match=r"retry in \d+\.\d s") as backing_off:
+            await host.open(bob.peer_id, ECHO)
+        assert backing_off.value.peer == bob.peer_id
+        assert 0 < backing_off.value.retry_after <= 0.625

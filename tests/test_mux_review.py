@@ -92,3 +92,36 @@ def test_a_reset_for_a_broken_limit_keeps_the_charge_of_finished_messages() -> N
     assert budget.in_use == charged  # the first message, unread; the second one's bytes freed
     pair.b.close_stream(stream_id)
     assert budget.in_use == 0
+
+
+# -- window growth from message fragments ----------------------------------------------------------
+
+
+def test_windows_grown_by_message_fragments_stay_within_the_connection_window() -> None:
+    """Message fragments are consumed on arrival, so a peer that sends each fragment as large as
+    its credit makes the window grow without the application reading anything; what it may then
+    send unread on the byte stream stays within ``connection_window`` for the connection."""
+    window = mw.INITIAL_WINDOW
+    connection_window = 5 * window
+    budget = ReassemblyBudget(limit=1 << 30, per_peer_limit=1 << 30)
+    b = _mux.Multiplexer(
+        initiator=False,
+        window=window,
+        max_window=16 * window,
+        connection_window=connection_window,
+        budget=budget,
+    )
+    streams = (1, 3)
+    for stream_id in streams:
+        b.receive_data_untrusted(mw.frame(FrameType.OPEN, stream_id, b"chat/1"))
+        b.accept_stream(stream_id)
+    for _ in range(8):
+        for stream_id in streams:
+            credit = b._streams[stream_id].receive_left
+            fragment = mw.frame(FrameType.DATA, stream_id, bytes(credit), Flag.MESSAGE)
+            b.receive_data_untrusted(fragment)
+        b.data_to_send()
+    windows = [b._streams[stream_id].window for stream_id in streams]
+    assert max(windows) > window  # grown, though the application read nothing
+    assert sum(windows) <= connection_window
+    assert sum(b._streams[stream_id].receive_left for stream_id in streams) <= connection_window

@@ -353,6 +353,7 @@ class ConnectionManager:
     async def aclose(self) -> None:
         """Close every connection (each tells its peer first) and end the event channels."""
         self._closing = True
+        self._arrivals.unpark_all()
         connections = {c for live in self._live.values() for c in live}
         for connection in connections:
             connection.close()
@@ -364,9 +365,12 @@ class ConnectionManager:
         self._subscribers = []
 
     async def wait_connected(self, peer: PeerId) -> PeerConnection:
-        """Wait until ``peer`` has a connection that accepts streams."""
+        """Wait until ``peer`` has a connection that accepts streams;
+        ``trio.ClosedResourceError`` once the host is closing."""
         while True:
             connection = self._table.current(peer)
             if connection is not None and connection.accepts_new_streams:
                 return connection
+            if self._closing:
+                raise trio.ClosedResourceError("the host is closing")
             await self._arrivals.park()

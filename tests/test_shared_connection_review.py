@@ -297,3 +297,26 @@ async def test_a_back_off_says_when_the_peer_may_be_dialled_again(
             await host.open(bob.peer_id, ECHO)
         assert backing_off.value.peer == bob.peer_id
         assert 0 < backing_off.value.retry_after <= 0.625
+
+
+async def test_waiting_for_a_connection_ends_when_the_host_closes(
+    identities: tuple[Identity, ...],
+) -> None:
+    alice, bob = identities[0], identities[1]
+    config = HostConfig(identity=alice, psk=generate_psk(), peers=[bob.record])
+    outcome: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        async with open_host(config) as host:
+
+            async def wait() -> None:
+                try:
+                    await host.manager.wait_connected(bob.peer_id)
+                except trio.ClosedResourceError as exc:
+                    outcome.append(exc)
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(SAFETY_NET):
+            while not outcome:
+                await trio.testing.wait_all_tasks_blocked()
+    assert len(outcome) == 1

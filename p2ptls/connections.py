@@ -167,9 +167,11 @@ class PeerConnection:
 
     @property
     def session_id(self) -> bytes:
+        """The secure connection's session id."""
         return self.secure.session_id
 
     def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        """The secure connection's exporter (a logical stream's binds its stream id too)."""
         return self.secure.export_keying_material(label, context, length)
 
     @property
@@ -184,17 +186,22 @@ class PeerConnection:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection has ended (:attr:`cause` says why)."""
         return self._closed.is_set()
 
     @property
     def stream_count(self) -> int:
+        """Logical streams open on the connection."""
         return len(self._streams)
 
     @property
     def accepts_new_streams(self) -> bool:
+        """Whether :meth:`open` may open a stream here (not ended, not retired either way, stream
+        ids left)."""
         return not self.closed and self.retired is None and self._mux.can_open()
 
     async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
         await self._closed.wait()
 
     def __repr__(self) -> str:

@@ -237,6 +237,7 @@ class Host:
 
     @property
     def peer_id(self) -> PeerId:
+        """This host's peer id."""
         return self.config.identity.peer_id
 
     @property
@@ -321,6 +322,7 @@ class Host:
         self.manager.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> None:
+        """Withdraw the protection ``tag`` gave ``peer``'s connection (other tags still hold)."""
         self.manager.unprotect(peer, tag)
 
     def peer_events(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[PeerEvent]:

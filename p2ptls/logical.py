@@ -107,6 +107,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
 
     @property
     def cipher_suite(self) -> str:
+        """The shared connection's cipher suite."""
         return self.connection.secure.cipher_suite
 
     @property
@@ -332,6 +333,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the stream has credit and the connection's output has room."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             if not await self._wait_sendable(need_credit=True):

@@ -108,6 +108,7 @@ class ConnectionManager:
     # -- protocols -----------------------------------------------------------------------------
 
     def serve_protocol(self, protocol: str, handler: ProtocolHandler) -> None:
+        """See :meth:`Host.serve_protocol <p2ptls.Host.serve_protocol>`."""
         check_protocol_name(protocol)
         if protocol in self._handlers or protocol in self._sinks:
             raise ValueError(f"protocol {protocol!r} is already served")
@@ -119,10 +120,12 @@ class ConnectionManager:
         self._sinks[protocol] = sink
 
     def remove_protocol(self, protocol: str) -> None:
+        """Stop serving ``protocol`` (streams already open go on)."""
         self._handlers.pop(protocol, None)
         self._sinks.pop(protocol, None)
 
     def handler_for(self, protocol: str) -> ProtocolHandler | StreamSink | None:
+        """What takes the streams of ``protocol`` (``None``: they are refused)."""
         if self._closing:
             return None
         return self._handlers.get(protocol) or self._sinks.get(protocol)
@@ -153,18 +156,22 @@ class ConnectionManager:
         return self._table.connections()
 
     def connection(self, peer: PeerId) -> PeerConnection | None:
+        """``peer``'s current connection, if there is one."""
         return self._table.current(peer)
 
     def protect(self, peer: PeerId, tag: str) -> None:
+        """See :meth:`Host.protect <p2ptls.Host.protect>`."""
         self._table.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> None:
+        """See :meth:`Host.unprotect <p2ptls.Host.unprotect>`."""
         self._table.unprotect(peer, tag)
         connection = self._table.current(peer)
         if connection is not None:
             connection._watchdog_lot.unpark_all()  # its idle timer may run now
 
     def is_protected(self, peer: PeerId) -> bool:
+        """Whether any tag protects ``peer``'s connection."""
         return self._table.is_protected(peer)
 
     def _touch(self, connection: PeerConnection) -> None:

@@ -407,3 +407,70 @@ async def test_handlers_do_not_outlive_their_connection() -> None:
         await settle(lambda: True)
         assert alive == 0
         never.set()
+
+
+# -- cancellation at each wait of an open and of a message -----------------------------------------
+
+
+async def test_an_open_cancelled_before_the_answer_leaves_nothing_behind() -> None:
+    """The host opens a stream to a peer that has not answered yet, and the open is cancelled:
+    the stream is closed on the wire (FIN, then RESET), a late ACCEPT is dropped, nothing is
+    left in the connection's tables, and the connection goes on."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        peer = await raw_peer(harness)  # it answers nothing until it reads
+        connection = connection_of(harness, peer)
+        before = connection.stream_count
+        with trio.fail_after(SAFETY_NET):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(harness.host.open, peer.identity.peer_id, "late/1")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+        assert connection.stream_count == before
+        assert not connection._opening and not connection._refusals
+        opened = 2  # the host's first stream id on the connection it accepted
+        await peer.wait_for(lambda: opened in peer.resets)
+        assert peer.resets[opened] is ResetCode.CANCEL
+        assert opened in peer.ended  # its FIN came first: a clean end of its direction
+        peer.mux.accept_stream(opened)  # the answer, late
+        await peer.flush()
+        await peer.echo(b"the connection goes on")
+        assert not connection.closed
+        await peer.aclose()
+
+
+async def test_a_message_cancelled_part_way_resets_only_its_stream() -> None:
+    """A message waits for credit part-way (the peer grants none) and its send is cancelled: the
+    rest can never follow, so the stream is reset (the peer sees RESET, never a FIN after half
+    a message); the stream then raises StreamReset, and the connection goes on."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        peer = await raw_peer(harness)
+        connection = connection_of(harness, peer)
+        scope = trio.CancelScope()
+        outcome: list[object] = []
+        done = trio.Event()
+
+        async def speak(stream: LogicalStream) -> None:
+            with scope:
+                await stream.send_message(bytes(1024 * 1024))  # beyond the peer's credit
+            outcome.append(scope.cancelled_caught)
+            try:
+                await stream.send_message(b"more")
+            except StreamReset as exc:
+                outcome.append(exc.code)
+            done.set()
+
+        harness.host.serve_protocol("speak/1", speak)
+        sid = await peer.open("speak/1")
+        await settle(lambda: connection._send_credit(sid) == 0)  # it waits for credit
+        scope.cancel()
+        with trio.fail_after(SAFETY_NET):
+            await done.wait()
+        assert outcome == [True, ResetCode.CANCEL]
+        await peer.wait_for(lambda: sid in peer.resets)
+        assert peer.resets[sid] is ResetCode.CANCEL
+        assert sid not in peer.ended
+        await peer.echo(b"the connection goes on")
+        assert not connection.closed
+        await peer.aclose()

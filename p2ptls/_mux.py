@@ -31,8 +31,9 @@ length (before the payload is buffered), stream id parity and order, the credit.
 raises :class:`~p2ptls._errors.MuxError` and the connection ends; nothing else is shared with other
 connections. The peer can add to three tables, each bounded: streams it opened (at most
 ``max_inbound_streams``, beyond that it is refused), our queued replies (at most
-``max_output_backlog`` bytes of frames answering it: a peer that asks without reading is cut) and
-message bytes (the budget).
+``max_output_backlog`` bytes of frames other than DATA: a peer that asks without reading is cut;
+our own DATA waiting is bounded by the senders and not counted, so that a peer that pings while we
+send in bulk is not taken for one that does not read) and message bytes (the budget).
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class Multiplexer:
         """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
         slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
         self._out_size = 0
+        self._control_size = 0
+        """Bytes of the queued frames other than DATA (what :meth:`_reply` bounds)."""
         self._in = bytearray()
         self.go_away_sent = False
         self.go_away_received: GoAwayReceived | None = None
@@ -264,7 +267,7 @@ class Multiplexer:
         """Every queued frame, in order; the queue is then empty."""
         data = b"".join(self._out_pieces)
         self._out_pieces.clear()
-        self._out_size = 0
+        self._out_size = self._control_size = 0
         return data
 
     def _queue(
@@ -273,10 +276,13 @@ class Multiplexer:
         self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
         self._out_pieces.append(payload)
         self._out_size += mw.HEADER_SIZE + len(payload)
+        if frame_type is not _DATA:
+            self._control_size += mw.HEADER_SIZE + len(payload)
 
     def _reply(self, frame_type: FrameType, stream_id: int, payload: bytes = b"") -> None:
-        """Queue a frame the peer's input asked for; a peer that asks without reading is cut."""
-        if self._out_size > self.max_output_backlog:
+        """Queue a frame the peer's input asked for; a peer that asks without reading is cut
+        (our own DATA waiting is bounded by the senders and does not count)."""
+        if self._control_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._queue(frame_type, stream_id, payload)
 
@@ -512,7 +518,7 @@ class Multiplexer:
             if stream.reset:
                 return  # crossed with our own RESET
             stream.reset = True
-            self._release_messages(stream)
+            self._release_assembling(stream)
             events.append(StreamAborted(stream_id, _reset_code(payload[0]), by_peer=True))
 
     def _stream_for(self, stream_id: int) -> _Stream | None:
@@ -532,7 +538,7 @@ class Multiplexer:
         protocol = mw.parse_protocol_name_untrusted(payload)
         if self.go_away_received is not None:
             raise MuxError("OPEN after the peer's GOAWAY")
-        if self._out_size > self.max_output_backlog:
+        if self._control_size > self.max_output_backlog:
             raise MuxError("the peer does not read the replies it asks for")
         self._last_remote = stream_id
         if self.go_away_sent:
@@ -607,7 +613,7 @@ class Multiplexer:
         """Abort a stream whose peer broke a limit of ours (the stream stays known, reset, until
         the application closes it)."""
         stream.reset = True
-        self._release_messages(stream)
+        self._release_assembling(stream)
         self._reply(FrameType.RESET, stream_id, bytes([code]))
 
     def _on_window(
@@ -660,6 +666,13 @@ class Multiplexer:
             stream.receive_left += grant
             self._queue(FrameType.WINDOW, stream_id, grant.to_bytes(4, "big"))
             stream.to_return = 0
+
+    def _release_assembling(self, stream: _Stream) -> None:
+        """The stream was reset: the message under assembly will never be whole (the logical
+        stream drops its fragments). Finished messages are still read before the reset, so they
+        stay charged until taken or the stream is gone."""
+        self.budget.release(stream.assembling_charged, self.budget_key)
+        stream.assembling = stream.assembling_held = stream.assembling_charged = 0
 
     def _release_messages(self, stream: _Stream) -> None:
         if not stream.finished and not stream.assembling_charged:

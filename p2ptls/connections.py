@@ -56,7 +56,9 @@ class DialBackoff(OSError):
     """A recent dial to this peer failed; the host waits ``retry_after`` seconds before the next."""
 
     def __init__(self, peer: PeerId, retry_after: float) -> None:
-        super().__init__(f"peer {peer.short} is backing off after a failed dial")
+        super().__init__(
+            f"peer {peer.short} is backing off after a failed dial (retry in {retry_after:.1f} s)"
+        )
         self.peer = peer
         self.retry_after = retry_after
 
@@ -167,9 +169,11 @@ class PeerConnection:
 
     @property
     def session_id(self) -> bytes:
+        """The secure connection's session id."""
         return self.secure.session_id
 
     def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
+        """The secure connection's exporter (a logical stream's binds its stream id too)."""
         return self.secure.export_keying_material(label, context, length)
 
     @property
@@ -184,14 +188,18 @@ class PeerConnection:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection has ended (:attr:`cause` says why)."""
         return self._closed.is_set()
 
     @property
     def stream_count(self) -> int:
+        """Logical streams open on the connection."""
         return len(self._streams)
 
     @property
     def accepts_new_streams(self) -> bool:
+        """Whether :meth:`open` may open a stream here (not ended, not retired either way, stream
+        ids left)."""
         return not self.closed and self.retired is None and self._mux.can_open()
 
     @property
@@ -202,6 +210,7 @@ class PeerConnection:
         return None if notice is None else notice.code
 
     async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
         await self._closed.wait()
 
     async def wait_heard(self) -> None:
@@ -228,6 +237,8 @@ class PeerConnection:
         if not self.accepts_new_streams:
             raise _GoingAway("this connection opens no more streams") from self.cause
         stream_id = self._mux.open_stream(protocol)
+        if not self._mux.can_open():  # that was our last stream id: the next open dials
+            self.retire(GoAwayCode.NORMAL)
         stream = LogicalStream(self, stream_id, protocol, server_side=False)
         self._streams[stream_id] = stream
         self._liveness.streams_changed(len(self._streams), trio.current_time())
@@ -435,7 +446,7 @@ class PeerConnection:
                 answered.set()
         else:  # GoAwayReceived
             self._liveness.retire(trio.current_time())
-            self.manager._retired_by_peer(self)
+            self.manager._retired(self)
             self._watchdog_lot.unpark_all()
 
     def _answer(self, stream_id: int) -> None:
@@ -511,9 +522,11 @@ class PeerConnection:
         self._watchdog_lot.unpark_all()
 
     def retire(self, code: GoAwayCode) -> None:
-        """Stop accepting new streams; close once the open ones end (or after the grace)."""
+        """Stop accepting new streams; close once the open ones end (or after the grace). The
+        host's next open to the peer uses (or dials) another connection."""
         if self.retired is None and not self.closed:
             self.retired = code
+            self.manager._retired(self)
             self._liveness.retire(trio.current_time())
             self._mux.go_away(code)
             self._wake_writer()
@@ -532,26 +545,39 @@ class PeerConnection:
             }.get(self.retired or GoAwayCode.NORMAL, "closed by the host")
         self._end(ConnectionRetired(reason))
 
-    def close(self, reason: str = "the host closed the connection") -> None:
+    def close(self, reason: str = "the host closed the connection", *, lost: bool = False) -> None:
         """Close the connection and every stream on it now, as if the application had closed
-        each stream: the peer reads the end of each, then the connection's goodbye."""
+        each stream: the peer reads the end of each, then the connection's goodbye.
+
+        ``lost``: our application did not close it (the peer holds too many connections), so
+        our streams fail with :class:`~p2ptls.ConnectionLost`, as on a broken connection,
+        instead of becoming closed.
+        """
         if self.cause is not None or self.closed:
             return
+        cause = ConnectionRetired(reason)
         for stream in list(self._streams.values()):
-            stream._closed_by_host()
+            if lost:
+                stream._fail(self._lost(cause))
+            else:
+                stream._closed_by_host()
             self._mux.close_stream(stream.stream_id)
         self._streams.clear()
         self.retire(GoAwayCode.NORMAL)
-        self._end(ConnectionRetired(reason))
+        self._end(cause)
+
+    def _lost(self, cause: BaseException) -> ConnectionLost:
+        lost = ConnectionLost(f"the connection to {self._short} was lost: {cause}")
+        lost.__cause__ = cause
+        return lost
 
     def _finish(self, cause: BaseException) -> None:
         if self.cause is None:
             self.cause = cause
-        lost = ConnectionLost(f"the connection to {self._short} was lost: {self.cause}")
-        lost.__cause__ = self.cause
+        lost = self._lost(self.cause)
         for stream in list(self._streams.values()):
             stream._fail(lost)
-        for answered in self._opening.values():
+        for answered in [*self._opening.values(), *self._pongs.values()]:
             answered.set()
         self._opening.clear()
         self._mux.release_all()
@@ -561,7 +587,10 @@ class PeerConnection:
         self.manager._connection_ended(self)
 
     async def ping(self) -> float:
-        """One round trip on this connection, in seconds."""
+        """One round trip on this connection, in seconds; :class:`~p2ptls.ConnectionLost` if it
+        ends first."""
+        if self.closed:
+            raise ConnectionLost("the connection ended before the ping") from self.cause
         payload = os.urandom(8)
         answered = trio.Event()
         self._pongs[payload] = answered

@@ -237,6 +237,7 @@ class Host:
 
     @property
     def peer_id(self) -> PeerId:
+        """This host's peer id."""
         return self.config.identity.peer_id
 
     @property
@@ -287,8 +288,13 @@ class Host:
         Raises :class:`~p2ptls.ProtocolNotSupported` if the peer serves no such protocol,
         :class:`~p2ptls.StreamRefused` if it has too many of our streams open,
         :class:`~p2ptls.DialBackoff` (an ``OSError``) while a failed dial backs off, ``OSError``
-        if the address is unreachable, ``trio.BrokenResourceError`` if the handshake fails and
-        :class:`~p2ptls.ConnectionLost` if the connection ends meanwhile.
+        if the address is unreachable (``TimeoutError`` after ``dial_timeout``),
+        ``trio.BrokenResourceError`` if the handshake fails (its ``__cause__`` says why),
+        :class:`~p2ptls.ConnectionLost` if the connection ends meanwhile, ``KeyError`` for the
+        id of a peer this host does not know, ``ValueError`` for a bad protocol name or a peer
+        with no address, and ``trio.ClosedResourceError`` once the host is closing. It waits for
+        the peer's answer without a deadline of its own: wrap it in ``trio.move_on_after`` to
+        bound it.
         """
         return await self.manager.open(self._resolve(peer), protocol, address)
 
@@ -316,6 +322,7 @@ class Host:
         self.manager.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> None:
+        """Withdraw the protection ``tag`` gave ``peer``'s connection (other tags still hold)."""
         self.manager.unprotect(peer, tag)
 
     def forget_backoff(self, peer: PeerId) -> None:

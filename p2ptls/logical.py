@@ -107,6 +107,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
 
     @property
     def cipher_suite(self) -> str:
+        """The shared connection's cipher suite."""
         return self.connection.secure.cipher_suite
 
     @property
@@ -153,13 +154,21 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if self._error is None:
             self._error = error
             self._assembly.clear()
-        self._receive_lot.unpark_all()
-        self._send_lot.unpark_all()
+        self._wake_all()
 
     def _closed_by_host(self) -> None:
         self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Every task waiting on this stream wakes to find it failed or closed, a sender waiting
+        for room in the connection's output included (the other streams' senders waiting there
+        check again and wait on)."""
         self._receive_lot.unpark_all()
         self._send_lot.unpark_all()
+        drained = self.connection._drained
+        if drained:
+            drained.unpark_all()
 
     def _raise_error(self) -> None:
         error = self._error
@@ -324,13 +333,15 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the stream has credit and the connection's output has room."""
         with self._send_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             if not await self._wait_sendable(need_credit=True):
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def ping(self) -> float:
-        """One round trip on the shared connection, in seconds."""
+        """One round trip on the shared connection, in seconds; :class:`ConnectionLost` if the
+        connection ends first."""
         return await self.connection.ping()
 
     # -- closing -------------------------------------------------------------------------------
@@ -344,8 +355,7 @@ class LogicalStream(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self.connection._close_stream(self)
-            self._receive_lot.unpark_all()
-            self._send_lot.unpark_all()
+            self._wake_all()
         await trio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:

@@ -6,7 +6,8 @@ Every protocol of a host reaches a peer through :meth:`ConnectionManager.open`. 
 peer's current :class:`~p2ptls.connections.PeerConnection` in the sans-IO
 :class:`~p2ptls._connection_table.ConnectionTable` and opens a logical stream on it; if there is
 none it dials, and every other open to that peer waits for the same dial (the dial runs in the
-host's nursery, so one cancelled opener does not cancel it for the others). A failed dial puts the
+host's nursery, so one cancelled opener does not cancel it for the others; once every opener has
+left, it is abandoned, and an open after that dials anew). A failed dial puts the
 peer in back-off: opens fail at once with :class:`~p2ptls.connections.DialBackoff` until
 ``retry_after``.
 
@@ -107,6 +108,7 @@ class ConnectionManager:
     # -- protocols -----------------------------------------------------------------------------
 
     def serve_protocol(self, protocol: str, handler: ProtocolHandler) -> None:
+        """See :meth:`Host.serve_protocol <p2ptls.Host.serve_protocol>`."""
         check_protocol_name(protocol)
         if protocol in self._handlers or protocol in self._sinks:
             raise ValueError(f"protocol {protocol!r} is already served")
@@ -118,10 +120,12 @@ class ConnectionManager:
         self._sinks[protocol] = sink
 
     def remove_protocol(self, protocol: str) -> None:
+        """Stop serving ``protocol`` (streams already open go on)."""
         self._handlers.pop(protocol, None)
         self._sinks.pop(protocol, None)
 
     def handler_for(self, protocol: str) -> ProtocolHandler | StreamSink | None:
+        """What takes the streams of ``protocol`` (``None``: they are refused)."""
         if self._closing:
             return None
         return self._handlers.get(protocol) or self._sinks.get(protocol)
@@ -152,18 +156,22 @@ class ConnectionManager:
         return self._table.connections()
 
     def connection(self, peer: PeerId) -> PeerConnection | None:
+        """``peer``'s current connection, if there is one."""
         return self._table.current(peer)
 
     def protect(self, peer: PeerId, tag: str) -> None:
+        """See :meth:`Host.protect <p2ptls.Host.protect>`."""
         self._table.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> None:
+        """See :meth:`Host.unprotect <p2ptls.Host.unprotect>`."""
         self._table.unprotect(peer, tag)
         connection = self._table.current(peer)
         if connection is not None:
             connection._watchdog_lot.unpark_all()  # its idle timer may run now
 
     def is_protected(self, peer: PeerId) -> bool:
+        """Whether any tag protects ``peer``'s connection."""
         return self._table.is_protected(peer)
 
     def forget_backoff(self, peer: PeerId) -> None:
@@ -215,6 +223,8 @@ class ConnectionManager:
                 dial.waiters -= 1
                 if not dial.waiters and not dial.done.is_set():
                     dial.scope.cancel()  # nobody wants it any more
+                    if self._dials.get(peer) is dial:  # an open from now on dials anew
+                        del self._dials[peer]
             if dial.error is not None:
                 raise dial.error
         raise ConnectionLimitReached(f"no usable connection to {peer.short}")
@@ -251,7 +261,8 @@ class ConnectionManager:
         except Exception as exc:  # handed to every waiting opener; the host goes on
             dial.error = exc
         finally:
-            del self._dials[peer]
+            if self._dials.get(peer) is dial:
+                del self._dials[peer]
             dial.done.set()
 
     async def _connect(self, record: PeerRecord, target: tuple[str, int]) -> PeerConnection:
@@ -314,7 +325,9 @@ class ConnectionManager:
         running = [c for c in live if c.cause is None]
         while len(running) > MAX_LIVE_PER_PEER:
             oldest = next(c for c in running if c is not connection and c is not decision.current)
-            oldest.close("the peer holds too many connections (it reconnected again and again)")
+            oldest.close(
+                "the peer holds too many connections (it reconnected again and again)", lost=True
+            )
             running.remove(oldest)
         if not decision.keep:
             # The peer's other connection wins (or no slot is free): this one never carries a
@@ -334,7 +347,8 @@ class ConnectionManager:
         self._arrivals.unpark_all()
         return connection
 
-    def _retired_by_peer(self, connection: PeerConnection) -> None:
+    def _retired(self, connection: PeerConnection) -> None:
+        """Either end retired ``connection``: it is no longer the peer's current one."""
         self._table.remove(connection.remote_peer.peer_id, connection)
 
     def _connection_ended(self, connection: PeerConnection) -> None:
@@ -380,6 +394,7 @@ class ConnectionManager:
     async def aclose(self) -> None:
         """Close every connection (each tells its peer first) and end the event channels."""
         self._closing = True
+        self._arrivals.unpark_all()
         connections = {c for live in self._live.values() for c in live}
         for connection in connections:
             connection.close()
@@ -391,9 +406,12 @@ class ConnectionManager:
         self._subscribers = []
 
     async def wait_connected(self, peer: PeerId) -> PeerConnection:
-        """Wait until ``peer`` has a connection that accepts streams."""
+        """Wait until ``peer`` has a connection that accepts streams;
+        ``trio.ClosedResourceError`` once the host is closing."""
         while True:
             connection = self._table.current(peer)
             if connection is not None and connection.accepts_new_streams:
                 return connection
+            if self._closing:
+                raise trio.ClosedResourceError("the host is closing")
             await self._arrivals.park()

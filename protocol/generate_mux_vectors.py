@@ -384,6 +384,23 @@ def flow_exchanges() -> list[Script]:
         .receive(*[data(1, b"", MESSAGE | END) for _ in range(4)])
         .do("take_message", stream_id=1)
         .receive(data(1, b"", MESSAGE | END)),
+        responder_with_stream(
+            "reset_keeps_unread_messages_charged",
+            "A reset stream's finished messages are still read: they stay charged until taken or "
+            "the stream is gone; stream 3 finds the budget as full as that.",
+            budget=(1 << 20, 256),
+        )
+        .receive(*[data(1, b"", MESSAGE | END) for _ in range(3)])
+        .receive(reset(1, 0))
+        .receive(open_(3, "chat/1"))
+        .do("accept", stream_id=3)
+        .receive(data(3, b"", MESSAGE | END), data(3, b"", MESSAGE | END))
+        .do("take_message", stream_id=1)
+        .do("close", stream_id=1)
+        .do("close", stream_id=3)
+        .receive(open_(5, "chat/1"))
+        .do("accept", stream_id=5)
+        .receive(*[data(5, b"", MESSAGE | END) for _ in range(4)]),
         Script("split_receives", "responder", "Frames arrive in pieces.")
         .receive_raw(open_(1, "chat/1")[:5])
         .receive_raw(open_(1, "chat/1")[5:] + data(1, b"hi")[:11])
@@ -449,6 +466,19 @@ def control_exchanges() -> list[Script]:
             "refuse", stream_id=2 * n + 1, code="UNKNOWN_PROTOCOL"
         )
     refusals.receive(open_(9, "nope/1"))
+    own_data = (
+        Script(
+            "own_data_is_not_a_backlog",
+            "responder",
+            "Our DATA waiting is not the peer's asking: a PING beside it is answered.",
+            max_output_backlog=40,
+            peer_reads=False,
+        )
+        .receive(open_(1, "chat/1"))
+        .do("accept", stream_id=1)
+        .do("send", stream_id=1, data=fill(100))
+        .receive(ping(b"\x05" * 8))
+    )
     return [
         Script("ping_pong", "initiator", "PING is answered; PONG is reported.")
         .receive(ping(b"\x01" * 8))
@@ -456,6 +486,7 @@ def control_exchanges() -> list[Script]:
         .do("ping", payload=b"\x03" * 8),
         pings,
         refusals,
+        own_data,
         Script("goaway_received", "initiator", "Our opens above 3 are refused.")
         .do("open", protocol="chat/1")
         .do("open", protocol="chat/1")

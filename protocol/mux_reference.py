@@ -185,6 +185,7 @@ class RefSide:
         self.goaway_sent = False
         self.goaway_received = False
         self.output = bytearray()
+        self.control_waiting = 0  # bytes of output other than DATA (§14.9)
         self._input = bytearray()
         self._events: list[dict[str, Any]] = []
 
@@ -193,14 +194,19 @@ class RefSide:
     def take_output(self) -> bytes:
         data = bytes(self.output)
         self.output.clear()
+        self.control_waiting = 0
         return data
 
     def _send(self, kind: str, stream_id: int, payload: bytes = b"", flags: int = 0) -> None:
-        self.output += encode(kind, stream_id, payload, flags)
+        frame = encode(kind, stream_id, payload, flags)
+        self.output += frame
+        if kind != "DATA":
+            self.control_waiting += len(frame)
 
     def _check_backlog(self) -> None:
-        """§14.9: a reply is due; a peer that does not read its replies is cut."""
-        if len(self.output) > self.max_output_backlog:
+        """§14.9: a reply is due; a peer that does not read its replies is cut (our own DATA
+        waiting does not count)."""
+        if self.control_waiting > self.max_output_backlog:
             raise MuxViolation("14.9 more than max_output_backlog bytes wait for the peer")
 
     def _report(self, event: str, **fields: Any) -> None:
@@ -241,6 +247,11 @@ class RefSide:
             stream.peer_credit += grant
             self._send("WINDOW", stream_id, grant.to_bytes(4, "big"))
             stream.consumed = 0
+
+    def _release_assembling(self, stream: RefStream) -> None:
+        """§14.6: a reset drops the message under assembly; finished ones stay charged."""
+        self.budget_used -= stream.assembling_charge
+        stream.assembling_size = stream.assembling_held = stream.assembling_charge = 0
 
     def _release(self, stream: RefStream) -> None:
         charged = stream.assembling_charge + sum(charge for _, charge in stream.complete)
@@ -455,7 +466,7 @@ class RefSide:
         if stream.reset:
             return
         stream.reset = True
-        self._release(stream)
+        self._release_assembling(stream)
         code = RESET_CODES.get(payload[0], "INTERNAL")
         self._report("aborted", stream_id=stream_id, code=code, by_peer=True)
 
@@ -498,7 +509,7 @@ class RefSide:
         if stream.assembling_size + size > self.max_message_size or not self._reserve(charge):
             self._check_backlog()
             stream.reset = True
-            self._release(stream)
+            self._release_assembling(stream)
             self._send("RESET", stream_id, bytes([code_of(RESET_CODES, "MESSAGE_TOO_LARGE")]))
             self._report("aborted", stream_id=stream_id, code="MESSAGE_TOO_LARGE", by_peer=False)
             return False

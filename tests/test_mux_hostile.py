@@ -399,7 +399,9 @@ async def test_a_message_over_the_maximum_resets_only_its_stream() -> None:
 async def test_empty_messages_nobody_reads_are_bounded() -> None:
     """An empty message costs no credit, but the host keeps each until it is read: their number
     is bounded by the reassembly budget (each is charged its bookkeeping), beyond which the
-    stream is reset. Only that stream: the connection goes on."""
+    stream is reset. Only that stream: the connection goes on. The messages that arrived before
+    the reset stay readable, so they stay charged until the application lets go of the stream
+    (the peer cannot free its share by getting its streams reset)."""
     async with mux_host() as arena:
         harness = arena.harness
         share = 512 * 1024
@@ -409,12 +411,16 @@ async def test_empty_messages_nobody_reads_are_bounded() -> None:
         sid = await peer.open(SINK)  # its handler never reads
         empty = message_frame(sid, b"")
         with heap_growth() as growth:
-            for _ in range(20):
-                await peer.send_frames(empty * 5000)
-                await peer.echo(b"the host has read the flood so far")
+            for n in range(20):
+                ping = mw.frame(FrameType.PING, 0, n.to_bytes(8, "big"))
+                await peer.send_frames(empty * 5000 + ping)
+                await peer.wait_for(lambda: bool(peer.pongs))  # the host read it all
+                peer.pongs.clear()
         assert peer.resets.get(sid) is ResetCode.MESSAGE_TOO_LARGE
         assert growth.grown < 4 * share, growth.grown
         assert not connection.closed
+        assert harness.host.context.budget.in_use <= share
+        await arena.sink.streams[-1].aclose()  # the unread messages, and their charges, go
         await peer.echo(b"the connection goes on")
         await peer.aclose()
         await settle(lambda: harness.host.context.budget.in_use == 0)

@@ -274,6 +274,12 @@ class ConnectionManager:
         one to the peer, only once its first frame arrived: the answer to a PING sent at once.
         """
         secure = await self._handshake(record, target)
+        return await self._start_dialled(secure)
+
+    async def _start_dialled(self, secure: SecureStream) -> PeerConnection:
+        """Run the connection we dialled on ``secure`` (its handshake done) and wait for the
+        peer's first frame; the caller adopts it."""
+        record = secure.remote_peer
         connection = PeerConnection(secure, self, initiator=True)
         self._nursery.start_soon(connection.run)
         try:

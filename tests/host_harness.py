@@ -220,7 +220,7 @@ async def dial_from(host: Host, server: Host, local_address: str) -> None:
     except BaseException:
         await trio.aclose_forcefully(secure)
         raise
-    host.manager._adopt(secure, initiator=True)
+    host.manager._adopt(await host.manager._start_dialled(secure), initiator=True)
 
 
 async def good_client(
@@ -242,7 +242,7 @@ async def adopt(harness: Harness, secure: SecureStream) -> LogicalStream:
     """A stream of the default protocol on ``secure`` (a connection to the harness host whose
     handshake a test drove itself), through a real client host that adopts it."""
     client = await harness.client(secure.context.identity)
-    client.manager._adopt(secure, initiator=True)
+    client.manager._adopt(await client.manager._start_dialled(secure), initiator=True)
     return await client.connect(harness.host.peer_record())
 
 

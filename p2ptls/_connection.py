@@ -23,13 +23,20 @@ without one is truncation.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Iterable, Iterator
 
-import attrs
-
 from . import _wire as wire
+from ._connection_events import (
+    DataReceived,
+    EndOfStream,
+    Event,
+    HandshakeComplete,
+    MessageReceived,
+    PongReceived,
+    PrivateKeyOperationNeeded,
+    State,
+)
 from ._errors import FloodError, HandshakeFailed, PeerRefused, ProtocolError, TruncatedError
 from ._fragments import Reassembler, ReassemblyBudget, fragment_sizes
 from ._handshake import (
@@ -52,79 +59,6 @@ from .trust import DEFAULT_SOURCE
 
 SEND_CHUNK = 256 * 1024
 """About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
-
-
-class State(enum.Enum):
-    HANDSHAKING = "handshaking"
-    KEY_OPERATION = "key operation"
-    ESTABLISHED = "established"
-    FAILED = "failed"
-
-
-# Events --------------------------------------------------------------------------------------
-
-
-@attrs.frozen(repr=False)
-class PrivateKeyOperationNeeded:
-    """Decrypt ``ciphertext`` with the identity key (OAEP, ``label``), then supply_decryption."""
-
-    ciphertext: bytes
-    label: bytes
-
-    def __repr__(self) -> str:
-        return f"PrivateKeyOperationNeeded(label={self.label!r})"
-
-
-@attrs.frozen
-class HandshakeComplete:
-    """The handshake verified; ``remote`` is the authenticated peer."""
-
-    remote: PeerRecord
-
-
-@attrs.frozen(repr=False)
-class DataReceived:
-    """Bytes of the byte stream."""
-
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"DataReceived(<{len(self.data)} bytes>)"
-
-
-@attrs.frozen(repr=False)
-class MessageReceived:
-    """One whole message."""
-
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"MessageReceived(<{len(self.data)} bytes>)"
-
-
-@attrs.frozen
-class EndOfStream:
-    """The peer's authenticated CLOSE: it will send nothing more."""
-
-    reason: int
-    """``0``: end of stream (half-close); ``1``: the peer closed the connection."""
-
-
-@attrs.frozen
-class PongReceived:
-    """The answer to one of our pings."""
-
-    payload: bytes
-
-
-Event = (
-    PrivateKeyOperationNeeded
-    | HandshakeComplete
-    | DataReceived
-    | MessageReceived
-    | EndOfStream
-    | PongReceived
-)
 
 
 class Connection:

@@ -38,15 +38,39 @@ send in bulk is not taken for one that does not read) and message bytes (the bud
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Iterable
-
-import attrs
 
 from . import _mux_wire as mw
 from ._errors import MuxError, ReassemblyBudgetExceeded
 from ._fragments import FRAGMENT_OVERHEAD, ReassemblyBudget
+from ._mux_events import (
+    CreditAvailable,
+    DataReceived,
+    GoAwayReceived,
+    MuxEvent,
+    OpenRefused,
+    PongReceived,
+    StreamAborted,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+)
+from ._mux_stream import StreamState
 from ._mux_wire import Flag, FrameType, GoAwayCode, RefuseCode, ResetCode
+
+__all__ = [
+    "CreditAvailable",
+    "DataReceived",
+    "GoAwayReceived",
+    "Multiplexer",
+    "MuxEvent",
+    "OpenRefused",
+    "PongReceived",
+    "StreamAborted",
+    "StreamAccepted",
+    "StreamEnded",
+    "StreamOpened",
+]
 
 DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_OUTPUT_BACKLOG = 4 * 1024 * 1024
@@ -57,116 +81,6 @@ _MESSAGE, _END, _FIN = int(Flag.MESSAGE), int(Flag.END), int(Flag.FIN)
 _DATA, _WINDOW, _OPEN = FrameType.DATA, FrameType.WINDOW, FrameType.OPEN
 _ACCEPT, _REFUSE = FrameType.ACCEPT, FrameType.REFUSE
 _PING, _PONG, _GOAWAY = FrameType.PING, FrameType.PONG, FrameType.GOAWAY
-
-# -- events ------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class StreamOpened:
-    """The peer opened a stream: accept or refuse it."""
-
-    stream_id: int
-    protocol: str
-
-
-@attrs.frozen
-class StreamAccepted:
-    stream_id: int
-
-
-@attrs.frozen
-class OpenRefused:
-    """The peer refused a stream we opened (it is gone)."""
-
-    stream_id: int
-    code: RefuseCode
-
-
-@attrs.frozen
-class DataReceived:
-    stream_id: int
-    data: bytes
-    message: bool
-    """For the message channel (else the byte stream)."""
-    end: bool
-    """The last fragment of a message."""
-
-
-@attrs.frozen
-class StreamEnded:
-    """The peer finished its direction of the stream (FIN)."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class CreditAvailable:
-    """The peer granted more credit: a blocked sender may go on."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class StreamAborted:
-    """The stream was aborted, by the peer or (``by_peer=False``) by us for breaking a limit."""
-
-    stream_id: int
-    code: ResetCode
-    by_peer: bool
-
-
-@attrs.frozen
-class PongReceived:
-    payload: bytes
-
-
-@attrs.frozen
-class GoAwayReceived:
-    """The peer opens no more streams and accepts none above ``last_stream_id``."""
-
-    last_stream_id: int
-    code: GoAwayCode
-
-
-MuxEvent = (
-    StreamOpened
-    | StreamAccepted
-    | OpenRefused
-    | DataReceived
-    | StreamEnded
-    | CreditAvailable
-    | StreamAborted
-    | PongReceived
-    | GoAwayReceived
-)
-
-
-@attrs.define
-class _Stream:
-    local: bool
-    """Opened by us."""
-    window: int
-    """The credit this side keeps granting the peer on this stream (it grows, see
-    :meth:`Multiplexer._give_back`)."""
-    accepted: bool = False
-    send_credit: int = mw.INITIAL_WINDOW
-    receive_left: int = mw.INITIAL_WINDOW
-    """Credit the peer still holds for sending to us."""
-    to_return: int = 0
-    """Bytes consumed since the last WINDOW frame."""
-    sent_fin: bool = False
-    received_fin: bool = False
-    reset: bool = False
-    """Aborted, by either side."""
-    peer_reset: bool = False
-    # Message channel: credit held per finished, unread message; the message being assembled.
-    finished: collections.deque[tuple[int, int]] = attrs.field(factory=collections.deque)
-    """(credit held, budget charged) of each finished message not yet taken."""
-    assembling: int = 0
-    assembling_held: int = 0
-    assembling_charged: int = 0
-    message_open: bool = False
-    sending_message: bool = False
 
 
 class Multiplexer:
@@ -217,7 +131,7 @@ class Multiplexer:
         self.budget_key = budget_key
         self.max_output_backlog = max_output_backlog
         self.serves = serves
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamState] = {}
         self._inbound = 0
         self._last_local = -1 if initiator else 0  # the next id is two above
         self._last_remote = 0 if initiator else -1
@@ -315,11 +229,11 @@ class Multiplexer:
         self._queue(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
-    def _new_stream(self, *, local: bool) -> _Stream:
+    def _new_stream(self, *, local: bool) -> StreamState:
         self._windows += self.window
-        return _Stream(local=local, window=self.window)
+        return StreamState(local=local, window=self.window)
 
-    def _grant_window(self, stream_id: int, stream: _Stream) -> None:
+    def _grant_window(self, stream_id: int, stream: StreamState) -> None:
         extra = stream.window - mw.INITIAL_WINDOW
         if extra:
             stream.receive_left += extra
@@ -510,7 +424,7 @@ class Multiplexer:
             if not stream.local or stream.accepted:
                 raise MuxError("REFUSE for a stream not waiting for an answer")
             self._forget(stream_id)
-            events.append(OpenRefused(stream_id, _refuse_code(payload[0])))
+            events.append(OpenRefused(stream_id, mw.refuse_code_untrusted(payload[0])))
         else:  # RESET
             if stream.peer_reset:
                 raise MuxError("RESET of a stream already reset")
@@ -519,9 +433,11 @@ class Multiplexer:
                 return  # crossed with our own RESET
             stream.reset = True
             self._release_assembling(stream)
-            events.append(StreamAborted(stream_id, _reset_code(payload[0]), by_peer=True))
+            events.append(
+                StreamAborted(stream_id, mw.reset_code_untrusted(payload[0]), by_peer=True)
+            )
 
-    def _stream_for(self, stream_id: int) -> _Stream | None:
+    def _stream_for(self, stream_id: int) -> StreamState | None:
         """The stream a frame names; ``None`` for one that is gone; error for one never opened."""
         stream = self._streams.get(stream_id)
         if stream is not None:
@@ -553,7 +469,12 @@ class Multiplexer:
             events.append(StreamOpened(stream_id, protocol))
 
     def _on_data(
-        self, stream_id: int, stream: _Stream, flags: int, payload: bytes, events: list[MuxEvent]
+        self,
+        stream_id: int,
+        stream: StreamState,
+        flags: int,
+        payload: bytes,
+        events: list[MuxEvent],
     ) -> None:
         if stream.received_fin or stream.peer_reset:
             raise MuxError("DATA after the stream's FIN or RESET")
@@ -581,7 +502,7 @@ class Multiplexer:
             stream.received_fin = True
             events.append(StreamEnded(stream_id))
 
-    def _take_fragment(self, stream_id: int, stream: _Stream, size: int, end: bool) -> bool:
+    def _take_fragment(self, stream_id: int, stream: StreamState, size: int, end: bool) -> bool:
         """Account for a message fragment; False if the stream had to be reset for it."""
         if stream.assembling + size > self.max_message_size:
             self._reset_for(stream_id, stream, ResetCode.MESSAGE_TOO_LARGE)
@@ -601,7 +522,7 @@ class Multiplexer:
             stream.assembling = stream.assembling_held = stream.assembling_charged = 0
         return True
 
-    def _charge(self, stream_id: int, stream: _Stream, size: int) -> bool:
+    def _charge(self, stream_id: int, stream: StreamState, size: int) -> bool:
         try:
             self.budget.reserve(size, self.budget_key)
         except ReassemblyBudgetExceeded:
@@ -609,7 +530,7 @@ class Multiplexer:
             return False
         return True
 
-    def _reset_for(self, stream_id: int, stream: _Stream, code: ResetCode) -> None:
+    def _reset_for(self, stream_id: int, stream: StreamState, code: ResetCode) -> None:
         """Abort a stream whose peer broke a limit of ours (the stream stays known, reset, until
         the application closes it)."""
         stream.reset = True
@@ -617,7 +538,7 @@ class Multiplexer:
         self._reply(FrameType.RESET, stream_id, bytes([code]))
 
     def _on_window(
-        self, stream_id: int, stream: _Stream, increment: int, events: list[MuxEvent]
+        self, stream_id: int, stream: StreamState, increment: int, events: list[MuxEvent]
     ) -> None:
         if increment == 0:
             raise MuxError("WINDOW of zero")
@@ -631,7 +552,7 @@ class Multiplexer:
         if self.go_away_received is not None:
             raise MuxError("a second GOAWAY")
         last = int.from_bytes(payload[:4], "big")
-        notice = GoAwayReceived(last, _go_away_code(payload[4]))
+        notice = GoAwayReceived(last, mw.go_away_code_untrusted(payload[4]))
         self.go_away_received = notice
         events.append(notice)
         for stream_id, stream in list(self._streams.items()):
@@ -641,7 +562,7 @@ class Multiplexer:
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def _give_back(self, stream_id: int, stream: _Stream, size: int) -> None:
+    def _give_back(self, stream_id: int, stream: StreamState, size: int) -> None:
         """Credit for ``size`` bytes consumed; a WINDOW once half the stream's window is.
 
         Window growth (auto-tuning): if, when a grant is due, the peer has used all the credit it
@@ -667,14 +588,14 @@ class Multiplexer:
             self._queue(FrameType.WINDOW, stream_id, grant.to_bytes(4, "big"))
             stream.to_return = 0
 
-    def _release_assembling(self, stream: _Stream) -> None:
+    def _release_assembling(self, stream: StreamState) -> None:
         """The stream was reset: the message under assembly will never be whole (the logical
         stream drops its fragments). Finished messages are still read before the reset, so they
         stay charged until taken or the stream is gone."""
         self.budget.release(stream.assembling_charged, self.budget_key)
         stream.assembling = stream.assembling_held = stream.assembling_charged = 0
 
-    def _release_messages(self, stream: _Stream) -> None:
+    def _release_messages(self, stream: StreamState) -> None:
         if not stream.finished and not stream.assembling_charged:
             return  # nothing charged (the common case: a byte stream)
         charged = stream.assembling_charged + sum(c for _, c in stream.finished)
@@ -698,24 +619,3 @@ class Multiplexer:
 
     def stream_ids(self) -> Iterable[int]:
         return tuple(self._streams)
-
-
-def _refuse_code(raw: int) -> RefuseCode:
-    try:
-        return RefuseCode(raw)
-    except ValueError:
-        raise MuxError("unknown REFUSE code") from None
-
-
-def _reset_code(raw: int) -> ResetCode:
-    try:
-        return ResetCode(raw)
-    except ValueError:
-        return ResetCode.INTERNAL  # a reason we do not know still aborts the stream
-
-
-def _go_away_code(raw: int) -> GoAwayCode:
-    try:
-        return GoAwayCode(raw)
-    except ValueError:
-        return GoAwayCode.NORMAL

@@ -144,3 +144,27 @@ def parse_protocol_name_untrusted(payload: bytes) -> str:
 def frame(frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
     """One whole frame."""
     return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+def refuse_code_untrusted(raw: int) -> RefuseCode:
+    """A REFUSE frame's code; one we do not know is a protocol error."""
+    try:
+        return RefuseCode(raw)
+    except ValueError:
+        raise MuxError("unknown REFUSE code") from None
+
+
+def reset_code_untrusted(raw: int) -> ResetCode:
+    """A RESET frame's code; one we do not know reads as INTERNAL."""
+    try:
+        return ResetCode(raw)
+    except ValueError:
+        return ResetCode.INTERNAL  # a reason we do not know still aborts the stream
+
+
+def go_away_code_untrusted(raw: int) -> GoAwayCode:
+    """A GOAWAY frame's code; one we do not know reads as NORMAL."""
+    try:
+        return GoAwayCode(raw)
+    except ValueError:
+        return GoAwayCode.NORMAL

@@ -137,3 +137,35 @@ def unwrap_single(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+class HandOffLock:
+    """Serialises a stream's own tasks on one resource (the transport's send or receive side).
+
+    Unlike ``trio.Lock`` it takes no checkpoint of its own when uncontended: every holder goes on
+    to a transport call, which checkpoints anyway, and the extra trip through the scheduler would
+    cost each round trip.
+    """
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    async def __aenter__(self) -> None:
+        if self._held:
+            await self._waiters.park()  # woken by __aexit__, which hands us the lock
+        else:
+            self._held = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # FIFO hand-off: the first waiter becomes the owner (so a task that loops re-acquiring
+        # the lock cannot starve the others).
+        if self._waiters:
+            self._waiters.unpark()
+        else:
+            self._held = False

@@ -45,7 +45,7 @@ from ._connection import (
     State,
 )
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
-from ._util import ConflictDetector, MessageIterator
+from ._util import ConflictDetector, HandOffLock, MessageIterator
 from .config import StreamConfig
 from .context import SecurityContext
 from .identity import PeerRecord
@@ -58,38 +58,6 @@ log = logging.getLogger("p2ptls.stream")
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
-
-
-class _InternalLock:
-    """Serialises the stream's own tasks on one resource (the transport's send or receive side).
-
-    Unlike ``trio.Lock`` it takes no checkpoint of its own when uncontended: every holder goes on
-    to a transport call, which checkpoints anyway, and the extra trip through the scheduler would
-    cost each round trip.
-    """
-
-    __slots__ = ("_held", "_waiters")
-
-    def __init__(self) -> None:
-        self._held = False
-        self._waiters = trio.lowlevel.ParkingLot()
-
-    def locked(self) -> bool:
-        return self._held
-
-    async def __aenter__(self) -> None:
-        if self._held:
-            await self._waiters.park()  # woken by __aexit__, which hands us the lock
-        else:
-            self._held = True
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        # FIFO hand-off: the first waiter becomes the owner (so a task that loops re-acquiring
-        # the lock cannot starve the others).
-        if self._waiters:
-            self._waiters.unpark()
-        else:
-            self._held = False
 
 
 class SecureStream(trio.abc.HalfCloseableStream):
@@ -152,8 +120,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
             )
         self._handshake_lock = trio.Lock()
         self._handshake_done = False
-        self._transport_send_lock = _InternalLock()
-        self._pump_lock = _InternalLock()
+        self._transport_send_lock = HandOffLock()
+        self._pump_lock = HandOffLock()
         self._send_conflict = ConflictDetector("another task is already sending on this stream")
         self._receive_conflict = ConflictDetector("another task is already receiving bytes")
         self._message_conflict = ConflictDetector("another task is already receiving messages")

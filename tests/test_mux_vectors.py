@@ -32,9 +32,9 @@ from p2ptls.logical import LogicalStream, StreamReset
 from p2ptls.manager import ConnectionManager
 from p2ptls.stream import SecureStream
 from p2ptls.testing import connected_contexts
-from protocol import generate_mux_vectors as generator
+from protocol import generate_mux_vectors, mux_script
 from protocol import mux_reference as ref
-from protocol.generate_mux_vectors import compact
+from protocol.mux_script import compact
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "mux.json"
 ALL = json.loads(VECTORS.read_text())
@@ -160,7 +160,7 @@ def _run(exchange: dict[str, Any]) -> None:
             assert events == step["events"], where
         if exchange["peer_reads"]:
             sent = mux.data_to_send()
-            assert generator.frames_of(sent) == step["sent_frames"], where
+            assert mux_script.frames_of(sent) == step["sent_frames"], where
             assert compact(sent, wire=True) == step["sends"], where
         held = {
             str(stream_id): mux.send_credit(stream_id) for stream_id in sorted(mux.stream_ids())
@@ -173,7 +173,7 @@ def _run(exchange: dict[str, Any]) -> None:
 
 
 def test_vectors_are_current() -> None:
-    assert generator.generate() == VECTORS.read_text()
+    assert generate_mux_vectors.generate() == VECTORS.read_text()
 
 
 def test_constants() -> None:
@@ -337,12 +337,12 @@ async def test_goaway_received_lets_open_streams_finish(
                 await stream.send_message(message)
 
         manager.serve_protocol("echo/1", echo)
-        await peer.send(generator.open_(1, "echo/1"))
+        await peer.send(mux_script.open_(1, "echo/1"))
         assert await peer.next_frame("WINDOW") == ("ACCEPT", 0, 1, b"")
-        await peer.send(generator.goaway(0, ref.code_of(ref.GOAWAY_CODES, "REPLACED")))
-        await peer.send(generator.ping(b"12345678"))
+        await peer.send(mux_script.goaway(0, ref.code_of(ref.GOAWAY_CODES, "REPLACED")))
+        await peer.send(mux_script.ping(b"12345678"))
         assert await peer.next_frame("WINDOW") == ("PONG", 0, 0, b"12345678")
-        await peer.send(generator.data(1, b"still open?", ref.MESSAGE | ref.END))
+        await peer.send(mux_script.data(1, b"still open?", ref.MESSAGE | ref.END))
         echoed = await peer.next_frame("WINDOW", "PING", "GOAWAY")
         assert echoed == ("DATA", ref.MESSAGE | ref.END, 1, b"still open?")
         nursery.cancel_scope.cancel()
@@ -357,7 +357,7 @@ async def test_open_answered_by_reset_fails_with_the_reset(
         async def answer_with_reset() -> None:
             opened = await peer.next_frame("WINDOW")
             assert opened is not None and opened[0] == "OPEN"
-            await peer.send(generator.reset(opened[2], ref.code_of(ref.RESET_CODES, "CANCEL")))
+            await peer.send(mux_script.reset(opened[2], ref.code_of(ref.RESET_CODES, "CANCEL")))
 
         nursery.start_soon(answer_with_reset)
         with pytest.raises((StreamReset, StreamRefused)):

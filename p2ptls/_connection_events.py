@@ -1,0 +1,82 @@
+"""A secure stream connection's state and the events its sans-IO core reports
+(:class:`p2ptls._connection.Connection`, as h11's ``_events.py`` and ``_state.py``)."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from .identity import PeerRecord
+
+
+class State(enum.Enum):
+    """Where a connection's handshake stands."""
+
+    HANDSHAKING = "handshaking"
+    KEY_OPERATION = "key operation"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+@attrs.frozen(repr=False)
+class PrivateKeyOperationNeeded:
+    """Decrypt ``ciphertext`` with the identity key (OAEP, ``label``), then supply_decryption."""
+
+    ciphertext: bytes
+    label: bytes
+
+    def __repr__(self) -> str:
+        return f"PrivateKeyOperationNeeded(label={self.label!r})"
+
+
+@attrs.frozen
+class HandshakeComplete:
+    """The handshake verified; ``remote`` is the authenticated peer."""
+
+    remote: PeerRecord
+
+
+@attrs.frozen(repr=False)
+class DataReceived:
+    """Bytes of the byte stream."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"DataReceived(<{len(self.data)} bytes>)"
+
+
+@attrs.frozen(repr=False)
+class MessageReceived:
+    """One whole message."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"MessageReceived(<{len(self.data)} bytes>)"
+
+
+@attrs.frozen
+class EndOfStream:
+    """The peer's authenticated CLOSE: it will send nothing more."""
+
+    reason: int
+    """``0``: end of stream (half-close); ``1``: the peer closed the connection."""
+
+
+@attrs.frozen
+class PongReceived:
+    """The answer to one of our pings."""
+
+    payload: bytes
+
+
+Event = (
+    PrivateKeyOperationNeeded
+    | HandshakeComplete
+    | DataReceived
+    | MessageReceived
+    | EndOfStream
+    | PongReceived
+)

@@ -120,5 +120,9 @@ class ConnectionConfig:
     replaced_grace: float = attrs.field(default=10.0, validator=_positive)
     """Seconds a connection replaced by a newer one (a simultaneous open) keeps serving its
     streams before it is closed."""
+    handler_grace: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a protocol handler may run on after its connection ended (to finish its own work
+    with what it received); then it is cancelled, so that handlers waiting on something else
+    than their stream do not pile up when a peer reconnects again and again."""
     output_high_water: int = attrs.field(default=256 * 1024, validator=_at_least(1))
     """Bytes of frames queued for the connection beyond which senders wait."""

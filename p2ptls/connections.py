@@ -25,9 +25,10 @@ The host's :class:`~p2ptls.manager.ConnectionManager` makes, shares and ends the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,7 +37,7 @@ import trio
 from . import _mux
 from ._errors import MuxError, P2PTLSError, ProtocolNotSupported, StreamRefused
 from ._liveness import Action, Liveness
-from ._mux_wire import GoAwayCode, RefuseCode, ResetCode
+from ._mux_wire import FRAME_CHUNK, GoAwayCode, RefuseCode, ResetCode
 from .identity import PeerId, PeerRecord
 from .logical import ConnectionLost, LogicalStream, StreamReset
 from .stream import SecureStream
@@ -146,6 +147,9 @@ class PeerConnection:
         """Reading has stopped: the writer ends once the output is empty."""
         self._writer_failed = False
         self._closed = trio.Event()
+        self._handler_scopes: set[trio.CancelScope] = set()
+        """The cancel scopes of the protocol handlers serving this connection's streams."""
+        self._handler_grace = config.handler_grace
         self.cause: BaseException | None = None
         """Why the connection ended (``None`` while it runs)."""
         now = trio.current_time()
@@ -293,6 +297,12 @@ class PeerConnection:
         end: bool = False,
         fin: bool = False,
     ) -> int:
+        # One send queues at most up to the high-water mark (a frame at least), so a small frame
+        # of another stream never waits behind a whole window of ours.
+        room = max(self._high_water - self._mux.output_size, FRAME_CHUNK)
+        if len(data) > room:
+            data = data[:room]
+            end = fin = False
         taken = self._mux.send_data(stream_id, data, message=message, end=end, fin=fin)
         self._wake_writer()
         return taken
@@ -582,9 +592,26 @@ class PeerConnection:
         self._opening.clear()
         self._mux.release_all()
         self._closed.set()
+        deadline = trio.current_time() + self._handler_grace
+        for scope in self._handler_scopes:
+            scope.deadline = min(scope.deadline, deadline)
         self._heard.set()  # nobody waits for a peer that is gone
         self._drained.unpark_all()
         self.manager._connection_ended(self)
+
+    @contextlib.contextmanager
+    def _serving_handler(self) -> Iterator[trio.CancelScope]:
+        """The cancel scope a protocol handler of this connection runs in: cancelled
+        ``handler_grace`` seconds after the connection ends."""
+        scope = trio.CancelScope()
+        if self.closed:
+            scope.deadline = trio.current_time() + self._handler_grace
+        self._handler_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._handler_scopes.discard(scope)
 
     async def ping(self) -> float:
         """One round trip on this connection, in seconds; :class:`~p2ptls.ConnectionLost` if it

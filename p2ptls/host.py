@@ -306,9 +306,11 @@ class Host:
         :class:`~p2ptls.ProtocolNotSupported`). An exception from the handler ends only its
         stream: it is logged (a ``BrokenResourceError`` or ``ClosedResourceError``, the peer
         going away, at info level; anything else as an error, counted in
-        ``host.manager.handler_failures``). The handler is not cancelled when the connection
-        breaks: its stream's next operation raises :class:`~p2ptls.ConnectionLost`, so a handler
-        that waits on something else should also watch its stream.
+        ``host.manager.handler_failures``). When the connection breaks, the stream's next
+        operation raises :class:`~p2ptls.ConnectionLost`; a handler still running
+        ``handler_grace`` seconds (:class:`~p2ptls.ConnectionConfig`) after its connection ended
+        is cancelled, so that handlers waiting on something else than their stream do not pile
+        up when a peer reconnects again and again.
         """
         self.manager.serve_protocol(protocol, handler)
 

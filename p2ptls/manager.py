@@ -139,7 +139,10 @@ class ConnectionManager:
 
     async def _run_handler(self, handler: ProtocolHandler, stream: LogicalStream) -> None:
         try:
-            await handler(stream)
+            with stream.connection._serving_handler() as scope:
+                await handler(stream)
+            if scope.cancelled_caught:
+                log.info("the handler of %r was cancelled: its connection had ended", stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.info("%r ended: %r", stream, exc)
         except Exception:

@@ -338,16 +338,12 @@ async def test_waiting_for_a_connection_ends_when_the_host_closes(
 # -- design findings, not fixed here (each test states the property that does not hold yet) --------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a send queues up to its whole credit at once (up to max_stream_window, 4 MiB), "
-    "and the writer sends frames in the order they were queued, so a small frame of another "
-    "stream waits behind it; bounding each send by output_high_water (or a round-robin writer) "
-    "is a change of the send path to benchmark first",
-)
 async def test_one_send_queues_no_more_than_the_high_water_mark_ahead_of_other_streams(
     identities: tuple[Identity, ...],
 ) -> None:
+    """A send with a whole 4 MiB window of credit queues no more than ``output_high_water``
+    (and one frame) ahead of what another stream sends next: a small message of another
+    protocol never waits behind a window of bulk data."""
     window = 4 * 1024 * 1024
     connections = ConnectionConfig(stream_window=window, max_stream_window=window)
     async with lower_and_higher(identities, connections=connections) as (low, high):
@@ -375,15 +371,12 @@ async def drain(stream: LogicalStream) -> None:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a handler is not cancelled when its connection breaks (serve_protocol's "
-    "docstring); one that waits on something else than its stream outlives the connection with "
-    "its stream and unread data, so a peer reconnecting again and again accumulates them",
-)
 async def test_handlers_do_not_outlive_their_connection() -> None:
-    async with mux_host() as arena:
-        harness = arena.harness
+    """A handler that waits on something else than its stream (a subscription whose next event
+    is far off) is cancelled ``handler_grace`` after its connection ended, so a peer that comes
+    back again and again does not pile up handlers with their streams."""
+    connections = ConnectionConfig(handler_grace=0.05)
+    async with serving_host(connections=connections) as harness:
         alive = 0
         never = trio.Event()
 
@@ -391,7 +384,7 @@ async def test_handlers_do_not_outlive_their_connection() -> None:
             nonlocal alive
             alive += 1
             try:
-                await never.wait()  # e.g. a subscription whose next event is far off
+                await never.wait()
             finally:
                 alive -= 1
 
@@ -401,12 +394,40 @@ async def test_handlers_do_not_outlive_their_connection() -> None:
             await peer.handshake()
             await peer.open("subscribe/1")
             connection = connection_of(harness, peer)
+            await settle(lambda: alive == 1)
             await peer.aclose()  # gone, then back again
             with trio.fail_after(SAFETY_NET):
                 await connection.wait_closed()
-        await settle(lambda: True)
-        assert alive == 0
-        never.set()
+            await settle(lambda: alive == 0)
+
+
+async def test_a_handler_finishes_its_work_within_the_grace() -> None:
+    """A handler whose connection broke may still finish what it does with what it received
+    (store it, say) for ``handler_grace`` seconds: it is not cancelled at once."""
+    async with mux_host() as arena:
+        harness = arena.harness
+        written = trio.Event()
+        stored: list[bytes] = []
+
+        async def store(stream: LogicalStream) -> None:
+            received = await stream.receive_message()
+            with pytest.raises(ConnectionLost):
+                await stream.receive_message()
+            await written.wait()  # the slow write of what it received
+            stored.append(received)
+
+        harness.host.serve_protocol("store/1", store)
+        peer = await RawPeer.connect(harness.host)
+        await peer.handshake()
+        stream_id = await peer.open("store/1")
+        await peer.send_frames(message_frame(stream_id, b"keep me"))
+        connection = connection_of(harness, peer)
+        await peer.aclose()
+        with trio.fail_after(SAFETY_NET):
+            await connection.wait_closed()
+        await settle(lambda: True)  # the handler is past ConnectionLost, waiting for its write
+        written.set()
+        await settle(lambda: stored == [b"keep me"])
 
 
 # -- cancellation at each wait of an open and of a message -----------------------------------------

@@ -138,7 +138,9 @@ class Multiplexer:
         self._out_pieces: list[bytes | memoryview] = []
         """The queued frames, in pieces joined by :meth:`data_to_send` (a DATA payload is a
         slice of the caller's ``bytes``, which cannot change, so it is copied only there)."""
-        self._out_size = 0
+        self.output_size = 0
+        """Bytes of frames queued and not yet taken by :meth:`data_to_send` (read-only; a plain
+        attribute, as the trio layer reads it on every send and wake-up)."""
         self._control_size = 0
         """Bytes of the queued frames other than DATA (what :meth:`_reply` bounds)."""
         self._in = bytearray()
@@ -146,11 +148,6 @@ class Multiplexer:
         self.go_away_received: GoAwayReceived | None = None
 
     # -- inspection ------------------------------------------------------------------------------
-
-    @property
-    def output_size(self) -> int:
-        """Bytes of frames queued and not yet taken by :meth:`data_to_send`."""
-        return self._out_size
 
     @property
     def stream_count(self) -> int:
@@ -181,7 +178,7 @@ class Multiplexer:
         """Every queued frame, in order; the queue is then empty."""
         data = b"".join(self._out_pieces)
         self._out_pieces.clear()
-        self._out_size = self._control_size = 0
+        self.output_size = self._control_size = 0
         return data
 
     def _queue(
@@ -189,7 +186,7 @@ class Multiplexer:
     ) -> None:
         self._out_pieces.append(mw.HEADER.pack(frame_type, flags, stream_id, len(payload)))
         self._out_pieces.append(payload)
-        self._out_size += mw.HEADER_SIZE + len(payload)
+        self.output_size += mw.HEADER_SIZE + len(payload)
         if frame_type is not _DATA:
             self._control_size += mw.HEADER_SIZE + len(payload)
 
@@ -272,7 +269,7 @@ class Multiplexer:
             chunk = view[taken : taken + size]
             self._out_pieces.append(mw.HEADER.pack(_DATA, flags, stream_id, size))
             self._out_pieces.append(chunk if immutable else bytes(chunk))
-            self._out_size += mw.HEADER_SIZE + size
+            self.output_size += mw.HEADER_SIZE + size
             stream.send_credit -= size
             taken += size
             if message:

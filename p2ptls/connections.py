@@ -138,6 +138,9 @@ class PeerConnection:
         self._reset_while_opening: set[int] = set()
         self._pongs: dict[bytes, trio.Event] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_waiting = False
+        """The writer is parked and nobody woke it yet (checked before each wake-up: a
+        ParkingLot's own truth test costs two Python calls)."""
         self._drained = trio.lowlevel.ParkingLot()
         self._watchdog_lot = trio.lowlevel.ParkingLot()
         self._cancel = trio.CancelScope()
@@ -288,6 +291,11 @@ class PeerConnection:
     def _output_full(self) -> bool:
         return self._mux.output_size >= self._high_water
 
+    def _sendable(self, stream_id: int) -> bool:
+        """Whether a send on ``stream_id`` may queue bytes now (credit, room in the output)."""
+        mux = self._mux
+        return mux.output_size < self._high_water and mux.send_credit(stream_id) > 0
+
     def _send_data(
         self,
         stream_id: int,
@@ -334,8 +342,10 @@ class PeerConnection:
             self._watchdog_lot.unpark_all()
 
     def _wake_writer(self) -> None:
-        # Checked first: unpark on an empty ParkingLot (a writer busy writing) costs about 0.5 us.
-        if self._mux.output_size and self._writer_lot:
+        # Checked first: unpark on an empty ParkingLot (a writer busy writing) costs about 0.5 us;
+        # once woken, the writer is not woken again before it runs.
+        if self._writer_waiting and self._mux.output_size:
+            self._writer_waiting = False
             self._writer_lot.unpark()
 
     # -- running -------------------------------------------------------------------------------
@@ -405,14 +415,16 @@ class PeerConnection:
     async def _reader(self) -> None:
         secure = self.secure
         mux = self._mux
+        heard = False
         while True:
             data = await secure.receive_some()
             if not data:
                 self._end(PeerClosed("the peer closed the connection"))
                 return
             self._liveness.received(trio.current_time())
-            if not self._heard.is_set():
+            if not heard:
                 self._heard.set()
+                heard = True
             for event in mux.receive_data_untrusted(data):
                 self._file(event)
             self._wake_writer()
@@ -495,7 +507,11 @@ class PeerConnection:
                 while not mux.output_size:
                     if self._flushing:
                         return
-                    await self._writer_lot.park()
+                    self._writer_waiting = True
+                    try:
+                        await self._writer_lot.park()
+                    finally:
+                        self._writer_waiting = False
                 data = mux.data_to_send()
                 if self._drained:
                     self._drained.unpark_all()

@@ -9,6 +9,8 @@ gets back a list of events, and sends whatever bytes its ``send_*`` methods retu
 States::
 
     initiator: HANDSHAKING --Reply--> KEY_OPERATION --supply_decryption--> ESTABLISHED
+    resuming initiator: HANDSHAKING --ResumeReply--> ESTABLISHED (Finish queued)
+    responder (ResumeHello): HANDSHAKING --ResumeHello--> HANDSHAKING --Finish--> ESTABLISHED
     responder: HANDSHAKING --Hello--> KEY_OPERATION --supply_decryption--> HANDSHAKING
                --Finish--> ESTABLISHED
     any state --error--> FAILED;  ESTABLISHED --both CLOSE records--> (ends quietly)
@@ -19,6 +21,9 @@ meanwhile are buffered. Once ESTABLISHED, records are opened in order and turned
 protocol error moves the connection to FAILED, releases its reassembly reservation and is raised;
 every later call raises too. Each direction ends with an authenticated CLOSE record; a transport EOF
 without one is truncation.
+
+A responder given a :class:`~p2ptls._tickets.TicketAuthority` queues two TICKET records right
+after it becomes ESTABLISHED; an initiator reports each as :class:`TicketReceived`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ._connection_events import (
     PongReceived,
     PrivateKeyOperationNeeded,
     State,
+    TicketReceived,
 )
 from ._errors import FloodError, HandshakeFailed, PeerRefused, ProtocolError, TruncatedError
 from ._fragments import Reassembler, ReassemblyBudget, fragment_sizes
@@ -48,11 +54,13 @@ from ._handshake import (
     Randomness,
     Refusal,
     ResponderHandshake,
+    ResumingInitiator,
     TimestampGuard,
     TrustPolicy,
 )
-from ._keyschedule import export_keying_material
+from ._keyschedule import export_keying_material, ticket_psk
 from ._records import RecordOpener, RecordSealer
+from ._tickets import SessionTicket, TicketAuthority
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
 from .trust import DEFAULT_SOURCE
@@ -67,13 +75,17 @@ class Connection:
     def __init__(
         self,
         config: StreamConfig,
-        handshake: InitiatorHandshake | ResponderHandshake,
+        handshake: InitiatorHandshake | ResumingInitiator | ResponderHandshake,
         budget: ReassemblyBudget,
     ) -> None:
         self.config = config
         self.state = State.HANDSHAKING
-        self._handshake: InitiatorHandshake | ResponderHandshake | None = handshake
-        self.is_initiator = isinstance(handshake, InitiatorHandshake)
+        self._handshake: InitiatorHandshake | ResumingInitiator | ResponderHandshake | None = (
+            handshake
+        )
+        self.is_initiator = not isinstance(handshake, ResponderHandshake)
+        self.resuming = isinstance(handshake, ResumingInitiator)
+        """An initiator using a ticket (its failure means: fall back to a full handshake)."""
         self._buffer = bytearray()
         self._sealer: RecordSealer | None = None
         self._opener: RecordOpener | None = None
@@ -103,11 +115,20 @@ class Connection:
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
+        ticket: SessionTicket | None = None,
     ) -> Connection:
         """The connecting side; ``responder`` is the peer it expects to reach.
 
-        ``randomness`` and ``oaep_encrypt`` exist for known-answer tests; leave them alone.
+        With a ``ticket`` (for ``responder``, from an earlier session) the handshake is resumed:
+        no private-key operation; if it fails (:class:`HandshakeFailed`) the ticket is spent and
+        the caller may retry with a full handshake. ``randomness`` and ``oaep_encrypt`` exist for
+        known-answer tests; leave them alone.
         """
+        if ticket is not None:
+            resuming = ResumingInitiator(
+                identity, psk, responder, ticket, timestamp_ns=timestamp_ns, randomness=randomness
+            )
+            return cls(config, resuming, budget or ReassemblyBudget())
         handshake = InitiatorHandshake(
             identity,
             psk,
@@ -132,11 +153,14 @@ class Connection:
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
+        tickets: TicketAuthority | None = None,
     ) -> Connection:
         """The accepting side; ``policy`` decides who may connect, ``guard`` refuses replays.
 
         ``now_ns`` is the wall clock (ns since the epoch) when the connection arrived, ``source``
         where it came from (the replay guard's memory is shared fairly between sources).
+        ``tickets`` (the context's ticket keys) lets it accept resumed handshakes and, if
+        ``config.issue_tickets``, issue tickets.
         """
         handshake = ResponderHandshake(
             identity,
@@ -147,6 +171,8 @@ class Connection:
             source=source,
             randomness=randomness,
             oaep_encrypt=oaep_encrypt,
+            tickets=tickets,
+            ticket_lifetime_s=config.ticket_lifetime,
         )
         return cls(config, handshake, budget or ReassemblyBudget())
 
@@ -155,7 +181,7 @@ class Connection:
     def start(self) -> bytes:
         """Bytes to send first: the Hello for an initiator, nothing for a responder."""
         handshake = self._handshake
-        if isinstance(handshake, InitiatorHandshake):
+        if isinstance(handshake, (InitiatorHandshake, ResumingInitiator)):
             return handshake.hello_record()
         return b""
 
@@ -172,7 +198,7 @@ class Connection:
                 finish, result = handshake.complete_untrusted(plaintext)
                 self._establish(result, initiator=True)
                 return finish
-            assert handshake is not None
+            assert isinstance(handshake, ResponderHandshake)
             reply = handshake.reply_untrusted(plaintext)
         except ProtocolError:
             self._fail()
@@ -193,6 +219,11 @@ class Connection:
         self._handshake = None
         self._reassembler.peer = result.remote.peer_id
         self.state = State.ESTABLISHED
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake completed with a ticket instead of RSA."""
+        return self._result is not None and self._result.resumed
 
     @property
     def remote(self) -> PeerRecord | None:
@@ -326,6 +357,14 @@ class Connection:
             self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_r, REPLY_OAEP_LABEL))
             return
+        if isinstance(handshake, ResumingInitiator):
+            finish, result = handshake.receive_reply_untrusted(record)
+            self._establish(result, initiator=True)
+            self._handshake_output.append(finish)
+            return
+        if record[wire.HEADER_SIZE] == wire.RESUME_HELLO:
+            self._handshake_output.append(handshake.receive_resume_hello_untrusted(record))
+            return
         if record[wire.HEADER_SIZE] == wire.HELLO:
             c_i = handshake.receive_hello_untrusted(record)
             if c_i is None:  # wrong binder, or a copy already decrypted: no private-key work
@@ -341,7 +380,12 @@ class Connection:
             sealer = RecordSealer(refusal.secrets.responder_to_initiator)
             self.farewell = sealer.seal(wire.CLOSE, bytes([wire.CLOSE_REFUSED]))
             raise HandshakeFailed() from None
+        tickets = handshake.new_tickets(result) if self.config.issue_tickets else []
         self._establish(result, initiator=False)
+        ticket_sealer = self._sealer
+        assert ticket_sealer is not None
+        for payload in tickets:
+            self._handshake_output.append(ticket_sealer.seal(wire.TICKET, payload.encode()))
         events.append(HandshakeComplete(result.remote))
 
     def _handle_protected(
@@ -393,10 +437,20 @@ class Connection:
                 if len(plaintext) != wire.PING_PAYLOAD_SIZE:
                     raise ProtocolError("malformed pong")
                 events.append(PongReceived(plaintext))
+            elif content_type == wire.TICKET:
+                events.append(self._ticket_untrusted(plaintext))
             else:  # KEY_UPDATE: the only protected type left after the header check
                 if plaintext:
                     raise ProtocolError("malformed key update")
                 opener.advance_key()
+
+    def _ticket_untrusted(self, plaintext: bytes) -> TicketReceived:
+        result = self._result
+        if not self.is_initiator or result is None:
+            raise ProtocolError("ticket sent to the responder")
+        payload = wire.parse_ticket_payload_untrusted(plaintext)
+        psk = ticket_psk(result.secrets.resumption, payload.nonce)
+        return TicketReceived(payload.ticket, psk, payload.lifetime_s)
 
     def _spend_control_token(self, now: float) -> None:
         config = self.config
@@ -562,4 +616,5 @@ __all__ = [
     "PongReceived",
     "PrivateKeyOperationNeeded",
     "State",
+    "TicketReceived",
 ]

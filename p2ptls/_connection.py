@@ -22,8 +22,9 @@ protocol error moves the connection to FAILED, releases its reassembly reservati
 every later call raises too. Each direction ends with an authenticated CLOSE record; a transport EOF
 without one is truncation.
 
-A responder given a :class:`~p2ptls._tickets.TicketAuthority` queues two TICKET records right
-after it becomes ESTABLISHED; an initiator reports each as :class:`TicketReceived`.
+A responder given a :class:`~p2ptls._tickets.TicketAuthority` owes two TICKET records once it is
+ESTABLISHED; they are sealed ahead of its next record (``data_to_send`` or any ``send_*``), so the
+handshake never waits for them. An initiator reports each as :class:`TicketReceived`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Connection:
         self.farewell = b""
         """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
+        self._tickets_owed: list[bytes] = []
         self._control_tokens = float(config.control_burst)
         self._control_time: float | None = None
         self.eof_sent = False
@@ -380,12 +382,11 @@ class Connection:
             sealer = RecordSealer(refusal.secrets.responder_to_initiator)
             self.farewell = sealer.seal(wire.CLOSE, bytes([wire.CLOSE_REFUSED]))
             raise HandshakeFailed() from None
-        tickets = handshake.new_tickets(result) if self.config.issue_tickets else []
+        if self.config.issue_tickets:
+            # Sealed lazily ahead of our next record (see _take_pending and _chunks): the
+            # handshake never waits for an initiator that is not reading yet.
+            self._tickets_owed = [payload.encode() for payload in handshake.new_tickets(result)]
         self._establish(result, initiator=False)
-        ticket_sealer = self._sealer
-        assert ticket_sealer is not None
-        for payload in tickets:
-            self._handshake_output.append(ticket_sealer.seal(wire.TICKET, payload.encode()))
         events.append(HandshakeComplete(result.remote))
 
     def _handle_protected(
@@ -530,6 +531,9 @@ class Connection:
             if self._pong_owed is not None:  # control records interleave with fragments
                 batch.insert(0, (wire.PONG, self._pong_owed))
                 self._pong_owed = None
+            if self._tickets_owed:  # ahead of the responder's first record
+                batch[:0] = [(wire.TICKET, payload) for payload in self._tickets_owed]
+                self._tickets_owed = []
             for content_type, payload in batch:
                 need = len(payload) + 2 * overhead  # room for a key update too
                 if pos and pos + need > len(buffer):
@@ -570,19 +574,29 @@ class Connection:
         self.eof_sent = True
         return b"".join(out)
 
-    def data_to_send(self) -> bytes:
-        """Bytes owed to the peer outside a ``send_*`` call: a handshake flight or a pong."""
+    def data_to_send(self, *, handshake_only: bool = False) -> bytes:
+        """Bytes owed to the peer outside a ``send_*`` call: a handshake flight, or the records
+        owed (tickets, a pong) unless ``handshake_only``."""
         if self.state is State.FAILED:
             return b""
         if self._handshake_output:
             flights, self._handshake_output = self._handshake_output, []
             return b"".join(flights)
-        if self._sealer is None or self.eof_sent:
+        if self._sealer is None or self.eof_sent or handshake_only:
             return b""
         return b"".join(self._take_pending())
 
+    @property
+    def tickets_pending(self) -> bool:
+        """Tickets wait to go out ahead of this responder's next record."""
+        return bool(self._tickets_owed)
+
     def _take_pending(self) -> list[bytes]:
         out: list[bytes] = []
+        if self._tickets_owed and self._sealer is not None:
+            payloads, self._tickets_owed = self._tickets_owed, []
+            for payload in payloads:
+                self._seal(self._sealer, out, wire.TICKET, payload)
         if self._pong_owed is not None and self._sealer is not None:
             payload, self._pong_owed = self._pong_owed, None
             self._seal(self._sealer, out, wire.PONG, payload)

@@ -43,8 +43,10 @@ from ._connection import (
     PongReceived,
     PrivateKeyOperationNeeded,
     State,
+    TicketReceived,
 )
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
+from ._tickets import SessionTicket
 from ._util import ConflictDetector, HandOffLock, MessageIterator
 from .config import StreamConfig
 from .context import SecurityContext
@@ -106,10 +108,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 now_ns=time.time_ns(),
                 source=source,
                 budget=context.budget,
+                tickets=context.ticket_authority,
             )
         else:
             if remote is None:
                 raise TypeError("the connecting side needs the remote peer's record")
+            ticket = context.take_ticket(remote.peer_id) if self.config.resumption else None
             self._conn = Connection.initiator(
                 self.config,
                 context.identity,
@@ -117,7 +121,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 remote,
                 timestamp_ns=context.next_timestamp(),
                 budget=context.budget,
+                ticket=ticket,
             )
+        self._remote_expected = None if server_side else remote
         self._handshake_lock = trio.Lock()
         self._handshake_done = False
         self._transport_send_lock = HandOffLock()
@@ -149,6 +155,18 @@ class SecureStream(trio.abc.HalfCloseableStream):
         if remote is None or not self._handshake_done:
             raise trio.NeedHandshakeError("the handshake has not completed")
         return remote
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake completed with a resumption ticket (no RSA operation on either side)."""
+        return self._handshake_done and self._conn.resumed
+
+    @property
+    def resuming(self) -> bool:
+        """The connecting side presents a ticket. If that handshake fails, the ticket is spent
+        and the context's other tickets for the peer are dropped: retry (a host does at once, on
+        a new connection) and a full handshake runs."""
+        return self._conn.resuming
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -200,6 +218,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
         """Mark the stream broken, drop the transport, and return the error to raise."""
         if self._error is None:
             self._error = error
+        if self._conn.resuming and not self._handshake_done and self._conn.remote is None:
+            # The responder did not take our ticket (restarted, network key changed...): the
+            # others it issued are likely dead too, so the next attempt runs a full handshake.
+            remote = self._remote_expected
+            if remote is not None:
+                self.context.forget_tickets(remote.peer_id)
         farewell = self._conn.farewell
         self._conn.abandon()
         if farewell and not self._transport_send_lock.locked():
@@ -264,7 +288,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not data:
                 raise HandshakeFailed()
             await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
-            owed = conn.data_to_send()
+            owed = conn.data_to_send(handshake_only=True)  # tickets go with our next record
             if owed:
                 await self._send_raw(owed)
 
@@ -303,11 +327,21 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 waiter = self._pongs.pop(event.payload, None)
                 if waiter is not None:
                     waiter.set()
+            elif isinstance(event, TicketReceived):
+                self._store_ticket(event)
             elif not isinstance(event, EndOfStream):  # EndOfStream: conn.eof_received says it
                 raise ProtocolError(f"unexpected {type(event).__name__} after the handshake")
         limit = self.config.max_unread_bytes
         if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
+
+    def _store_ticket(self, event: TicketReceived) -> None:
+        remote = self._conn.remote
+        if remote is not None:
+            expires = time.time() + event.lifetime_s
+            self.context.store_ticket(
+                SessionTicket(remote.peer_id, event.ticket, event.ticket_psk, expires)
+            )
 
     async def _persist_replay_state(self) -> None:
         guard = self.context.replay_guard

@@ -439,6 +439,7 @@ class Connection:
                     raise ProtocolError("malformed pong")
                 events.append(PongReceived(plaintext))
             elif content_type == wire.TICKET:
+                self._spend_control_token(now)  # a flood of tickets is a flood of control records
                 events.append(self._ticket_untrusted(plaintext))
             else:  # KEY_UPDATE: the only protected type left after the header check
                 if plaintext:

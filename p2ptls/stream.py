@@ -17,6 +17,13 @@ run in two tasks. Each public operation has its own conflict detector, so two ta
 
 Any protocol error breaks the stream: the transport is closed at once and every later call raises
 ``trio.BrokenResourceError`` whose ``__cause__`` is the typed :class:`~p2ptls.ProtocolError`.
+
+Resumption (SPEC 3.6): a connecting stream takes a ticket for its peer out of the context's cache
+(if ``config.resumption``) and resumes with no RSA operation; the tickets a peer sends are filed
+into that cache as they arrive. If a resumed handshake fails, the stream drops the peer's other
+tickets and breaks with :class:`HandshakeFailed`; a retry (a new stream) runs a full handshake.
+An accepting stream opens tickets with the context's ticket keys and owes two new ones after each
+handshake, sent ahead of its next record.
 """
 
 from __future__ import annotations

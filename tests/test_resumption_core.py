@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from p2ptls import HandshakeFailed, Identity, NetworkKey, PeerRefused, ProtocolError
 from p2ptls import _keyschedule as ks
@@ -19,6 +21,7 @@ from p2ptls._tickets import (
 from p2ptls.config import StreamConfig
 from p2ptls.identity import PeerId
 
+from .conftest import identity_pool
 from .hostile_support import flip_bit, records_of
 from .resumption_support import (
     LIFETIME,
@@ -33,6 +36,7 @@ from .resumption_support import (
 )
 
 LATER = NOW_NS + 60 * wire.NS_PER_S
+_FUZZ_SERVER = sides(identity_pool())[1]
 
 
 @pytest.fixture
@@ -388,3 +392,40 @@ def test_ticket_psk_differs_per_nonce(parties: tuple[Side, Side]) -> None:
     first, second = client.tickets
     assert first.ticket_psk != second.ticket_psk and first.ticket != second.ticket
     assert attrs.asdict(first) != attrs.asdict(second)
+
+
+def test_second_hello_of_either_kind_fails(parties: tuple[Side, Side]) -> None:
+    client, server = parties
+    hello = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER).start()
+    full_hello = initiator(client, server, timestamp_ns=LATER).start()
+    for second in (hello, full_hello):
+        s = responder(server, now_ns=LATER)
+        deliver(s, server, hello)
+        with pytest.raises(HandshakeFailed):
+            s.receive_data_untrusted(second)
+
+
+def test_reply_of_the_other_kind_fails(parties: tuple[Side, Side]) -> None:
+    client, server = parties
+    resuming = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
+    full = initiator(client, server, timestamp_ns=LATER + 1)
+    resume_reply = deliver(responder(server, now_ns=LATER), server, resuming.start())
+    full_reply = deliver(responder(server, now_ns=LATER), server, full.start())
+    with pytest.raises(HandshakeFailed):
+        full.receive_data_untrusted(resume_reply)
+    with pytest.raises(HandshakeFailed):
+        resuming.receive_data_untrusted(full_reply)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.binary(min_size=0, max_size=wire.MAX_HANDSHAKE_BODY - 1))
+def test_arbitrary_resume_hello_bodies_only_fail_the_handshake(body: bytes) -> None:
+    """Whatever follows the message type, the responder answers (69 bytes) or fails with the one
+    generic error; nothing else escapes."""
+    server = _FUZZ_SERVER
+    s = responder(server, now_ns=LATER)
+    try:
+        reply = deliver(s, server, wire.handshake_record(bytes([wire.RESUME_HELLO]) + body))
+    except HandshakeFailed:
+        return
+    assert len(reply) == wire.HEADER_SIZE + wire.RESUME_REPLY_BODY_SIZE

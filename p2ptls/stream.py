@@ -54,7 +54,14 @@ from ._connection import (
 )
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
 from ._tickets import SessionTicket
-from ._util import ConflictDetector, HandOffLock, MessageIterator
+from ._util import (
+    ConflictDetector,
+    HandOffLock,
+    MessageIterator,
+    recv_tcp,
+    send_tcp,
+    socket_address,
+)
 from .config import StreamConfig
 from .context import SecurityContext
 from .identity import PeerRecord
@@ -178,22 +185,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
     @property
     def local_address(self) -> tuple[str, int] | None:
         """This end's ``(host, port)``, if the transport is a TCP socket (else ``None``)."""
-        return self._socket_address(peer=False)
+        return socket_address(self.transport_stream, peer=False)
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
         """The peer's ``(host, port)`` as this end sees it, if the transport is a TCP socket."""
-        return self._socket_address(peer=True)
-
-    def _socket_address(self, *, peer: bool) -> tuple[str, int] | None:
-        transport = self.transport_stream
-        if not isinstance(transport, trio.SocketStream):
-            return None
-        try:
-            name = transport.socket.getpeername() if peer else transport.socket.getsockname()
-        except OSError:
-            return None
-        return str(name[0]), int(name[1])
+        return socket_address(self.transport_stream, peer=True)
 
     @property
     def cipher_suite(self) -> str:
@@ -391,7 +388,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if self._tcp_socket is None:
                 await self.transport_stream.send_all(data)
             else:
-                await self._send_tcp(self._tcp_socket, data)
+                await send_tcp(self._tcp_socket, data)
         except trio.Cancelled:
             if self._error is None:
                 self._error = ProtocolError("a send was cancelled part-way through a record")
@@ -436,33 +433,13 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
-    async def _send_tcp(
-        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
-    ) -> None:
-        """``SocketStream.send_all`` without its per-call wrappers (our locks already serialise)."""
-        try:
-            with memoryview(data) as view:
-                sent = await sock.send(view)
-                while sent < len(view):
-                    sent += await sock.send(view[sent:])
-        except OSError as exc:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the transport was closed") from None
-            raise trio.BrokenResourceError(exc) from exc
-
     async def _receive_transport(self) -> bytes | bytearray | memoryview:
         """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
         buffer = self._receive_buffer
         sock = self._tcp_socket
         if buffer is None or sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
-        try:
-            size: int = await sock.recv_into(buffer)
-        except OSError as exc:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the transport was closed") from None
-            raise trio.BrokenResourceError(exc) from exc
-        return buffer[:size]
+        return await recv_tcp(sock, buffer)
 
     def _bytes_ready(self) -> bool:
         return bool(self._bytes) or self._conn.eof_received

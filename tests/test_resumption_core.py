@@ -429,3 +429,17 @@ def test_arbitrary_resume_hello_bodies_only_fail_the_handshake(body: bytes) -> N
     except HandshakeFailed:
         return
     assert len(reply) == wire.HEADER_SIZE + wire.RESUME_REPLY_BODY_SIZE
+
+
+def test_ticket_presented_by_another_initiator_fails(
+    parties: tuple[Side, Side], identities: tuple[Identity, ...]
+) -> None:
+    """A ticket names its initiator (sealed inside): another identity presenting it, even with
+    its PSK, computes a transcript with its own id and fails at finished_R (no misbinding)."""
+    client, server = parties
+    thief = Side(identities[2], client.psk, client.peers)
+    c = initiator(thief, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
+    s = responder(server, now_ns=LATER)
+    reply = deliver(s, server, c.start())
+    with pytest.raises(HandshakeFailed):
+        deliver(c, thief, reply)

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from p2ptls import HandshakeFailed, Host
+from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
 from p2ptls._connection import Connection, State
 from p2ptls._tickets import SessionTicket, TicketAuthority
@@ -149,14 +150,20 @@ async def test_replayed_resume_hello_from_another_connection() -> None:
 async def test_tampered_resume_hello_gets_a_substitute(part: str) -> None:
     async with serving_host() as harness:
         with trio.fail_after(SAFETY_NET):
-            conn = resuming(harness, await ticket_holder(harness))
+            ticket = await ticket_holder(harness)
+            conn = resuming(harness, ticket)
             hello = conn.start()
             offset = {
                 "ticket": wire.HEADER_SIZE + 44 + 40,
                 "binder": len(hello) - 5,
                 "sealed_ts": len(hello) - wire.MAC_SIZE - 5,
             }[part]
-            reply, tcp = await exchange(harness, flip_bit(hello, offset * 8 + 3))
+            tampered = flip_bit(hello, offset * 8 + 3)
+            if part == "sealed_ts":  # its holder can rebind it: only sealed_ts is then wrong
+                early = ks.resume_early_secret(NETWORK_KEY.secret, ticket.ticket_psk)
+                key = ks.resume_binder_key(early, harness.server.peer_id.digest)
+                tampered = tampered[: -wire.MAC_SIZE] + ks.mac(key, tampered[: -wire.MAC_SIZE])
+            reply, tcp = await exchange(harness, tampered)
             assert len(reply) == wire.HEADER_SIZE + wire.RESUME_REPLY_BODY_SIZE
             with pytest.raises(HandshakeFailed):
                 conn.receive_data_untrusted(reply)

@@ -587,11 +587,6 @@ class Connection:
             return b""
         return b"".join(self._take_pending())
 
-    @property
-    def tickets_pending(self) -> bool:
-        """Tickets wait to go out ahead of this responder's next record."""
-        return bool(self._tickets_owed)
-
     def _take_pending(self) -> list[bytes]:
         out: list[bytes] = []
         if self._tickets_owed and self._sealer is not None:

@@ -199,3 +199,25 @@ async def test_reprs_hold_no_secret(contexts: Contexts) -> None:
     assert ticket is not None
     for text in (repr(contexts[0]), repr(contexts[0].tickets), repr(ticket)):
         assert ticket.ticket_psk.hex() not in text and ticket.ticket.hex()[:16] not in text
+
+
+def test_ticket_lifetime_is_bounded() -> None:
+    assert StreamConfig().ticket_lifetime == 6 * 3600
+    assert StreamConfig(ticket_lifetime=7 * 86400).ticket_lifetime == 7 * 86400
+    for bad in (0, -1, 7 * 86400 + 1):
+        with pytest.raises(ValueError):
+            StreamConfig(ticket_lifetime=bad)
+
+
+async def test_resumed_is_false_before_the_handshake(contexts: Contexts) -> None:
+    await connect(contexts)
+    client, server = secure_stream_pair_over(trio.testing.memory_stream_pair(), contexts)
+    assert client.resuming and not client.resumed and not server.resumed
+    await _both(client, server)
+    assert client.resumed and server.resumed
+
+
+async def _both(client: SecureStream, server: SecureStream) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)

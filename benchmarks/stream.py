@@ -6,7 +6,12 @@ Measures, on 127.0.0.1:
   ``receive_some(--read-size)``; MB/s (10**6 bytes) from the first byte sent to the last received;
 * 64-byte round trips (ping-pong on the byte stream): p50 and p99 in microseconds after warm-up;
 * handshakes per second (p2ptls and TLS): TCP connect + handshake + close, ``--concurrency``
-  at once.
+  at once (p2ptls with ``resumption=False``: full handshakes, RSA on both sides);
+* resumed handshakes per second (with the ``handshake`` test): TCP connect + resumed handshake
+  (p2ptls: a ticket, SPEC 3.6; TLS 1.3: the standard library's session reuse,
+  ``SSLContext.wrap_bio(..., session=)``, mutual authentication as for the full handshakes) + one
+  64-byte round trip (which brings the server's new tickets, in both) + close; each slot resumes
+  the session of its previous connection.
 
 The ``mux`` transport is a logical stream (``host.open``) on the one connection between two
 hosts (``p2ptls.open_host``, ``host.serve_protocol``); it runs the bulk and round-trip tests as
@@ -336,6 +341,10 @@ class Server:
             p2ptls.KnownPeers([client.record for client in material.clients]),
             config=config,
         )
+        # Four client identities resume thousands of times here; a real initiator beyond 256
+        # resumptions per ticket lifetime falls back to full handshakes (SPEC 3.6.3, step 6).
+        authority = self.p2p_context.ticket_authority
+        authority.max_used_per_peer = authority.max_used
         self.tls_context, _ = tls_contexts(material.directory)
         self.ports: dict[Kind, int] = {}
         self.errors = 0
@@ -485,13 +494,16 @@ class Client:
         self.server_record = material.server.record
         self.host: p2ptls.Host | None = None
         """The connecting host of the ``mux`` measurements, while :meth:`running_host` runs."""
+        # Full handshakes unless a measurement asks for resumption (resumed_connect).
+        full = attrs.evolve(config, resumption=False)
         self.p2p_contexts = [
             p2ptls.SecurityContext(
-                identity, material.psk, p2ptls.KnownPeers([material.server.record]), config=config
+                identity, material.psk, p2ptls.KnownPeers([material.server.record]), config=full
             )
             for identity in material.clients
         ]
         _, self.tls_context = tls_contexts(material.directory)
+        self.tls_sessions: dict[int, ssl.SSLSession | None] = {}
 
     @contextlib.asynccontextmanager
     async def running_host(self) -> AsyncIterator[p2ptls.Host]:
@@ -648,6 +660,60 @@ class Client:
         p50, p99 = percentiles(samples, 50, 99)
         return Fairness(p50 / 1e3, p99 / 1e3, bulk_bytes / (elapsed_ns / 1e9) / 1e6)
 
+    async def resumed_connect(self, kind: Kind, slot: int) -> bool:
+        """Connect resuming the slot's last session (a p2ptls ticket, a TLS 1.3 session), make one
+        64-byte round trip (the server's new tickets travel with its answer, for both), close.
+        Returns whether the handshake was resumed."""
+        transport = await trio.open_tcp_stream("127.0.0.1", self.ports[kind])
+        stream: p2ptls.SecureStream | trio.SSLStream[trio.SocketStream]
+        if kind == "p2ptls":
+            config = attrs.evolve(self.config, resumption=True)
+            stream = p2ptls.SecureStream(
+                transport, self.p2p_contexts[slot], remote=self.server_record, config=config
+            )
+        else:
+            context = _ResumingContext(self.tls_context, self.tls_sessions.get(slot))
+            stream = trio.SSLStream(
+                transport,
+                context,  # type: ignore[arg-type]  # only wrap_bio is used
+                server_hostname=TLS_HOSTNAME,
+            )
+        try:
+            await stream.do_handshake()
+            await stream.send_all(COMMAND.pack(b"R", 1) + bytes(RTT_PAYLOAD))
+            reader = Reader(stream, self.read_size)
+            if await reader.read_exactly(RTT_PAYLOAD) is None:
+                raise RuntimeError("no echo")
+            if isinstance(stream, p2ptls.SecureStream):
+                return stream.resumed
+            self.tls_sessions[slot] = stream.session
+            return bool(stream.session_reused)
+        finally:
+            await stream.aclose()
+
+    async def resumed_handshakes(self, kind: Kind, count: int, concurrency: int) -> float:
+        """Resumed handshakes per second (connect, resumed handshake, one round trip, close)."""
+        for slot in range(concurrency):  # each slot holds a ticket / session from here on
+            await self.resumed_connect(kind, slot)
+        remaining = count
+        full = 0
+
+        async def worker(slot: int) -> None:
+            nonlocal remaining, full
+            while remaining > 0:
+                remaining -= 1
+                if not await self.resumed_connect(kind, slot):
+                    full += 1
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for slot in range(concurrency):
+                nursery.start_soon(worker, slot)
+        rate = count / (time.perf_counter() - start)
+        if full:
+            log(f"warning: {full} of {count} {kind} handshakes were not resumed")
+        return rate
+
     async def handshakes(self, kind: Kind, count: int, concurrency: int) -> float:
         """Handshakes per second: connect, handshake, close; ``concurrency`` at a time."""
         remaining = count
@@ -664,6 +730,31 @@ class Client:
             for slot in range(concurrency):
                 nursery.start_soon(worker, slot)
         return count / (time.perf_counter() - start)
+
+
+class _ResumingContext:
+    """What ``trio.SSLStream`` needs of an ``ssl.SSLContext`` (``wrap_bio``), resuming
+    ``session``: the standard library's session reuse (``SSLContext.wrap_bio(..., session=)``),
+    which ``trio.SSLStream`` cannot pass itself."""
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
+        self._context = context
+        self._session = session
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> ssl.SSLObject:
+        return self._context.wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=self._session,
+        )
 
 
 # -- orchestration ------------------------------------------------------------------------------
@@ -699,6 +790,7 @@ class Results:
     p50: dict[Kind, list[float]] = field(default_factory=dict)
     p99: dict[Kind, list[float]] = field(default_factory=dict)
     handshakes: dict[Kind, list[float]] = field(default_factory=dict)
+    resumed: dict[Kind, list[float]] = field(default_factory=dict)
     opens: list[float] = field(default_factory=list)
     opens_exchange: list[float] = field(default_factory=list)
     fairness: list[Fairness] = field(default_factory=list)
@@ -735,6 +827,7 @@ class Results:
             "rtt64_p50_us": median(self.p50),
             "rtt64_p99_us": median(self.p99),
             "handshakes_per_s": median(self.handshakes),
+            "resumed_handshakes_per_s": median(self.resumed),
         }
 
 
@@ -742,8 +835,8 @@ def plan_steps(plan: Plan) -> int:
     """Measurements in the whole plan (for the progress bar)."""
     per_round = 0
     for test in plan.tests:
-        if test == "handshake":
-            per_round += len([k for k in plan.kinds if k in SECURE_KINDS])
+        if test == "handshake":  # full and resumed
+            per_round += 2 * len([k for k in plan.kinds if k in SECURE_KINDS])
         elif test == "open":
             per_round += 2 if plan.runs_test(test) else 0
         elif test == "fairness":
@@ -789,6 +882,10 @@ async def run_plan(client: Client, plan: Plan) -> Results:
                     value = await client.handshakes(kind, plan.handshakes, plan.concurrency)
                     results.handshakes.setdefault(kind, []).append(value)
                     done(round_index, f"handshakes {kind}: {value:,.1f}/s")
+                    bar.update(task, status=f"run {round_index + 1}: resumed handshakes {kind}")
+                    value = await client.resumed_handshakes(kind, plan.handshakes, plan.concurrency)
+                    results.resumed.setdefault(kind, []).append(value)
+                    done(round_index, f"resumed handshakes {kind}: {value:,.1f}/s")
             if plan.runs_test("open"):
                 for exchange, rates in ((False, results.opens), (True, results.opens_exchange)):
                     what = "open+rtt64+close" if exchange else "open+close"
@@ -898,6 +995,7 @@ ROW_LABELS = {
     "rtt64_p50_us": "rtt64 p50 us",
     "rtt64_p99_us": "rtt64 p99 us",
     "handshakes_per_s": "handshakes/s",
+    "resumed_handshakes_per_s": "resumed handshakes/s (+ 1 round trip)",
 }
 
 
@@ -1136,6 +1234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rtt64_p50_us": {k: table["rtt64_p50_us"].get(k) for k in KINDS},
                 "rtt64_p99_us": {k: table["rtt64_p99_us"].get(k) for k in KINDS},
                 "handshakes_per_s": {k: table["handshakes_per_s"].get(k) for k in SECURE_KINDS},
+                "resumed_handshakes_per_s": {
+                    "p2ptls": table["resumed_handshakes_per_s"].get("p2ptls"),
+                    "tls_resumed": table["resumed_handshakes_per_s"].get("tls"),
+                },
                 "mux": mux if "mux" in plan.kinds else None,
             },
         )

@@ -9,6 +9,8 @@ gets back a list of events, and sends whatever bytes its ``send_*`` methods retu
 States::
 
     initiator: HANDSHAKING --Reply--> KEY_OPERATION --supply_decryption--> ESTABLISHED
+    resuming initiator: HANDSHAKING --ResumeReply--> ESTABLISHED (Finish queued)
+    responder (ResumeHello): HANDSHAKING --ResumeHello--> HANDSHAKING --Finish--> ESTABLISHED
     responder: HANDSHAKING --Hello--> KEY_OPERATION --supply_decryption--> HANDSHAKING
                --Finish--> ESTABLISHED
     any state --error--> FAILED;  ESTABLISHED --both CLOSE records--> (ends quietly)
@@ -19,6 +21,10 @@ meanwhile are buffered. Once ESTABLISHED, records are opened in order and turned
 protocol error moves the connection to FAILED, releases its reassembly reservation and is raised;
 every later call raises too. Each direction ends with an authenticated CLOSE record; a transport EOF
 without one is truncation.
+
+A responder given a :class:`~p2ptls._tickets.TicketAuthority` owes two TICKET records once it is
+ESTABLISHED; they are sealed ahead of its next record (``data_to_send`` or any ``send_*``), so the
+handshake never waits for them. An initiator reports each as :class:`TicketReceived`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from ._connection_events import (
     PongReceived,
     PrivateKeyOperationNeeded,
     State,
+    TicketReceived,
 )
 from ._errors import FloodError, HandshakeFailed, PeerRefused, ProtocolError, TruncatedError
 from ._fragments import Reassembler, ReassemblyBudget, fragment_sizes
@@ -48,11 +55,13 @@ from ._handshake import (
     Randomness,
     Refusal,
     ResponderHandshake,
+    ResumingInitiator,
     TimestampGuard,
     TrustPolicy,
 )
-from ._keyschedule import export_keying_material
+from ._keyschedule import export_keying_material, ticket_psk
 from ._records import RecordOpener, RecordSealer
+from ._tickets import SessionTicket, TicketAuthority
 from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
 from .trust import DEFAULT_SOURCE
@@ -67,13 +76,17 @@ class Connection:
     def __init__(
         self,
         config: StreamConfig,
-        handshake: InitiatorHandshake | ResponderHandshake,
+        handshake: InitiatorHandshake | ResumingInitiator | ResponderHandshake,
         budget: ReassemblyBudget,
     ) -> None:
         self.config = config
         self.state = State.HANDSHAKING
-        self._handshake: InitiatorHandshake | ResponderHandshake | None = handshake
-        self.is_initiator = isinstance(handshake, InitiatorHandshake)
+        self._handshake: InitiatorHandshake | ResumingInitiator | ResponderHandshake | None = (
+            handshake
+        )
+        self.is_initiator = not isinstance(handshake, ResponderHandshake)
+        self.resuming = isinstance(handshake, ResumingInitiator)
+        """An initiator using a ticket (its failure means: fall back to a full handshake)."""
         self._buffer = bytearray()
         self._sealer: RecordSealer | None = None
         self._opener: RecordOpener | None = None
@@ -84,6 +97,7 @@ class Connection:
         self.farewell = b""
         """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
+        self._tickets_owed: list[bytes] = []
         self._control_tokens = float(config.control_burst)
         self._control_time: float | None = None
         self.eof_sent = False
@@ -103,11 +117,20 @@ class Connection:
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
+        ticket: SessionTicket | None = None,
     ) -> Connection:
         """The connecting side; ``responder`` is the peer it expects to reach.
 
-        ``randomness`` and ``oaep_encrypt`` exist for known-answer tests; leave them alone.
+        With a ``ticket`` (for ``responder``, from an earlier session) the handshake is resumed:
+        no private-key operation; if it fails (:class:`HandshakeFailed`) the ticket is spent and
+        the caller may retry with a full handshake. ``randomness`` and ``oaep_encrypt`` exist for
+        known-answer tests; leave them alone.
         """
+        if ticket is not None:
+            resuming = ResumingInitiator(
+                identity, psk, responder, ticket, timestamp_ns=timestamp_ns, randomness=randomness
+            )
+            return cls(config, resuming, budget or ReassemblyBudget())
         handshake = InitiatorHandshake(
             identity,
             psk,
@@ -132,11 +155,14 @@ class Connection:
         budget: ReassemblyBudget | None = None,
         randomness: Randomness = os.urandom,
         oaep_encrypt: OaepEncrypt = encrypt_to,
+        tickets: TicketAuthority | None = None,
     ) -> Connection:
         """The accepting side; ``policy`` decides who may connect, ``guard`` refuses replays.
 
         ``now_ns`` is the wall clock (ns since the epoch) when the connection arrived, ``source``
         where it came from (the replay guard's memory is shared fairly between sources).
+        ``tickets`` (the context's ticket keys) lets it accept resumed handshakes and, if
+        ``config.issue_tickets``, issue tickets.
         """
         handshake = ResponderHandshake(
             identity,
@@ -147,6 +173,8 @@ class Connection:
             source=source,
             randomness=randomness,
             oaep_encrypt=oaep_encrypt,
+            tickets=tickets,
+            ticket_lifetime_s=config.ticket_lifetime,
         )
         return cls(config, handshake, budget or ReassemblyBudget())
 
@@ -155,7 +183,7 @@ class Connection:
     def start(self) -> bytes:
         """Bytes to send first: the Hello for an initiator, nothing for a responder."""
         handshake = self._handshake
-        if isinstance(handshake, InitiatorHandshake):
+        if isinstance(handshake, (InitiatorHandshake, ResumingInitiator)):
             return handshake.hello_record()
         return b""
 
@@ -172,7 +200,7 @@ class Connection:
                 finish, result = handshake.complete_untrusted(plaintext)
                 self._establish(result, initiator=True)
                 return finish
-            assert handshake is not None
+            assert isinstance(handshake, ResponderHandshake)
             reply = handshake.reply_untrusted(plaintext)
         except ProtocolError:
             self._fail()
@@ -193,6 +221,11 @@ class Connection:
         self._handshake = None
         self._reassembler.peer = result.remote.peer_id
         self.state = State.ESTABLISHED
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake completed with a ticket instead of RSA."""
+        return self._result is not None and self._result.resumed
 
     @property
     def remote(self) -> PeerRecord | None:
@@ -326,6 +359,14 @@ class Connection:
             self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_r, REPLY_OAEP_LABEL))
             return
+        if isinstance(handshake, ResumingInitiator):
+            finish, result = handshake.receive_reply_untrusted(record)
+            self._establish(result, initiator=True)
+            self._handshake_output.append(finish)
+            return
+        if record[wire.HEADER_SIZE] == wire.RESUME_HELLO:
+            self._handshake_output.append(handshake.receive_resume_hello_untrusted(record))
+            return
         if record[wire.HEADER_SIZE] == wire.HELLO:
             c_i = handshake.receive_hello_untrusted(record)
             if c_i is None:  # wrong binder, or a copy already decrypted: no private-key work
@@ -341,6 +382,10 @@ class Connection:
             sealer = RecordSealer(refusal.secrets.responder_to_initiator)
             self.farewell = sealer.seal(wire.CLOSE, bytes([wire.CLOSE_REFUSED]))
             raise HandshakeFailed() from None
+        if self.config.issue_tickets:
+            # Sealed lazily ahead of our next record (see _take_pending and _chunks): the
+            # handshake never waits for an initiator that is not reading yet.
+            self._tickets_owed = [payload.encode() for payload in handshake.new_tickets(result)]
         self._establish(result, initiator=False)
         events.append(HandshakeComplete(result.remote))
 
@@ -393,10 +438,21 @@ class Connection:
                 if len(plaintext) != wire.PING_PAYLOAD_SIZE:
                     raise ProtocolError("malformed pong")
                 events.append(PongReceived(plaintext))
+            elif content_type == wire.TICKET:
+                self._spend_control_token(now)  # a flood of tickets is a flood of control records
+                events.append(self._ticket_untrusted(plaintext))
             else:  # KEY_UPDATE: the only protected type left after the header check
                 if plaintext:
                     raise ProtocolError("malformed key update")
                 opener.advance_key()
+
+    def _ticket_untrusted(self, plaintext: bytes) -> TicketReceived:
+        result = self._result
+        if not self.is_initiator or result is None:
+            raise ProtocolError("ticket sent to the responder")
+        payload = wire.parse_ticket_payload_untrusted(plaintext)
+        psk = ticket_psk(result.secrets.resumption, payload.nonce)
+        return TicketReceived(payload.ticket, psk, payload.lifetime_s)
 
     def _spend_control_token(self, now: float) -> None:
         config = self.config
@@ -476,6 +532,9 @@ class Connection:
             if self._pong_owed is not None:  # control records interleave with fragments
                 batch.insert(0, (wire.PONG, self._pong_owed))
                 self._pong_owed = None
+            if self._tickets_owed:  # ahead of the responder's first record
+                batch[:0] = [(wire.TICKET, payload) for payload in self._tickets_owed]
+                self._tickets_owed = []
             for content_type, payload in batch:
                 need = len(payload) + 2 * overhead  # room for a key update too
                 if pos and pos + need > len(buffer):
@@ -516,19 +575,24 @@ class Connection:
         self.eof_sent = True
         return b"".join(out)
 
-    def data_to_send(self) -> bytes:
-        """Bytes owed to the peer outside a ``send_*`` call: a handshake flight or a pong."""
+    def data_to_send(self, *, handshake_only: bool = False) -> bytes:
+        """Bytes owed to the peer outside a ``send_*`` call: a handshake flight, or the records
+        owed (tickets, a pong) unless ``handshake_only``."""
         if self.state is State.FAILED:
             return b""
         if self._handshake_output:
             flights, self._handshake_output = self._handshake_output, []
             return b"".join(flights)
-        if self._sealer is None or self.eof_sent:
+        if self._sealer is None or self.eof_sent or handshake_only:
             return b""
         return b"".join(self._take_pending())
 
     def _take_pending(self) -> list[bytes]:
         out: list[bytes] = []
+        if self._tickets_owed and self._sealer is not None:
+            payloads, self._tickets_owed = self._tickets_owed, []
+            for payload in payloads:
+                self._seal(self._sealer, out, wire.TICKET, payload)
         if self._pong_owed is not None and self._sealer is not None:
             payload, self._pong_owed = self._pong_owed, None
             self._seal(self._sealer, out, wire.PONG, payload)
@@ -562,4 +626,5 @@ __all__ = [
     "PongReceived",
     "PrivateKeyOperationNeeded",
     "State",
+    "TicketReceived",
 ]

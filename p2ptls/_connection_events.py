@@ -72,6 +72,18 @@ class PongReceived:
     payload: bytes
 
 
+@attrs.frozen(repr=False)
+class TicketReceived:
+    """A resumption ticket from the responder (initiator side only; SPEC 3.6)."""
+
+    ticket: bytes
+    ticket_psk: bytes
+    lifetime_s: int
+
+    def __repr__(self) -> str:
+        return f"TicketReceived(lifetime_s={self.lifetime_s})"
+
+
 Event = (
     PrivateKeyOperationNeeded
     | HandshakeComplete
@@ -79,4 +91,5 @@ Event = (
     | MessageReceived
     | EndOfStream
     | PongReceived
+    | TicketReceived
 )

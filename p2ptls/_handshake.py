@@ -35,6 +35,10 @@ failure is reported at that one place, with one error.
 The initiator checks the responder's Finished (which it can compute from ``k_I`` and the X25519
 secret) *before* its own RSA decryption, so an impostor answering its connection costs it nothing.
 The per-initiator timestamp guard is only advanced once Finish verifies.
+
+A resumed handshake (a ticket instead of RSA, :mod:`p2ptls._resume`) is the same three flights
+with ``ResumeHello``/``ResumeReply``: :class:`ResumingInitiator` on one side, and
+:meth:`ResponderHandshake.receive_resume_hello_untrusted` then the same Finish on the other.
 """
 
 from __future__ import annotations
@@ -46,12 +50,14 @@ from typing import Protocol
 
 import attrs
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _keyschedule as ks
 from . import _wire as wire
 from ._errors import HandshakeFailed
+from ._resume import Accepted, answer_resume_hello, resume_hello_record, shared_or_none
+from ._tickets import TICKETS_PER_HANDSHAKE, SessionTicket, TicketAuthority
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, encrypt_to
 from .trust import DEFAULT_SOURCE, Admission, KnownDecryption
 
@@ -109,6 +115,8 @@ class HandshakeResult:
     secrets: ks.SessionSecrets
     transcript_hash: bytes
     """SHA-256 of Hello | Reply | id_I | id_R; identifies the session."""
+    resumed: bool = False
+    """The handshake used a ticket (SPEC 3.6) instead of RSA."""
 
     def __repr__(self) -> str:
         return f"HandshakeResult(remote={self.remote.peer_id!r})"
@@ -127,10 +135,7 @@ def _x25519_public_bytes(private: X25519PrivateKey) -> bytes:
 
 
 def _x25519_shared_or_none(private: X25519PrivateKey, peer_public: bytes) -> bytes | None:
-    try:
-        return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError:  # wrong size or a low-order point (all-zero shared secret)
-        return None
+    return shared_or_none(private, peer_public)  # None: a low-order point
 
 
 def _reply_transcript(
@@ -289,16 +294,63 @@ class InitiatorHandshake:
         return finish_record, result
 
 
-@attrs.frozen(repr=False)
-class _Accepted:
-    """What the responder keeps between a genuine Reply and the Finish."""
+class ResumingInitiator:
+    """The initiator's side of a resumed handshake (SPEC 3.6): no private-key operation."""
 
-    initiator: PeerRecord
-    timestamp_ns: int
-    master: bytes
-    reply_record: bytes
-    authorized: bool
-    """The initiator is trusted and its timestamp fresh (checked only once its Finish verifies)."""
+    def __init__(
+        self,
+        identity: Identity,
+        psk: NetworkKey,
+        responder: PeerRecord,
+        ticket: SessionTicket,
+        *,
+        timestamp_ns: int,
+        randomness: Randomness = os.urandom,
+        ephemeral: X25519PrivateKey | None = None,
+    ) -> None:
+        self._identity = identity
+        self._responder = responder
+        self._ephemeral = ephemeral or X25519PrivateKey.from_private_bytes(randomness(32))
+        self._hello_record, self._early = resume_hello_record(
+            psk.secret,
+            responder.peer_id,
+            ticket,
+            _x25519_public_bytes(self._ephemeral),
+            timestamp_ns,
+        )
+        self._done = False
+
+    def hello_record(self) -> bytes:
+        """Flight 1 (the ResumeHello), ready to send."""
+        return self._hello_record
+
+    def receive_reply_untrusted(self, record: bytes) -> tuple[bytes, HandshakeResult]:
+        """Verify the ResumeReply; return ``(finish_record, result)``.
+
+        Raises :class:`HandshakeFailed` if the reply is not the true responder's (a substitute:
+        the responder did not accept the ticket), so the caller can fall back to a full handshake.
+        """
+        if self._done:
+            raise HandshakeFailed()
+        self._done = True
+        reply = wire.parse_resume_reply_untrusted(record[wire.HEADER_SIZE :])
+        shared = _x25519_shared_or_none(self._ephemeral, reply.ephemeral)
+        if shared is None:
+            raise HandshakeFailed()
+        handshake = ks.handshake_secret(self._early, shared)
+        own, remote = self._identity.peer_id, self._responder.peer_id
+        expected = _responder_finished(
+            handshake, _reply_transcript(self._hello_record, record[: -wire.MAC_SIZE], own, remote)
+        )
+        if not hmac.compare_digest(expected, reply.finished):
+            raise HandshakeFailed()
+        master = ks.resume_master_secret(handshake)
+        full = _full_transcript(self._hello_record, record, own, remote)
+        finish_record = wire.handshake_record(
+            wire.Finish(_initiator_finished(master, full)).encode()
+        )
+        secrets = ks.session_secrets(master, full)
+        return finish_record, HandshakeResult(self._responder, secrets, full, resumed=True)
 
 
 class ResponderHandshake:
@@ -316,10 +368,15 @@ class ResponderHandshake:
         randomness: Randomness = os.urandom,
         ephemeral: X25519PrivateKey | None = None,
         oaep_encrypt: OaepEncrypt = encrypt_to,
+        tickets: TicketAuthority | None = None,
+        ticket_lifetime_s: int = 6 * 3600,
     ) -> None:
         self._identity = identity
         self._psk = psk
         self._source = source
+        self._tickets = tickets
+        self._ticket_lifetime_s = ticket_lifetime_s
+        self._resumed = False
         self._binder_key = ks.binder_key(psk.secret, identity.peer_id.digest)
         self._policy = policy
         self._guard = guard
@@ -331,7 +388,7 @@ class ResponderHandshake:
         self._hello_record = b""
         self._known: KnownDecryption | None = None
         self._replied = False
-        self._accepted: _Accepted | None = None
+        self._accepted: Accepted | None = None
 
     def receive_hello_untrusted(self, record: bytes) -> bytes | None:
         """Take the Hello record.
@@ -342,7 +399,7 @@ class ResponderHandshake:
         operation is needed (the binder is wrong, or this is a copy of a Hello whose decryption is
         remembered): then :meth:`reply_without_key_operation` is called straight away.
         """
-        if self._hello is not None:
+        if self._hello is not None or self._hello_record:
             raise HandshakeFailed()
         hello = wire.parse_hello_untrusted(record[wire.HEADER_SIZE :])
         expected_binder = ks.mac(self._binder_key, record[: -wire.MAC_SIZE])
@@ -360,6 +417,54 @@ class ResponderHandshake:
         self._hello_record = record
         self._known = known
         return hello.sealed_secret if known is None else None
+
+    def receive_resume_hello_untrusted(self, record: bytes) -> bytes:
+        """Take a ResumeHello record and return the ResumeReply record (genuine or substitute).
+
+        No private-key operation. Raises :class:`HandshakeFailed` (the caller closes without a
+        reply) for a malformed ResumeHello or one the replay guard refuses.
+        """
+        if self._hello_record:
+            raise HandshakeFailed()
+        self._hello_record = record
+        ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
+        reply, accepted = answer_resume_hello(
+            record,
+            responder=self._identity.peer_id,
+            psk=self._psk.secret,
+            policy=self._policy,
+            guard=self._guard,
+            authority=self._tickets,
+            lifetime_s=self._ticket_lifetime_s,
+            now_ns=self._now_ns,
+            source=self._source,
+            ephemeral=ephemeral,
+            randomness=self._randomness,
+        )
+        self._replied = True
+        self._resumed = True
+        self._accepted = accepted
+        return reply
+
+    def new_tickets(self, result: HandshakeResult) -> list[wire.TicketPayload]:
+        """The TICKET payloads to send once ``result`` is established (none without tickets)."""
+        authority = self._tickets
+        if authority is None:
+            return []
+        payloads = []
+        for _ in range(TICKETS_PER_HANDSHAKE):
+            nonce = self._randomness(wire.TICKET_NONCE_SIZE)
+            ticket = authority.seal(
+                self._psk.secret,
+                self._identity.peer_id,
+                result.remote,
+                ks.ticket_psk(result.secrets.resumption, nonce),
+                now_s=self._now_ns // wire.NS_PER_S,
+                lifetime_s=self._ticket_lifetime_s,
+                nonce=self._randomness(12),
+            )
+            payloads.append(wire.TicketPayload(self._ticket_lifetime_s, nonce, ticket))
+        return payloads
 
     def reply_untrusted(self, hello_secret: bytes | None) -> bytes:
         """Given the decrypted ``C_I`` (``None`` if decryption failed), return the Reply record:
@@ -402,7 +507,7 @@ class ResponderHandshake:
             handshake,
             _reply_transcript(self._hello_record, unfinished_record, initiator.peer_id, own_id),
         )
-        self._accepted = _Accepted(
+        self._accepted = Accepted(
             initiator,
             timestamp_ns,
             ks.master_secret(handshake, k_responder),
@@ -470,4 +575,5 @@ class ResponderHandshake:
         if not accepted.authorized:
             raise Refusal(ks.session_secrets(accepted.master, full))
         self._guard.accept(accepted.initiator.peer_id, accepted.timestamp_ns)
-        return HandshakeResult(accepted.initiator, ks.session_secrets(accepted.master, full), full)
+        secrets = ks.session_secrets(accepted.master, full)
+        return HandshakeResult(accepted.initiator, secrets, full, resumed=self._resumed)

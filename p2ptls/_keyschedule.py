@@ -11,6 +11,16 @@ earlier input::
     early_secret   = Extract(salt=Derive(psk_secret, "derived"), ikm=k_I)
     handshake_sec  = Extract(salt=Derive(early_secret, "derived"), ikm=X25519(e_I, e_R))
     master_secret  = Extract(salt=Derive(handshake_sec, "derived"), ikm=k_R)
+    resumption     = Derive(master_secret, "resumption", TH_full)
+
+A resumed handshake (SPEC 3.6) replaces ``k_I`` and ``k_R`` by a ticket's PSK::
+
+    ticket_psk     = ExpandLabel(resumption, "ticket", ticket_nonce, 32)
+    resume_early   = Extract(salt=Derive(psk_secret, "resumption derived"), ikm=ticket_psk)
+    binder         = ExpandLabel(resume_early, "resume binder", id_R, 32)
+    hello key      = ExpandLabel(resume_early, "resume hello key", H(prefix), 32)
+    handshake_sec  = Extract(salt=Derive(resume_early, "derived"), ikm=X25519(e_I, e_R))
+    master_secret  = Extract(salt=Derive(handshake_sec, "derived"), ikm=0^32)
 
 The binder key is bound to the responder's full peer id (as WireGuard keys its mac1 with the
 responder's public key), so a Hello is only valid at the responder it was made for. The Reply's
@@ -144,11 +154,13 @@ def master_secret(handshake: bytes, k_responder: bytes) -> bytes:
 
 @attrs.frozen(repr=False)
 class SessionSecrets:
-    """What a completed handshake yields: one traffic secret per direction and an exporter."""
+    """What a completed handshake yields: one traffic secret per direction, an exporter and the
+    resumption secret (the root of the tickets issued on the session)."""
 
     initiator_to_responder: bytes
     responder_to_initiator: bytes
     exporter: bytes
+    resumption: bytes
 
     def __repr__(self) -> str:
         return "SessionSecrets(<secret>)"
@@ -159,6 +171,37 @@ def session_secrets(master: bytes, full_transcript_hash: bytes) -> SessionSecret
         initiator_to_responder=derive_secret(master, "i2r traffic", full_transcript_hash),
         responder_to_initiator=derive_secret(master, "r2i traffic", full_transcript_hash),
         exporter=derive_secret(master, "exporter", full_transcript_hash),
+        resumption=derive_secret(master, "resumption", full_transcript_hash),
+    )
+
+
+def ticket_psk(resumption: bytes, ticket_nonce: bytes) -> bytes:
+    """The PSK of one ticket, from the session's resumption secret and the ticket's nonce."""
+    return expand_label(resumption, "ticket", ticket_nonce, HASH_SIZE)
+
+
+def resume_early_secret(psk: bytes, ticket_psk_value: bytes) -> bytes:
+    """The early secret of a resumed handshake: the ticket's PSK under the network key."""
+    return hkdf_extract(derive_secret(psk_secret(psk), "resumption derived"), ticket_psk_value)
+
+
+def resume_binder_key(resume_early: bytes, responder_id: bytes) -> bytes:
+    return expand_label(resume_early, "resume binder", responder_id, HASH_SIZE)
+
+
+def resume_hello_key(resume_early: bytes, prefix_hash: bytes) -> bytes:
+    """The one-use key that seals the precise timestamp inside a ResumeHello."""
+    return expand_label(resume_early, "resume hello key", prefix_hash, KEY_SIZE)
+
+
+def resume_master_secret(handshake: bytes) -> bytes:
+    return master_secret(handshake, ZERO_SALT)
+
+
+def ticket_key(psk: bytes, ticket_root: bytes, epoch: int) -> bytes:
+    """The key sealing the tickets a responder issues in ``epoch``."""
+    return expand_label(
+        hkdf_extract(psk_secret(psk), ticket_root), "ticket key", epoch.to_bytes(4, "big"), KEY_SIZE
     )
 
 

@@ -1,4 +1,5 @@
-"""Small trio helpers shared by the package: context managers' nurseries, exception groups.
+"""Small trio helpers shared by the package: context managers' nurseries, exception groups, and
+the TCP fast paths of :class:`~p2ptls.SecureStream` (``send_tcp``, ``recv_tcp``).
 
 Theory of operation
 -------------------
@@ -169,3 +170,38 @@ class HandOffLock:
             self._waiters.unpark()
         else:
             self._held = False
+
+
+def socket_address(transport: trio.abc.Stream, *, peer: bool) -> tuple[str, int] | None:
+    """The ``(host, port)`` of a TCP transport's peer (or own end); ``None`` for other streams."""
+    if not isinstance(transport, trio.SocketStream):
+        return None
+    try:
+        name = transport.socket.getpeername() if peer else transport.socket.getsockname()
+    except OSError:
+        return None
+    return str(name[0]), int(name[1])
+
+
+async def send_tcp(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> None:
+    """``SocketStream.send_all`` without its per-call wrappers (the caller's locks serialise)."""
+    try:
+        with memoryview(data) as view:
+            sent = await sock.send(view)
+            while sent < len(view):
+                sent += await sock.send(view[sent:])
+    except OSError as exc:
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("the transport was closed") from None
+        raise trio.BrokenResourceError(exc) from exc
+
+
+async def recv_tcp(sock: trio.socket.SocketType, buffer: memoryview) -> memoryview:
+    """One ``recv_into`` of ``buffer``; the part filled (empty at EOF)."""
+    try:
+        size: int = await sock.recv_into(buffer)
+    except OSError as exc:
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("the transport was closed") from None
+        raise trio.BrokenResourceError(exc) from exc
+    return buffer[:size]

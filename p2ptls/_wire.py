@@ -35,12 +35,17 @@ CLOSE = 0x1A
 PING = 0x1B
 PONG = 0x1C
 KEY_UPDATE = 0x1D
-PROTECTED_TYPES = frozenset({DATA, MESSAGE_START, MESSAGE_CONTINUE, CLOSE, PING, PONG, KEY_UPDATE})
+TICKET = 0x1E  # responder -> initiator only: a resumption ticket (SPEC 3.6)
+PROTECTED_TYPES = frozenset(
+    {DATA, MESSAGE_START, MESSAGE_CONTINUE, CLOSE, PING, PONG, KEY_UPDATE, TICKET}
+)
 
 # Handshake message types (first byte of a HANDSHAKE record body).
 HELLO = 0x01
 REPLY = 0x02
 FINISH = 0x03
+RESUME_HELLO = 0x04
+RESUME_REPLY = 0x05
 
 HEADER = struct.Struct(">BBH")
 HEADER_SIZE = HEADER.size
@@ -72,6 +77,14 @@ MAX_RSA_BYTES = 512  # RSA-4096
 # so a Hello's sealed key announces the initiator's modulus size (in the clear, as its length).
 RSA_BYTES_FOR_DER_SIZE = {294: 256, 422: 384, 550: 512}
 U16 = struct.Struct(">H")
+U32 = struct.Struct(">I")
+
+# Resumption (SPEC 3.6). A ticket is opaque to the initiator; its length is bounded on the wire.
+MIN_TICKET = 64
+MAX_TICKET = 1024
+TICKET_NONCE_SIZE = 16
+MAX_TICKET_LIFETIME_S = 7 * 86400
+SEALED_TIMESTAMP_SIZE = TIMESTAMP.size + TAG_SIZE  # AES-GCM(resume hello key, ts_ns)
 
 
 def encode_header(content_type: int, length: int) -> bytes:
@@ -263,3 +276,117 @@ def parse_message_start_untrusted(plaintext: bytes) -> tuple[int, bytes]:
         raise ProtocolError("message start too short")
     (total,) = MESSAGE_LENGTH.unpack_from(plaintext)
     return total, plaintext[MESSAGE_LENGTH.size :]
+
+
+@attrs.frozen(repr=False)
+class ResumeHello:
+    """Flight 1 of a resumed handshake (see SPEC.md, "ResumeHello")."""
+
+    suite: int
+    timestamp_s: int
+    ephemeral: bytes
+    ticket: bytes
+    sealed_timestamp: bytes
+    """AES-GCM(resume hello key, nonce 0, aad = the record up to here, ts_ns u64)."""
+    binder: bytes
+
+    def encode_prefix(self) -> bytes:
+        """The body up to (not including) the sealed timestamp."""
+        return b"".join(
+            [
+                bytes([RESUME_HELLO, self.suite]),
+                TIMESTAMP.pack(self.timestamp_s),
+                self.ephemeral,
+                U16.pack(len(self.ticket)),
+                self.ticket,
+            ]
+        )
+
+    def encode(self) -> bytes:
+        return self.encode_prefix() + self.sealed_timestamp + self.binder
+
+    def __repr__(self) -> str:
+        return f"ResumeHello(<{len(self.ticket)}-byte ticket>)"
+
+
+def resume_hello_body_size(ticket_size: int) -> int:
+    """The body length of a ResumeHello carrying a ticket of ``ticket_size`` bytes."""
+    return 1 + 1 + TIMESTAMP.size + X25519_SIZE + 2 + ticket_size + SEALED_TIMESTAMP_SIZE + MAC_SIZE
+
+
+def parse_resume_hello_untrusted(body: bytes) -> ResumeHello:
+    """Decode a ResumeHello body; any structural fault is the generic handshake failure."""
+    reader = _Reader(body)
+    if reader.take_u8() != RESUME_HELLO:
+        raise HandshakeFailed()
+    suite = reader.take_u8()
+    if suite != SUITE_RSA_OAEP_X25519_AES256GCM_SHA256:
+        raise HandshakeFailed()
+    hello = ResumeHello(
+        suite=suite,
+        timestamp_s=TIMESTAMP.unpack(reader.take(TIMESTAMP.size))[0],
+        ephemeral=reader.take(X25519_SIZE),
+        ticket=reader.take_vector(MIN_TICKET, MAX_TICKET),
+        sealed_timestamp=reader.take(SEALED_TIMESTAMP_SIZE),
+        binder=reader.take(MAC_SIZE),
+    )
+    reader.finish()
+    return hello
+
+
+@attrs.frozen
+class ResumeReply:
+    """Flight 2 of a resumed handshake: ``e_R`` and the responder's Finished."""
+
+    ephemeral: bytes
+    finished: bytes
+
+    def encode(self) -> bytes:
+        return bytes([RESUME_REPLY]) + self.ephemeral + self.finished
+
+
+RESUME_REPLY_BODY_SIZE = 1 + X25519_SIZE + MAC_SIZE
+
+
+def parse_resume_reply_untrusted(body: bytes) -> ResumeReply:
+    reader = _Reader(body)
+    if reader.take_u8() != RESUME_REPLY:
+        raise HandshakeFailed()
+    reply = ResumeReply(ephemeral=reader.take(X25519_SIZE), finished=reader.take(MAC_SIZE))
+    reader.finish()
+    return reply
+
+
+@attrs.frozen(repr=False)
+class TicketPayload:
+    """A TICKET record's plaintext: ``lifetime_s u32 | ticket_nonce (16) | u16 len | ticket``."""
+
+    lifetime_s: int
+    nonce: bytes
+    ticket: bytes
+
+    def encode(self) -> bytes:
+        return b"".join(
+            [U32.pack(self.lifetime_s), self.nonce, U16.pack(len(self.ticket)), self.ticket]
+        )
+
+    def __repr__(self) -> str:
+        return f"TicketPayload(lifetime_s={self.lifetime_s})"
+
+
+def parse_ticket_payload_untrusted(plaintext: bytes) -> TicketPayload:
+    """Decode a TICKET record's plaintext; raises :class:`ProtocolError` if malformed."""
+    fixed = U32.size + TICKET_NONCE_SIZE + U16.size
+    if len(plaintext) < fixed:
+        raise ProtocolError("malformed ticket")
+    (lifetime_s,) = U32.unpack_from(plaintext, 0)
+    (size,) = U16.unpack_from(plaintext, U32.size + TICKET_NONCE_SIZE)
+    if (
+        not MIN_TICKET <= size <= MAX_TICKET
+        or len(plaintext) != fixed + size
+        or not 0 < lifetime_s <= MAX_TICKET_LIFETIME_S
+    ):
+        raise ProtocolError("malformed ticket")
+    return TicketPayload(
+        lifetime_s, plaintext[U32.size : U32.size + TICKET_NONCE_SIZE], plaintext[fixed:]
+    )

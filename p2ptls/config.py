@@ -45,6 +45,17 @@ class StreamConfig:
     """Records sent under one key before a key update (lower it only in tests)."""
     hard_record_limit: int = attrs.field(default=HARD_LIMIT, validator=_positive)
     """Records accepted under one key before the connection is closed."""
+    resumption: bool = True
+    """Connecting side: resume with a ticket from the context's cache when it holds one for the
+    peer (no RSA operation on either side; see SPEC 3.6)."""
+    issue_tickets: bool = True
+    """Accepting side: send resumption tickets after each handshake."""
+    ticket_lifetime: int = attrs.field(
+        default=6 * 3600,
+        validator=[_positive, attrs.validators.le(wire.MAX_TICKET_LIFETIME_S)],
+    )
+    """Accepting side: seconds a ticket it issues stays valid (at most 7 days); also the period
+    of its ticket keys' rotation."""
 
     @record_size.validator
     def _check_record_size(self, _attribute: Any, value: int) -> None:

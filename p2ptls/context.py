@@ -3,7 +3,8 @@
 The local identity, the network key, the trusted peers, the replay guard, the reassembly budget,
 and the limiter (and optional rate limit) for RSA private-key operations, which run on worker
 threads so that a flood of handshakes never stalls established connections; identical
-operations in flight at once share one thread.
+operations in flight at once share one thread. Also the resumption state (SPEC 3.6): the ticket
+keys this context issues tickets under, and the cache of tickets it received from its peers.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import attrs
 import trio
 
 from ._fragments import ReassemblyBudget
+from ._tickets import SessionTicket, TicketAuthority, TicketCache
 from .config import StreamConfig
-from .identity import Identity, NetworkKey
+from .identity import Identity, NetworkKey, PeerId
 from .trust import KnownPeers, ReplayGuard
 
 
@@ -69,6 +71,25 @@ class SecurityContext:
         self.private_key_operations = 0
         """How many RSA private-key operations this context has run (for monitoring and tests)."""
         self._decryptions_in_flight: dict[tuple[bytes, bytes], _Decryption] = {}
+        self.ticket_authority = TicketAuthority()
+        """The keys of the tickets this context issues as a responder (memory only: a restart
+        invalidates them) and its table of used tickets."""
+        self.tickets = TicketCache()
+        """Tickets received from peers (at most 4 per peer, 4096 peers), each used once."""
+        self.peers.removal_listeners.append(self.forget_tickets)
+
+    def take_ticket(self, peer_id: PeerId) -> SessionTicket | None:
+        """Take out (single use) a ticket for resuming a session with ``peer_id``, if any."""
+        return self.tickets.take(peer_id, now_s=time.time())
+
+    def store_ticket(self, ticket: SessionTicket) -> None:
+        """Keep a ticket received from a peer."""
+        self.tickets.put(ticket, now_s=time.time())
+
+    def forget_tickets(self, peer_id: PeerId | None = None) -> None:
+        """Drop the tickets held for ``peer_id`` (for every peer if ``None``): the next connection
+        to it runs a full handshake. Removing a peer from ``peers`` calls this."""
+        self.tickets.forget(peer_id)
 
     async def private_key_turn(self) -> None:
         """Wait for the rate limit on private-key operations (a token bucket of one second's

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from ._connection_table import ConnectionTable
@@ -302,15 +303,25 @@ class ConnectionManager:
             )
         return connection
 
-    async def _handshake(self, record: PeerRecord, target: tuple[str, int]) -> SecureStream:
+    async def _handshake(
+        self, record: PeerRecord, target: tuple[str, int], *, resume: bool = True
+    ) -> SecureStream:
         tcp = await trio.open_tcp_stream(*target)
+        config = None if resume else attrs.evolve(self.context.config, resumption=False)
         try:
-            secure = SecureStream(tcp, self.context, remote=record, messages=False)
+            secure = SecureStream(tcp, self.context, remote=record, messages=False, config=config)
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
         try:
             await secure.do_handshake()
+        except trio.BrokenResourceError:
+            await trio.aclose_forcefully(secure)
+            if secure.resuming:
+                # The peer did not take our ticket (it restarted, say): at once, on a new
+                # connection, a full handshake (SPEC 3.6, "Fallback").
+                return await self._handshake(record, target, resume=False)
+            raise
         except BaseException:
             await trio.aclose_forcefully(secure)
             raise

@@ -17,6 +17,13 @@ run in two tasks. Each public operation has its own conflict detector, so two ta
 
 Any protocol error breaks the stream: the transport is closed at once and every later call raises
 ``trio.BrokenResourceError`` whose ``__cause__`` is the typed :class:`~p2ptls.ProtocolError`.
+
+Resumption (SPEC 3.6): a connecting stream takes a ticket for its peer out of the context's cache
+(if ``config.resumption``) and resumes with no RSA operation; the tickets a peer sends are filed
+into that cache as they arrive. If a resumed handshake fails, the stream drops the peer's other
+tickets and breaks with :class:`HandshakeFailed`; a retry (a new stream) runs a full handshake.
+An accepting stream opens tickets with the context's ticket keys and owes two new ones after each
+handshake, sent ahead of its next record.
 """
 
 from __future__ import annotations
@@ -43,9 +50,18 @@ from ._connection import (
     PongReceived,
     PrivateKeyOperationNeeded,
     State,
+    TicketReceived,
 )
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
-from ._util import ConflictDetector, HandOffLock, MessageIterator
+from ._tickets import SessionTicket
+from ._util import (
+    ConflictDetector,
+    HandOffLock,
+    MessageIterator,
+    recv_tcp,
+    send_tcp,
+    socket_address,
+)
 from .config import StreamConfig
 from .context import SecurityContext
 from .identity import PeerRecord
@@ -106,10 +122,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 now_ns=time.time_ns(),
                 source=source,
                 budget=context.budget,
+                tickets=context.ticket_authority,
             )
         else:
             if remote is None:
                 raise TypeError("the connecting side needs the remote peer's record")
+            ticket = context.take_ticket(remote.peer_id) if self.config.resumption else None
             self._conn = Connection.initiator(
                 self.config,
                 context.identity,
@@ -117,7 +135,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 remote,
                 timestamp_ns=context.next_timestamp(),
                 budget=context.budget,
+                ticket=ticket,
             )
+        self._remote_expected = None if server_side else remote
         self._handshake_lock = trio.Lock()
         self._handshake_done = False
         self._transport_send_lock = HandOffLock()
@@ -151,24 +171,26 @@ class SecureStream(trio.abc.HalfCloseableStream):
         return remote
 
     @property
+    def resumed(self) -> bool:
+        """The handshake completed with a resumption ticket (no RSA operation on either side)."""
+        return self._handshake_done and self._conn.resumed
+
+    @property
+    def resuming(self) -> bool:
+        """The connecting side presents a ticket. If that handshake fails, the ticket is spent
+        and the context's other tickets for the peer are dropped: retry (a host does at once, on
+        a new connection) and a full handshake runs."""
+        return self._conn.resuming
+
+    @property
     def local_address(self) -> tuple[str, int] | None:
         """This end's ``(host, port)``, if the transport is a TCP socket (else ``None``)."""
-        return self._socket_address(peer=False)
+        return socket_address(self.transport_stream, peer=False)
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
         """The peer's ``(host, port)`` as this end sees it, if the transport is a TCP socket."""
-        return self._socket_address(peer=True)
-
-    def _socket_address(self, *, peer: bool) -> tuple[str, int] | None:
-        transport = self.transport_stream
-        if not isinstance(transport, trio.SocketStream):
-            return None
-        try:
-            name = transport.socket.getpeername() if peer else transport.socket.getsockname()
-        except OSError:
-            return None
-        return str(name[0]), int(name[1])
+        return socket_address(self.transport_stream, peer=True)
 
     @property
     def cipher_suite(self) -> str:
@@ -200,6 +222,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
         """Mark the stream broken, drop the transport, and return the error to raise."""
         if self._error is None:
             self._error = error
+        if self._conn.resuming and not self._handshake_done and self._conn.remote is None:
+            # The responder did not take our ticket (restarted, network key changed...): the
+            # others it issued are likely dead too, so the next attempt runs a full handshake.
+            remote = self._remote_expected
+            if remote is not None:
+                self.context.forget_tickets(remote.peer_id)
         farewell = self._conn.farewell
         self._conn.abandon()
         if farewell and not self._transport_send_lock.locked():
@@ -264,7 +292,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not data:
                 raise HandshakeFailed()
             await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
-            owed = conn.data_to_send()
+            owed = conn.data_to_send(handshake_only=True)  # tickets go with our next record
             if owed:
                 await self._send_raw(owed)
 
@@ -303,11 +331,21 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 waiter = self._pongs.pop(event.payload, None)
                 if waiter is not None:
                     waiter.set()
+            elif isinstance(event, TicketReceived):
+                self._store_ticket(event)
             elif not isinstance(event, EndOfStream):  # EndOfStream: conn.eof_received says it
                 raise ProtocolError(f"unexpected {type(event).__name__} after the handshake")
         limit = self.config.max_unread_bytes
         if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
+
+    def _store_ticket(self, event: TicketReceived) -> None:
+        remote = self._conn.remote
+        if remote is not None:
+            expires = time.time() + event.lifetime_s
+            self.context.store_ticket(
+                SessionTicket(remote.peer_id, event.ticket, event.ticket_psk, expires)
+            )
 
     async def _persist_replay_state(self) -> None:
         guard = self.context.replay_guard
@@ -350,7 +388,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if self._tcp_socket is None:
                 await self.transport_stream.send_all(data)
             else:
-                await self._send_tcp(self._tcp_socket, data)
+                await send_tcp(self._tcp_socket, data)
         except trio.Cancelled:
             if self._error is None:
                 self._error = ProtocolError("a send was cancelled part-way through a record")
@@ -395,33 +433,13 @@ class SecureStream(trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
-    async def _send_tcp(
-        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
-    ) -> None:
-        """``SocketStream.send_all`` without its per-call wrappers (our locks already serialise)."""
-        try:
-            with memoryview(data) as view:
-                sent = await sock.send(view)
-                while sent < len(view):
-                    sent += await sock.send(view[sent:])
-        except OSError as exc:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the transport was closed") from None
-            raise trio.BrokenResourceError(exc) from exc
-
     async def _receive_transport(self) -> bytes | bytearray | memoryview:
         """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
         buffer = self._receive_buffer
         sock = self._tcp_socket
         if buffer is None or sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
-        try:
-            size: int = await sock.recv_into(buffer)
-        except OSError as exc:
-            if sock.fileno() == -1:
-                raise trio.ClosedResourceError("the transport was closed") from None
-            raise trio.BrokenResourceError(exc) from exc
-        return buffer[:size]
+        return await recv_tcp(sock, buffer)
 
     def _bytes_ready(self) -> bool:
         return bool(self._bytes) or self._conn.eof_received

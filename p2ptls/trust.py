@@ -57,6 +57,9 @@ class KnownPeers:
         # Each admitted peer is its own source: the table then evicts the oldest entry (LRU).
         self._admitted: FairTable[PeerId, PeerRecord, PeerId] = FairTable(max_admitted, 1)
         self._clock = 0
+        self.removal_listeners: list[Callable[[PeerId], None]] = []
+        """Called with the id of each peer :meth:`remove` removes (a security context drops its
+        resumption tickets for it)."""
         for record in peers:
             self.add(record)
 
@@ -71,8 +74,11 @@ class KnownPeers:
         self._peers[record.peer_id] = record
 
     def remove(self, peer_id: PeerId) -> None:
+        """Stop trusting ``peer_id``: its resumed handshakes are refused from now on, too."""
         self._peers.pop(peer_id, None)
         self._admitted.pop(peer_id)
+        for listener in self.removal_listeners:
+            listener(peer_id)
 
     def get(self, peer_id: PeerId) -> PeerRecord | None:
         return self._peers.get(peer_id) or self._admitted.get(peer_id)

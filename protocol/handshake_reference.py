@@ -397,3 +397,170 @@ def reference_handshake(initiator: Member, responder: Member) -> ReferenceHandsh
         binder_json,
         sealed_c_r_json,
     )
+
+
+# --- resumption (SPEC.md section 3.6) -----------------------------------------------------------
+
+RESUME_HELLO, RESUME_REPLY = 0x04, 0x05
+TICKET = 0x1E
+
+
+@dataclass
+class ReferenceResumption:
+    """A ticket and a resumed handshake computed from SPEC.md section 3.6 alone."""
+
+    schedule: Schedule
+    ticket_payload: bytes
+    ticket_fields: list[Json]
+    ticket_plaintext: bytes
+    ticket: bytes
+    hello_fields: list[Json]
+    reply_fields: list[Json]
+    hello: bytes
+    reply: bytes
+    finish: bytes
+    substitute_reply: bytes
+
+
+def reference_resumption(
+    initiator: Member,
+    responder: Member,
+    *,
+    psk: bytes,
+    master_secret: bytes,
+    full_transcript_hash: bytes,
+    ticket_nonce: bytes,
+    ticket_root: bytes,
+    ticket_aead_nonce: bytes,
+    issued_at_s: int,
+    lifetime_s: int,
+    timestamp_ns: int,
+    e_i_private: bytes,
+    e_r_private: bytes,
+    substitute_finished: bytes,
+) -> ReferenceResumption:
+    """Issue a ticket after the session of ``master_secret``, then resume with it."""
+    s = Schedule()
+    s.value("master_secret", master_secret, "input: the full handshake's master_secret")
+    s.value("full_transcript_hash", full_transcript_hash, "input: the full handshake's TH_full")
+    s.expand(
+        "resumption_secret", "master_secret", "resumption", "full_transcript_hash",
+        full_transcript_hash,
+    )  # fmt: skip
+    s.value("ticket_nonce", ticket_nonce, "input")
+    ticket_psk = s.expand("ticket_psk", "resumption_secret", "ticket", "ticket_nonce", ticket_nonce)
+
+    # The ticket: key_epoch | nonce | AES-GCM(ticket_key(epoch), nonce, aad = key_epoch, ...).
+    s.value("psk", psk, "input")
+    s.extract("psk_secret", "zeros(32)", bytes(32), "psk", psk)
+    s.value("ticket_root", ticket_root, "input")
+    s.extract("ticket_root_prk", "psk_secret", s.values["psk_secret"], "ticket_root", ticket_root)
+    epoch = (issued_at_s // lifetime_s).to_bytes(4, "big")
+    s.value("key_epoch", epoch, "floor(issued_at_s / lifetime_s), u32")
+    ticket_key = s.expand("ticket_key", "ticket_root_prk", "ticket key", "key_epoch", epoch)
+    plaintext = (
+        responder.peer_id
+        + issued_at_s.to_bytes(8, "big")
+        + lifetime_s.to_bytes(4, "big")
+        + ticket_psk
+        + initiator.der
+    )
+    ticket = (
+        epoch + ticket_aead_nonce + AESGCM(ticket_key).encrypt(ticket_aead_nonce, plaintext, epoch)
+    )
+    ticket_fields = [
+        ("key_epoch", epoch),
+        ("nonce", ticket_aead_nonce),
+        ("sealed", ticket[16:]),
+    ]
+    payload = lifetime_s.to_bytes(4, "big") + ticket_nonce + u16(len(ticket)) + ticket
+
+    # The resumed handshake.
+    e_i = X25519PrivateKey.from_private_bytes(e_i_private)
+    e_r = X25519PrivateKey.from_private_bytes(e_r_private)
+    e_i_pub = e_i.public_key().public_bytes_raw()
+    e_r_pub = e_r.public_key().public_bytes_raw()
+    s.expand("resumption_derived", "psk_secret", "resumption derived", "empty", b"")
+    s.extract(
+        "resume_early", "resumption_derived", s.values["resumption_derived"], "ticket_psk",
+        ticket_psk,
+    )  # fmt: skip
+    s.value("responder_id", responder.peer_id, "input: the responder's peer id")
+    s.expand(
+        "resume_binder_key", "resume_early", "resume binder", "responder_id", responder.peer_id
+    )
+    timestamp_s = timestamp_ns // 10**9
+    body_length = 1 + 1 + 8 + 32 + 2 + len(ticket) + 24 + 32
+    prefix_parts = [
+        ("record_header", header(HANDSHAKE, body_length)),
+        ("msg_type", bytes([RESUME_HELLO])),
+        ("suite", bytes([SUITE])),
+        ("timestamp_s", timestamp_s.to_bytes(8, "big")),
+        ("initiator_ephemeral", e_i_pub),
+        ("ticket_length", u16(len(ticket))),
+        ("ticket", ticket),
+    ]
+    prefix = b"".join(d for _, d in prefix_parts)
+    prefix_hash = s.value("resume_prefix_hash", sha256(prefix), "SHA-256(ResumeHello prefix)")
+    resume_hello_key = s.expand(
+        "resume_hello_key", "resume_early", "resume hello key", "resume_prefix_hash", prefix_hash
+    )
+    sealed_ts = AESGCM(resume_hello_key).encrypt(bytes(12), timestamp_ns.to_bytes(8, "big"), prefix)
+    binder = hmac.digest(s.values["resume_binder_key"], prefix + sealed_ts, "sha256")
+    hello_parts = [*prefix_parts, ("sealed_timestamp", sealed_ts), ("binder", binder)]
+    hello = b"".join(d for _, d in hello_parts)
+
+    shared = e_i.exchange(X25519PublicKey.from_public_bytes(e_r_pub))
+    s.value("x25519_shared", shared, "X25519(e_I, e_R)")
+    s.expand("derived_early", "resume_early", "derived", "empty", b"")
+    s.extract(
+        "handshake_secret", "derived_early", s.values["derived_early"], "x25519_shared", shared
+    )
+    reply_prefix = header(HANDSHAKE, 65) + bytes([RESUME_REPLY]) + e_r_pub
+    ids = initiator.peer_id + responder.peer_id
+    s.value("reply_transcript_hash", sha256(hello, reply_prefix, ids), "SHA-256(...)")
+    s.expand("r_finished_key", "handshake_secret", "r finished", "empty", b"")
+    r_mac = hmac.digest(s.values["r_finished_key"], s.values["reply_transcript_hash"], "sha256")
+    reply_parts = [
+        ("record_header", header(HANDSHAKE, 65)),
+        ("msg_type", bytes([RESUME_REPLY])),
+        ("responder_ephemeral", e_r_pub),
+        ("finished", r_mac),
+    ]
+    reply = b"".join(d for _, d in reply_parts)
+    s.expand("derived_handshake", "handshake_secret", "derived", "empty", b"")
+    s.extract(
+        "resumed_master_secret", "derived_handshake", s.values["derived_handshake"], "zeros(32)",
+        bytes(32),
+    )  # fmt: skip
+    full = s.value("resumed_full_transcript_hash", sha256(hello, reply, ids), "SHA-256(...)")
+    s.expand("i_finished_key", "resumed_master_secret", "i finished", "empty", b"")
+    i_mac = hmac.digest(s.values["i_finished_key"], full, "sha256")
+    finish = header(HANDSHAKE, 33) + bytes([FINISH]) + i_mac
+    for direction in ("i2r", "r2i"):
+        s.expand(
+            f"{direction}_traffic_secret", "resumed_master_secret", f"{direction} traffic",
+            "resumed_full_transcript_hash", full,
+        )  # fmt: skip
+    s.expand(
+        "resumed_exporter_secret", "resumed_master_secret", "exporter",
+        "resumed_full_transcript_hash", full,
+    )  # fmt: skip
+    s.expand(
+        "resumed_resumption_secret", "resumed_master_secret", "resumption",
+        "resumed_full_transcript_hash", full,
+    )  # fmt: skip
+    substitute = reply_prefix + substitute_finished
+    return ReferenceResumption(
+        s,
+        payload,
+        _fields(ticket_fields),
+        plaintext,
+        ticket,
+        _fields(hello_parts),
+        _fields(reply_parts),
+        hello,
+        reply,
+        finish,
+        substitute,
+    )

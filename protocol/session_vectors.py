@@ -21,6 +21,7 @@ from p2ptls._connection import (
     MessageReceived,
     PongReceived,
     PrivateKeyOperationNeeded,
+    TicketReceived,
 )
 from p2ptls.config import StreamConfig
 from p2ptls.identity import NetworkKey
@@ -114,6 +115,8 @@ def event_json(event: Event) -> Json:
         return {"event": "EndOfStream", "reason": event.reason}
     if isinstance(event, HandshakeComplete):
         return {"event": "HandshakeComplete", "remote": event.remote.peer_id.hex()}
+    if isinstance(event, TicketReceived):
+        return {"event": "TicketReceived", "lifetime_s": event.lifetime_s}
     return {"event": "PrivateKeyOperationNeeded", "label": event.label.decode()}
 
 

@@ -36,8 +36,9 @@ def test_the_mux_transport_brings_its_reference_and_its_own_tests() -> None:
     plan = stream.build_plan(stream.parse_args(["--quick", "--only", "mux"]))
     assert plan.kinds == ["p2ptls", "mux"]
     assert plan.runs_test("open") and plan.runs_test("fairness")
-    # bulk and rtt for both kinds, open (two variants) and fairness; no handshake for mux.
-    assert stream.plan_steps(plan) == plan.runs * (2 + 2 + 1 + 2 + 1)
+    # bulk and rtt for both kinds, full and resumed handshakes (p2ptls only: none for mux), open
+    # (two variants) and fairness.
+    assert stream.plan_steps(plan) == plan.runs * (2 + 2 + 2 + 2 + 1)
     without = stream.build_plan(stream.parse_args(["--quick", "--only", "tls", "tcp"]))
     assert not without.runs_test("open") and not without.runs_test("fairness")
     with pytest.raises(SystemExit):
@@ -67,3 +68,19 @@ def test_a_tiny_run_writes_every_mux_figure(
     assert document["results"]["bulk_MBps"]["p2ptls"] > 0  # the reference, in the same run
     assert document["params"]["mux"]["connections"]["stream_window"] == 1 << 20
     assert document["params"]["transports"] == ["p2ptls", "mux"]
+
+
+def test_a_tiny_run_measures_resumed_handshakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(stream, "KEY_BITS", 2048)
+    path = tmp_path / "stream.json"
+    arguments = ["--runs", "1", "--only", "p2ptls", "tls", "--concurrency", "2"]
+    arguments += ["--handshakes", "6", "--tests", "handshake", "--json", str(path)]
+    assert stream.main(arguments) == 0
+    log = capsys.readouterr().err
+    assert "not resumed" not in log and "server-side connection errors" not in log
+    results = json.loads(path.read_text())["results"]
+    assert set(results["handshakes_per_s"]) == {"p2ptls", "tls"}
+    assert set(results["resumed_handshakes_per_s"]) == {"p2ptls", "tls_resumed"}
+    assert all(rate > 0 for rate in results["resumed_handshakes_per_s"].values())

@@ -341,10 +341,6 @@ class Server:
             p2ptls.KnownPeers([client.record for client in material.clients]),
             config=config,
         )
-        # Four client identities resume thousands of times here; a real initiator beyond 256
-        # resumptions per ticket lifetime falls back to full handshakes (SPEC 3.6.3, step 6).
-        authority = self.p2p_context.ticket_authority
-        authority.max_used_per_peer = authority.max_used
         self.tls_context, _ = tls_contexts(material.directory)
         self.ports: dict[Kind, int] = {}
         self.errors = 0

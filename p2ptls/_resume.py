@@ -13,10 +13,12 @@ A resumed handshake has the three flights of a full one, with no RSA operation o
    handshake secret (the ticket's PSK and the X25519 secret).
 3. **Finish**: as in a full handshake.
 
-The responder answers every ResumeHello it cannot accept (a ticket it cannot open, expired, of an
-old epoch, for another responder, used before; a wrong binder or sealed timestamp) with a
-*substitute* ResumeReply of the same length (a fresh ``e_R`` and a random Finished), and remembers
-nothing; the initiator's check of the Finished then fails and it falls back to a full handshake.
+The responder answers every ResumeHello it cannot accept (a ticket it cannot open, expired, of
+an old epoch, for another responder, used by another ResumeHello; a wrong binder or sealed
+timestamp) with a *substitute* ResumeReply of the same length (a fresh ``e_R`` and a random
+Finished), and remembers nothing; the initiator's check of the Finished then fails and it falls
+back to a full handshake. A copy of an accepted ResumeHello is answered as the original is: it
+cannot make the genuine resumption fail, and its sender cannot finish.
 Only a ResumeHello outside the replay window (checked after its binder) is dropped without an
 answer, as a Hello would be. Trust and freshness never change the reply; they are enforced at the
 Finish, like in a full handshake.
@@ -229,8 +231,8 @@ def _accept(
         initiator = PeerRecord.from_public_key(contents.initiator_der)
     except ValueError:
         return None
-    if not authority.use(contents, initiator.peer_id, now_s=now_ns // wire.NS_PER_S):
-        return None  # used before, or the used-ticket table is full for this initiator
+    if not authority.use(contents, initiator.peer_id, hello.binder, now_s=now_ns // wire.NS_PER_S):
+        return None  # used by another ResumeHello, or issued at or before the initiator's floor
     shared = shared_or_none(ephemeral, hello.ephemeral)
     if shared is None:
         return None

@@ -18,8 +18,9 @@ ticket) and from the network key (a changed network key invalidates every ticket
 The responder opens tickets of the current and the previous epoch only, so keys rotate and a
 ticket lives at most its lifetime. Each ticket is used once: the responder remembers the nonces
 of used tickets until they expire, in a table bounded in total and per initiator; when a bound is
-reached further tickets are refused (the initiator falls back to a full handshake), never evicted,
-so that nothing can make a used ticket usable again.
+reached the entry issued first of the initiator (or of the one holding the most) makes room and
+raises that initiator's floor: tickets issued at or before it are refused (the initiator falls
+back to a full handshake), so that an evicted entry does not make its ticket usable again.
 
 The initiator keeps received tickets in a :class:`TicketCache`, bounded per peer and in peers,
 and takes a ticket out when it uses it.
@@ -27,6 +28,7 @@ and takes a ticket out when it uses it.
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from collections import OrderedDict
@@ -71,8 +73,27 @@ class TicketContents:
         return "TicketContents(<secret>)"
 
 
+@attrs.frozen
+class _Use:
+    """One used ticket: when it was issued and expires, and the binder of the ResumeHello that
+    used it (a copy of that ResumeHello is answered, as a copy of a Hello is)."""
+
+    issued_at_s: int
+    expires_at_s: int
+    binder: bytes = attrs.field(repr=False)
+
+
 class TicketAuthority:
-    """A responder's ticket keys and its table of used tickets (one per security context)."""
+    """A responder's ticket keys and its table of used tickets (one per security context).
+
+    The used-tickets table is bounded per initiator and in total. When an initiator's share is
+    full its entry issued first makes room, and when the table is full the entry issued first
+    of the initiator holding the most does; either way that initiator's *floor* rises to the
+    evicted ticket's issue time, and tickets issued at or before its floor are refused. So an
+    initiator that resumes often keeps resuming (only its older tickets fall back to a full
+    handshake), nobody can make a used ticket usable again while the initiator holds entries,
+    and one initiator never evicts another's entries unless it holds at least as many.
+    """
 
     def __init__(
         self,
@@ -84,11 +105,14 @@ class TicketAuthority:
         self._root = root if root is not None else os.urandom(32)
         self.max_used = max_used
         self.max_used_per_peer = max_used_per_peer
-        self._used: OrderedDict[bytes, tuple[int, PeerId]] = OrderedDict()
-        self._used_per_peer: dict[PeerId, int] = {}
+        self._used: dict[PeerId, dict[bytes, _Use]] = {}
+        """Per initiator, its used tickets by nonce."""
+        self._floors: dict[PeerId, int] = {}
+        """Per initiator holding entries: tickets issued at or before this second are refused."""
+        self._count = 0
 
     def __repr__(self) -> str:
-        return f"<TicketAuthority {len(self._used)} used tickets>"
+        return f"<TicketAuthority {self._count} used tickets>"
 
     def seal(
         self,
@@ -140,36 +164,56 @@ class TicketAuthority:
             return None
         return TicketContents(nonce, issued_at_s, lifetime, psk_value, plaintext[_FIXED.size :])
 
-    def use(self, contents: TicketContents, initiator: PeerId, *, now_s: int) -> bool:
-        """Mark a ticket used; ``False`` if it was used before or a bound is reached."""
-        used = self._used
-        while used:
-            nonce, (expiry, peer) = next(iter(used.items()))
-            if expiry >= now_s:
-                break
-            self._drop(nonce, peer)
-        if contents.nonce in used:
+    def use(
+        self, contents: TicketContents, initiator: PeerId, binder: bytes, *, now_s: int
+    ) -> bool:
+        """Mark a ticket used by the ResumeHello with ``binder``; ``False`` if another
+        ResumeHello used it before, or it was issued at or before the initiator's floor."""
+        entries = self._used.get(initiator)
+        if entries is not None:
+            self._forget_expired(initiator, entries, now_s)
+        previous = entries.get(contents.nonce) if entries else None
+        if previous is not None:
+            return hmac.compare_digest(previous.binder, binder)
+        if contents.issued_at_s <= self._floors.get(initiator, -1):
             return False
-        count = self._used_per_peer.get(initiator, 0)
-        if len(used) >= self.max_used or count >= self.max_used_per_peer:
-            return False
-        used[contents.nonce] = (contents.expires_at_s, initiator)
-        self._used_per_peer[initiator] = count + 1
+        if entries is not None and len(entries) >= self.max_used_per_peer:
+            self._evict(initiator, adding=initiator)
+        elif self._count >= self.max_used:
+            self._evict(max(self._used, key=lambda peer: len(self._used[peer])), adding=initiator)
+        entries = self._used.setdefault(initiator, {})
+        entries[contents.nonce] = _Use(contents.issued_at_s, contents.expires_at_s, binder)
+        self._count += 1
         return True
 
-    def _drop(self, nonce: bytes, peer: PeerId) -> None:
-        del self._used[nonce]
-        left = self._used_per_peer[peer] - 1
-        if left:
-            self._used_per_peer[peer] = left
-        else:
-            del self._used_per_peer[peer]
+    def _forget_expired(self, initiator: PeerId, entries: dict[bytes, _Use], now_s: int) -> None:
+        expired = [nonce for nonce, use in entries.items() if use.expires_at_s < now_s]
+        for nonce in expired:
+            del entries[nonce]
+        self._count -= len(expired)
+        if not entries:
+            self._forget_initiator(initiator)
+
+    def _evict(self, initiator: PeerId, *, adding: PeerId) -> None:
+        """Make room: ``initiator``'s entry issued first goes and its floor rises (kept while
+        it holds entries, or is ``adding`` one)."""
+        entries = self._used[initiator]
+        nonce = min(entries, key=lambda n: entries[n].issued_at_s)
+        evicted = entries.pop(nonce)
+        self._count -= 1
+        self._floors[initiator] = max(self._floors.get(initiator, -1), evicted.issued_at_s)
+        if not entries and initiator != adding:
+            self._forget_initiator(initiator)
+
+    def _forget_initiator(self, initiator: PeerId) -> None:
+        del self._used[initiator]
+        self._floors.pop(initiator, None)
 
     def used_count(self, initiator: PeerId | None = None) -> int:
         """How many used tickets are remembered (for ``initiator``, or in total)."""
         if initiator is None:
-            return len(self._used)
-        return self._used_per_peer.get(initiator, 0)
+            return self._count
+        return len(self._used.get(initiator, ()))
 
 
 @attrs.frozen(repr=False)

@@ -77,7 +77,15 @@ CASES: list[Json] = [
         "rebind": True,
         "outcome": "substitute",
     },
-    {"name": "used ticket", "outcome": "substitute"},
+    {
+        "name": "a copy of the genuine ResumeHello (answered alike; it cannot finish)",
+        "outcome": "genuine reply",
+    },
+    {
+        "name": "used ticket (another ResumeHello with the ticket, one second later)",
+        "second_hello": True,
+        "outcome": "substitute",
+    },
     {"name": "outside the replay window", "now_offset_s": 700, "outcome": "no reply"},
 ]
 
@@ -141,6 +149,15 @@ def drive_p2ptls(data: Json, initiator: Identity, responder: Identity) -> Json:
     for case in CASES:
         name = case["name"]
         record = hello
+        if case.get("second_hello"):
+            record = ResumingInitiator(
+                initiator,
+                psk,
+                responder.record,
+                held,
+                timestamp_ns=given["timestamp_ns"] + wire.NS_PER_S,
+                ephemeral=e_i,
+            ).hello_record()
         if "flip_byte_from_end" in case:
             position = len(hello) - case["flip_byte_from_end"]
             record = hello[:position] + bytes([hello[position] ^ 1]) + hello[position + 1 :]

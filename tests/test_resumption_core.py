@@ -109,18 +109,27 @@ def test_used_ticket_gets_a_substitute(parties: tuple[Side, Side]) -> None:
 
 
 def test_replayed_resume_hello(parties: tuple[Side, Side]) -> None:
-    """A copy of a ResumeHello on another connection: its ticket is used, so a substitute; the
-    copy's sender cannot finish anyway. A copy outside the window gets no answer at all."""
+    """A copy of a ResumeHello raced in on another connection, ahead of the genuine one, is
+    answered like the genuine one (as a copy of a Hello is, SPEC 3.5): the copy cannot make the
+    genuine resumption fail, and the copy's sender cannot finish. A copy outside the window gets
+    no answer at all."""
     client, server = parties
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
-    s = responder(server, now_ns=LATER)
     hello = c.start()
+    copy_conn = responder(server, now_ns=LATER)
+    copy = deliver(copy_conn, server, hello)  # the copy first
+    s = responder(server, now_ns=LATER + 1)
     genuine = deliver(s, server, hello)
-    copy_conn = responder(server, now_ns=LATER + 1)
-    copy = deliver(copy_conn, server, hello)
-    assert len(copy) == len(genuine) and copy != genuine
-    with pytest.raises(HandshakeFailed):  # the copy's (substitute) reply cannot be finished
-        deliver(copy_conn, server, deliver(c, client, genuine))
+    assert len(copy) == len(genuine)
+    finish = deliver(c, client, genuine)
+    assert c.resumed
+    deliver(s, server, finish)  # the genuine initiator completes
+    with pytest.raises(HandshakeFailed):  # the copy's sender cannot make a Finish
+        deliver(
+            copy_conn,
+            server,
+            wire.encode_header(wire.HANDSHAKE, 33) + bytes([wire.FINISH]) + bytes(32),
+        )
     late = responder(server, now_ns=LATER + 3600 * wire.NS_PER_S)
     with pytest.raises(HandshakeFailed):
         deliver(late, server, hello)
@@ -245,23 +254,49 @@ def test_stale_timestamp_is_refused_at_the_finish(parties: tuple[Side, Side]) ->
 
 
 def test_used_ticket_table_is_bounded_per_initiator(parties: tuple[Side, Side]) -> None:
+    """An initiator whose share of the used-tickets table is full keeps resuming: its entry
+    issued first makes room, and the ticket it stood for (issued at or before the raised floor)
+    stays refused."""
     client, server = parties
     server.authority.max_used_per_peer = 1
-    c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
+    first, second = client.tickets.pop(), client.tickets.pop()
+    c = initiator(client, server, ticket=first, timestamp_ns=LATER)
     run(c, client, responder(server, now_ns=LATER), server)
     assert c.resumed
-    check_reply(client, server, client.tickets.pop(), LATER + wire.NS_PER_S)
+    c = initiator(client, server, ticket=second, timestamp_ns=LATER + wire.NS_PER_S)
+    run(c, client, responder(server, now_ns=LATER + wire.NS_PER_S), server)
+    assert c.resumed
     assert server.authority.used_count(client.identity.peer_id) == 1
+    check_reply(client, server, first, LATER + 2 * wire.NS_PER_S)
+
+
+def test_a_full_table_evicts_from_the_initiator_holding_the_most(
+    identities: tuple[Identity, ...],
+) -> None:
+    authority = TicketAuthority(max_used=3, max_used_per_peer=3)
+    heavy, light = identities[0].peer_id, identities[1].peer_id
+
+    def ticket(nonce: bytes, issued: int) -> TicketContents:
+        return TicketContents(nonce * 12, issued, 100, bytes(32), b"")
+
+    assert authority.use(ticket(b"a", 1000), heavy, b"1", now_s=1000)
+    assert authority.use(ticket(b"b", 1001), heavy, b"2", now_s=1001)
+    assert authority.use(ticket(b"c", 1002), light, b"3", now_s=1002)
+    assert authority.use(ticket(b"d", 1003), light, b"4", now_s=1003)  # the table is full
+    assert authority.used_count(heavy) == 1 and authority.used_count(light) == 2
+    assert not authority.use(ticket(b"a", 1000), heavy, b"5", now_s=1004)  # below heavy's floor
+    assert not authority.use(ticket(b"c", 1002), light, b"6", now_s=1004)  # still remembered
 
 
 def test_used_tickets_are_forgotten_at_expiry(identities: tuple[Identity, ...]) -> None:
     authority = TicketAuthority()
     peer = identities[0].peer_id
     contents = TicketContents(b"n" * 12, 1000, 100, bytes(32), b"")
-    assert authority.use(contents, peer, now_s=1001)
-    assert not authority.use(contents, peer, now_s=1002)
+    assert authority.use(contents, peer, b"binder", now_s=1001)
+    assert not authority.use(contents, peer, b"other binder", now_s=1002)
+    assert authority.use(contents, peer, b"binder", now_s=1002)  # the same ResumeHello: a copy
     other = TicketContents(b"m" * 12, 1200, 100, bytes(32), b"")
-    assert authority.use(other, peer, now_s=1201)
+    assert authority.use(other, peer, b"binder", now_s=1201)
     assert authority.used_count() == 1
 
 

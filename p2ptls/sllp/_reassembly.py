@@ -64,6 +64,8 @@ class Reassembler:
         self._deliver = deliver
         self._lose = lose
         self._partials: dict[int, _Partial] = {}
+        self._current: _Partial | None = None  # the partial last added to (a fast path)
+        self._current_id = -1
         self._done = ReplayWindow(MESSAGE_WINDOW_BITS)
         self._gaps: collections.deque[tuple[int, int, float]] = collections.deque()
         self._highest = -1
@@ -93,6 +95,30 @@ class Reassembler:
     ) -> None:
         """Take one authenticated DATA fragment. Raises :class:`DatagramError` if it is invalid."""
         size = len(payload)
+        current = self._current
+        if (
+            current is not None
+            and message_id == self._current_id
+            and count == current.count
+            and index + 1 < count
+            and size == self.fragment_size
+        ):
+            # The common case, a middle fragment of the message being reassembled: the checks
+            # below that this message already passed (count, id, ordering) hold as they did;
+            # only the window's edge can have moved past it.
+            done = self._done
+            parts = current.parts
+            if (
+                index not in parts
+                and len(parts) + 1 < count  # not the last one missing: completion is below
+                and done.top - message_id < done.size
+            ):
+                bytes_held = self.bytes_held + size
+                if bytes_held <= self.max_bytes:
+                    parts[index] = payload
+                    current.size += size
+                    self.bytes_held = bytes_held
+                    return
         if count == 0 or index >= count:
             raise DatagramError("fragment index or count out of range")
         if count > self.max_fragments:
@@ -132,6 +158,7 @@ class Reassembler:
             partials[message_id] = partial
         elif partial.count != count:
             raise DatagramError("inconsistent fragment count within one message")
+        self._current, self._current_id = partial, message_id
         parts = partial.parts
         if index in parts:
             self.duplicate_fragments += 1
@@ -143,6 +170,7 @@ class Reassembler:
         self.bytes_held += size
         if len(parts) == count:
             del partials[message_id]
+            self._current = None
             self.bytes_held -= partial.size
             done.update(message_id)
             data = b"".join([parts[i] for i in range(count)])
@@ -162,6 +190,8 @@ class Reassembler:
         partial = self._partials.pop(message_id, None)
         if partial is not None:
             self.bytes_held -= partial.size
+            if partial is self._current:
+                self._current = None
         self._done.update(message_id)
         self.late += 1
 
@@ -176,6 +206,8 @@ class Reassembler:
     def _give_up(self, message_id: int, reason: LossReason) -> None:
         partial = self._partials.pop(message_id)
         self.bytes_held -= partial.size
+        if partial is self._current:
+            self._current = None
         self._done.update(message_id)
         if reason is LossReason.TIMEOUT:
             self.timeouts += 1
@@ -251,5 +283,6 @@ class Reassembler:
     def clear(self) -> None:
         """Forget everything (the session ended)."""
         self._partials.clear()
+        self._current = None
         self._gaps.clear()
         self.bytes_held = 0

@@ -266,7 +266,38 @@ class Session:
         full = fragment_size + _OVERHEAD
         for view in views:
             size = len(view)
-            count = -(-size // fragment_size) or 1
+            if size <= fragment_size:  # one datagram: send_many's common case, kept short
+                if not left_in_epoch:
+                    keys = self._rekey_send()
+                    encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                    left_in_epoch = self._rekey_after
+                left_in_epoch -= 1
+                _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+                _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, 1)
+                end = _BODY_SIZE + size
+                scratch_view[_BODY_SIZE:end] = view
+                body_start = position + _HEADER_SIZE
+                after = body_start + end + _TAG_SIZE
+                encrypt_into(
+                    (iv ^ sequence).to_bytes(12, "big"),
+                    scratch_view[:end],
+                    out_view[position:body_start],
+                    out_view[body_start:after],
+                )
+                sequence += 1
+                message_id += 1
+                length = after - position
+                if length != run_segment:
+                    if length < run_segment:  # a shorter datagram ends its run
+                        trains.append(_train(out_view, run_start, after, run_segment))
+                        run_start, run_segment = after, 0
+                    else:
+                        if run_segment:
+                            trains.append(_train(out_view, run_start, position, run_segment))
+                        run_start, run_segment = position, length
+                position = after
+                continue
+            count = -(-size // fragment_size)
             offset = 0
             first = position
             for index in range(count):
@@ -294,17 +325,12 @@ class Session:
                 offset += chunk
                 sequence += 1
             message_id += 1
-            # This message's datagrams: count - 1 of ``full`` bytes, then the last one.
-            last = position - first if count == 1 else position - first - (count - 1) * full
-            if count > 1 and run_segment != full:
+            # This message's datagrams: count - 1 (at least 1) of ``full`` bytes, then the last.
+            last = position - first - (count - 1) * full
+            if run_segment != full:
                 if run_segment:
                     trains.append(_train(out_view, run_start, first, run_segment))
                 run_start, run_segment = first, full
-            if not run_segment:
-                run_start, run_segment = first, last
-            elif count == 1 and last > run_segment:
-                trains.append(_train(out_view, run_start, first, run_segment))
-                run_start, run_segment = first, last
             if last < run_segment:  # a shorter datagram ends its run
                 trains.append(_train(out_view, run_start, position, run_segment))
                 run_start, run_segment = position, 0
@@ -369,6 +395,7 @@ class Session:
         datagram_size = self._datagram_size
         local_cid = self._local_cid
         window = self._window
+        blocks, mask = window.blocks, window.mask
         reassembler = self._reassembler
         add_fragment = reassembler.add_untrusted
         received = 0
@@ -419,8 +446,13 @@ class Session:
                 except InvalidTag:
                     self.failed_authentication += 1
                     continue
-                window.update(sequence)
-                self._last_received = now
+                if sequence > top and sequence >> 6 == top >> 6:
+                    # The common case, the next number in the same block: set its bit (what
+                    # ReplayWindow.update does when no block has to be cleared).
+                    blocks[(sequence >> 6) & mask] |= 1 << (sequence & 63)
+                    window.top = sequence
+                else:
+                    window.update(sequence)
                 received += 1
                 received_bytes += size
                 if size > largest:  # noqa: PLR1730 - cheaper than max() per datagram
@@ -446,6 +478,8 @@ class Session:
                     continue
                 self._receive_control(plaintext)
         finally:
+            if received:
+                self._last_received = now
             self.datagrams_received += received
             self.bytes_received += received_bytes
             self.largest_datagram_received = largest

@@ -12,6 +12,20 @@ figures measured for the earlier Artifice implementation):
   - ``sllp-1dgram``: SLLP messages of one datagram (1149 bytes) each, the per-message cost;
   - ``sllp-plain``: as ``sllp`` with GSO/GRO turned off (the batched plain path).
 
+* small messages (JSON ``small_messages_per_s``): one-datagram messages of 64 and 1,000 bytes
+  sent as fast as the receiver keeps up (the sender parks while it is 512 messages ahead of what
+  the receiver counted, so none is lost to a full socket buffer), messages delivered per second:
+
+  - ``udp``: plain ``trio.socket``, one ``await sendto`` per message and one ``await recv_into``
+    per message (trio's ordinary datagram API);
+  - ``sllp``: ``send_many`` of 64 messages (one segmentation-offload ``sendmsg`` per train of
+    equal-sized datagrams) and ``receive_many`` (one coalesced read decrypted in one call);
+  - ``sllp-plain``: the same with GSO/GRO off (one ``sendto`` and one read per datagram);
+  - ``sllp-one-by-one``: ``send`` and ``receive`` per message.
+
+  Ratios to ``udp`` are taken within each run; the top-level JSON figures are the 64-byte ones,
+  ``by_size`` has both sizes.
+
 * loss: SLLP messages paced at ``--rate`` per second through the lossy relay
   (:class:`p2ptls.sllp.relay.UdpRelay`) dropping 0 %, 1 % and 5 % of datagrams: the fraction
   delivered and the p50/p99 message latency (send to ``receive()``), for messages of 1, 9 and 44

@@ -115,7 +115,10 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     ``send`` takes messages up to :attr:`max_message_size` bytes; ``receive`` returns each as a
     :class:`~p2ptls.sllp.Message`, whole (or partial in partial mode), never waiting for a lost
-    one. Iterating gives messages until the peer closes.
+    one. Iterating gives messages until the peer closes. :meth:`send_many` and
+    :meth:`receive_many` do the same for many messages at a time, with one system call per 64
+    equal-sized datagrams (segmentation offload and receive coalescing, where the kernel has them)
+    and one checkpoint per batch: the way to send many small messages fast.
     """
 
     def __init__(

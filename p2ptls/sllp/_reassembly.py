@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from ._errors import DatagramError
 from ._replay import ReplayWindow
+from ._wire import BODY_SIZE as _BODY_SIZE
 from .config import DeliveryMode, SllpConfig
 from .events import LossReason, Message
 
@@ -55,6 +56,7 @@ class Reassembler:
         self, config: SllpConfig, fragment_size: int, deliver: Deliver, lose: Lose
     ) -> None:
         self.fragment_size = fragment_size
+        self._body_size = _BODY_SIZE + fragment_size  # a decrypted full-sized DATA body
         self.max_message_size = config.max_message_size
         self.max_fragments = max(1, -(-config.max_message_size // fragment_size))
         self.timeout = config.reassembly_timeout
@@ -89,6 +91,33 @@ class Reassembler:
         return deadline
 
     # -- fragments ----------------------------------------------------------------------------
+
+    def take_middle(self, message_id: int, index: int, count: int, plaintext: bytes) -> bool:
+        """The fast path of :meth:`add_untrusted` for a whole decrypted DATA body: keep it and
+        return ``True`` if it is a middle fragment of the message being reassembled that
+        :meth:`add_untrusted` would keep without further ado (as its payload, after the body
+        header); otherwise ``False``, and the caller goes the long way."""
+        current = self._current
+        if (
+            current is None
+            or message_id != self._current_id
+            or count != current.count
+            or index + 1 >= count
+            or len(plaintext) != self._body_size
+        ):
+            return False
+        parts = current.parts
+        done = self._done
+        if index in parts or len(parts) + 1 >= count or done.top - message_id >= done.size:
+            return False
+        size = self.fragment_size
+        bytes_held = self.bytes_held + size
+        if bytes_held > self.max_bytes:
+            return False
+        parts[index] = memoryview(plaintext)[_BODY_SIZE:]
+        current.size += size
+        self.bytes_held = bytes_held
+        return True
 
     def add_untrusted(
         self, message_id: int, index: int, count: int, payload: memoryview | bytes, now: float

@@ -469,6 +469,8 @@ class Session:
                     self._receive_min_sequence = sequence
                 body_type, message_id, index, count = _BODY_UNPACK_FROM(plaintext)
                 if body_type == _TYPE_DATA:
+                    if reassembler.take_middle(message_id, index, count, plaintext):
+                        continue
                     try:
                         add_fragment(
                             message_id, index, count, memoryview(plaintext)[_BODY_SIZE:], now

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import struct
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -63,6 +64,8 @@ _HEADER_PACK_INTO = wire.HEADER.pack_into
 _HEADER_UNPACK_FROM = wire.HEADER.unpack_from
 _BODY_PACK_INTO = wire.BODY.pack_into
 _BODY_UNPACK_FROM = wire.BODY.unpack_from
+_INDEX_PACK_INTO = struct.Struct(">I").pack_into  # the body's fragment index...
+_INDEX_OFFSET = 9  # ...after type u8 and message id u64
 _HEADER_SIZE = wire.HEADER_SIZE
 _BODY_SIZE = wire.BODY_SIZE
 _OVERHEAD = wire.OVERHEAD
@@ -264,6 +267,8 @@ class Session:
         run_segment = 0  # 0: no run open
         position = 0
         full = fragment_size + _OVERHEAD
+        scratch_body = scratch_view[: _BODY_SIZE + fragment_size]
+        scratch_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
         for view in views:
             size = len(view)
             if size <= fragment_size:  # one datagram: send_many's common case, kept short
@@ -298,32 +303,51 @@ class Session:
                 position = after
                 continue
             count = -(-size // fragment_size)
-            offset = 0
             first = position
-            for index in range(count):
+            # Every fragment but the last is full: the same slices of the scratch buffer, and only
+            # the fragment index changes in the body header.
+            _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, count)
+            offset = 0
+            for index in range(count - 1):
                 if not left_in_epoch:
                     keys = self._rekey_send()
                     encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
                     left_in_epoch = self._rekey_after
                 left_in_epoch -= 1
-                chunk = size - offset
-                if chunk > fragment_size:  # noqa: PLR1730 - cheaper than min() per datagram
-                    chunk = fragment_size
                 _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
-                _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, index, count)
-                end = _BODY_SIZE + chunk
-                scratch_view[_BODY_SIZE:end] = view[offset : offset + chunk]
+                _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, index)
+                scratch_payload[:] = view[offset : offset + fragment_size]
                 body_start = position + _HEADER_SIZE
-                after = body_start + end + _TAG_SIZE
+                after = position + full
                 encrypt_into(
                     (iv ^ sequence).to_bytes(12, "big"),
-                    scratch_view[:end],
+                    scratch_body,
                     out_view[position:body_start],
                     out_view[body_start:after],
                 )
                 position = after
-                offset += chunk
+                offset += fragment_size
                 sequence += 1
+            if not left_in_epoch:
+                keys = self._rekey_send()
+                encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                left_in_epoch = self._rekey_after
+            left_in_epoch -= 1
+            chunk = size - offset
+            _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+            _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, count - 1)
+            end = _BODY_SIZE + chunk
+            scratch_view[_BODY_SIZE:end] = view[offset:size]
+            body_start = position + _HEADER_SIZE
+            after = body_start + end + _TAG_SIZE
+            encrypt_into(
+                (iv ^ sequence).to_bytes(12, "big"),
+                scratch_view[:end],
+                out_view[position:body_start],
+                out_view[body_start:after],
+            )
+            position = after
+            sequence += 1
             message_id += 1
             # This message's datagrams: count - 1 (at least 1) of ``full`` bytes, then the last.
             last = position - first - (count - 1) * full

@@ -13,7 +13,8 @@ the figures measured for the earlier Artifice implementation):
 * ``p2ptls_stream``: a :class:`p2ptls.SecureStream` (RSA-3072 identities); one frame per
   ``send_message`` / ``receive_message``;
 * ``p2ptls_sllp``: an SLLP channel (``p2ptls.sllp.open_channel`` on a SecureStream), one frame per
-  message, 1200-byte datagrams (the default: fits any path), unordered delivery;
+  message, 1200-byte datagrams (the default: fits any path; ``--sllp-datagram`` sets another
+  size, up to 65,507 bytes on loopback), unordered delivery;
 * ``p2ptls_mux``: two p2ptls hosts; each camera opens a logical stream of ``camera/frames/1``
   (``host.open``) on the **one** connection the sending host keeps to the receiving host (the
   receiver serves the protocol with ``host.serve_protocol``); one frame per message. Each stream
@@ -83,6 +84,7 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make the ``benchmarks`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import attrs
 import trio
 
 import p2ptls
@@ -109,6 +111,7 @@ from benchmarks._common import (
 )
 from benchmarks.stream import TLS_HOSTNAME, tls_contexts, write_tls_material
 from p2ptls import sllp
+from p2ptls.sllp import _wire as wire
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
 from p2ptls.sllp.transport import UdpTransport
 
@@ -389,8 +392,10 @@ class Connector:
         *,
         delay: float,
         seed: int,
+        sllp_config: sllp.SllpConfig = SLLP_CONFIG,
     ) -> None:
         self.material = material
+        self.sllp_config = sllp_config
         self.nursery = nursery
         self.case = case
         self.kind = kind
@@ -536,8 +541,8 @@ class Connector:
             transports: tuple[UdpTransport | None, UdpTransport | None] = (None, None)
             peers: tuple[tuple[str, int] | None, tuple[str, int] | None] = (None, None)
         else:
-            ta = UdpTransport.bind(("127.0.0.1", 0), SLLP_CONFIG)
-            tb = UdpTransport.bind(("127.0.0.1", 0), SLLP_CONFIG)
+            ta = UdpTransport.bind(("127.0.0.1", 0), self.sllp_config)
+            tb = UdpTransport.bind(("127.0.0.1", 0), self.sllp_config)
             relay = UdpRelay(
                 LinkConditions(
                     drop=self.case.loss / 100, delay=self.delay, seed=self.seed + 2 * index
@@ -552,7 +557,7 @@ class Connector:
             channels[name] = await sllp.open_channel(
                 stream,
                 local_address=("127.0.0.1", 0),
-                config=SLLP_CONFIG,
+                config=self.sllp_config,
                 transport=transports[side],
                 peer_address=peers[side],
             )
@@ -645,7 +650,13 @@ async def run_one(
     rng = random.Random(args.seed)
     async with trio.open_nursery() as infrastructure:
         connector = Connector(
-            material, infrastructure, case, kind, delay=args.delay / 1e3, seed=args.seed
+            material,
+            infrastructure,
+            case,
+            kind,
+            delay=args.delay / 1e3,
+            seed=args.seed,
+            sllp_config=attrs.evolve(SLLP_CONFIG, max_datagram_payload=args.sllp_datagram),
         )
         await connector.start()
         cameras = [CameraBuffers(frames) for _ in range(case.cameras)]
@@ -903,7 +914,8 @@ def print_report(figures: Figures, args: argparse.Namespace, elapsed: float) -> 
     say(
         f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera "
         "(p2ptls_mux: one logical stream per camera, one connection); "
-        f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; {elapsed:.0f} s in all"
+        f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; "
+        f"SLLP datagrams of {args.sllp_datagram} bytes; {elapsed:.0f} s in all"
     )
     print_results(figures, f"Camera streams on 127.0.0.1, one process ({median_of(args.runs)})")
     checks = verdicts(figures)
@@ -926,6 +938,7 @@ def json_params(
         "verify": args.verify,
         "key_bits": KEY_BITS,
         "jpeg_quality": JPEG_QUALITY,
+        "sllp_datagram": args.sllp_datagram,
     }
 
 
@@ -1151,6 +1164,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--verify", action="store_true", help="check every frame's bytes on arrival (slower)"
+    )
+    parser.add_argument(
+        "--sllp-datagram",
+        type=int,
+        default=wire.DEFAULT_DATAGRAM_PAYLOAD,
+        metavar="BYTES",
+        help="SLLP's max_datagram_payload (1200: fits any path; loopback takes up to 65507)",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:

@@ -12,6 +12,20 @@ figures measured for the earlier Artifice implementation):
   - ``sllp-1dgram``: SLLP messages of one datagram (1149 bytes) each, the per-message cost;
   - ``sllp-plain``: as ``sllp`` with GSO/GRO turned off (the batched plain path).
 
+* small messages (JSON ``small_messages_per_s``): one-datagram messages of 64 and 1,000 bytes
+  sent as fast as the receiver keeps up (the sender parks while it is 512 messages ahead of what
+  the receiver counted, so none is lost to a full socket buffer), messages delivered per second:
+
+  - ``udp``: plain ``trio.socket``, one ``await sendto`` per message and one ``await recv_into``
+    per message (trio's ordinary datagram API);
+  - ``sllp``: ``send_many`` of 64 messages (one segmentation-offload ``sendmsg`` per train of
+    equal-sized datagrams) and ``receive_many`` (one coalesced read decrypted in one call);
+  - ``sllp-plain``: the same with GSO/GRO off (one ``sendto`` and one read per datagram);
+  - ``sllp-one-by-one``: ``send`` and ``receive`` per message.
+
+  Ratios to ``udp`` are taken within each run; the top-level JSON figures are the 64-byte ones,
+  ``by_size`` has both sizes.
+
 * loss: SLLP messages paced at ``--rate`` per second through the lossy relay
   (:class:`p2ptls.sllp.relay.UdpRelay`) dropping 0 %, 1 % and 5 % of datagrams: the fraction
   delivered and the p50/p99 message latency (send to ``receive()``), for messages of 1, 9 and 44
@@ -62,6 +76,9 @@ STAMP = struct.Struct(">d")
 LOSS_RATES = (0, 1, 5)
 LOSS_SIZES = (1_000, 10_000, 50_000)
 JSON_LOSS_SIZE = 10_000
+SMALL_SIZES = (64, 1_000)
+SMALL_BATCH = 64  # messages per send_many (and per burst of sendto on the UDP side)
+SMALL_WINDOW = 512  # messages the sender may be ahead of the receiver
 
 
 # -- throughput ---------------------------------------------------------------------------------
@@ -147,6 +164,130 @@ async def sllp_throughput(
     return result
 
 
+# -- small messages -----------------------------------------------------------------------------
+
+
+class Credit:
+    """The receiver's count and a lot the sender parks on while it is ``WINDOW`` ahead: messages
+    go as fast as the receiver keeps up, never overrunning the socket buffer (so none is lost)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.lot = trio.lowlevel.ParkingLot()
+
+    def add(self, count: int) -> None:
+        self.received += count
+        if self.lot:
+            self.lot.unpark_all()
+
+    async def wait_below(self, sent: int) -> None:
+        while sent - self.received >= SMALL_WINDOW:
+            await self.lot.park()
+
+
+async def small_udp(seconds: float, size: int) -> dict[str, float]:
+    """Plain trio UDP: one ``await sendto`` per message, one ``await recv_into`` per message."""
+    receiver = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    sender = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    for sock in (receiver, sender):
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4 * 1024 * 1024)
+    await receiver.bind(("127.0.0.1", 0))
+    await sender.bind(("127.0.0.1", 0))
+    target = receiver.getsockname()
+    payload = bytes(size)
+    credit = Credit()
+    buffer = bytearray(2048)
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            while True:
+                await receiver.recv_into(buffer)
+                credit.add(1)
+
+        nursery.start_soon(receive)
+        start = trio.current_time()
+        end = start + seconds
+        sent = 0
+        while trio.current_time() < end:
+            for _ in range(SMALL_BATCH):
+                await sender.sendto(payload, target)
+            sent += SMALL_BATCH
+            await credit.wait_below(sent)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    receiver.close()
+    sender.close()
+    return {"messages_per_s": credit.received / elapsed, "delivered": credit.received / sent}
+
+
+async def small_sllp(
+    seconds: float, size: int, identities: Any, *, batched: bool, offload: bool = True
+) -> dict[str, float]:
+    """SLLP messages of ``size`` bytes (one datagram each): ``send_many`` of 64 and
+    ``receive_many`` (``batched``), or one ``send`` and one ``receive`` per message."""
+    config = SllpConfig(gso=offload, gro=offload)
+    a, b = await channel_pair(config, identities=identities)
+    payload = bytes(size)
+    batch = [payload] * SMALL_BATCH
+    credit = Credit()
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            if batched:
+                while True:
+                    credit.add(len(await b.receive_many()))
+            else:
+                async for _ in b:
+                    credit.add(1)
+
+        nursery.start_soon(receive)
+        start = trio.current_time()
+        end = start + seconds
+        sent = 0
+        while trio.current_time() < end:
+            if batched:
+                await a.send_many(batch)
+            else:
+                for message in batch:
+                    await a.send(message)
+            sent += SMALL_BATCH
+            await credit.wait_below(sent)
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    transport = a.transport
+    assert isinstance(transport, UdpTransport) and isinstance(b.transport, UdpTransport)
+    result = {
+        "messages_per_s": credit.received / elapsed,
+        "delivered": credit.received / sent,
+        "send_calls_per_message": transport.send_calls / sent,
+        "receive_calls_per_message": b.transport.receive_calls / max(1, credit.received),
+    }
+    await a.aclose()
+    await b.aclose()
+    return result
+
+
+async def small_messages(seconds: float, identities: Any) -> dict[str, Any]:
+    """Per message size: plain UDP, SLLP batched, SLLP batched without GSO/GRO, SLLP one by one;
+    and the ratios to UDP within this run."""
+    out: dict[str, Any] = {}
+    for size in SMALL_SIZES:
+        row = {
+            "udp": await small_udp(seconds, size),
+            "sllp": await small_sllp(seconds, size, identities, batched=True),
+            "sllp-plain": await small_sllp(seconds, size, identities, batched=True, offload=False),
+            "sllp-one-by-one": await small_sllp(seconds, size, identities, batched=False),
+        }
+        udp = row["udp"]["messages_per_s"]
+        row["ratio"] = {
+            name: row[name]["messages_per_s"] / udp
+            for name in ("sllp", "sllp-plain", "sllp-one-by-one")
+        }
+        out[str(size)] = row
+    return out
+
+
 # -- loss ---------------------------------------------------------------------------------------
 
 
@@ -211,7 +352,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     runs: list[dict[str, Any]] = []
     with progress() as bar:
-        steps = args.runs * (len(plans) + len(LOSS_SIZES) * len(LOSS_RATES))
+        steps = args.runs * (len(plans) + 1 + len(LOSS_SIZES) * len(LOSS_RATES))
         task = bar.add_task("sllp", total=steps, status="")
         for run_index in range(args.runs):
             tag = f"[{run_index + 1}/{args.runs}]"
@@ -225,6 +366,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["throughput"][name] = row
                 log(f"{tag} throughput {name}: {row['datagrams_per_s']:,.0f} datagrams/s")
                 bar.advance(task)
+            bar.update(task, status=f"run {run_index + 1}: small messages")
+            results["small_messages"] = await small_messages(args.seconds, identities)
+            for size, row in results["small_messages"].items():
+                log(
+                    f"{tag} {size}-byte messages: sllp {row['ratio']['sllp']:.2f}x udp "
+                    f"({row['sllp']['messages_per_s']:,.0f} against "
+                    f"{row['udp']['messages_per_s']:,.0f}/s)"
+                )
+            bar.advance(task)
             for size in LOSS_SIZES:
                 for drop in LOSS_RATES:
                     bar.update(task, status=f"run {run_index + 1}: loss {drop}%, {size} bytes")
@@ -269,6 +419,31 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     gso, gro = throughput["sllp"].get("gso"), throughput["sllp"].get("gro")
     say(f"sllp / udp datagrams per second: {ratio:.2f}x (target >= 1, aim 3); GSO={gso} GRO={gro}")
     say()
+    small = results["small_messages"]
+    print_table(
+        ["bytes", "kind", "messages/s", "/ udp", "delivered", "sends/msg", "reads/msg"],
+        [
+            [
+                size,
+                name,
+                _cell(row[name]["messages_per_s"], ",.0f"),
+                _cell(row["ratio"].get(name, 1.0), ".2f"),
+                _cell(row[name]["delivered"], ".3f"),
+                _cell(row[name].get("send_calls_per_message", 1.0), ".3f"),
+                _cell(row[name].get("receive_calls_per_message", 1.0), ".3f"),
+            ]
+            for size, row in small.items()
+            for name in ("udp", "sllp", "sllp-plain", "sllp-one-by-one")
+        ],
+        title=(
+            "One-datagram messages as fast as the receiver keeps up (at most "
+            f"{SMALL_WINDOW} ahead): udp = one await sendto / recv_into each; sllp = send_many "
+            f"of {SMALL_BATCH} / receive_many; sllp-plain = the same without GSO/GRO; "
+            f"sllp-one-by-one = send / receive ({median_of(args.runs)}; ratios within a run)"
+        ),
+        left=2,
+    )
+    say()
     rows = []
     for key, row in results["loss_table"].items():
         size, drop = key.split("/")
@@ -297,6 +472,24 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "udp": throughput["udp"]["datagrams_per_s"],
         },
         "MBps": {"sllp": throughput["sllp"]["MBps"], "udp": throughput["udp"]["MBps"]},
+        "small_messages_per_s": {
+            "sllp": small[str(SMALL_SIZES[0])]["sllp"]["messages_per_s"],
+            "udp": small[str(SMALL_SIZES[0])]["udp"]["messages_per_s"],
+            "ratio": small[str(SMALL_SIZES[0])]["ratio"]["sllp"],
+            "message_size": SMALL_SIZES[0],
+            "by_size": {
+                size: {
+                    "sllp": row["sllp"]["messages_per_s"],
+                    "udp": row["udp"]["messages_per_s"],
+                    "ratio": row["ratio"]["sllp"],
+                    "sllp_plain": row["sllp-plain"]["messages_per_s"],
+                    "sllp_plain_ratio": row["ratio"]["sllp-plain"],
+                    "sllp_one_by_one": row["sllp-one-by-one"]["messages_per_s"],
+                    "sllp_one_by_one_ratio": row["ratio"]["sllp-one-by-one"],
+                }
+                for size, row in small.items()
+            },
+        },
         "loss": {
             str(drop): {
                 key: results["loss_table"][f"{JSON_LOSS_SIZE}/{drop}"][key]
@@ -347,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "loss_drop_percent": list(LOSS_RATES),
                 "loss_message_sizes": list(LOSS_SIZES),
                 "json_loss_message_size": JSON_LOSS_SIZE,
+                "small_message_sizes": list(SMALL_SIZES),
+                "small_batch": SMALL_BATCH,
+                "small_window": SMALL_WINDOW,
+                "small_udp_sends": "one await sendto per datagram, one await recv_into each",
+                "small_sllp_sends": f"send_many of {SMALL_BATCH}, receive_many",
             },
             quick=args.quick,
             runs=args.runs,

@@ -63,7 +63,7 @@ async def test_memory_transports_deliver_on_trio_time(
     start = trio.current_time()
     while len(got) < 2:
         await b.wait_readable()
-        b.drain(lambda view, now: got.append(bytes(view)), trio.current_time(), 10)
+        b.drain(lambda view, _segment, _now: got.append(bytes(view)), trio.current_time(), 10)
     assert got == [b"abc", b"def"] and trio.current_time() - start == 2.0
     b.close()
     with pytest.raises(trio.ClosedResourceError):

@@ -10,8 +10,10 @@ peer::
     sllp.serve_datagrams(bob_host, handle_channel)             # bob: handle_channel(channel)
     channel = await sllp.connect_datagram(alice_host, bob_id)  # alice
     await channel.send(frame)
+    await channel.send_many(readings)                          # many small messages at once
     async for message in channel:
         handle(message.message_id, message.data)
+    # or, many at a time: for message in await channel.receive_many(): ...
 
 ``open_channel(stream)`` sets one up on a bare :class:`~p2ptls.SecureStream` as well.
 

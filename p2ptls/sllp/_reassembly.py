@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from ._errors import DatagramError
 from ._replay import ReplayWindow
+from ._wire import BODY_SIZE as _BODY_SIZE
 from .config import DeliveryMode, SllpConfig
 from .events import LossReason, Message
 
@@ -55,6 +56,7 @@ class Reassembler:
         self, config: SllpConfig, fragment_size: int, deliver: Deliver, lose: Lose
     ) -> None:
         self.fragment_size = fragment_size
+        self._body_size = _BODY_SIZE + fragment_size  # a decrypted full-sized DATA body
         self.max_message_size = config.max_message_size
         self.max_fragments = max(1, -(-config.max_message_size // fragment_size))
         self.timeout = config.reassembly_timeout
@@ -64,6 +66,8 @@ class Reassembler:
         self._deliver = deliver
         self._lose = lose
         self._partials: dict[int, _Partial] = {}
+        self._current: _Partial | None = None  # the partial last added to (a fast path)
+        self._current_id = -1
         self._done = ReplayWindow(MESSAGE_WINDOW_BITS)
         self._gaps: collections.deque[tuple[int, int, float]] = collections.deque()
         self._highest = -1
@@ -88,11 +92,62 @@ class Reassembler:
 
     # -- fragments ----------------------------------------------------------------------------
 
+    def take_middle(self, message_id: int, index: int, count: int, plaintext: bytes) -> bool:
+        """The fast path of :meth:`add_untrusted` for a whole decrypted DATA body: keep it and
+        return ``True`` if it is a middle fragment of the message being reassembled that
+        :meth:`add_untrusted` would keep without further ado (as its payload, after the body
+        header); otherwise ``False``, and the caller goes the long way."""
+        current = self._current
+        if (
+            current is None
+            or message_id != self._current_id
+            or count != current.count
+            or index + 1 >= count
+            or len(plaintext) != self._body_size
+        ):
+            return False
+        parts = current.parts
+        done = self._done
+        if index in parts or len(parts) + 1 >= count or done.top - message_id >= done.size:
+            return False
+        size = self.fragment_size
+        bytes_held = self.bytes_held + size
+        if bytes_held > self.max_bytes:
+            return False
+        parts[index] = memoryview(plaintext)[_BODY_SIZE:]
+        current.size += size
+        self.bytes_held = bytes_held
+        return True
+
     def add_untrusted(
         self, message_id: int, index: int, count: int, payload: memoryview | bytes, now: float
     ) -> None:
         """Take one authenticated DATA fragment. Raises :class:`DatagramError` if it is invalid."""
         size = len(payload)
+        current = self._current
+        if (
+            current is not None
+            and message_id == self._current_id
+            and count == current.count
+            and index + 1 < count
+            and size == self.fragment_size
+        ):
+            # The common case, a middle fragment of the message being reassembled: the checks
+            # below that this message already passed (count, id, ordering) hold as they did;
+            # only the window's edge can have moved past it.
+            done = self._done
+            parts = current.parts
+            if (
+                index not in parts
+                and len(parts) + 1 < count  # not the last one missing: completion is below
+                and done.top - message_id < done.size
+            ):
+                bytes_held = self.bytes_held + size
+                if bytes_held <= self.max_bytes:
+                    parts[index] = payload
+                    current.size += size
+                    self.bytes_held = bytes_held
+                    return
         if count == 0 or index >= count:
             raise DatagramError("fragment index or count out of range")
         if count > self.max_fragments:
@@ -132,6 +187,7 @@ class Reassembler:
             partials[message_id] = partial
         elif partial.count != count:
             raise DatagramError("inconsistent fragment count within one message")
+        self._current, self._current_id = partial, message_id
         parts = partial.parts
         if index in parts:
             self.duplicate_fragments += 1
@@ -143,6 +199,7 @@ class Reassembler:
         self.bytes_held += size
         if len(parts) == count:
             del partials[message_id]
+            self._current = None
             self.bytes_held -= partial.size
             done.update(message_id)
             data = b"".join([parts[i] for i in range(count)])
@@ -162,6 +219,8 @@ class Reassembler:
         partial = self._partials.pop(message_id, None)
         if partial is not None:
             self.bytes_held -= partial.size
+            if partial is self._current:
+                self._current = None
         self._done.update(message_id)
         self.late += 1
 
@@ -176,6 +235,8 @@ class Reassembler:
     def _give_up(self, message_id: int, reason: LossReason) -> None:
         partial = self._partials.pop(message_id)
         self.bytes_held -= partial.size
+        if partial is self._current:
+            self._current = None
         self._done.update(message_id)
         if reason is LossReason.TIMEOUT:
             self.timeouts += 1
@@ -251,5 +312,6 @@ class Reassembler:
     def clear(self) -> None:
         """Forget everything (the session ended)."""
         self._partials.clear()
+        self._current = None
         self._gaps.clear()
         self.bytes_held = 0

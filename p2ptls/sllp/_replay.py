@@ -22,14 +22,15 @@ _BLOCK_BITS = 64
 class ReplayWindow:
     """Remembers which recent sequence numbers were accepted."""
 
-    __slots__ = ("_blocks", "_mask", "size", "top")
+    __slots__ = ("blocks", "mask", "size", "top")
 
     def __init__(self, bits: int = DEFAULT_WINDOW_BITS) -> None:
         blocks = bits // _BLOCK_BITS
         if blocks < 2 or blocks & (blocks - 1) or bits % _BLOCK_BITS:
             raise ValueError("window bits must be a power of two, at least 128")
-        self._blocks = [0] * blocks
-        self._mask = blocks - 1
+        self.blocks = [0] * blocks
+        """The ring (read-only outside this class, but for a receiver's inlined fast path)."""
+        self.mask = blocks - 1
         self.size = bits - _BLOCK_BITS
         """How far below ``top`` a number may be and still be accepted (4032 by default)."""
         self.top = 0
@@ -42,14 +43,14 @@ class ReplayWindow:
             return True
         if top - number >= self.size:
             return False
-        return not (self._blocks[(number >> 6) & self._mask] >> (number & 63)) & 1
+        return not (self.blocks[(number >> 6) & self.mask] >> (number & 63)) & 1
 
     def update(self, number: int) -> None:
         """Mark ``number`` accepted (after authentication); numbers older than the window are
         ignored."""
         top = self.top
-        blocks = self._blocks
-        mask = self._mask
+        blocks = self.blocks
+        mask = self.mask
         if number > top:
             current = top >> 6
             diff = (number >> 6) - current

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import collections
 import enum
+import struct
+from collections.abc import Callable, Iterable
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -62,6 +64,8 @@ _HEADER_PACK_INTO = wire.HEADER.pack_into
 _HEADER_UNPACK_FROM = wire.HEADER.unpack_from
 _BODY_PACK_INTO = wire.BODY.pack_into
 _BODY_UNPACK_FROM = wire.BODY.unpack_from
+_INDEX_PACK_INTO = struct.Struct(">I").pack_into  # the body's fragment index...
+_INDEX_OFFSET = 9  # ...after type u8 and message id u64
 _HEADER_SIZE = wire.HEADER_SIZE
 _BODY_SIZE = wire.BODY_SIZE
 _OVERHEAD = wire.OVERHEAD
@@ -72,6 +76,22 @@ _MIN_DATAGRAM = wire.MIN_DATAGRAM
 _UNKNOWN_FLAGS = 0xFF & ~wire.KNOWN_FLAGS
 # ``encrypt_into`` (cryptography 45+) seals straight into the send buffer; older versions copy.
 _ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
+
+EncryptInto = Callable[[bytes, memoryview, memoryview, memoryview], int]
+
+
+def _encrypter(aead: AESGCM) -> EncryptInto:
+    """``aead.encrypt_into``: seal ``data`` with ``aad`` into ``buf`` (ciphertext and tag)."""
+    if _ENCRYPT_INTO:
+        return aead.encrypt_into
+
+    def encrypt_into(  # pragma: no cover - older cryptography
+        nonce: bytes, data: memoryview, aad: memoryview, buf: memoryview
+    ) -> int:
+        buf[:] = aead.encrypt(nonce, bytes(data), bytes(aad))
+        return len(buf)
+
+    return encrypt_into  # pragma: no cover
 
 
 class SessionState(enum.Enum):
@@ -105,7 +125,7 @@ class DatagramTrain:
 
     __slots__ = ("count", "data", "segment_size")
 
-    def __init__(self, data: bytes | bytearray, segment_size: int, count: int) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, segment_size: int, count: int) -> None:
         self.data = data
         self.segment_size = segment_size
         self.count = count
@@ -121,6 +141,10 @@ class DatagramTrain:
 
     def __repr__(self) -> str:
         return f"<DatagramTrain {self.count} x {self.segment_size} ({len(self.data)} bytes)>"
+
+
+def _train(buffer: memoryview, start: int, end: int, segment: int) -> DatagramTrain:
+    return DatagramTrain(buffer[start:end], segment, -(-(end - start) // segment))
 
 
 class Session:
@@ -188,69 +212,164 @@ class Session:
     def send_message(self, data: bytes | bytearray | memoryview, now: float) -> DatagramTrain:
         """Seal one message into datagrams. Raises :class:`SessionClosed` once the session ended
         and ``ValueError`` for a message above :attr:`max_send_message`."""
+        return self._seal_messages([data], now)[0]
+
+    def send_messages(
+        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+    ) -> list[DatagramTrain]:
+        """Seal several messages, in order, into one buffer; return it as trains of equal-sized
+        datagrams (each train as long as the datagrams keep one size, so that one segmentation
+        offload call can carry it: many one-datagram messages of one size make one train).
+
+        All or nothing: raises ``ValueError`` (an oversized message) or :class:`SessionClosed`
+        before any message takes a message id or a sequence number."""
+        return self._seal_messages(messages, now)
+
+    def _seal_messages(
+        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+    ) -> list[DatagramTrain]:
         if self._send is None:
             raise self._closed_error()
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
-        size = len(view)
-        if size > self.max_send_message:
-            raise ValueError(
-                f"message of {size} bytes exceeds the channel's maximum ({self.max_send_message})"
-            )
         fragment_size = self._fragment_size
-        count = -(-size // fragment_size) or 1
-        if self._send_sequence + count > wire.MAX_SEQUENCE:
+        limit = self.max_send_message
+        views: list[memoryview] = []
+        datagrams = 0
+        total = 0
+        for data in messages:
+            view = memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            size = len(view)
+            if size > limit:
+                raise ValueError(f"message of {size} bytes exceeds the channel's maximum ({limit})")
+            count = -(-size // fragment_size) or 1
+            views.append(view)
+            datagrams += count
+            total += size + count * _OVERHEAD
+        if self._send_sequence + datagrams > wire.MAX_SEQUENCE:
             self._end(CloseCause.SEQUENCE_EXHAUSTED, wire.CLOSE_SEQUENCE_EXHAUSTED, "")
             raise self._closed_error()
-        message_id = self._next_message_id
-        self._next_message_id = message_id + 1
-        total = size + count * _OVERHEAD
         out = bytearray(total)
         out_view = memoryview(out)
         scratch = self._scratch
         scratch_view = self._scratch_view
         remote_cid = self._remote_cid
         keys = self._send
-        aead = keys.aead
+        encrypt_into = _encrypter(keys.aead)
         iv = keys.iv
         flags = keys.phase
+        left_in_epoch = self._rekey_after - self._sent_in_epoch
         sequence = self._send_sequence
+        message_id = self._next_message_id
+        # Runs of equal-sized datagrams: (start, end, segment size); a shorter one ends a run.
+        trains: list[DatagramTrain] = []
+        run_start = 0
+        run_segment = 0  # 0: no run open
         position = 0
-        offset = 0
-        for index in range(count):
-            if self._sent_in_epoch >= self._rekey_after:
-                keys = self._rekey_send()
-                aead, iv, flags = keys.aead, keys.iv, keys.phase
-            self._sent_in_epoch += 1
-            chunk = min(fragment_size, size - offset)
-            _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
-            _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, index, count)
-            end = _BODY_SIZE + chunk
-            scratch_view[_BODY_SIZE:end] = view[offset : offset + chunk]
-            body_start = position + _HEADER_SIZE
-            if _ENCRYPT_INTO:
-                aead.encrypt_into(
+        full = fragment_size + _OVERHEAD
+        scratch_body = scratch_view[: _BODY_SIZE + fragment_size]
+        scratch_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
+        for view in views:
+            size = len(view)
+            if size <= fragment_size:  # one datagram: send_many's common case, kept short
+                if not left_in_epoch:
+                    keys = self._rekey_send()
+                    encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                    left_in_epoch = self._rekey_after
+                left_in_epoch -= 1
+                _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+                _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, 1)
+                end = _BODY_SIZE + size
+                scratch_view[_BODY_SIZE:end] = view
+                body_start = position + _HEADER_SIZE
+                after = body_start + end + _TAG_SIZE
+                encrypt_into(
                     (iv ^ sequence).to_bytes(12, "big"),
                     scratch_view[:end],
                     out_view[position:body_start],
-                    out_view[body_start : body_start + end + _TAG_SIZE],
+                    out_view[body_start:after],
                 )
-            else:  # pragma: no cover - older cryptography
-                out_view[body_start : body_start + end + _TAG_SIZE] = aead.encrypt(
+                sequence += 1
+                message_id += 1
+                length = after - position
+                if length != run_segment:
+                    if length < run_segment:  # a shorter datagram ends its run
+                        trains.append(_train(out_view, run_start, after, run_segment))
+                        run_start, run_segment = after, 0
+                    else:
+                        if run_segment:
+                            trains.append(_train(out_view, run_start, position, run_segment))
+                        run_start, run_segment = position, length
+                position = after
+                continue
+            count = -(-size // fragment_size)
+            first = position
+            # Every fragment but the last is full: the same slices of the scratch buffer, and only
+            # the fragment index changes in the body header.
+            _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, count)
+            offset = 0
+            for index in range(count - 1):
+                if not left_in_epoch:
+                    keys = self._rekey_send()
+                    encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                    left_in_epoch = self._rekey_after
+                left_in_epoch -= 1
+                _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+                _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, index)
+                scratch_payload[:] = view[offset : offset + fragment_size]
+                body_start = position + _HEADER_SIZE
+                after = position + full
+                encrypt_into(
                     (iv ^ sequence).to_bytes(12, "big"),
-                    bytes(scratch_view[:end]),
-                    bytes(out_view[position:body_start]),
+                    scratch_body,
+                    out_view[position:body_start],
+                    out_view[body_start:after],
                 )
-            position = body_start + end + _TAG_SIZE
-            offset += chunk
+                position = after
+                offset += fragment_size
+                sequence += 1
+            if not left_in_epoch:
+                keys = self._rekey_send()
+                encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                left_in_epoch = self._rekey_after
+            left_in_epoch -= 1
+            chunk = size - offset
+            _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
+            _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, count - 1)
+            end = _BODY_SIZE + chunk
+            scratch_view[_BODY_SIZE:end] = view[offset:size]
+            body_start = position + _HEADER_SIZE
+            after = body_start + end + _TAG_SIZE
+            encrypt_into(
+                (iv ^ sequence).to_bytes(12, "big"),
+                scratch_view[:end],
+                out_view[position:body_start],
+                out_view[body_start:after],
+            )
+            position = after
             sequence += 1
+            message_id += 1
+            # This message's datagrams: count - 1 (at least 1) of ``full`` bytes, then the last.
+            last = position - first - (count - 1) * full
+            if run_segment != full:
+                if run_segment:
+                    trains.append(_train(out_view, run_start, first, run_segment))
+                run_start, run_segment = first, full
+            if last < run_segment:  # a shorter datagram ends its run
+                trains.append(_train(out_view, run_start, position, run_segment))
+                run_start, run_segment = position, 0
+        if run_segment:
+            trains.append(_train(out_view, run_start, position, run_segment))
+        if len(trains) == 1:  # the common case: the train is the whole buffer
+            trains[0].data = out
+        self._sent_in_epoch = self._rekey_after - left_in_epoch
         self._send_sequence = sequence
+        self._next_message_id = message_id
         self._last_sent = now
-        self.sent += 1
-        self.datagrams_sent += count
+        self.sent += len(views)
+        self.datagrams_sent += datagrams
         self.bytes_sent += total
-        return DatagramTrain(out, fragment_size + _OVERHEAD, count)
+        return trains
 
     def _rekey_send(self) -> EpochKeys:
         assert self._send is not None
@@ -279,69 +398,120 @@ class Session:
 
     def receive_datagram_untrusted(self, datagram: memoryview | bytes, now: float) -> None:
         """Take one UDP payload from anyone. Never raises for bad input and never replies."""
-        size = len(datagram)
-        if size < _MIN_DATAGRAM or size > self._datagram_size:
+        if not datagram:
             self.malformed += 1
             return
-        version, flags, cid, sequence = _HEADER_UNPACK_FROM(datagram)
-        if cid != self._local_cid or self._receive is None:
-            self.unknown_connection_id += 1
-            return
-        if version != _VERSION or flags & _UNKNOWN_FLAGS:
+        self.receive_datagrams_untrusted(datagram, len(datagram), now)
+
+    def receive_datagrams_untrusted(
+        self, data: memoryview | bytes | bytearray, segment: int, now: float
+    ) -> None:
+        """Take UDP payloads from anyone, laid back to back in ``data``: each ``segment`` bytes but
+        the last, which may be shorter (as one ``UDP_GRO`` read returns them). Each datagram is
+        checked on its own, in the order of the module docstring, exactly as if it had come alone:
+        one that fails is dropped and counted, and the others go on. Never raises for bad input
+        and never replies."""
+        total = len(data)
+        if total == 0 or segment <= 0:
             self.malformed += 1
             return
+        view = data if type(data) is memoryview else memoryview(data)
+        datagram_size = self._datagram_size
+        local_cid = self._local_cid
         window = self._window
-        if sequence <= window.top and not window.check(sequence):
-            self.replayed += 1
-            return
-        keys = self._receive
-        if flags != keys.phase:
-            if sequence < self._receive_min_sequence:
-                previous = self._receive_previous
-                if previous is None:
-                    self.replayed += 1  # from an epoch whose key is gone: too old to matter
-                    return
-                keys = previous
-            else:
-                following = self._receive_next
-                if following is None:
-                    following = self._receive_next = keys.successor()
-                keys = following
-        if type(datagram) is not memoryview:
-            datagram = memoryview(datagram)
+        blocks, mask = window.blocks, window.mask
+        reassembler = self._reassembler
+        add_fragment = reassembler.add_untrusted
+        received = 0
+        received_bytes = 0
+        largest = self.largest_datagram_received
+        offset = 0
         try:
-            plaintext = keys.aead.decrypt(
-                (keys.iv ^ sequence).to_bytes(12, "big"),
-                datagram[_HEADER_SIZE:],
-                datagram[:_HEADER_SIZE],
-            )
-        except InvalidTag:
-            self.failed_authentication += 1
-            return
-        window.update(sequence)
-        self._last_received = now
-        self.datagrams_received += 1
-        self.bytes_received += size
-        self.largest_datagram_received = max(self.largest_datagram_received, size)
-        if keys is not self._receive:
-            if keys is self._receive_next:
-                self._receive_previous = self._receive
-                self._previous_expires = now + self.config.previous_key_lifetime
-                self._receive = keys
-                self._receive_next = None
-                self._receive_min_sequence = sequence
-                self._push_event(KeysUpdated("receive", keys.epoch))
-        elif sequence < self._receive_min_sequence:
-            self._receive_min_sequence = sequence
-        body_type, message_id, index, count = _BODY_UNPACK_FROM(plaintext)
-        if body_type == _TYPE_DATA:
-            try:
-                self._reassembler.add_untrusted(
-                    message_id, index, count, memoryview(plaintext)[_BODY_SIZE:], now
-                )
-            except DatagramError:
-                self.malformed += 1
-            return
+            while offset < total:
+                size = total - offset
+                if size > segment:  # noqa: PLR1730 - cheaper than min() per datagram
+                    size = segment
+                datagram = view[offset : offset + size]
+                offset += size
+                if size < _MIN_DATAGRAM or size > datagram_size:
+                    self.malformed += 1
+                    continue
+                version, flags, cid, sequence = _HEADER_UNPACK_FROM(datagram)
+                keys = self._receive
+                if cid != local_cid or keys is None:
+                    self.unknown_connection_id += 1
+                    continue
+                if version != _VERSION or flags & _UNKNOWN_FLAGS:
+                    self.malformed += 1
+                    continue
+                top = window.top
+                if sequence <= top and not window.check(sequence):
+                    self.replayed += 1
+                    continue
+                current = keys
+                if flags != keys.phase:
+                    if sequence < self._receive_min_sequence:
+                        previous = self._receive_previous
+                        if previous is None:
+                            self.replayed += 1  # from an epoch whose key is gone: too old
+                            continue
+                        keys = previous
+                    else:
+                        following = self._receive_next
+                        if following is None:
+                            following = self._receive_next = keys.successor()
+                        keys = following
+                try:
+                    plaintext = keys.aead.decrypt(
+                        (keys.iv ^ sequence).to_bytes(12, "big"),
+                        datagram[_HEADER_SIZE:],
+                        datagram[:_HEADER_SIZE],
+                    )
+                except InvalidTag:
+                    self.failed_authentication += 1
+                    continue
+                if sequence > top and sequence >> 6 == top >> 6:
+                    # The common case, the next number in the same block: set its bit (what
+                    # ReplayWindow.update does when no block has to be cleared).
+                    blocks[(sequence >> 6) & mask] |= 1 << (sequence & 63)
+                    window.top = sequence
+                else:
+                    window.update(sequence)
+                received += 1
+                received_bytes += size
+                if size > largest:  # noqa: PLR1730 - cheaper than max() per datagram
+                    largest = size
+                if keys is not current:
+                    if keys is self._receive_next:
+                        self._receive_previous = current
+                        self._previous_expires = now + self.config.previous_key_lifetime
+                        self._receive = keys
+                        self._receive_next = None
+                        self._receive_min_sequence = sequence
+                        self._push_event(KeysUpdated("receive", keys.epoch))
+                elif sequence < self._receive_min_sequence:
+                    self._receive_min_sequence = sequence
+                body_type, message_id, index, count = _BODY_UNPACK_FROM(plaintext)
+                if body_type == _TYPE_DATA:
+                    if reassembler.take_middle(message_id, index, count, plaintext):
+                        continue
+                    try:
+                        add_fragment(
+                            message_id, index, count, memoryview(plaintext)[_BODY_SIZE:], now
+                        )
+                    except DatagramError:
+                        self.malformed += 1
+                    continue
+                self._receive_control(plaintext)
+        finally:
+            if received:
+                self._last_received = now
+            self.datagrams_received += received
+            self.bytes_received += received_bytes
+            self.largest_datagram_received = largest
+
+    def _receive_control(self, plaintext: bytes) -> None:
+        """An authenticated datagram that is not DATA: KEEPALIVE, CLOSE, or malformed."""
         try:
             body = wire.parse_body_untrusted(plaintext)
         except DatagramError:
@@ -381,6 +551,26 @@ class Session:
             self._unread_messages -= 1
             self._unread_bytes -= len(event.data)
         return event
+
+    def take_messages(self, limit: int) -> list[Message]:
+        """Up to ``limit`` of the oldest events that are messages, in order; other events
+        (losses, key updates) met on the way are dropped, and a :class:`ChannelClosed` stops the
+        batch and stays for :meth:`next_event`."""
+        events = self.events
+        taken: list[Message] = []
+        size = 0
+        while events and len(taken) < limit:
+            event = events[0]
+            kind = type(event)
+            if kind is ChannelClosed:
+                break
+            events.popleft()
+            if kind is Message:
+                taken.append(event)  # type: ignore[arg-type]
+                size += len(event.data)  # type: ignore[union-attr]
+        self._unread_messages -= len(taken)
+        self._unread_bytes -= size
+        return taken
 
     # -- timers ---------------------------------------------------------------------------------
 

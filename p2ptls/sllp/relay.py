@@ -167,7 +167,7 @@ class MemoryTransport(DatagramTransport):
             return 0
         datagrams = self.incoming.pop_due(now, limit)
         for datagram in datagrams:
-            sink(memoryview(datagram), now)
+            sink(memoryview(datagram), len(datagram), now)
         return len(datagrams)
 
     async def wait_readable(self) -> None:

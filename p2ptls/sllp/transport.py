@@ -5,13 +5,16 @@ Theory of operation
 A channel talks to a :class:`DatagramTransport`: non-blocking ``send_from`` and ``drain`` calls
 plus two waits. :class:`UdpTransport` is the real one. Its cost is per datagram, so it works in
 batches: ``drain`` reads the socket with ``recv_into`` into one reused buffer until
-``BlockingIOError`` (or ``receive_batch`` reads), handing each datagram to the session as a
+``BlockingIOError`` (or ``receive_batch`` reads), handing each read to the session as a
 memoryview without copying, and only then does the channel yield to trio. With ``UDP_GRO`` the
-kernel hands over many same-sized datagrams in one read, with their size in a control message.
-A :class:`~p2ptls.sllp._session.DatagramTrain` leaves with ``UDP_SEGMENT`` (segmentation offload):
-one ``sendmsg`` carries up to 64 equal-sized datagrams that the kernel splits; without it, one
-``sendto`` per datagram. Both are detected at run time and fall back to the plain path if the
-kernel refuses them.
+kernel hands over many same-sized datagrams in one read, with their size in a control message; the
+whole read goes to the session in one call (:meth:`Session.receive_datagrams_untrusted`), which
+checks and decrypts each datagram on its own. A :class:`~p2ptls.sllp._session.DatagramTrain`
+(one large message, or many one-datagram messages of one size from ``send_many``) leaves with
+``UDP_SEGMENT`` (segmentation offload): one ``sendmsg`` carries up to 64 equal-sized datagrams
+(at most 65,000 bytes) that the kernel splits; without it, or for datagrams above 32,500 bytes,
+one ``sendto`` per datagram. Both are detected at run time and fall back to the plain path if
+the kernel refuses them.
 
 The socket sets don't-fragment (``IP_PMTUDISC_DO``, and the IPv6 equivalent), so a datagram above
 the path MTU fails with ``EMSGSIZE``, reported as :class:`DatagramTooLarge`, instead of being split
@@ -43,8 +46,10 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 RECEIVE_BUFFER = 65536 + 512
 
-Sink = Callable[[memoryview, float], None]
-"""Takes one received datagram and the time; must not keep the memoryview."""
+Sink = Callable[[memoryview, int, float], None]
+"""Takes received datagrams laid back to back (each ``segment`` bytes but the last, which may be
+shorter: what one ``UDP_GRO`` read returns; one datagram has ``segment == len(view)``), the segment
+size and the time; must not keep the memoryview."""
 
 _SEND_DROPPED = frozenset(
     {errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPERM}
@@ -72,7 +77,8 @@ class DatagramTransport(abc.ABC):
 
     @abc.abstractmethod
     def drain(self, sink: Sink, now: float, limit: int) -> int:
-        """Hand every datagram waiting (up to ``limit`` reads) to ``sink``; return the reads."""
+        """Hand every datagram waiting (up to ``limit`` reads) to ``sink``, a coalesced read as
+        one call; return the reads."""
 
     @abc.abstractmethod
     async def wait_readable(self) -> None:
@@ -177,10 +183,13 @@ class UdpTransport(DatagramTransport):
         segment = train.segment_size
         view = memoryview(data)
         sock = self.socket
+        # Datagrams per segmentation-offload call; below 2 (datagrams above 32,500 bytes) GSO
+        # has nothing to offer, and 0 would send nothing at all.
+        per_call = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment)
         while offset < total:
             remaining = total - offset
-            if self.gso and remaining > segment:
-                chunk = min(remaining, segment * min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+            if self.gso and remaining > segment and per_call > 1:
+                chunk = min(remaining, segment * per_call)
                 try:
                     sock.sendmsg(
                         [view[offset : offset + chunk]],
@@ -254,11 +263,9 @@ class UdpTransport(DatagramTransport):
                         segment = int.from_bytes(
                             data[:4] if len(data) >= 4 else data, sys.byteorder
                         )
-                if 0 < segment < size:
-                    for offset in range(0, size, segment):
-                        sink(view[offset : min(offset + segment, size)], now)
-                else:
-                    sink(view[:size], now)
+                if not 0 < segment < size:
+                    segment = size
+                sink(view[:size], segment, now)  # the session splits and checks each datagram
         else:
             receive_into = sock.recv_into
             buffer = self._buffer
@@ -272,7 +279,7 @@ class UdpTransport(DatagramTransport):
                     reads += 1
                     continue
                 reads += 1
-                sink(view[:size], now)
+                sink(view[:size], size, now)
         self.receive_calls += reads
         return reads
 

@@ -104,6 +104,7 @@ class Connection:
         self.eof_received = False
         self._fragment = config.record_payload
         self._first_fragment = self._fragment - wire.MESSAGE_LENGTH.size
+        self._stream_data: list[bytes] | None = None
 
     @classmethod
     def initiator(
@@ -253,8 +254,30 @@ class Connection:
         ``data`` is not kept, so the caller may reuse its buffer. Raises only
         :class:`ProtocolError` (or a subclass); after one, the connection is FAILED.
         """
+        return self.receive_records_untrusted(data, now, None)
+
+    def receive_records_untrusted(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        stream_data: list[bytes] | None,
+    ) -> list[Event]:
+        """:meth:`receive_data_untrusted`, but with ``stream_data`` (a list) the plaintext of
+        each byte-stream record is appended to it, in order, instead of being reported as a
+        :class:`DataReceived` event (the I/O layer's bulk path: no event object per record).
+
+        On a :class:`ProtocolError` the records before the bad one may already be in
+        ``stream_data``; the connection is FAILED all the same.
+        """
         if self.state is State.FAILED:
             raise ProtocolError("connection already failed")
+        self._stream_data = stream_data
+        try:
+            return self._receive(data, now)
+        finally:
+            self._stream_data = None  # the caller's list is not kept
+
+    def _receive(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         events: list[Event] = []
         if self.state is State.KEY_OPERATION:
             self._buffer += data
@@ -270,14 +293,17 @@ class Connection:
                     self._check_buffer_bound()
                     return events
                 buffered, self._buffer = self._buffer, bytearray()
-                backlog = self._parse(buffered, now, events)
+                backlog = bytes(buffered[self._parse(buffered, now, events) :])
                 rest = memoryview(data)[used:]
                 if self.awaiting_key_operation:
                     self._buffer = bytearray(backlog) + rest
                     self._check_buffer_bound()
                     return events
                 source = backlog + bytes(rest) if backlog else rest
-            self._buffer = bytearray(self._parse(source, now, events))
+            consumed = self._parse(source, now, events)
+            if consumed < len(source):  # the start of a record: keep one copy of it
+                with memoryview(source) as view:
+                    self._buffer = bytearray(view[consumed:])
         except ProtocolError:
             self._fail()
             raise
@@ -311,13 +337,38 @@ class Connection:
 
     def _parse(
         self, source: bytes | bytearray | memoryview, now: float, events: list[Event]
-    ) -> bytes:
-        """Handle the whole records at the start of ``source``; return the rest (a copy)."""
+    ) -> int:
+        """Handle the whole records at the start of ``source``; return how many bytes they
+        took (the rest is the start of a record)."""
+        opener = self._opener
+        sink = self._stream_data
+        unpack_from = wire.HEADER.unpack_from
         with memoryview(source) as view:
             pos = 0
             end_of_data = len(view)
             while end_of_data - pos >= wire.HEADER_SIZE:
-                content_type, version, length = wire.HEADER.unpack_from(view, pos)
+                content_type, version, length = unpack_from(view, pos)
+                if (
+                    content_type == wire.DATA
+                    and version == wire.PROTOCOL_VERSION
+                    and wire.TAG_SIZE < length <= wire.MAX_CIPHERTEXT
+                    and opener is not None
+                    and not self.eof_received
+                ):
+                    # The common case, checked as the general path below would check it.
+                    body_start = pos + wire.HEADER_SIZE
+                    record_end = body_start + length
+                    if record_end > end_of_data:
+                        break
+                    plaintext = opener.open_untrusted(
+                        view[pos:body_start], view[body_start:record_end]
+                    )
+                    if sink is not None:
+                        sink.append(plaintext)
+                    else:
+                        events.append(DataReceived(plaintext))
+                    pos = record_end
+                    continue
                 wire.check_header_fields_untrusted(content_type, version, length)
                 self._check_type_allowed_untrusted(content_type)
                 body_start = pos + wire.HEADER_SIZE
@@ -333,7 +384,7 @@ class Connection:
                 pos = record_end
                 if self.awaiting_key_operation:
                     break
-            return bytes(view[pos:]) if pos < end_of_data else b""
+            return pos
 
     def _check_type_allowed_untrusted(self, content_type: int) -> None:
         """Refuse, from the header alone, a protected record before the handshake completed."""
@@ -406,7 +457,10 @@ class Connection:
         if content_type == wire.DATA:
             if not plaintext:
                 raise ProtocolError("empty data record")
-            events.append(DataReceived(plaintext))
+            if self._stream_data is not None:
+                self._stream_data.append(plaintext)
+            else:
+                events.append(DataReceived(plaintext))
         elif content_type == wire.MESSAGE_START:
             total, fragment = wire.parse_message_start_untrusted(plaintext)
             message = self._reassembler.start_untrusted(total, fragment)
@@ -549,6 +603,40 @@ class Connection:
                 pos = sealer.seal_into(buffer, pos, content_type, payload)
         if pos:
             yield memoryview(buffer)[:pos]
+
+    def seal_data_at_once(self, data: bytes | bytearray | memoryview) -> memoryview | None:
+        """The records carrying ``data`` (at most ``SEND_CHUNK`` bytes), sealed in one pass into
+        the reused send buffer: the small-write path, with no generator per write.
+
+        Returns ``None`` (seal nothing) when records are owed first (a pong, tickets): use
+        :meth:`seal_data` then. The view is valid until the next ``seal_*`` call.
+        """
+        sealer = self._sealer_for_sending()
+        if self._pong_owed is not None or self._tickets_owed:
+            return None
+        size = len(data)
+        if size > SEND_CHUNK:
+            raise ValueError("seal_data_at_once takes at most SEND_CHUNK bytes")
+        step = self._fragment
+        overhead = wire.HEADER_SIZE + wire.TAG_SIZE
+        need = size + (size // step + 1) * 2 * overhead  # every record, and its key update
+        buffer = self._send_buffer
+        if need > len(buffer):  # grown to fit, not ahead: a burst must not pin a large buffer
+            buffer = self._send_buffer = bytearray(max(need, min(SEND_CHUNK, 2 * len(buffer))))
+        pos = 0
+        if size <= step:
+            if sealer.needs_key_update:
+                pos = sealer.seal_into(buffer, pos, wire.KEY_UPDATE, b"")
+                sealer.advance_key()
+            pos = sealer.seal_into(buffer, pos, wire.DATA, data)
+        else:
+            with memoryview(data) as view:
+                for offset in range(0, size, step):
+                    if sealer.needs_key_update:
+                        pos = sealer.seal_into(buffer, pos, wire.KEY_UPDATE, b"")
+                        sealer.advance_key()
+                    pos = sealer.seal_into(buffer, pos, wire.DATA, view[offset : offset + step])
+        return memoryview(buffer)[:pos]
 
     def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Protect byte-stream data; return the records to send."""

@@ -70,7 +70,11 @@ class RecordSealer(_Direction):
         return header + ciphertext
 
     def seal_into(
-        self, out: bytearray, offset: int, content_type: int, plaintext: bytes | memoryview
+        self,
+        out: bytearray,
+        offset: int,
+        content_type: int,
+        plaintext: bytes | bytearray | memoryview,
     ) -> int:
         """Write one record into ``out`` at ``offset``; return the offset just after it."""
         size = len(plaintext)

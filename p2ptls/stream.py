@@ -34,6 +34,7 @@ import functools
 import logging
 import operator
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,6 +42,7 @@ import trio
 
 from . import _wire as wire
 from ._connection import (
+    SEND_CHUNK,
     Connection,
     DataReceived,
     EndOfStream,
@@ -58,7 +60,10 @@ from ._util import (
     ConflictDetector,
     HandOffLock,
     MessageIterator,
+    raw_socket,
+    recv_raw,
     recv_tcp,
+    send_raw,
     send_tcp,
     socket_address,
 )
@@ -153,9 +158,11 @@ class SecureStream(trio.abc.HalfCloseableStream):
         # A TCP transport is read into one reused buffer (the connection never keeps it).
         self._receive_buffer: memoryview | None = None
         self._tcp_socket: trio.socket.SocketType | None = None
+        self._raw_socket: socket.socket | None = None
         if type(transport_stream) is trio.SocketStream:
             self._receive_buffer = memoryview(bytearray(self.config.receive_size))
             self._tcp_socket = transport_stream.socket
+            self._raw_socket = raw_socket(self._tcp_socket)
         self._accept_messages = messages
         self._closed = False
         self._error: BaseException | None = None
@@ -381,14 +388,32 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._error = ProtocolError("a send was cancelled part-way through")
             raise
 
+    async def _send_at_once(self, data: bytes | bytearray | memoryview) -> bool:
+        """Seal all of ``data`` into one flight and write it, if the transport is free and no
+        records are owed first; say whether it did (else nothing was sealed)."""
+        lock = self._transport_send_lock
+        if not lock.try_acquire():
+            return False
+        try:
+            records = self._conn.seal_data_at_once(data)
+            if records is None:
+                return False
+            await self._write(records)
+        finally:
+            lock.release()
+        return True
+
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         """One write to the transport. A cancellation part-way through a write leaves a partial
         record on the wire, so it breaks the stream."""
         try:
-            if self._tcp_socket is None:
+            sock = self._tcp_socket
+            if sock is None:
                 await self.transport_stream.send_all(data)
+            elif self._raw_socket is not None:
+                await send_raw(sock, self._raw_socket, data)
             else:
-                await send_tcp(self._tcp_socket, data)
+                await send_tcp(sock, data)
         except trio.Cancelled:
             if self._error is None:
                 self._error = ProtocolError("a send was cancelled part-way through a record")
@@ -418,7 +443,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if not data:
                 self._conn.receive_eof()
                 return
-            self._file_events(self._conn.receive_data_untrusted(data, trio.current_time()))
+            incoming: list[bytes] = []
+            events = self._conn.receive_records_untrusted(data, trio.current_time(), incoming)
+            if incoming:
+                self._bytes.extend(incoming)
+                self._bytes_size += sum(map(len, incoming)) + _ITEM_OVERHEAD * len(incoming)
+            self._file_events(events)
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 async with self._transport_send_lock:  # sealed under the lock: keeps order
                     owed = self._conn.data_to_send()
@@ -439,6 +469,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
         sock = self._tcp_socket
         if buffer is None or sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
+        if self._raw_socket is not None:
+            return await recv_raw(sock, self._raw_socket, buffer)
         return await recv_tcp(sock, buffer)
 
     def _bytes_ready(self) -> bool:
@@ -513,14 +545,21 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send_records(self, chunks: Callable[[], Iterator[memoryview]]) -> None:
+    async def _send_records(
+        self,
+        chunks: Callable[[], Iterator[memoryview]],
+        data: bytes | bytearray | memoryview | None = None,
+    ) -> None:
+        """Seal and send: ``data`` (byte-stream data of at most ``SEND_CHUNK`` bytes, or None)
+        in one flight if the transport is free, else the records of ``chunks()``."""
         self._check_usable()
         if not self._handshake_done:
             await self.do_handshake()
         if self._conn.eof_sent:
             raise trio.ClosedResourceError("send_eof was already called")
         try:
-            await self._send_chunks(chunks())
+            if data is None or not await self._send_at_once(data):
+                await self._send_chunks(chunks())
             if self._conn.has_pending_output:  # a pong owed while we held the transport
                 await self._send_chunks(iter([memoryview(self._conn.data_to_send())]))
         except ProtocolError as exc:
@@ -540,7 +579,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            await self._send_records(functools.partial(self._conn.seal_data, data))
+            await self._send_records(
+                functools.partial(self._conn.seal_data, data),
+                data if len(data) <= SEND_CHUNK else None,
+            )
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one message (at most ``config.max_message_size`` bytes), fragmented into records.

@@ -30,6 +30,7 @@ handshake never waits for them. An initiator reports each as :class:`TicketRecei
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator
 
 from . import _wire as wire
@@ -66,6 +67,12 @@ from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
 from .trust import DEFAULT_SOURCE
 
+_TYPE_VERSION_LENGTH = struct.Struct(">HH")  # the record header, type and version as one
+_DATA_V = wire.DATA << 8 | wire.PROTOCOL_VERSION
+_MIN_DATA_BODY = wire.TAG_SIZE + 1  # an empty DATA record is refused (by the general path)
+_MAX_BODY = wire.MAX_CIPHERTEXT
+_HEADER_SIZE = wire.HEADER_SIZE
+
 SEND_CHUNK = 256 * 1024
 """About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
 
@@ -94,6 +101,7 @@ class Connection:
         self._reassembler = Reassembler(config.max_message_size, budget)
         self._handshake_output: list[bytes] = []
         self._send_buffer = bytearray()
+        self._send_view = memoryview(self._send_buffer)
         self.farewell = b""
         """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
@@ -307,7 +315,8 @@ class Connection:
         except ProtocolError:
             self._fail()
             raise
-        self._check_buffer_bound()
+        if self._buffer:
+            self._check_buffer_bound()
         return events
 
     def _top_up_buffer(self, data: bytes | bytearray | memoryview) -> int:
@@ -340,51 +349,54 @@ class Connection:
     ) -> int:
         """Handle the whole records at the start of ``source``; return how many bytes they
         took (the rest is the start of a record)."""
-        opener = self._opener
-        sink = self._stream_data
-        unpack_from = wire.HEADER.unpack_from
+        if type(source) is memoryview:
+            return self._parse_view(source, now, events)
         with memoryview(source) as view:
-            pos = 0
-            end_of_data = len(view)
-            while end_of_data - pos >= wire.HEADER_SIZE:
-                content_type, version, length = unpack_from(view, pos)
-                if (
-                    content_type == wire.DATA
-                    and version == wire.PROTOCOL_VERSION
-                    and wire.TAG_SIZE < length <= wire.MAX_CIPHERTEXT
-                    and opener is not None
-                    and not self.eof_received
-                ):
-                    # The common case, checked as the general path below would check it.
-                    body_start = pos + wire.HEADER_SIZE
-                    record_end = body_start + length
-                    if record_end > end_of_data:
-                        break
-                    plaintext = opener.open_untrusted(
-                        view[pos:body_start], view[body_start:record_end]
-                    )
-                    if sink is not None:
-                        sink.append(plaintext)
-                    else:
-                        events.append(DataReceived(plaintext))
-                    pos = record_end
-                    continue
-                wire.check_header_fields_untrusted(content_type, version, length)
-                self._check_type_allowed_untrusted(content_type)
-                body_start = pos + wire.HEADER_SIZE
+            return self._parse_view(view, now, events)
+
+    def _parse_view(self, view: memoryview, now: float, events: list[Event]) -> int:
+        opener = self._opener
+        # DATA records once established (the bulk of the traffic) take a short path that
+        # checks the header exactly as the general path does: type and version in one
+        # comparison, a length that leaves a non-empty plaintext, no close received yet.
+        fast = opener is not None and not self.eof_received
+        sink = self._stream_data
+        pos = 0
+        end_of_data = len(view)
+        while end_of_data - pos >= _HEADER_SIZE:
+            type_version, length = _TYPE_VERSION_LENGTH.unpack_from(view, pos)
+            if fast and type_version == _DATA_V and _MIN_DATA_BODY <= length <= _MAX_BODY:
+                body_start = pos + _HEADER_SIZE
                 record_end = body_start + length
                 if record_end > end_of_data:
                     break
-                if content_type == wire.HANDSHAKE:
-                    self._handle_handshake(bytes(view[pos:record_end]), events)
+                assert opener is not None
+                plaintext = opener.open_untrusted(view[pos:body_start], view[body_start:record_end])
+                if sink is not None:
+                    sink.append(plaintext)
                 else:
-                    self._handle_protected(
-                        content_type, view[pos:body_start], view[body_start:record_end], now, events
-                    )
+                    events.append(DataReceived(plaintext))
                 pos = record_end
-                if self.awaiting_key_operation:
-                    break
-            return pos
+                continue
+            content_type = type_version >> 8
+            wire.check_header_fields_untrusted(content_type, type_version & 0xFF, length)
+            self._check_type_allowed_untrusted(content_type)
+            body_start = pos + wire.HEADER_SIZE
+            record_end = body_start + length
+            if record_end > end_of_data:
+                break
+            if content_type == wire.HANDSHAKE:
+                self._handle_handshake(bytes(view[pos:record_end]), events)
+            else:
+                self._handle_protected(
+                    content_type, view[pos:body_start], view[body_start:record_end], now, events
+                )
+            pos = record_end
+            if self.awaiting_key_operation:
+                break
+            opener = self._opener
+            fast = opener is not None and not self.eof_received
+        return pos
 
     def _check_type_allowed_untrusted(self, content_type: int) -> None:
         """Refuse, from the header alone, a protected record before the handshake completed."""
@@ -621,22 +633,25 @@ class Connection:
         overhead = wire.HEADER_SIZE + wire.TAG_SIZE
         need = size + (size // step + 1) * 2 * overhead  # every record, and its key update
         buffer = self._send_buffer
+        view = self._send_view
         if need > len(buffer):  # grown to fit, not ahead: a burst must not pin a large buffer
             buffer = self._send_buffer = bytearray(max(need, min(SEND_CHUNK, 2 * len(buffer))))
+        if view.obj is not buffer:  # grown here, or replaced by _chunks
+            view = self._send_view = memoryview(buffer)
         pos = 0
         if size <= step:
             if sealer.needs_key_update:
-                pos = sealer.seal_into(buffer, pos, wire.KEY_UPDATE, b"")
+                pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")
                 sealer.advance_key()
-            pos = sealer.seal_into(buffer, pos, wire.DATA, data)
+            pos = sealer.seal_into(view, pos, wire.DATA, data)
         else:
-            with memoryview(data) as view:
+            with memoryview(data) as source:
                 for offset in range(0, size, step):
                     if sealer.needs_key_update:
-                        pos = sealer.seal_into(buffer, pos, wire.KEY_UPDATE, b"")
+                        pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")
                         sealer.advance_key()
-                    pos = sealer.seal_into(buffer, pos, wire.DATA, view[offset : offset + step])
-        return memoryview(buffer)[:pos]
+                    pos = sealer.seal_into(view, pos, wire.DATA, source[offset : offset + step])
+        return view[:pos]
 
     def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Protect byte-stream data; return the records to send."""

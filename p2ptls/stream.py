@@ -388,21 +388,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._error = ProtocolError("a send was cancelled part-way through")
             raise
 
-    async def _send_at_once(self, data: bytes | bytearray | memoryview) -> bool:
-        """Seal all of ``data`` into one flight and write it, if the transport is free and no
-        records are owed first; say whether it did (else nothing was sealed)."""
-        lock = self._transport_send_lock
-        if not lock.try_acquire():
-            return False
-        try:
-            records = self._conn.seal_data_at_once(data)
-            if records is None:
-                return False
-            await self._write(records)
-        finally:
-            lock.release()
-        return True
-
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         """One write to the transport. A cancellation part-way through a write leaves a partial
         record on the wire, so it breaks the stream."""
@@ -427,8 +412,16 @@ class SecureStream(trio.abc.HalfCloseableStream):
         if not self._handshake_done:
             await self.do_handshake()
         pumped = False
+        lock = self._pump_lock
         while not ready():
-            async with self._pump_lock:
+            if lock.try_acquire():  # the common case: no other receiver (no await to take it)
+                try:
+                    await self._pump()
+                finally:
+                    lock.release()
+                pumped = True
+                continue
+            async with lock:
                 if ready():
                     break
                 await self._pump()
@@ -439,7 +432,12 @@ class SecureStream(trio.abc.HalfCloseableStream):
     async def _pump(self) -> None:
         self._check_usable()
         try:
-            data = await self._receive_transport()
+            raw = self._raw_socket
+            data: bytes | bytearray | memoryview
+            if raw is not None and self._tcp_socket is not None and self._receive_buffer:
+                data = await recv_raw(self._tcp_socket, raw, self._receive_buffer)
+            else:
+                data = await self._receive_transport()
             if not data:
                 self._conn.receive_eof()
                 return
@@ -448,7 +446,10 @@ class SecureStream(trio.abc.HalfCloseableStream):
             if incoming:
                 self._bytes.extend(incoming)
                 self._bytes_size += sum(map(len, incoming)) + _ITEM_OVERHEAD * len(incoming)
-            self._file_events(events)
+            if events:
+                self._file_events(events)
+            elif self._bytes_size > self.config.max_unread_bytes:
+                raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 async with self._transport_send_lock:  # sealed under the lock: keeps order
                     owed = self._conn.data_to_send()
@@ -545,21 +546,14 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _send_records(
-        self,
-        chunks: Callable[[], Iterator[memoryview]],
-        data: bytes | bytearray | memoryview | None = None,
-    ) -> None:
-        """Seal and send: ``data`` (byte-stream data of at most ``SEND_CHUNK`` bytes, or None)
-        in one flight if the transport is free, else the records of ``chunks()``."""
+    async def _send_records(self, chunks: Callable[[], Iterator[memoryview]]) -> None:
         self._check_usable()
         if not self._handshake_done:
             await self.do_handshake()
         if self._conn.eof_sent:
             raise trio.ClosedResourceError("send_eof was already called")
         try:
-            if data is None or not await self._send_at_once(data):
-                await self._send_chunks(chunks())
+            await self._send_chunks(chunks())
             if self._conn.has_pending_output:  # a pong owed while we held the transport
                 await self._send_chunks(iter([memoryview(self._conn.data_to_send())]))
         except ProtocolError as exc:
@@ -579,10 +573,36 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
-            await self._send_records(
-                functools.partial(self._conn.seal_data, data),
-                data if len(data) <= SEND_CHUNK else None,
-            )
+            conn = self._conn
+            if (
+                len(data) <= SEND_CHUNK
+                and self._handshake_done
+                and self._error is None
+                and not self._closed
+                and not conn.eof_sent
+                and self._transport_send_lock.try_acquire()
+            ):
+                # The common case, inline: seal the whole write at once, one flight.
+                try:
+                    try:
+                        records = conn.seal_data_at_once(data)
+                        if records is not None:
+                            await self._write(records)
+                    finally:
+                        self._transport_send_lock.release()
+                except (ProtocolError, trio.BrokenResourceError) as exc:
+                    raise await self._break(exc) from exc
+                except trio.ClosedResourceError:
+                    if self._error is not None:
+                        raise trio.BrokenResourceError("this stream is broken") from self._error
+                    raise
+                if records is not None:
+                    if conn.has_pending_output:  # a pong owed while we held the transport
+                        await self._send_records(
+                            lambda: iter([memoryview(self._conn.data_to_send())])
+                        )
+                    return
+            await self._send_records(functools.partial(self._conn.seal_data, data))
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one message (at most ``config.max_message_size`` bytes), fragmented into records.

@@ -9,11 +9,15 @@ capacity limiter, so a flood of handshakes never stalls established connections.
 operations in flight at once (copies of one Hello on several connections) share one thread.
 
 Sending seals records synchronously and writes them under an internal transport-send lock (shared
-with pongs owed by the receive side). Receiving is a *pump*: whichever receiver needs data reads the
+with pongs owed by the receive side). A write of up to 256 KiB is sealed in one pass into a reused
+buffer and written as one flight (one ``send`` call on TCP, where the stream calls the socket
+under trio's directly, with the same checkpoints); larger writes and messages are sealed and
+written about 256 KiB at a time. Receiving is a *pump*: whichever receiver needs data reads the
 transport once, feeds the bytes to the connection and files the resulting events into two buffers,
 one for the byte stream and one for whole messages, so ``receive_some`` and ``receive_message`` may
-run in two tasks. Each public operation has its own conflict detector, so two tasks calling
-``send_all`` at once get ``trio.BusyResourceError`` as the stream contract requires.
+run in two tasks. The byte-stream records of a read are decrypted straight into the byte buffer
+(no event object per record). Each public operation has its own conflict detector, so two tasks
+calling ``send_all`` at once get ``trio.BusyResourceError`` as the stream contract requires.
 
 Any protocol error breaks the stream: the transport is closed at once and every later call raises
 ``trio.BrokenResourceError`` whose ``__cause__`` is the typed :class:`~p2ptls.ProtocolError`.
@@ -486,6 +490,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` bytes of the byte stream; ``b""`` after the peer's authenticated EOF.
 
+        Returns ``bytes``: a record's decrypted plaintext as is when it alone is asked for, else
+        the buffered records joined once (across record boundaries, up to ``max_bytes``).
+
         Raises ``trio.BrokenResourceError`` if the peer broke the protocol or the connection was
         cut without an authenticated close (cause: :class:`TruncatedError`).
         """
@@ -501,28 +508,48 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return self._take_bytes(_DEFAULT_RECEIVE_MAX if max_bytes is None else max_bytes)
 
     def _take_bytes(self, limit: int) -> bytes:
-        """Up to ``limit`` buffered bytes, across record boundaries (not one record per call)."""
+        """Up to ``limit`` buffered bytes, across record boundaries (not one record per call).
+
+        Each byte is copied at most once: a record taken whole and alone is returned as is;
+        otherwise the records (and the head of the last one, as a view) are joined once.
+        """
         chunks = self._bytes
         chunk = chunks.popleft()
-        self._bytes_size -= len(chunk) + _ITEM_OVERHEAD
-        if len(chunk) < limit and chunks:
-            parts = [chunk]
-            room = limit - len(chunk)
-            while chunks and room > 0:
-                following = chunks.popleft()
+        size = len(chunk)
+        if size > limit:  # part of one record: the rest stays at the front
+            rest = chunk[limit:]
+            chunks.appendleft(rest)
+            self._bytes_size -= limit
+            return chunk[:limit]
+        self._bytes_size -= size + _ITEM_OVERHEAD
+        if size == limit or not chunks:
+            return chunk
+        parts: list[bytes | memoryview] = [chunk]
+        room = limit - size
+        while chunks and room > 0:
+            following = chunks[0]
+            if len(following) <= room:
+                chunks.popleft()
                 self._bytes_size -= len(following) + _ITEM_OVERHEAD
                 parts.append(following)
                 room -= len(following)
-            chunk = b"".join(parts)
-        if len(chunk) > limit:
-            rest = chunk[limit:]
-            chunks.appendleft(rest)
-            self._bytes_size += len(rest) + _ITEM_OVERHEAD
-            chunk = chunk[:limit]
-        return chunk
+            else:
+                parts.append(memoryview(following)[:room])
+                chunks[0] = following[room:]
+                self._bytes_size -= room
+                room = 0
+        return b"".join(parts)
 
     async def receive_message(self) -> bytes:
-        """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close."""
+        """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close.
+
+        The message is an immutable ``bytes`` object, owned by the caller (nothing of the stream
+        refers to it). It costs at most one copy beyond decryption: a message of one record is
+        its decrypted plaintext less the 4-byte length; a longer one is its decrypted fragments
+        joined once when the last arrives. (No zero-copy view is offered: a view into a reused
+        buffer would be invalidated by the next read, and the join is a fraction of the AEAD
+        cost.)
+        """
         with self._message_conflict:
             self._check_usable()
             await self._receive_until(self._message_ready)

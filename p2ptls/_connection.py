@@ -658,7 +658,12 @@ class Connection:
                 sealer.advance_key()
             pos = sealer.seal_into(view, pos, wire.DATA, data)
         else:
-            with memoryview(data) as source:
+            source = memoryview(data)
+            seal_into = sealer.seal_into
+            if sealer.sequence + -(-size // step) <= sealer.key_update_after:
+                for offset in range(0, size, step):  # no key update falls due in this write
+                    pos = seal_into(view, pos, wire.DATA, source[offset : offset + step])
+            else:
                 for offset in range(0, size, step):
                     if sealer.needs_key_update:
                         pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")

@@ -30,6 +30,7 @@ handshake never waits for them. An initiator reports each as :class:`TicketRecei
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator
 
 from . import _wire as wire
@@ -66,6 +67,12 @@ from .config import StreamConfig
 from .identity import Identity, NetworkKey, PeerRecord, encrypt_to
 from .trust import DEFAULT_SOURCE
 
+_TYPE_VERSION_LENGTH = struct.Struct(">HH")  # the record header, type and version as one
+_DATA_V = wire.DATA << 8 | wire.PROTOCOL_VERSION
+_MIN_DATA_BODY = wire.TAG_SIZE + 1  # an empty DATA record is refused (by the general path)
+_MAX_BODY = wire.MAX_CIPHERTEXT
+_HEADER_SIZE = wire.HEADER_SIZE
+
 SEND_CHUNK = 256 * 1024
 """About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
 
@@ -94,6 +101,7 @@ class Connection:
         self._reassembler = Reassembler(config.max_message_size, budget)
         self._handshake_output: list[bytes] = []
         self._send_buffer = bytearray()
+        self._send_view = memoryview(self._send_buffer)
         self.farewell = b""
         """Bytes to send, best effort, after a failure (an initiator's refusal), else empty."""
         self._pong_owed: bytes | None = None
@@ -104,6 +112,7 @@ class Connection:
         self.eof_received = False
         self._fragment = config.record_payload
         self._first_fragment = self._fragment - wire.MESSAGE_LENGTH.size
+        self._stream_data: list[bytes] | None = None
 
     @classmethod
     def initiator(
@@ -253,8 +262,30 @@ class Connection:
         ``data`` is not kept, so the caller may reuse its buffer. Raises only
         :class:`ProtocolError` (or a subclass); after one, the connection is FAILED.
         """
+        return self.receive_records_untrusted(data, now, None)
+
+    def receive_records_untrusted(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        stream_data: list[bytes] | None,
+    ) -> list[Event]:
+        """:meth:`receive_data_untrusted`, but with ``stream_data`` (a list) the plaintext of
+        each byte-stream record is appended to it, in order, instead of being reported as a
+        :class:`DataReceived` event (the I/O layer's bulk path: no event object per record).
+
+        On a :class:`ProtocolError` the records before the bad one may already be in
+        ``stream_data``; the connection is FAILED all the same.
+        """
         if self.state is State.FAILED:
             raise ProtocolError("connection already failed")
+        self._stream_data = stream_data
+        try:
+            return self._receive(data, now)
+        finally:
+            self._stream_data = None  # the caller's list is not kept
+
+    def _receive(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         events: list[Event] = []
         if self.state is State.KEY_OPERATION:
             self._buffer += data
@@ -270,18 +301,22 @@ class Connection:
                     self._check_buffer_bound()
                     return events
                 buffered, self._buffer = self._buffer, bytearray()
-                backlog = self._parse(buffered, now, events)
+                backlog = bytes(buffered[self._parse(buffered, now, events) :])
                 rest = memoryview(data)[used:]
                 if self.awaiting_key_operation:
                     self._buffer = bytearray(backlog) + rest
                     self._check_buffer_bound()
                     return events
                 source = backlog + bytes(rest) if backlog else rest
-            self._buffer = bytearray(self._parse(source, now, events))
+            consumed = self._parse(source, now, events)
+            if consumed < len(source):  # the start of a record: keep one copy of it
+                with memoryview(source) as view:
+                    self._buffer = bytearray(view[consumed:])
         except ProtocolError:
             self._fail()
             raise
-        self._check_buffer_bound()
+        if self._buffer:
+            self._check_buffer_bound()
         return events
 
     def _top_up_buffer(self, data: bytes | bytearray | memoryview) -> int:
@@ -311,29 +346,57 @@ class Connection:
 
     def _parse(
         self, source: bytes | bytearray | memoryview, now: float, events: list[Event]
-    ) -> bytes:
-        """Handle the whole records at the start of ``source``; return the rest (a copy)."""
+    ) -> int:
+        """Handle the whole records at the start of ``source``; return how many bytes they
+        took (the rest is the start of a record)."""
+        if type(source) is memoryview:
+            return self._parse_view(source, now, events)
         with memoryview(source) as view:
-            pos = 0
-            end_of_data = len(view)
-            while end_of_data - pos >= wire.HEADER_SIZE:
-                content_type, version, length = wire.HEADER.unpack_from(view, pos)
-                wire.check_header_fields_untrusted(content_type, version, length)
-                self._check_type_allowed_untrusted(content_type)
-                body_start = pos + wire.HEADER_SIZE
+            return self._parse_view(view, now, events)
+
+    def _parse_view(self, view: memoryview, now: float, events: list[Event]) -> int:
+        opener = self._opener
+        # DATA records once established (the bulk of the traffic) take a short path that
+        # checks the header exactly as the general path does: type and version in one
+        # comparison, a length that leaves a non-empty plaintext, no close received yet.
+        fast = opener is not None and not self.eof_received
+        sink = self._stream_data
+        pos = 0
+        end_of_data = len(view)
+        while end_of_data - pos >= _HEADER_SIZE:
+            type_version, length = _TYPE_VERSION_LENGTH.unpack_from(view, pos)
+            if fast and type_version == _DATA_V and _MIN_DATA_BODY <= length <= _MAX_BODY:
+                body_start = pos + _HEADER_SIZE
                 record_end = body_start + length
                 if record_end > end_of_data:
                     break
-                if content_type == wire.HANDSHAKE:
-                    self._handle_handshake(bytes(view[pos:record_end]), events)
+                assert opener is not None
+                plaintext = opener.open_untrusted(view[pos:body_start], view[body_start:record_end])
+                if sink is not None:
+                    sink.append(plaintext)
                 else:
-                    self._handle_protected(
-                        content_type, view[pos:body_start], view[body_start:record_end], now, events
-                    )
+                    events.append(DataReceived(plaintext))
                 pos = record_end
-                if self.awaiting_key_operation:
-                    break
-            return bytes(view[pos:]) if pos < end_of_data else b""
+                continue
+            content_type = type_version >> 8
+            wire.check_header_fields_untrusted(content_type, type_version & 0xFF, length)
+            self._check_type_allowed_untrusted(content_type)
+            body_start = pos + wire.HEADER_SIZE
+            record_end = body_start + length
+            if record_end > end_of_data:
+                break
+            if content_type == wire.HANDSHAKE:
+                self._handle_handshake(bytes(view[pos:record_end]), events)
+            else:
+                self._handle_protected(
+                    content_type, view[pos:body_start], view[body_start:record_end], now, events
+                )
+            pos = record_end
+            if self.awaiting_key_operation:
+                break
+            opener = self._opener
+            fast = opener is not None and not self.eof_received
+        return pos
 
     def _check_type_allowed_untrusted(self, content_type: int) -> None:
         """Refuse, from the header alone, a protected record before the handshake completed."""
@@ -406,9 +469,25 @@ class Connection:
         if content_type == wire.DATA:
             if not plaintext:
                 raise ProtocolError("empty data record")
-            events.append(DataReceived(plaintext))
+            if self._stream_data is not None:
+                self._stream_data.append(plaintext)
+            else:
+                events.append(DataReceived(plaintext))
         elif content_type == wire.MESSAGE_START:
-            total, fragment = wire.parse_message_start_untrusted(plaintext)
+            fragment: bytes | memoryview
+            prefix = wire.MESSAGE_LENGTH.size
+            if (
+                len(plaintext) > prefix
+                and wire.MESSAGE_LENGTH.unpack_from(plaintext)[0] > len(plaintext) - prefix
+            ):
+                # More fragments follow, joined once at the end: keep this one as a view of the
+                # plaintext rather than a copy of it. (A one-record message is the slice.)
+                total, fragment = (
+                    wire.MESSAGE_LENGTH.unpack_from(plaintext)[0],
+                    memoryview(plaintext)[prefix:],
+                )
+            else:
+                total, fragment = wire.parse_message_start_untrusted(plaintext)
             message = self._reassembler.start_untrusted(total, fragment)
             if message is not None:
                 events.append(MessageReceived(message))
@@ -549,6 +628,48 @@ class Connection:
                 pos = sealer.seal_into(buffer, pos, content_type, payload)
         if pos:
             yield memoryview(buffer)[:pos]
+
+    def seal_data_at_once(self, data: bytes | bytearray | memoryview) -> memoryview | None:
+        """The records carrying ``data`` (at most ``SEND_CHUNK`` bytes), sealed in one pass into
+        the reused send buffer: the small-write path, with no generator per write.
+
+        Returns ``None`` (seal nothing) when records are owed first (a pong, tickets): use
+        :meth:`seal_data` then. The view is valid until the next ``seal_*`` call.
+        """
+        sealer = self._sealer_for_sending()
+        if self._pong_owed is not None or self._tickets_owed:
+            return None
+        size = len(data)
+        if size > SEND_CHUNK:
+            raise ValueError("seal_data_at_once takes at most SEND_CHUNK bytes")
+        step = self._fragment
+        overhead = wire.HEADER_SIZE + wire.TAG_SIZE
+        need = size + (size // step + 1) * 2 * overhead  # every record, and its key update
+        buffer = self._send_buffer
+        view = self._send_view
+        if need > len(buffer):  # grown to fit, not ahead: a burst must not pin a large buffer
+            buffer = self._send_buffer = bytearray(max(need, min(SEND_CHUNK, 2 * len(buffer))))
+        if view.obj is not buffer:  # grown here, or replaced by _chunks
+            view = self._send_view = memoryview(buffer)
+        pos = 0
+        if size <= step:
+            if sealer.needs_key_update:
+                pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")
+                sealer.advance_key()
+            pos = sealer.seal_into(view, pos, wire.DATA, data)
+        else:
+            source = memoryview(data)
+            seal_into = sealer.seal_into
+            if sealer.sequence + -(-size // step) <= sealer.key_update_after:
+                for offset in range(0, size, step):  # no key update falls due in this write
+                    pos = seal_into(view, pos, wire.DATA, source[offset : offset + step])
+            else:
+                for offset in range(0, size, step):
+                    if sealer.needs_key_update:
+                        pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")
+                        sealer.advance_key()
+                    pos = sealer.seal_into(view, pos, wire.DATA, source[offset : offset + step])
+        return view[:pos]
 
     def send_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Protect byte-stream data; return the records to send."""

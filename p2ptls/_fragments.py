@@ -74,7 +74,7 @@ class Reassembler:
         self._budget = budget
         self.peer: object = None
         """Whom the reservations are charged to (the remote peer id, once known)."""
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._expected = 0
         self._held = 0
         self._charged = 0
@@ -83,7 +83,7 @@ class Reassembler:
     def in_progress(self) -> bool:
         return bool(self._expected)
 
-    def start_untrusted(self, total: int, fragment: bytes) -> bytes | None:
+    def start_untrusted(self, total: int, fragment: bytes | memoryview) -> bytes | None:
         """Begin a message; return it if this fragment completes it."""
         if self._expected:
             raise ProtocolError("a message started inside an unfinished message")
@@ -102,7 +102,7 @@ class Reassembler:
             raise ProtocolError("message fragment with no message in progress")
         return self._add(fragment)
 
-    def _add(self, fragment: bytes) -> bytes | None:
+    def _add(self, fragment: bytes | memoryview) -> bytes | None:
         if not fragment:
             raise ProtocolError("empty message fragment")
         if self._held + len(fragment) > self._expected:
@@ -112,7 +112,7 @@ class Reassembler:
             self._budget.release(self._charged, self.peer)
             self._held = self._expected = self._charged = 0
             if not parts:
-                return fragment
+                return bytes(fragment)  # a one-fragment message comes as bytes already
             parts.append(fragment)
             return b"".join(parts)
         if len(fragment) < MIN_NONFINAL_FRAGMENT:

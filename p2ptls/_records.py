@@ -22,6 +22,11 @@ from . import _keyschedule as ks
 from . import _wire as wire
 from ._errors import RecordError
 
+_pack_header_into = wire.HEADER.pack_into
+_HEADER_SIZE = wire.HEADER_SIZE
+_TAG_SIZE = wire.TAG_SIZE
+_VERSION = wire.PROTOCOL_VERSION
+
 KEY_UPDATE_AFTER = 1 << 23
 HARD_LIMIT = 1 << 24
 
@@ -70,18 +75,25 @@ class RecordSealer(_Direction):
         return header + ciphertext
 
     def seal_into(
-        self, out: bytearray, offset: int, content_type: int, plaintext: bytes | memoryview
+        self,
+        out: bytearray | memoryview,
+        offset: int,
+        content_type: int,
+        plaintext: bytes | bytearray | memoryview,
     ) -> int:
         """Write one record into ``out`` at ``offset``; return the offset just after it."""
         size = len(plaintext)
-        body = offset + wire.HEADER_SIZE
-        end = body + size + wire.TAG_SIZE
-        wire.HEADER.pack_into(
-            out, offset, content_type, wire.PROTOCOL_VERSION, size + wire.TAG_SIZE
-        )
-        with memoryview(out) as view:
-            self._aead.encrypt_into(self._nonce(), plaintext, view[offset:body], view[body:end])
-        self.sequence += 1
+        body = offset + _HEADER_SIZE
+        end = body + size + _TAG_SIZE
+        _pack_header_into(out, offset, content_type, _VERSION, size + _TAG_SIZE)
+        sequence = self.sequence
+        nonce = (self._iv ^ sequence).to_bytes(12, "big")
+        if type(out) is memoryview:
+            self._aead.encrypt_into(nonce, plaintext, out[offset:body], out[body:end])
+        else:
+            with memoryview(out) as view:
+                self._aead.encrypt_into(nonce, plaintext, view[offset:body], view[body:end])
+        self.sequence = sequence + 1
         return end
 
     @property
@@ -100,11 +112,12 @@ class RecordOpener(_Direction):
 
     def open_untrusted(self, header: bytes | memoryview, body: bytes | memoryview) -> bytes:
         """Authenticate and decrypt one record body; raise :class:`RecordError` on any failure."""
-        if self.sequence >= self.hard_limit:
+        sequence = self.sequence
+        if sequence >= self.hard_limit:
             raise RecordError("peer exceeded the record limit without a key update")
         try:
-            plaintext = self._aead.decrypt(self._nonce(), body, header)
+            plaintext = self._aead.decrypt((self._iv ^ sequence).to_bytes(12, "big"), body, header)
         except InvalidTag:
             raise RecordError("record failed authentication") from None
-        self.sequence += 1
+        self.sequence = sequence + 1
         return plaintext

@@ -19,6 +19,7 @@ holds a single non-cancellation exception.)
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
@@ -164,6 +165,16 @@ class HandOffLock:
             self._held = True
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (no checkpoint, no await); say whether it was taken."""
+        if self._held:
+            return False
+        self._held = True
+        return True
+
+    def release(self) -> None:
         # FIFO hand-off: the first waiter becomes the owner (so a task that loops re-acquiring
         # the lock cannot starve the others).
         if self._waiters:
@@ -194,6 +205,59 @@ async def send_tcp(sock: trio.socket.SocketType, data: bytes | bytearray | memor
         if sock.fileno() == -1:
             raise trio.ClosedResourceError("the transport was closed") from None
         raise trio.BrokenResourceError(exc) from exc
+
+
+def raw_socket(sock: trio.socket.SocketType) -> socket.socket | None:
+    """The standard-library socket under a trio socket (trio keeps it as ``_sock``), or ``None``
+    if this trio version hides it: :func:`send_raw` and :func:`recv_raw` call it directly."""
+    raw = getattr(sock, "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
+async def send_raw(
+    sock: trio.socket.SocketType, raw: socket.socket, data: bytes | bytearray | memoryview
+) -> None:
+    """:func:`send_tcp` with one non-blocking ``send`` tried first, straight on ``raw`` (the
+    socket under ``sock``), then one schedule point: what trio's ``sock.send`` does, minus its
+    wrappers. The caller has checked for cancellation. A short write finishes as ``send_tcp``."""
+    try:
+        sent = raw.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("the transport was closed") from None
+        raise trio.BrokenResourceError(exc) from exc
+    if sent == len(data):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    with memoryview(data) as view:
+        await send_tcp(sock, view[sent:])
+
+
+async def recv_raw(
+    sock: trio.socket.SocketType, raw: socket.socket, buffer: memoryview
+) -> memoryview:
+    """:func:`recv_tcp` straight on ``raw`` (the socket under ``sock``): one non-blocking
+    ``recv_into`` (then one schedule point), or a wait until ``sock`` is readable and another.
+    A checkpoint either way, as trio's own ``recv_into``."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    waited = False
+    try:
+        while True:
+            try:
+                size = raw.recv_into(buffer)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+    except OSError as exc:
+        if sock.fileno() == -1:
+            raise trio.ClosedResourceError("the transport was closed") from None
+        raise trio.BrokenResourceError(exc) from exc
+    if not waited:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+    return buffer[:size]
 
 
 async def recv_tcp(sock: trio.socket.SocketType, buffer: memoryview) -> memoryview:

@@ -9,11 +9,15 @@ capacity limiter, so a flood of handshakes never stalls established connections.
 operations in flight at once (copies of one Hello on several connections) share one thread.
 
 Sending seals records synchronously and writes them under an internal transport-send lock (shared
-with pongs owed by the receive side). Receiving is a *pump*: whichever receiver needs data reads the
+with pongs owed by the receive side). A write of up to 256 KiB is sealed in one pass into a reused
+buffer and written as one flight (one ``send`` call on TCP, where the stream calls the socket
+under trio's directly, with the same checkpoints); larger writes and messages are sealed and
+written about 256 KiB at a time. Receiving is a *pump*: whichever receiver needs data reads the
 transport once, feeds the bytes to the connection and files the resulting events into two buffers,
 one for the byte stream and one for whole messages, so ``receive_some`` and ``receive_message`` may
-run in two tasks. Each public operation has its own conflict detector, so two tasks calling
-``send_all`` at once get ``trio.BusyResourceError`` as the stream contract requires.
+run in two tasks. The byte-stream records of a read are decrypted straight into the byte buffer
+(no event object per record). Each public operation has its own conflict detector, so two tasks
+calling ``send_all`` at once get ``trio.BusyResourceError`` as the stream contract requires.
 
 Any protocol error breaks the stream: the transport is closed at once and every later call raises
 ``trio.BrokenResourceError`` whose ``__cause__`` is the typed :class:`~p2ptls.ProtocolError`.
@@ -34,6 +38,7 @@ import functools
 import logging
 import operator
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,6 +46,7 @@ import trio
 
 from . import _wire as wire
 from ._connection import (
+    SEND_CHUNK,
     Connection,
     DataReceived,
     EndOfStream,
@@ -58,7 +64,10 @@ from ._util import (
     ConflictDetector,
     HandOffLock,
     MessageIterator,
+    raw_socket,
+    recv_raw,
     recv_tcp,
+    send_raw,
     send_tcp,
     socket_address,
 )
@@ -153,9 +162,11 @@ class SecureStream(trio.abc.HalfCloseableStream):
         # A TCP transport is read into one reused buffer (the connection never keeps it).
         self._receive_buffer: memoryview | None = None
         self._tcp_socket: trio.socket.SocketType | None = None
+        self._raw_socket: socket.socket | None = None
         if type(transport_stream) is trio.SocketStream:
             self._receive_buffer = memoryview(bytearray(self.config.receive_size))
             self._tcp_socket = transport_stream.socket
+            self._raw_socket = raw_socket(self._tcp_socket)
         self._accept_messages = messages
         self._closed = False
         self._error: BaseException | None = None
@@ -385,10 +396,13 @@ class SecureStream(trio.abc.HalfCloseableStream):
         """One write to the transport. A cancellation part-way through a write leaves a partial
         record on the wire, so it breaks the stream."""
         try:
-            if self._tcp_socket is None:
+            sock = self._tcp_socket
+            if sock is None:
                 await self.transport_stream.send_all(data)
+            elif self._raw_socket is not None:
+                await send_raw(sock, self._raw_socket, data)
             else:
-                await send_tcp(self._tcp_socket, data)
+                await send_tcp(sock, data)
         except trio.Cancelled:
             if self._error is None:
                 self._error = ProtocolError("a send was cancelled part-way through a record")
@@ -402,8 +416,16 @@ class SecureStream(trio.abc.HalfCloseableStream):
         if not self._handshake_done:
             await self.do_handshake()
         pumped = False
+        lock = self._pump_lock
         while not ready():
-            async with self._pump_lock:
+            if lock.try_acquire():  # the common case: no other receiver (no await to take it)
+                try:
+                    await self._pump()
+                finally:
+                    lock.release()
+                pumped = True
+                continue
+            async with lock:
                 if ready():
                     break
                 await self._pump()
@@ -414,11 +436,24 @@ class SecureStream(trio.abc.HalfCloseableStream):
     async def _pump(self) -> None:
         self._check_usable()
         try:
-            data = await self._receive_transport()
+            raw = self._raw_socket
+            data: bytes | bytearray | memoryview
+            if raw is not None and self._tcp_socket is not None and self._receive_buffer:
+                data = await recv_raw(self._tcp_socket, raw, self._receive_buffer)
+            else:
+                data = await self._receive_transport()
             if not data:
                 self._conn.receive_eof()
                 return
-            self._file_events(self._conn.receive_data_untrusted(data, trio.current_time()))
+            incoming: list[bytes] = []
+            events = self._conn.receive_records_untrusted(data, trio.current_time(), incoming)
+            if incoming:
+                self._bytes.extend(incoming)
+                self._bytes_size += sum(map(len, incoming)) + _ITEM_OVERHEAD * len(incoming)
+            if events:
+                self._file_events(events)
+            elif self._bytes_size > self.config.max_unread_bytes:
+                raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 async with self._transport_send_lock:  # sealed under the lock: keeps order
                     owed = self._conn.data_to_send()
@@ -439,6 +474,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
         sock = self._tcp_socket
         if buffer is None or sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
+        if self._raw_socket is not None:
+            return await recv_raw(sock, self._raw_socket, buffer)
         return await recv_tcp(sock, buffer)
 
     def _bytes_ready(self) -> bool:
@@ -452,6 +489,9 @@ class SecureStream(trio.abc.HalfCloseableStream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` bytes of the byte stream; ``b""`` after the peer's authenticated EOF.
+
+        Returns ``bytes``: a record's decrypted plaintext as is when it alone is asked for, else
+        the buffered records joined once (across record boundaries, up to ``max_bytes``).
 
         Raises ``trio.BrokenResourceError`` if the peer broke the protocol or the connection was
         cut without an authenticated close (cause: :class:`TruncatedError`).
@@ -468,28 +508,48 @@ class SecureStream(trio.abc.HalfCloseableStream):
             return self._take_bytes(_DEFAULT_RECEIVE_MAX if max_bytes is None else max_bytes)
 
     def _take_bytes(self, limit: int) -> bytes:
-        """Up to ``limit`` buffered bytes, across record boundaries (not one record per call)."""
+        """Up to ``limit`` buffered bytes, across record boundaries (not one record per call).
+
+        Each byte is copied at most once: a record taken whole and alone is returned as is;
+        otherwise the records (and the head of the last one, as a view) are joined once.
+        """
         chunks = self._bytes
         chunk = chunks.popleft()
-        self._bytes_size -= len(chunk) + _ITEM_OVERHEAD
-        if len(chunk) < limit and chunks:
-            parts = [chunk]
-            room = limit - len(chunk)
-            while chunks and room > 0:
-                following = chunks.popleft()
+        size = len(chunk)
+        if size > limit:  # part of one record: the rest stays at the front
+            rest = chunk[limit:]
+            chunks.appendleft(rest)
+            self._bytes_size -= limit
+            return chunk[:limit]
+        self._bytes_size -= size + _ITEM_OVERHEAD
+        if size == limit or not chunks:
+            return chunk
+        parts: list[bytes | memoryview] = [chunk]
+        room = limit - size
+        while chunks and room > 0:
+            following = chunks[0]
+            if len(following) <= room:
+                chunks.popleft()
                 self._bytes_size -= len(following) + _ITEM_OVERHEAD
                 parts.append(following)
                 room -= len(following)
-            chunk = b"".join(parts)
-        if len(chunk) > limit:
-            rest = chunk[limit:]
-            chunks.appendleft(rest)
-            self._bytes_size += len(rest) + _ITEM_OVERHEAD
-            chunk = chunk[:limit]
-        return chunk
+            else:
+                parts.append(memoryview(following)[:room])
+                chunks[0] = following[room:]
+                self._bytes_size -= room
+                room = 0
+        return b"".join(parts)
 
     async def receive_message(self) -> bytes:
-        """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close."""
+        """The next whole message; ``trio.EndOfChannel`` after the peer's authenticated close.
+
+        The message is an immutable ``bytes`` object, owned by the caller (nothing of the stream
+        refers to it). It costs at most one copy beyond decryption: a message of one record is
+        its decrypted plaintext less the 4-byte length; a longer one is its decrypted fragments
+        joined once when the last arrives. (No zero-copy view is offered: a view into a reused
+        buffer would be invalidated by the next read, and the join is a fraction of the AEAD
+        cost.)
+        """
         with self._message_conflict:
             self._check_usable()
             await self._receive_until(self._message_ready)
@@ -540,6 +600,35 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
+            conn = self._conn
+            if (
+                len(data) <= SEND_CHUNK
+                and self._handshake_done
+                and self._error is None
+                and not self._closed
+                and not conn.eof_sent
+                and self._transport_send_lock.try_acquire()
+            ):
+                # The common case, inline: seal the whole write at once, one flight.
+                try:
+                    try:
+                        records = conn.seal_data_at_once(data)
+                        if records is not None:
+                            await self._write(records)
+                    finally:
+                        self._transport_send_lock.release()
+                except (ProtocolError, trio.BrokenResourceError) as exc:
+                    raise await self._break(exc) from exc
+                except trio.ClosedResourceError:
+                    if self._error is not None:
+                        raise trio.BrokenResourceError("this stream is broken") from self._error
+                    raise
+                if records is not None:
+                    if conn.has_pending_output:  # a pong owed while we held the transport
+                        await self._send_records(
+                            lambda: iter([memoryview(self._conn.data_to_send())])
+                        )
+                    return
             await self._send_records(functools.partial(self._conn.seal_data, data))
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:

@@ -46,20 +46,18 @@ import trio
 
 from . import _wire as wire
 from ._connection import (
-    SEND_CHUNK,
     Connection,
     DataReceived,
     EndOfStream,
     Event,
-    HandshakeComplete,
     MessageReceived,
     PongReceived,
-    PrivateKeyOperationNeeded,
     State,
     TicketReceived,
 )
-from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
-from ._tickets import SessionTicket
+from ._connection_send import SEND_CHUNK
+from ._errors import ProtocolError
+from ._stream_handshake import HandshakeDriving
 from ._util import (
     ConflictDetector,
     HandOffLock,
@@ -85,7 +83,7 @@ CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
 
 
-class SecureStream(trio.abc.HalfCloseableStream):
+class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
     """An authenticated, encrypted stream over ``transport_stream``.
 
     Args:
@@ -252,81 +250,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
         await trio.aclose_forcefully(self.transport_stream)
         return trio.BrokenResourceError(str(error) or type(error).__name__)
 
-    # -- handshake ------------------------------------------------------------------------------
-
-    async def do_handshake(self) -> None:
-        """Run the handshake now (it otherwise runs on first use). Safe to call more than once.
-
-        Raises ``trio.BrokenResourceError`` (cause: :class:`HandshakeFailed` or
-        :class:`HandshakeTimeout`) if it fails.
-        """
-        self._check_usable()
-        if self._handshake_done:
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._handshake_lock:
-            self._check_usable()
-            if self._handshake_done:
-                return
-            timeout = self.config.handshake_timeout
-            try:
-                with trio.fail_after(timeout if timeout is not None else float("inf")):
-                    await self._run_handshake()
-            except trio.TooSlowError:
-                expired = HandshakeTimeout("handshake deadline passed")
-                raise await self._break(expired) from expired
-            except ProtocolError as exc:
-                raise await self._break(exc) from exc
-            except trio.BrokenResourceError as exc:
-                failed = HandshakeFailed()
-                failed.__cause__ = exc  # keep the transport's error for debugging
-                raise await self._break(failed) from failed
-            except trio.ClosedResourceError:
-                if self._closed:
-                    raise
-                failed = HandshakeFailed()
-                raise await self._break(failed) from failed
-            except trio.Cancelled:
-                # The handshake cannot resume half-way (a second Hello would be refused).
-                if self._error is None:
-                    self._error = ProtocolError("the handshake was cancelled")
-                raise
-            self._handshake_done = True
-
-    async def _run_handshake(self) -> None:
-        conn = self._conn
-        first = conn.start()
-        if first:
-            await self._send_raw(first)
-        while conn.state is not State.ESTABLISHED:
-            data = await self.transport_stream.receive_some(self.config.receive_size)
-            if not data:
-                raise HandshakeFailed()
-            await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
-            owed = conn.data_to_send(handshake_only=True)  # tickets go with our next record
-            if owed:
-                await self._send_raw(owed)
-
-    async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
-        result = await self.context.decrypt_once(event.ciphertext, event.label)
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed during its handshake")
-        return result
-
-    async def _handle_events(self, events: list[Event]) -> None:
-        """File the events of a handshake read, running what the handshake needs."""
-        conn = self._conn
-        for event in events:
-            if isinstance(event, PrivateKeyOperationNeeded):
-                plaintext = await self._private_key_operation(event)
-                await self._send_raw(conn.supply_decryption(plaintext))
-                events.extend(conn.receive_data_untrusted(b"", trio.current_time()))
-            elif isinstance(event, HandshakeComplete):
-                self.context.peers.note_authenticated(event.remote)
-                await self._persist_replay_state()
-            else:
-                self._file_events([event])
-
     def _file_events(self, events: list[Event]) -> None:
         """File application events into the byte and message buffers (after the handshake)."""
         for event in events:
@@ -349,25 +272,6 @@ class SecureStream(trio.abc.HalfCloseableStream):
         limit = self.config.max_unread_bytes
         if self._bytes_size > limit or self._messages_size > limit + self.config.max_message_size:
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
-
-    def _store_ticket(self, event: TicketReceived) -> None:
-        remote = self._conn.remote
-        if remote is not None:
-            expires = time.time() + event.lifetime_s
-            self.context.store_ticket(
-                SessionTicket(remote.peer_id, event.ticket, event.ticket_psk, expires)
-            )
-
-    async def _persist_replay_state(self) -> None:
-        guard = self.context.replay_guard
-        snapshot = guard.snapshot()  # taken on the event loop: no race with accept()
-        if snapshot is None:
-            return
-        try:
-            await trio.to_thread.run_sync(guard.write, snapshot)
-        except OSError as exc:
-            guard.dirty = True  # try again after the next handshake
-            log.warning("could not persist the replay state to %s: %s", guard.path, exc)
 
     async def _send_raw(self, data: bytes | bytearray) -> None:
         """Write ``data`` (a handshake flight, or records already in order) under the lock."""

@@ -15,7 +15,8 @@ import trio
 
 from p2ptls import ProtocolError, RecordError, SecureStream, StreamConfig
 from p2ptls import _wire as wire
-from p2ptls._connection import SEND_CHUNK, Connection, DataReceived, Event, MessageReceived, State
+from p2ptls._connection import Connection, DataReceived, Event, MessageReceived, State
+from p2ptls._connection_send import SEND_CHUNK
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls.testing import connected_contexts, secure_stream_pair_over
 from tests.hostile_support import established_pair

@@ -22,9 +22,10 @@ under a thin trio layer (``transport``, ``channel``, ``setup``); ``relay`` simul
 for tests and benchmarks. ``protocol/SPEC-sllp.md`` is the normative description.
 """
 
+from ._datagrams import DatagramTrain
 from ._errors import DatagramError, DatagramTooLarge, NegotiationError, SessionClosed, SllpError
 from ._replay import ReplayWindow
-from ._session import DatagramTrain, Session, SessionParameters, SessionState
+from ._session import Session, SessionParameters, SessionState
 from ._wire import Offer, is_offer
 from .channel import (
     ChannelBroken,

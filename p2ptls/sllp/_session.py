@@ -37,13 +37,13 @@ from __future__ import annotations
 import collections
 import enum
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import attrs
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _wire as wire
+from ._datagrams import DatagramTrain, datagram_train, encrypter
 from ._errors import DatagramError, SessionClosed
 from ._keys import EpochKeys
 from ._reassembly import Reassembler
@@ -74,24 +74,6 @@ _VERSION = wire.VERSION
 _TYPE_DATA = wire.TYPE_DATA
 _MIN_DATAGRAM = wire.MIN_DATAGRAM
 _UNKNOWN_FLAGS = 0xFF & ~wire.KNOWN_FLAGS
-# ``encrypt_into`` (cryptography 45+) seals straight into the send buffer; older versions copy.
-_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
-
-EncryptInto = Callable[[bytes, memoryview, memoryview, memoryview], int]
-
-
-def _encrypter(aead: AESGCM) -> EncryptInto:
-    """``aead.encrypt_into``: seal ``data`` with ``aad`` into ``buf`` (ciphertext and tag)."""
-    if _ENCRYPT_INTO:
-        return aead.encrypt_into
-
-    def encrypt_into(  # pragma: no cover - older cryptography
-        nonce: bytes, data: memoryview, aad: memoryview, buf: memoryview
-    ) -> int:
-        buf[:] = aead.encrypt(nonce, bytes(data), bytes(aad))
-        return len(buf)
-
-    return encrypt_into  # pragma: no cover
 
 
 class SessionState(enum.Enum):
@@ -116,35 +98,6 @@ class SessionParameters:
     def fragment_size(self) -> int:
         """Payload bytes per fragment."""
         return self.datagram_size - wire.OVERHEAD
-
-
-class DatagramTrain:
-    """Datagrams laid back to back in one buffer: ``count`` of them, each ``segment_size`` bytes
-    except the last (which may be shorter). Hand it to UDP segmentation offload as it is, or send
-    the pieces from :meth:`datagrams`."""
-
-    __slots__ = ("count", "data", "segment_size")
-
-    def __init__(self, data: bytes | bytearray | memoryview, segment_size: int, count: int) -> None:
-        self.data = data
-        self.segment_size = segment_size
-        self.count = count
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def datagrams(self) -> list[bytes]:
-        """Each datagram as its own ``bytes``."""
-        data = self.data
-        size = self.segment_size
-        return [bytes(data[offset : offset + size]) for offset in range(0, len(data), size)]
-
-    def __repr__(self) -> str:
-        return f"<DatagramTrain {self.count} x {self.segment_size} ({len(self.data)} bytes)>"
-
-
-def _train(buffer: memoryview, start: int, end: int, segment: int) -> DatagramTrain:
-    return DatagramTrain(buffer[start:end], segment, -(-(end - start) // segment))
 
 
 class Session:
@@ -255,7 +208,7 @@ class Session:
         scratch_view = self._scratch_view
         remote_cid = self._remote_cid
         keys = self._send
-        encrypt_into = _encrypter(keys.aead)
+        encrypt_into = encrypter(keys.aead)
         iv = keys.iv
         flags = keys.phase
         left_in_epoch = self._rekey_after - self._sent_in_epoch
@@ -274,7 +227,7 @@ class Session:
             if size <= fragment_size:  # one datagram: send_many's common case, kept short
                 if not left_in_epoch:
                     keys = self._rekey_send()
-                    encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                    encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
                     left_in_epoch = self._rekey_after
                 left_in_epoch -= 1
                 _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
@@ -294,11 +247,13 @@ class Session:
                 length = after - position
                 if length != run_segment:
                     if length < run_segment:  # a shorter datagram ends its run
-                        trains.append(_train(out_view, run_start, after, run_segment))
+                        trains.append(datagram_train(out_view, run_start, after, run_segment))
                         run_start, run_segment = after, 0
                     else:
                         if run_segment:
-                            trains.append(_train(out_view, run_start, position, run_segment))
+                            trains.append(
+                                datagram_train(out_view, run_start, position, run_segment)
+                            )
                         run_start, run_segment = position, length
                 position = after
                 continue
@@ -311,7 +266,7 @@ class Session:
             for index in range(count - 1):
                 if not left_in_epoch:
                     keys = self._rekey_send()
-                    encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                    encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
                     left_in_epoch = self._rekey_after
                 left_in_epoch -= 1
                 _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
@@ -330,7 +285,7 @@ class Session:
                 sequence += 1
             if not left_in_epoch:
                 keys = self._rekey_send()
-                encrypt_into, iv, flags = _encrypter(keys.aead), keys.iv, keys.phase
+                encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
                 left_in_epoch = self._rekey_after
             left_in_epoch -= 1
             chunk = size - offset
@@ -353,13 +308,13 @@ class Session:
             last = position - first - (count - 1) * full
             if run_segment != full:
                 if run_segment:
-                    trains.append(_train(out_view, run_start, first, run_segment))
+                    trains.append(datagram_train(out_view, run_start, first, run_segment))
                 run_start, run_segment = first, full
             if last < run_segment:  # a shorter datagram ends its run
-                trains.append(_train(out_view, run_start, position, run_segment))
+                trains.append(datagram_train(out_view, run_start, position, run_segment))
                 run_start, run_segment = position, 0
         if run_segment:
-            trains.append(_train(out_view, run_start, position, run_segment))
+            trains.append(datagram_train(out_view, run_start, position, run_segment))
         if len(trains) == 1:  # the common case: the train is the whole buffer
             trains[0].data = out
         self._sent_in_epoch = self._rekey_after - left_in_epoch

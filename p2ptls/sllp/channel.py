@@ -41,8 +41,9 @@ from .._util import ConflictDetector
 from ..identity import PeerRecord
 from ..logical import LogicalStream
 from . import _wire as wire
+from ._datagrams import DatagramTrain
 from ._errors import NegotiationError, SllpError
-from ._session import DatagramTrain, Session
+from ._session import Session
 from .config import SllpConfig
 from .events import ChannelClosed, CloseCause, Event, Message, Statistics
 from .transport import DatagramTransport

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._session import DatagramTrain
+from ._datagrams import DatagramTrain
 from .transport import RECEIVE_BUFFER, DatagramTransport, Sink
 
 

@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import trio
 
+from ._datagrams import DatagramTrain
 from ._errors import DatagramTooLarge
-from ._session import DatagramTrain
 from .config import SllpConfig
 
 SOL_UDP = 17

@@ -207,6 +207,16 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     # -- sending --------------------------------------------------------------------------------
 
+    def _ready_to_send(self) -> float:
+        """Raise the channel's end error if it ended, run any housekeeping due (unless a
+        receiver runs it), and return the time now."""
+        self._raise_ended(sending=True)
+        now = trio.current_time()
+        if not self._receiver_waiting and now >= self._next_housekeeping:
+            self._housekeeping(now)
+            self._raise_ended(sending=True)
+        return now
+
     async def send(self, value: bytes | bytearray | memoryview) -> None:
         """Send one message (at most :attr:`max_message_size` bytes) as one or more datagrams.
 
@@ -216,11 +226,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         """
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._raise_ended(sending=True)
-            now = trio.current_time()
-            if not self._receiver_waiting and now >= self._next_housekeeping:
-                self._housekeeping(now)
-                self._raise_ended(sending=True)
+            now = self._ready_to_send()
             train = self.session.send_message(value, now)
             await self._transmit(train)
 
@@ -236,11 +242,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         """
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._raise_ended(sending=True)
-            now = trio.current_time()
-            if not self._receiver_waiting and now >= self._next_housekeeping:
-                self._housekeeping(now)
-                self._raise_ended(sending=True)
+            now = self._ready_to_send()
             trains = self.session.send_messages(messages, now)
             if len(trains) == 1:
                 await self._transmit(trains[0])

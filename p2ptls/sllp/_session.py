@@ -43,11 +43,12 @@ import attrs
 from cryptography.exceptions import InvalidTag
 
 from . import _wire as wire
-from ._datagrams import DatagramTrain, datagram_train, encrypter
+from ._datagrams import DatagramTrain
 from ._errors import DatagramError, SessionClosed
 from ._keys import EpochKeys
 from ._reassembly import Reassembler
 from ._replay import ReplayWindow
+from ._sealing import TrainSealer
 from .config import SllpConfig
 from .events import (
     ChannelClosed,
@@ -60,7 +61,6 @@ from .events import (
     Statistics,
 )
 
-_HEADER_PACK_INTO = wire.HEADER.pack_into
 _HEADER_UNPACK_FROM = wire.HEADER.unpack_from
 _BODY_PACK_INTO = wire.BODY.pack_into
 _BODY_UNPACK_FROM = wire.BODY.unpack_from
@@ -69,7 +69,6 @@ _INDEX_OFFSET = 9  # ...after type u8 and message id u64
 _HEADER_SIZE = wire.HEADER_SIZE
 _BODY_SIZE = wire.BODY_SIZE
 _OVERHEAD = wire.OVERHEAD
-_TAG_SIZE = wire.TAG_SIZE
 _VERSION = wire.VERSION
 _TYPE_DATA = wire.TYPE_DATA
 _MIN_DATAGRAM = wire.MIN_DATAGRAM
@@ -202,121 +201,42 @@ class Session:
         if self._send_sequence + datagrams > wire.MAX_SEQUENCE:
             self._end(CloseCause.SEQUENCE_EXHAUSTED, wire.CLOSE_SEQUENCE_EXHAUSTED, "")
             raise self._closed_error()
-        out = bytearray(total)
-        out_view = memoryview(out)
         scratch = self._scratch
         scratch_view = self._scratch_view
-        remote_cid = self._remote_cid
-        keys = self._send
-        encrypt_into = encrypter(keys.aead)
-        iv = keys.iv
-        flags = keys.phase
-        left_in_epoch = self._rekey_after - self._sent_in_epoch
-        sequence = self._send_sequence
+        fragment_body = scratch_view[: _BODY_SIZE + fragment_size]
+        fragment_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
+        sealer = TrainSealer(
+            bytearray(total),
+            self._send,
+            left_in_epoch=self._rekey_after - self._sent_in_epoch,
+            rekey=self._rekey_send,
+            rekey_after=self._rekey_after,
+            remote_cid=self._remote_cid,
+            sequence=self._send_sequence,
+        )
+        seal = sealer.seal
         message_id = self._next_message_id
-        # Runs of equal-sized datagrams: (start, end, segment size); a shorter one ends a run.
-        trains: list[DatagramTrain] = []
-        run_start = 0
-        run_segment = 0  # 0: no run open
-        position = 0
-        full = fragment_size + _OVERHEAD
-        scratch_body = scratch_view[: _BODY_SIZE + fragment_size]
-        scratch_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
         for view in views:
             size = len(view)
-            if size <= fragment_size:  # one datagram: send_many's common case, kept short
-                if not left_in_epoch:
-                    keys = self._rekey_send()
-                    encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
-                    left_in_epoch = self._rekey_after
-                left_in_epoch -= 1
-                _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
-                _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, 1)
-                end = _BODY_SIZE + size
-                scratch_view[_BODY_SIZE:end] = view
-                body_start = position + _HEADER_SIZE
-                after = body_start + end + _TAG_SIZE
-                encrypt_into(
-                    (iv ^ sequence).to_bytes(12, "big"),
-                    scratch_view[:end],
-                    out_view[position:body_start],
-                    out_view[body_start:after],
-                )
-                sequence += 1
-                message_id += 1
-                length = after - position
-                if length != run_segment:
-                    if length < run_segment:  # a shorter datagram ends its run
-                        trains.append(datagram_train(out_view, run_start, after, run_segment))
-                        run_start, run_segment = after, 0
-                    else:
-                        if run_segment:
-                            trains.append(
-                                datagram_train(out_view, run_start, position, run_segment)
-                            )
-                        run_start, run_segment = position, length
-                position = after
-                continue
-            count = -(-size // fragment_size)
-            first = position
-            # Every fragment but the last is full: the same slices of the scratch buffer, and only
-            # the fragment index changes in the body header.
+            count = -(-size // fragment_size) or 1
             _BODY_PACK_INTO(scratch, 0, _TYPE_DATA, message_id, 0, count)
             offset = 0
+            # Every fragment but the last is full: the same slices of the scratch buffer, and
+            # only the fragment index changes in the body header.
             for index in range(count - 1):
-                if not left_in_epoch:
-                    keys = self._rekey_send()
-                    encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
-                    left_in_epoch = self._rekey_after
-                left_in_epoch -= 1
-                _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
                 _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, index)
-                scratch_payload[:] = view[offset : offset + fragment_size]
-                body_start = position + _HEADER_SIZE
-                after = position + full
-                encrypt_into(
-                    (iv ^ sequence).to_bytes(12, "big"),
-                    scratch_body,
-                    out_view[position:body_start],
-                    out_view[body_start:after],
-                )
-                position = after
+                fragment_payload[:] = view[offset : offset + fragment_size]
+                seal(fragment_body)
                 offset += fragment_size
-                sequence += 1
-            if not left_in_epoch:
-                keys = self._rekey_send()
-                encrypt_into, iv, flags = encrypter(keys.aead), keys.iv, keys.phase
-                left_in_epoch = self._rekey_after
-            left_in_epoch -= 1
-            chunk = size - offset
-            _HEADER_PACK_INTO(out, position, _VERSION, flags, remote_cid, sequence)
-            _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, count - 1)
-            end = _BODY_SIZE + chunk
+            if count > 1:
+                _INDEX_PACK_INTO(scratch, _INDEX_OFFSET, count - 1)
+            end = _BODY_SIZE + size - offset
             scratch_view[_BODY_SIZE:end] = view[offset:size]
-            body_start = position + _HEADER_SIZE
-            after = body_start + end + _TAG_SIZE
-            encrypt_into(
-                (iv ^ sequence).to_bytes(12, "big"),
-                scratch_view[:end],
-                out_view[position:body_start],
-                out_view[body_start:after],
-            )
-            position = after
-            sequence += 1
+            seal(scratch_view[:end])
             message_id += 1
-            # This message's datagrams: count - 1 (at least 1) of ``full`` bytes, then the last.
-            last = position - first - (count - 1) * full
-            if run_segment != full:
-                if run_segment:
-                    trains.append(datagram_train(out_view, run_start, first, run_segment))
-                run_start, run_segment = first, full
-            if last < run_segment:  # a shorter datagram ends its run
-                trains.append(datagram_train(out_view, run_start, position, run_segment))
-                run_start, run_segment = position, 0
-        if run_segment:
-            trains.append(datagram_train(out_view, run_start, position, run_segment))
-        if len(trains) == 1:  # the common case: the train is the whole buffer
-            trains[0].data = out
+        trains = sealer.trains()
+        left_in_epoch = sealer.left_in_epoch
+        sequence = sealer.sequence
         self._sent_in_epoch = self._rekey_after - left_in_epoch
         self._send_sequence = sequence
         self._next_message_id = message_id

@@ -11,7 +11,8 @@ Measures, on 127.0.0.1:
   (p2ptls: a ticket, SPEC 3.6; TLS 1.3: the standard library's session reuse,
   ``SSLContext.wrap_bio(..., session=)``, mutual authentication as for the full handshakes) + one
   64-byte round trip (which brings the server's new tickets, in both) + close; each slot resumes
-  the session of its previous connection.
+  the session of its previous connection. The ``tcp`` column of both rows is the floor: the same
+  connect (+ round trip) + close in the clear.
 
 The ``mux`` transport is a logical stream (``host.open``) on the one connection between two
 hosts (``p2ptls.open_host``, ``host.serve_protocol``); it runs the bulk and round-trip tests as
@@ -661,8 +662,10 @@ class Client:
         64-byte round trip (the server's new tickets travel with its answer, for both), close.
         Returns whether the handshake was resumed."""
         transport = await trio.open_tcp_stream("127.0.0.1", self.ports[kind])
-        stream: p2ptls.SecureStream | trio.SSLStream[trio.SocketStream]
-        if kind == "p2ptls":
+        stream: p2ptls.SecureStream | trio.SSLStream[trio.SocketStream] | trio.SocketStream
+        if kind == "tcp":  # the floor: the same connect, round trip and close, in the clear
+            stream = transport
+        elif kind == "p2ptls":
             config = attrs.evolve(self.config, resumption=True)
             stream = p2ptls.SecureStream(
                 transport, self.p2p_contexts[slot], remote=self.server_record, config=config
@@ -675,11 +678,14 @@ class Client:
                 server_hostname=TLS_HOSTNAME,
             )
         try:
-            await stream.do_handshake()
+            if not isinstance(stream, trio.SocketStream):
+                await stream.do_handshake()
             await stream.send_all(COMMAND.pack(b"R", 1) + bytes(RTT_PAYLOAD))
             reader = Reader(stream, self.read_size)
             if await reader.read_exactly(RTT_PAYLOAD) is None:
                 raise RuntimeError("no echo")
+            if isinstance(stream, trio.SocketStream):
+                return True
             if isinstance(stream, p2ptls.SecureStream):
                 return stream.resumed
             self.tls_sessions[slot] = stream.session
@@ -832,7 +838,7 @@ def plan_steps(plan: Plan) -> int:
     per_round = 0
     for test in plan.tests:
         if test == "handshake":  # full and resumed
-            per_round += 2 * len([k for k in plan.kinds if k in SECURE_KINDS])
+            per_round += 2 * len([k for k in plan.kinds if k in KINDS])
         elif test == "open":
             per_round += 2 if plan.runs_test(test) else 0
         elif test == "fairness":
@@ -871,7 +877,7 @@ async def run_plan(client: Client, plan: Plan) -> Results:
                     done(round_index, f"rtt64 {kind}: p50 {p50:.1f} us, p99 {p99:.1f} us")
             if "handshake" in plan.tests:
                 for kind in order:
-                    if kind not in SECURE_KINDS:
+                    if kind not in KINDS:
                         continue
                     bar.update(task, status=f"run {round_index + 1}: handshakes {kind}")
                     await client.handshakes(kind, plan.concurrency, plan.concurrency)  # warm-up
@@ -1073,7 +1079,15 @@ def report(table: dict[str, Row], args: argparse.Namespace, plan: Plan) -> None:
     for metric, description, measure, ok in TARGETS:
         value = measure(table[metric])
         checks.append([description, format_value(value), _verdict(value, ok)])
+    full = table["handshakes_per_s"].get("p2ptls")
+    resumed = table["resumed_handshakes_per_s"].get("p2ptls")
+    speedup = resumed / full if resumed and full else math.nan
+    checks.append(["resumed >= 5x full (p2ptls)", format_value(speedup), _verdict(speedup, _x5)])
     print_table(["target", "measured", "verdict"], checks, title="Targets")
+
+
+def _x5(ratio: float) -> bool:
+    return ratio >= 5.0
 
 
 def json_params(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:

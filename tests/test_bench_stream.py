@@ -41,6 +41,9 @@ def test_the_mux_transport_brings_its_reference_and_its_own_tests() -> None:
     assert stream.plan_steps(plan) == plan.runs * (2 + 2 + 2 + 2 + 1)
     without = stream.build_plan(stream.parse_args(["--quick", "--only", "tls", "tcp"]))
     assert not without.runs_test("open") and not without.runs_test("fairness")
+    # Plain TCP has the handshake rows too: connect (+ one round trip) + close, the floor.
+    floor = stream.build_plan(stream.parse_args(["--only", "tcp", "--tests", "handshake"]))
+    assert stream.plan_steps(floor) == floor.runs * 2
     with pytest.raises(SystemExit):
         stream.parse_args(["--open-concurrency", "64"])  # more than half the stream limit
 
@@ -84,3 +87,14 @@ def test_a_tiny_run_measures_resumed_handshakes(
     assert set(results["handshakes_per_s"]) == {"p2ptls", "tls"}
     assert set(results["resumed_handshakes_per_s"]) == {"p2ptls", "tls_resumed"}
     assert all(rate > 0 for rate in results["resumed_handshakes_per_s"].values())
+
+
+def test_the_handshake_floor_is_measured_in_the_clear(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(stream, "KEY_BITS", 2048)  # faster key generation; same code paths
+    arguments = ["--runs", "1", "--only", "tcp", "--tests", "handshake", "--concurrency", "1"]
+    assert stream.main([*arguments, "--handshakes", "4"]) == 0
+    out = capsys.readouterr()
+    assert "were not resumed" not in out.err
+    assert "resumed handshakes tcp" in out.err

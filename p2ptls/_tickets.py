@@ -28,6 +28,7 @@ and takes a ticket out when it uses it.
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import os
 import struct
@@ -53,6 +54,8 @@ MAX_USED_PER_PEER = 256
 TICKETS_PER_HANDSHAKE = 2
 MAX_TICKETS_PER_PEER = 4
 MAX_TICKET_PEERS = 4096
+_KEPT_EPOCH_KEYS = 4
+"""Ticket ciphers kept (the current and the previous epoch, under up to two network keys)."""
 
 
 @attrs.frozen(repr=False)
@@ -83,6 +86,48 @@ class _Use:
     binder: bytes = attrs.field(repr=False)
 
 
+class _UsedBy:
+    """The used tickets of one initiator, by nonce, with what keeps each step of
+    :meth:`TicketAuthority.use` cheap however full the table is: a heap of ``(issued_at_s,
+    arrival, nonce)`` that names the entry issued first (the next to make room), and the earliest
+    expiry (no entry expires before it, so no sweep is needed before then)."""
+
+    __slots__ = ("arrivals", "by_issue", "entries", "floor", "next_expiry_s")
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, _Use] = {}
+        self.by_issue: list[tuple[int, int, bytes]] = []
+        self.arrivals = 0
+        self.next_expiry_s = -1
+        self.floor = -1
+        """Tickets issued at or before this second are refused (kept while the initiator holds
+        entries)."""
+
+    def add(self, nonce: bytes, use: _Use) -> None:
+        self.entries[nonce] = use
+        self.arrivals += 1
+        heapq.heappush(self.by_issue, (use.issued_at_s, self.arrivals, nonce))
+        if self.next_expiry_s < 0 or use.expires_at_s < self.next_expiry_s:
+            self.next_expiry_s = use.expires_at_s
+
+    def forget_expired(self, now_s: int) -> int:
+        """Drop the entries expired at ``now_s``; return how many went."""
+        if self.next_expiry_s < 0 or self.next_expiry_s >= now_s:
+            return 0
+        before = len(self.entries)
+        self.entries = {n: use for n, use in self.entries.items() if use.expires_at_s >= now_s}
+        self.by_issue = [item for item in self.by_issue if item[2] in self.entries]
+        heapq.heapify(self.by_issue)
+        self.next_expiry_s = min((use.expires_at_s for use in self.entries.values()), default=-1)
+        return before - len(self.entries)
+
+    def evict_first_issued(self) -> None:
+        """Drop the entry issued first (the earliest to arrive among equals); raise the floor."""
+        _, _, nonce = heapq.heappop(self.by_issue)
+        evicted = self.entries.pop(nonce)
+        self.floor = max(self.floor, evicted.issued_at_s)
+
+
 class TicketAuthority:
     """A responder's ticket keys and its table of used tickets (one per security context).
 
@@ -93,6 +138,8 @@ class TicketAuthority:
     initiator that resumes often keeps resuming (only its older tickets fall back to a full
     handshake), nobody can make a used ticket usable again while the initiator holds entries,
     and one initiator never evicts another's entries unless it holds at least as many.
+
+    The AES-GCM key of an epoch is derived once (the current and the previous epoch are kept).
     """
 
     def __init__(
@@ -105,14 +152,23 @@ class TicketAuthority:
         self._root = root if root is not None else os.urandom(32)
         self.max_used = max_used
         self.max_used_per_peer = max_used_per_peer
-        self._used: dict[PeerId, dict[bytes, _Use]] = {}
-        """Per initiator, its used tickets by nonce."""
-        self._floors: dict[PeerId, int] = {}
-        """Per initiator holding entries: tickets issued at or before this second are refused."""
+        self._used: dict[PeerId, _UsedBy] = {}
+        """Per initiator holding entries, its used tickets and its floor."""
         self._count = 0
+        self._keys: dict[tuple[bytes, int], AESGCM] = {}
 
     def __repr__(self) -> str:
         return f"<TicketAuthority {self._count} used tickets>"
+
+    def _cipher(self, psk: bytes, epoch: int) -> AESGCM:
+        """The ticket cipher of ``epoch`` under network key ``psk`` (derived once)."""
+        cipher = self._keys.get((psk, epoch))
+        if cipher is None:
+            if len(self._keys) >= _KEPT_EPOCH_KEYS:
+                self._keys.clear()
+            cipher = AESGCM(ks.ticket_key(psk, self._root, epoch))
+            self._keys[psk, epoch] = cipher
+        return cipher
 
     def seal(
         self,
@@ -126,13 +182,13 @@ class TicketAuthority:
         nonce: bytes | None = None,
     ) -> bytes:
         """A ticket for ``initiator``, issued now, under the current epoch's key."""
-        epoch = _EPOCH.pack((now_s // lifetime_s) & 0xFFFFFFFF)
+        epoch = (now_s // lifetime_s) & 0xFFFFFFFF
+        epoch_bytes = _EPOCH.pack(epoch)
         nonce = nonce if nonce is not None else os.urandom(_NONCE_SIZE)
-        key = ks.ticket_key(psk, self._root, _EPOCH.unpack(epoch)[0])
         plaintext = (
             _FIXED.pack(responder.digest, now_s, lifetime_s, ticket_psk) + initiator.public_key_der
         )
-        return epoch + nonce + AESGCM(key).encrypt(nonce, plaintext, epoch)
+        return epoch_bytes + nonce + self._cipher(psk, epoch).encrypt(nonce, plaintext, epoch_bytes)
 
     def open_untrusted(
         self, psk: bytes, responder: PeerId, ticket: bytes, *, now_s: int, lifetime_s: int
@@ -150,7 +206,7 @@ class TicketAuthority:
             return None
         nonce = ticket[_EPOCH.size : _EPOCH.size + _NONCE_SIZE]
         try:
-            plaintext = AESGCM(ks.ticket_key(psk, self._root, epoch)).decrypt(
+            plaintext = self._cipher(psk, epoch).decrypt(
                 nonce, ticket[_EPOCH.size + _NONCE_SIZE :], ticket[: _EPOCH.size]
             )
         except InvalidTag:
@@ -169,51 +225,42 @@ class TicketAuthority:
     ) -> bool:
         """Mark a ticket used by the ResumeHello with ``binder``; ``False`` if another
         ResumeHello used it before, or it was issued at or before the initiator's floor."""
-        entries = self._used.get(initiator)
-        if entries is not None:
-            self._forget_expired(initiator, entries, now_s)
-        previous = entries.get(contents.nonce) if entries else None
-        if previous is not None:
-            return hmac.compare_digest(previous.binder, binder)
-        if contents.issued_at_s <= self._floors.get(initiator, -1):
-            return False
-        if entries is not None and len(entries) >= self.max_used_per_peer:
+        used = self._used.get(initiator)
+        if used is not None:
+            self._count -= used.forget_expired(now_s)
+            if not used.entries:
+                del self._used[initiator]  # and its floor
+                used = None
+        if used is not None:
+            previous = used.entries.get(contents.nonce)
+            if previous is not None:
+                return hmac.compare_digest(previous.binder, binder)
+            if contents.issued_at_s <= used.floor:
+                return False
+        if used is not None and len(used.entries) >= self.max_used_per_peer:
             self._evict(initiator, adding=initiator)
         elif self._count >= self.max_used:
-            self._evict(max(self._used, key=lambda peer: len(self._used[peer])), adding=initiator)
-        entries = self._used.setdefault(initiator, {})
-        entries[contents.nonce] = _Use(contents.issued_at_s, contents.expires_at_s, binder)
+            self._evict(max(self._used, key=lambda p: len(self._used[p].entries)), initiator)
+        used = self._used.setdefault(initiator, _UsedBy())
+        used.add(contents.nonce, _Use(contents.issued_at_s, contents.expires_at_s, binder))
         self._count += 1
         return True
 
-    def _forget_expired(self, initiator: PeerId, entries: dict[bytes, _Use], now_s: int) -> None:
-        expired = [nonce for nonce, use in entries.items() if use.expires_at_s < now_s]
-        for nonce in expired:
-            del entries[nonce]
-        self._count -= len(expired)
-        if not entries:
-            self._forget_initiator(initiator)
-
-    def _evict(self, initiator: PeerId, *, adding: PeerId) -> None:
+    def _evict(self, initiator: PeerId, adding: PeerId) -> None:
         """Make room: ``initiator``'s entry issued first goes and its floor rises (kept while
         it holds entries, or is ``adding`` one)."""
-        entries = self._used[initiator]
-        nonce = min(entries, key=lambda n: entries[n].issued_at_s)
-        evicted = entries.pop(nonce)
+        used = self._used[initiator]
+        used.evict_first_issued()
         self._count -= 1
-        self._floors[initiator] = max(self._floors.get(initiator, -1), evicted.issued_at_s)
-        if not entries and initiator != adding:
-            self._forget_initiator(initiator)
-
-    def _forget_initiator(self, initiator: PeerId) -> None:
-        del self._used[initiator]
-        self._floors.pop(initiator, None)
+        if not used.entries and initiator != adding:
+            del self._used[initiator]
 
     def used_count(self, initiator: PeerId | None = None) -> int:
         """How many used tickets are remembered (for ``initiator``, or in total)."""
         if initiator is None:
             return self._count
-        return len(self._used.get(initiator, ()))
+        used = self._used.get(initiator)
+        return len(used.entries) if used is not None else 0
 
 
 @attrs.frozen(repr=False)

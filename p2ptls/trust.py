@@ -306,9 +306,14 @@ class ReplayGuard:
         if newest != self._newest.get(peer_id):
             self._newest[peer_id] = newest
             self.dirty = True
-        floor = newest - self.reorder_window_ns
-        seen = {t for t in self._accepted.get(peer_id, ()) if t > floor}
+        seen = self._accepted.setdefault(peer_id, set())
         seen.add(timestamp_ns)
+        if len(seen) <= MAX_REMEMBERED_PER_PEER:
+            # Timestamps that fell below the reorder window are refused by is_fresh anyway;
+            # they go once the set is full, so that each accept does not rebuild it.
+            return
+        floor = newest - self.reorder_window_ns
+        seen = {t for t in seen if t > floor}
         if len(seen) > MAX_REMEMBERED_PER_PEER:
             ordered = sorted(seen)
             forgotten = ordered[:-MAX_REMEMBERED_PER_PEER]

@@ -101,8 +101,8 @@ class TimestampGuard(Protocol):
         """True if ``timestamp_ns`` is newer than the last accepted one of ``peer_id``."""
         ...
 
-    def accept(self, peer_id: PeerId, timestamp_ns: int) -> None:
-        """Record an authenticated handshake's timestamp."""
+    def accept(self, peer_id: PeerId, timestamp_ns: int, *, durable: bool = True) -> None:
+        """Record an authenticated handshake's timestamp (``durable``: persist it too)."""
         ...
 
 
@@ -574,6 +574,8 @@ class ResponderHandshake:
             raise HandshakeFailed()
         if not accepted.authorized:
             raise Refusal(ks.session_secrets(accepted.master, full))
-        self._guard.accept(accepted.initiator.peer_id, accepted.timestamp_ns)
+        # A ResumeHello cannot be replayed after a restart (its ticket would not open): no write.
+        initiator, timestamp_ns = accepted.initiator.peer_id, accepted.timestamp_ns
+        self._guard.accept(initiator, timestamp_ns, durable=not self._resumed)
         secrets = ks.session_secrets(accepted.master, full)
         return HandshakeResult(accepted.initiator, secrets, full, resumed=self._resumed)

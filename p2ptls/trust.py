@@ -164,8 +164,9 @@ class ReplayGuard:
     floor per source (see :meth:`admit_hello`).
 
     ``accept`` only runs after the initiator's Finished verified, so forged Hellos never move it.
-    With a ``path``, the table is written atomically (mode 0600): the I/O layer takes a
-    :meth:`snapshot` on its event loop and hands it to :meth:`write` on a worker thread.
+    With a ``path``, the newest timestamp per peer of its full handshakes is written atomically
+    (mode 0600): the I/O layer takes a :meth:`snapshot` on its event loop and hands it to
+    :meth:`write` on a worker thread. Resumed handshakes never make it dirty (see :meth:`accept`).
     """
 
     def __init__(
@@ -195,6 +196,8 @@ class ReplayGuard:
         self._arrival_count = 0
         self._floors: dict[str, int] = {}
         self._newest: dict[PeerId, int] = {}
+        self._durable: dict[PeerId, int] = {}
+        """The newest timestamp per peer of the full handshakes: what the file holds."""
         self._accepted: dict[PeerId, set[int]] = {}
         self._floor: dict[PeerId, int] = {}
         self.reorder_window_ns = int(DEFAULT_REORDER_WINDOW_S * 1e9)
@@ -204,6 +207,7 @@ class ReplayGuard:
             try:
                 table = json.loads(raw)
                 self._newest = {PeerId.from_hex(k): int(v) for k, v in table.items()}
+                self._durable = dict(self._newest)
                 # After a restart the exact newest Hello stays refused; older ones in the reorder
                 # window may cost an RSA decryption but can never complete (no Finish).
                 self._accepted = {peer: {newest} for peer, newest in self._newest.items()}
@@ -300,11 +304,19 @@ class ReplayGuard:
             return False
         return timestamp_ns not in self._accepted.get(peer_id, ())
 
-    def accept(self, peer_id: PeerId, timestamp_ns: int) -> None:
-        """Record an authenticated handshake's timestamp."""
-        newest = max(timestamp_ns, self._newest.get(peer_id, timestamp_ns))
-        if newest != self._newest.get(peer_id):
-            self._newest[peer_id] = newest
+    def accept(self, peer_id: PeerId, timestamp_ns: int, *, durable: bool = True) -> None:
+        """Record an authenticated handshake's timestamp.
+
+        ``durable=False`` (a resumed handshake) records it in memory only: it never makes the
+        table :attr:`dirty`, so it costs no file write. What the file guards against, a Hello
+        replayed after a restart, cannot happen with a ResumeHello: its ticket was sealed under
+        keys that a restart forgets, so it gets a substitute reply. The file keeps, per peer, the
+        newest timestamp of its full handshakes.
+        """
+        self._newest[peer_id] = max(timestamp_ns, self._newest.get(peer_id, timestamp_ns))
+        newest = self._newest[peer_id]
+        if durable and timestamp_ns > self._durable.get(peer_id, -1):
+            self._durable[peer_id] = timestamp_ns
             self.dirty = True
         seen = self._accepted.setdefault(peer_id, set())
         seen.add(timestamp_ns)
@@ -330,7 +342,7 @@ class ReplayGuard:
         if self.path is None or not self.dirty:
             return None
         self.dirty = False
-        return json.dumps({k.hex(): v for k, v in self._newest.items()}, sort_keys=True).encode()
+        return json.dumps({k.hex(): v for k, v in self._durable.items()}, sort_keys=True).encode()
 
     def write(self, snapshot: bytes) -> None:
         """Write a snapshot to ``path`` (safe to run on a worker thread)."""

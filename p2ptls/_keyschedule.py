@@ -56,6 +56,8 @@ def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     """RFC 5869 HKDF-Expand with SHA-256."""
+    if length <= HASH_SIZE:  # every key, IV and secret of the schedule: one block
+        return hmac.digest(prk, info + b"\x01", "sha256")[:length]
     if length > 255 * HASH_SIZE:
         raise ValueError("HKDF output too long")
     blocks: list[bytes] = []
@@ -70,15 +72,15 @@ def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
 
 def expand_label(secret: bytes, label: str, context: bytes, length: int) -> bytes:
     """HKDF-Expand-Label: info = u16 length | u8 len | "p2ptls1 " + label | u8 len | context."""
-    full_label = LABEL_PREFIX + label.encode("ascii")
-    info = (
-        length.to_bytes(2, "big")
-        + bytes([len(full_label)])
-        + full_label
-        + bytes([len(context)])
-        + context
-    )
+    info = _label_prefix(label, length) + bytes([len(context)]) + context
     return hkdf_expand(secret, info, length)
+
+
+@functools.lru_cache(maxsize=128)
+def _label_prefix(label: str, length: int) -> bytes:
+    """The constant head of an ExpandLabel info: u16 length | u8 len | "p2ptls1 " + label."""
+    full_label = LABEL_PREFIX + label.encode("ascii")
+    return length.to_bytes(2, "big") + bytes([len(full_label)]) + full_label
 
 
 def derive_secret(secret: bytes, label: str, transcript_hash: bytes = b"") -> bytes:

@@ -26,6 +26,7 @@ Finish, like in a full handshake.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ._handshake import TimestampGuard, TrustPolicy
 
 _ZERO_NONCE = bytes(12)
+_INITIATOR_RECORDS_KEPT = 1024
 
 
 @attrs.frozen(repr=False)
@@ -202,6 +204,12 @@ def _verified_early_secret(
     return contents, early
 
 
+@functools.lru_cache(maxsize=_INITIATOR_RECORDS_KEPT)
+def _initiator_record(public_key_der: bytes) -> PeerRecord:
+    """The record of a ticket's initiator (its key parsed once: records are immutable)."""
+    return PeerRecord.from_public_key(public_key_der)
+
+
 def _accept(
     hello: wire.ResumeHello,
     record: bytes,
@@ -228,7 +236,7 @@ def _accept(
     if timestamp_ns // wire.NS_PER_S != hello.timestamp_s:
         return None
     try:
-        initiator = PeerRecord.from_public_key(contents.initiator_der)
+        initiator = _initiator_record(contents.initiator_der)
     except ValueError:
         return None
     if not authority.use(contents, initiator.peer_id, hello.binder, now_s=now_ns // wire.NS_PER_S):

@@ -124,31 +124,17 @@ def next_traffic_secret(secret: bytes) -> bytes:
     return expand_label(secret, "key update", b"", HASH_SIZE)
 
 
-# What depends only on the network key (and a peer id) is derived once per process: every
-# handshake needs it. Bounded caches; a changed network key simply derives new values.
-_NETWORK_KEYS_KEPT = 8
-_BINDER_KEYS_KEPT = 256
-
-
-@functools.lru_cache(maxsize=_NETWORK_KEYS_KEPT)
 def psk_secret(psk: bytes) -> bytes:
     return hkdf_extract(ZERO_SALT, psk)
 
 
-@functools.lru_cache(maxsize=_NETWORK_KEYS_KEPT * 2)
-def _psk_salt(psk: bytes, label: str) -> bytes:
-    """``Derive(psk_secret, label)``: the salt of an early secret."""
-    return derive_secret(psk_secret(psk), label)
-
-
-@functools.lru_cache(maxsize=_BINDER_KEYS_KEPT)
 def binder_key(psk: bytes, responder_id: bytes) -> bytes:
     """The key of the binders of Hellos addressed to ``responder_id`` (its full 32-byte id)."""
     return expand_label(psk_secret(psk), "binder", responder_id, HASH_SIZE)
 
 
 def early_secret(psk: bytes, k_initiator: bytes) -> bytes:
-    return hkdf_extract(_psk_salt(psk, "derived"), k_initiator)
+    return hkdf_extract(derive_secret(psk_secret(psk), "derived"), k_initiator)
 
 
 def hello_key(early: bytes, hello_prefix_hash: bytes) -> bytes:
@@ -199,7 +185,7 @@ def ticket_psk(resumption: bytes, ticket_nonce: bytes) -> bytes:
 
 def resume_early_secret(psk: bytes, ticket_psk_value: bytes) -> bytes:
     """The early secret of a resumed handshake: the ticket's PSK under the network key."""
-    return hkdf_extract(_psk_salt(psk, "resumption derived"), ticket_psk_value)
+    return hkdf_extract(derive_secret(psk_secret(psk), "resumption derived"), ticket_psk_value)
 
 
 def resume_binder_key(resume_early: bytes, responder_id: bytes) -> bytes:

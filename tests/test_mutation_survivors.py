@@ -168,9 +168,10 @@ def losses(session: Session) -> list[MessagesLost]:
 def test_a_final_fragment_may_reach_max_message_size_and_not_pass_it() -> None:
     a, b = session_pair(SllpConfig(max_message_size=5000, reassembly_timeout=60.0))
     send = FragmentFeeder(a, b)
+    send(0, 0, 5, FRAGMENT)  # the message's fragment size, from its first non-final fragment
     last = 5000 - 4 * FRAGMENT  # a 5-fragment message ends with at most 404 bytes
     send(0, 4, 5, last + 1)
-    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 0
+    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
     send(0, 4, 5, last)
     assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
     send(1, 1, 2, 0)  # an empty last fragment
@@ -180,10 +181,11 @@ def test_a_final_fragment_may_reach_max_message_size_and_not_pass_it() -> None:
 def test_a_two_fragment_message_may_not_pass_max_message_size() -> None:
     a, b = session_pair(SllpConfig(max_message_size=1500, reassembly_timeout=60.0))
     send = FragmentFeeder(a, b)
+    send(0, 0, 2, FRAGMENT)  # the message's fragment size, from its first non-final fragment
     send(0, 1, 2, 1500 - FRAGMENT + 1)
-    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 0
-    send(0, 1, 2, 1500 - FRAGMENT)
     assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
+    send(0, 1, 2, 1500 - FRAGMENT)
+    assert b.statistics().malformed == 1 and [len(data) for _, data in delivered(b)] == [1500]
 
 
 def test_a_single_fragment_message_may_reach_max_message_size_and_not_pass_it() -> None:

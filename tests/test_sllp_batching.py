@@ -270,7 +270,7 @@ async def test_receive_many_limit_and_order(autojump_clock: trio.testing.MockClo
 
 @pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain"])
 async def test_send_many_over_udp(offload: bool) -> None:
-    config = SllpConfig(gso=offload, gro=offload)
+    config = SllpConfig(gso=offload, gro=offload, datagram_size=1200)
     a, b = await channel_pair(config, identities=ids())
     try:
         ta, tb = a.transport, b.transport
@@ -297,7 +297,7 @@ async def test_send_many_over_udp(offload: bool) -> None:
 
 
 async def test_datagrams_too_large_for_offload_go_one_by_one() -> None:
-    config = SllpConfig(max_datagram_payload=60_000, max_message_size=200_000)
+    config = SllpConfig(datagram_size=60_000, max_message_size=200_000)
     a, b = await channel_pair(config, identities=ids())
     try:
         payload = os.urandom(150_000)  # three datagrams of up to 60,000 bytes

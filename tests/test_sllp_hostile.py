@@ -236,7 +236,10 @@ def test_26_thousands_of_incomplete_messages_stay_bounded_and_memory_is_flat() -
         growth = sum(stat.size_diff for stat in grown)
     finally:
         tracemalloc.stop()
-    assert growth < 64 * 1024, f"memory grew by {growth} bytes"
+    # The 32 incomplete messages held at the end (a 1.1 KB fragment each) and the windows' blocks
+    # were allocated while tracing, and what they replaced was not traced when it was allocated:
+    # about 60 KB. A leak of even 36 bytes per message would add 144 KB.
+    assert growth < 96 * 1024, f"memory grew by {growth} bytes"
     stats = b.statistics()
     assert stats.lost == 5000 - stats.in_reassembly  # each given up one is counted
     assert len(b.events) <= 2 * 16 + 64  # loss notices are bounded too
@@ -358,7 +361,8 @@ async def test_28_spoofed_udp_close_does_not_end_the_channel() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, wire.HEADER_SIZE, wire.MIN_DATAGRAM - 1, 1201, 9000, 65507])
 def test_29_datagrams_below_the_minimum_or_above_the_maximum_are_dropped(size: int) -> None:
-    _, b = session_pair()
+    small = SllpConfig(max_datagram_payload=1200)
+    _, b = session_pair(small)
     cid = b.parameters.local_connection_id
     datagram = (wire.encode_header(0, cid, 1) + bytes(size))[:size]
     counter = count_decryptions(b)
@@ -367,7 +371,7 @@ def test_29_datagrams_below_the_minimum_or_above_the_maximum_are_dropped(size: i
     assert b.statistics().malformed == 1
     if size >= wire.MIN_DATAGRAM:  # even an authentic one above the negotiated size
         big = SllpConfig(max_datagram_payload=9000)
-        c, d = session_pair(big, SllpConfig())
+        c, d = session_pair(big, small)
         c._datagram_size = 65507  # a peer that ignores the negotiated size
         c._fragment_size = 65507 - wire.OVERHEAD
         c._scratch = bytearray(65507)

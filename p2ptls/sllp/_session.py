@@ -8,10 +8,14 @@ every method takes ``now`` (seconds, any monotonic clock), returns the datagrams
 :class:`DatagramTrain` objects, and appends what the application must learn to ``events``.
 
 Sending: a message of ``n`` bytes becomes ``ceil(n / fragment_size)`` datagrams (one for an empty
-message) written back to back into one buffer; all but the last have the same size, which is what
-UDP segmentation offload wants. Each datagram takes the next sequence number; the nonce is the
-epoch's IV xor that number, so a (key, nonce) pair is never used twice. After ``rekey_after``
-datagrams the sender moves to the next key epoch and flips the key-phase bit.
+message) written back to back into one buffer. The fragment size follows the send datagram size,
+which the channel sets from the path MTU (:meth:`Session.set_send_datagram_size`, at most the
+negotiated ``datagram_size``) and may lower while the session runs; the receiver learns each
+message's fragment size from the message itself. All the datagrams of a message but the last have
+the same size, which is what UDP segmentation offload wants. Each datagram takes the next
+sequence number; the nonce is the epoch's IV xor that number, so a (key, nonce) pair is never used
+twice. After ``rekey_after`` datagrams the sender moves to the next key epoch and flips the
+key-phase bit.
 
 Receiving (:meth:`Session.receive_datagram_untrusted`), in this order, each failure a silent,
 counted drop: size within ``[51, datagram_size]``; destination connection id is ours (else nothing
@@ -89,13 +93,15 @@ class SessionParameters:
     remote_connection_id: int
     """The peer's: datagrams we send carry it."""
     datagram_size: int
-    """Largest UDP payload, both directions: the smaller of the two sides' values."""
+    """Largest UDP payload, both directions: the smaller of the two sides' values. Each side
+    sends datagrams of at most this size, as large as its path allows
+    (:meth:`Session.set_send_datagram_size`)."""
     peer_max_message_size: int
     """The largest message the peer accepts."""
 
     @property
     def fragment_size(self) -> int:
-        """Payload bytes per fragment."""
+        """Payload bytes of the largest fragment."""
         return self.datagram_size - wire.OVERHEAD
 
 
@@ -120,7 +126,10 @@ class Session:
         self._local_cid = parameters.local_connection_id
         self._remote_cid = parameters.remote_connection_id
         self._datagram_size = parameters.datagram_size
-        self._fragment_size = parameters.fragment_size
+        # What we send: 1200-byte datagrams (or the configured size) until the channel sets the
+        # size from the path MTU.
+        send_size = config.datagram_size or wire.DEFAULT_DATAGRAM_PAYLOAD
+        self._fragment_size = min(send_size, self._datagram_size) - _OVERHEAD
         self.max_send_message = min(config.max_message_size, parameters.peer_max_message_size)
         """The largest message :meth:`send_message` accepts (ours and the peer's limit)."""
         # Sending.
@@ -140,7 +149,7 @@ class Session:
         self._receive_next: EpochKeys | None = None
         self._window = ReplayWindow()
         self._last_received = now
-        self._reassembler = Reassembler(config, self._fragment_size, self._deliver, self._lose)
+        self._reassembler = Reassembler(config, parameters.fragment_size, self._deliver, self._lose)
         self._unread_messages = 0
         self._unread_bytes = 0
         self._max_events = 2 * config.max_unread_messages + 64
@@ -176,6 +185,22 @@ class Session:
         All or nothing: raises ``ValueError`` (an oversized message) or :class:`SessionClosed`
         before any message takes a message id or a sequence number."""
         return self._seal_messages(messages, now)
+
+    @property
+    def send_datagram_size(self) -> int:
+        """The size of the datagrams we send (all but a message's last): at most the negotiated
+        ``datagram_size``."""
+        return self._fragment_size + _OVERHEAD
+
+    def set_send_datagram_size(self, size: int) -> int:
+        """Send datagrams of ``size`` bytes from the next message on (the path MTU changed), at
+        most the negotiated ``datagram_size``; return the size now in use. ``ValueError`` below
+        the protocol's minimum (256)."""
+        if size < wire.MIN_DATAGRAM_PAYLOAD:
+            raise ValueError(f"datagram size below the minimum ({wire.MIN_DATAGRAM_PAYLOAD})")
+        size = min(size, self._datagram_size)
+        self._fragment_size = size - _OVERHEAD
+        return size
 
     def _seal_messages(
         self, messages: Iterable[bytes | bytearray | memoryview], now: float

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import trio
@@ -42,7 +42,7 @@ from ..identity import PeerRecord
 from ..logical import LogicalStream
 from . import _wire as wire
 from ._datagrams import DatagramTrain
-from ._errors import NegotiationError, SllpError
+from ._errors import DatagramTooLarge, NegotiationError, SllpError
 from ._session import Session
 from .config import SllpConfig
 from .events import ChannelClosed, CloseCause, Event, Message, Statistics
@@ -79,6 +79,21 @@ class LifelineLost(ChannelBroken):
 
 class SequenceExhausted(ChannelBroken):
     """The 64-bit sequence space of our direction ran out (never in practice)."""
+
+
+def _messages_sent(
+    messages: Sequence[bytes | bytearray | memoryview], fragment_size: int, sent: int
+) -> int:
+    """How many of ``messages``, sealed together with ``fragment_size``, lie wholly within the
+    first ``sent`` bytes of the batch (each message takes its payload and 51 bytes per
+    datagram)."""
+    end = 0
+    for index, message in enumerate(messages):
+        size = memoryview(message).nbytes
+        end += size + (-(-size // fragment_size) or 1) * wire.OVERHEAD
+        if end > sent:
+            return index
+    return len(messages)
 
 
 class Lifeline(Protocol):
@@ -158,8 +173,34 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     @property
     def max_datagram_payload(self) -> int:
-        """The UDP payload size in use (the smaller of the two sides' settings)."""
+        """The channel's datagram limit (the smaller of the two sides' settings): the largest
+        datagram either side sends or accepts."""
         return self.session.parameters.datagram_size
+
+    @property
+    def datagram_size(self) -> int:
+        """The size of the datagrams this side sends now (from the path MTU, or configured)."""
+        return self.session.send_datagram_size
+
+    def size_datagrams(self) -> bool:
+        """Size our datagrams: ``SllpConfig.datagram_size``, or the path MTU less the headers as
+        the operating system knows it now (1200 bytes where it cannot tell), at most the
+        channel's limit. Return whether the size went down. The set-up calls it once; a send
+        calls it again when the path refuses a datagram."""
+        session = self.session
+        before = session.send_datagram_size
+        size = self.config.datagram_size
+        if size is None:
+            path = self.transport.path_datagram_size()
+            size = wire.DEFAULT_DATAGRAM_PAYLOAD if path is None else path
+        size = max(size, wire.MIN_DATAGRAM_PAYLOAD)
+        return session.set_send_datagram_size(size) < before
+
+    def _shrink_to_path(self, error: DatagramTooLarge) -> None:
+        """After the path refused a datagram: move to the smaller path MTU, or raise ``error``
+        when the size is configured or the path MTU did not go down."""
+        if self.config.datagram_size is not None or not self.size_datagrams():
+            raise error
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -227,8 +268,16 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             now = self._ready_to_send()
-            train = self.session.send_message(value, now)
-            await self._transmit(train)
+            while True:
+                train = self.session.send_message(value, now)
+                try:
+                    await self._transmit(train)
+                except DatagramTooLarge as exc:
+                    # The path shrank: send the message again, whole, in smaller datagrams
+                    # (under a new message id: what went of the first try expires unread).
+                    self._shrink_to_path(exc)
+                    continue
+                return
 
     async def send_many(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
         """Send several messages, in order, as :meth:`send` would send each, in one go: they are
@@ -243,20 +292,39 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             now = self._ready_to_send()
-            trains = self.session.send_messages(messages, now)
-            if len(trains) == 1:
-                await self._transmit(trains[0])
+            batch = list(messages)
+            while True:
+                fragment_size = self.session.send_datagram_size - wire.OVERHEAD
+                trains = self.session.send_messages(batch, now)
+                try:
+                    await self._transmit_trains(trains)
+                except DatagramTooLarge as exc:
+                    self._shrink_to_path(exc)
+                    # Send again, in smaller datagrams, every message not wholly sent.
+                    batch = batch[_messages_sent(batch, fragment_size, exc.offset) :]
+                    continue
                 return
-            transport = self.transport
-            waited = False
-            for train in trains:
+
+    async def _transmit_trains(self, trains: list[DatagramTrain]) -> None:
+        if len(trains) == 1:
+            await self._transmit(trains[0])
+            return
+        transport = self.transport
+        waited = False
+        before = 0  # bytes of the batch in the trains already sent
+        for train in trains:
+            try:
                 offset = transport.send_from(train, 0)
                 while offset < len(train):
                     waited = True
                     await transport.wait_writable()
                     offset = transport.send_from(train, offset)
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            except DatagramTooLarge as exc:
+                exc.offset += before
+                raise
+            before += len(train)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _transmit(self, train: DatagramTrain) -> None:
         transport = self.transport

@@ -202,7 +202,9 @@ async def open_channel(
         peer_max_message_size=theirs.max_message_size,
     )
     session = Session(config, parameters, send_secret, receive_secret, trio.current_time())
-    return SllpChannel(stream, session, transport, config)
+    channel = SllpChannel(stream, session, transport, config)
+    channel.size_datagrams()
+    return channel
 
 
 async def connect_datagram(

@@ -22,6 +22,7 @@ from p2ptls.sllp import (
     SllpConfig,
 )
 from p2ptls.sllp import _wire as wire
+from p2ptls.sllp._sealing import SendBuffer
 from p2ptls.sllp.relay import LinkConditions, memory_transport_pair
 from p2ptls.sllp.testing import channel_pair, seal_datagram, session_pair
 from p2ptls.sllp.transport import UdpTransport, gso_supported
@@ -307,3 +308,21 @@ async def test_datagrams_too_large_for_offload_go_one_by_one() -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def test_a_reused_send_buffer_seals_the_same_datagrams() -> None:
+    a, _ = session_pair()
+    reference, _ = session_pair()
+    buffer = SendBuffer()
+    small = a.send_message(b"x" * 3000, 0.0, into=buffer)
+    small_bytes = bytes(reference.send_message(b"x" * 3000, 0.0).data)
+    assert bytes(small.data) == small_bytes
+    first = buffer.take(0)
+    big = a.send_message(b"y" * 9000, 0.0, into=buffer)  # larger: a new buffer...
+    assert buffer.take(0) is not first
+    assert bytes(big.data) == bytes(reference.send_message(b"y" * 9000, 0.0).data)
+    assert bytes(small.data) == small_bytes  # ...so the views of the old one stay valid
+    second = buffer.take(0)
+    again = a.send_message(b"z" * 100, 0.0, into=buffer)  # smaller: the same buffer
+    assert buffer.take(0) is second and len(again.data) == 100 + wire.OVERHEAD
+    assert bytes(again.data) == bytes(reference.send_message(b"z" * 100, 0.0).data)

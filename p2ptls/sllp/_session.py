@@ -52,7 +52,7 @@ from ._errors import DatagramError, SessionClosed
 from ._keys import EpochKeys
 from ._reassembly import Reassembler
 from ._replay import ReplayWindow
-from ._sealing import TrainSealer
+from ._sealing import SendBuffer, TrainSealer
 from .config import SllpConfig
 from .events import (
     ChannelClosed,
@@ -170,21 +170,35 @@ class Session:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send_message(self, data: bytes | bytearray | memoryview, now: float) -> DatagramTrain:
+    def send_message(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        *,
+        into: SendBuffer | None = None,
+    ) -> DatagramTrain:
         """Seal one message into datagrams. Raises :class:`SessionClosed` once the session ended
-        and ``ValueError`` for a message above :attr:`max_send_message`."""
-        return self._seal_messages([data], now)[0]
+        and ``ValueError`` for a message above :attr:`max_send_message`.
+
+        ``into``: seal into this reused buffer instead of a new one (the train is then valid only
+        until the next call with it)."""
+        return self._seal_messages([data], now, into)[0]
 
     def send_messages(
-        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+        self,
+        messages: Iterable[bytes | bytearray | memoryview],
+        now: float,
+        *,
+        into: SendBuffer | None = None,
     ) -> list[DatagramTrain]:
         """Seal several messages, in order, into one buffer; return it as trains of equal-sized
         datagrams (each train as long as the datagrams keep one size, so that one segmentation
         offload call can carry it: many one-datagram messages of one size make one train).
 
         All or nothing: raises ``ValueError`` (an oversized message) or :class:`SessionClosed`
-        before any message takes a message id or a sequence number."""
-        return self._seal_messages(messages, now)
+        before any message takes a message id or a sequence number. ``into`` as for
+        :meth:`send_message`."""
+        return self._seal_messages(messages, now, into)
 
     @property
     def send_datagram_size(self) -> int:
@@ -203,7 +217,10 @@ class Session:
         return size
 
     def _seal_messages(
-        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+        self,
+        messages: Iterable[bytes | bytearray | memoryview],
+        now: float,
+        into: SendBuffer | None,
     ) -> list[DatagramTrain]:
         if self._send is None:
             raise self._closed_error()
@@ -231,7 +248,7 @@ class Session:
         fragment_body = scratch_view[: _BODY_SIZE + fragment_size]
         fragment_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
         sealer = TrainSealer(
-            bytearray(total),
+            bytearray(total) if into is None else into.take(total),
             self._send,
             left_in_epoch=self._rekey_after - self._sent_in_epoch,
             rekey=self._rekey_send,

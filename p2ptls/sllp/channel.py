@@ -43,6 +43,7 @@ from ..logical import LogicalStream
 from . import _wire as wire
 from ._datagrams import DatagramTrain
 from ._errors import DatagramTooLarge, NegotiationError, SllpError
+from ._sealing import SendBuffer
 from ._session import Session
 from .config import SllpConfig
 from .events import ChannelClosed, CloseCause, Event, Message, Statistics
@@ -155,6 +156,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._next_housekeeping = -math.inf
         self._next_lifeline_check = -math.inf
         self._send_guard = ConflictDetector("another task is already sending on this channel")
+        self._send_buffer = SendBuffer()  # each send is handed to the kernel before the next
         self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
         self._lifeline_error: BaseException | None = None
@@ -269,7 +271,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
             await trio.lowlevel.checkpoint_if_cancelled()
             now = self._ready_to_send()
             while True:
-                train = self.session.send_message(value, now)
+                train = self.session.send_message(value, now, into=self._send_buffer)
                 try:
                     await self._transmit(train)
                 except DatagramTooLarge as exc:
@@ -295,7 +297,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
             batch = list(messages)
             while True:
                 fragment_size = self.session.send_datagram_size - wire.OVERHEAD
-                trains = self.session.send_messages(batch, now)
+                trains = self.session.send_messages(batch, now, into=self._send_buffer)
                 try:
                     await self._transmit_trains(trains)
                 except DatagramTooLarge as exc:

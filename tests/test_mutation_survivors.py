@@ -37,11 +37,10 @@ from p2ptls.sllp import (
     MessagesLost,
     NegotiationError,
     ReplayWindow,
-    Session,
     SllpConfig,
 )
 from p2ptls.sllp import _wire as sllp_wire
-from p2ptls.sllp.testing import FragmentFeeder, session_pair
+from p2ptls.sllp.testing import FragmentFeeder, RecordingSession, session_pair
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as state_wire
 from p2ptls.state._replica import ReplicaCore
@@ -157,12 +156,12 @@ def test_a_peer_gets_its_share_of_the_budget_back_with_each_finished_message() -
 FRAGMENT = sllp_wire.DEFAULT_DATAGRAM_PAYLOAD - sllp_wire.OVERHEAD  # 1149 payload bytes
 
 
-def delivered(session: Session) -> list[tuple[int, bytes]]:
-    return [(e.message_id, e.data) for e in session.events if isinstance(e, Message)]
+def delivered(session: RecordingSession) -> list[tuple[int, bytes]]:
+    return [(e.message_id, e.data) for e in session.log if isinstance(e, Message)]
 
 
-def losses(session: Session) -> list[MessagesLost]:
-    return [e for e in session.events if isinstance(e, MessagesLost)]
+def losses(session: RecordingSession) -> list[MessagesLost]:
+    return [e for e in session.log if isinstance(e, MessagesLost)]
 
 
 def test_a_final_fragment_may_reach_max_message_size_and_not_pass_it() -> None:
@@ -256,7 +255,7 @@ def test_unordered_mode_keeps_an_older_message_when_a_newer_one_completes_first(
     for datagram in [older[0], *newer, *older[1:]]:
         b.receive_datagram_untrusted(datagram, 0.0)
     assert delivered(b) == [(1, b"n" * 10), (0, b"o" * 3000)]
-    assert all(e.complete and e.missing == () for e in b.events if isinstance(e, Message))
+    assert all(e.complete and e.missing == () for e in b.log if isinstance(e, Message))
     assert b.statistics().in_reassembly == 0
 
 

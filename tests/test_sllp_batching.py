@@ -18,13 +18,12 @@ from p2ptls.sllp import (
     DeliveryMode,
     Message,
     PeerClosed,
-    Session,
     SllpConfig,
 )
 from p2ptls.sllp import _wire as wire
 from p2ptls.sllp._sealing import SendBuffer
 from p2ptls.sllp.relay import LinkConditions, memory_transport_pair
-from p2ptls.sllp.testing import channel_pair, seal_datagram, session_pair
+from p2ptls.sllp.testing import RecordingSession, channel_pair, seal_datagram, session_pair
 from p2ptls.sllp.transport import UdpTransport, gso_supported
 from tests.conftest import identity_pool
 
@@ -36,12 +35,8 @@ def ids() -> tuple[p2ptls.Identity, p2ptls.Identity]:
     return pool[0], pool[1]
 
 
-def drain(session: Session) -> list[Message]:
-    out = []
-    while (event := session.next_event()) is not None:
-        if isinstance(event, Message):
-            out.append(event)
-    return out
+def drain(session: RecordingSession) -> list[Message]:
+    return [event for event in session.take_events() if isinstance(event, Message)]
 
 
 def wire_bytes(trains: list[DatagramTrain]) -> bytes:
@@ -164,8 +159,8 @@ def test_a_close_in_the_middle_of_a_read_drops_the_rest_unread() -> None:
     sender, receiver = session_pair()
     before = sender.send_messages([bytes(64)] * 2, 0.0)[0].datagrams()
     after = seal_datagram(sender, wire.encode_body(wire.TYPE_DATA, 2, 0, 1, bytes(64)))
-    close = sender.close(20, "x" * 62)  # as long as the others, so one read can hold it
-    assert close is not None
+    sender.close(20, "x" * 62)  # as long as the others, so one read can hold it
+    (close,) = sender.datagrams_to_send()
     assert len(before[0]) == len(after) == len(close.data) == 115
     read = before[0] + bytes(close.data) + after + before[1]
     receiver.receive_datagrams_untrusted(read, 115, 0.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 from typing import Any
 
@@ -148,6 +149,24 @@ async def test_a_smaller_limit_of_either_side_caps_the_path_mtu() -> None:
         assert (await b.receive()).fragment_size == 9000 - wire.OVERHEAD
     finally:
         await close_all(a, b)
+
+
+async def test_connection_ids_come_from_the_injected_randomness(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, b = await channel_pair(
+        identities=ids(),
+        transports=memory_transport_pair(),
+        clock=autojump_clock,
+        randomness=random.Random(7).randbytes,
+    )
+    # Three draws in all (the two proposals, then the answer's own): which side drew first is
+    # the scheduler's choice, so the ids are two of the first three.
+    draws = random.Random(7)
+    first_three = {int.from_bytes(draws.randbytes(8), "big") for _ in range(3)}
+    cids = {a.session.parameters.local_connection_id, b.session.parameters.local_connection_id}
+    assert len(cids) == 2 and cids <= first_three
+    await close_all(a, b)
 
 
 async def test_ipv6_loopback() -> None:

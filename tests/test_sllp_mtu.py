@@ -24,7 +24,7 @@ from p2ptls.sllp import (
 from p2ptls.sllp import _wire as wire
 from p2ptls.sllp.channel import _messages_sent
 from p2ptls.sllp.relay import memory_transport_pair
-from p2ptls.sllp.testing import FragmentFeeder, channel_pair, session_pair
+from p2ptls.sllp.testing import FragmentFeeder, RecordingSession, channel_pair, session_pair
 from tests.conftest import identity_pool
 
 
@@ -32,11 +32,8 @@ def ids() -> tuple[p2ptls.Identity, p2ptls.Identity]:
     return identity_pool()[0], identity_pool()[1]
 
 
-def drain(session: Session) -> list[Event]:
-    out: list[Event] = []
-    while (event := session.next_event()) is not None:
-        out.append(event)
-    return out
+def drain(session: RecordingSession) -> list[Event]:
+    return session.take_events()
 
 
 def deliver(sender: Session, receiver: Session, data: bytes) -> None:

@@ -35,6 +35,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import attrs
 import trio
 
 from .._util import ConflictDetector
@@ -43,6 +44,7 @@ from ..logical import LogicalStream
 from . import _wire as wire
 from ._datagrams import DatagramTrain
 from ._errors import DatagramTooLarge, NegotiationError, SllpError
+from ._inbox import Inbox
 from ._sealing import SendBuffer
 from ._session import Session
 from .config import SllpConfig
@@ -157,6 +159,8 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._next_lifeline_check = -math.inf
         self._send_guard = ConflictDetector("another task is already sending on this channel")
         self._send_buffer = SendBuffer()  # each send is handed to the kernel before the next
+        self._inbox = Inbox(config)
+        """The session's events until the application takes them (bounded)."""
         self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
         self._lifeline_error: BaseException | None = None
@@ -215,7 +219,15 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     def statistics(self) -> Statistics:
         """Counters: messages sent, received, lost, late; datagrams; drops (:class:`Statistics`)."""
-        return self.session.statistics()
+        statistics = self.session.statistics()
+        overflowed = self._inbox.overflowed  # received by the session, dropped unread here
+        if not overflowed:
+            return statistics
+        return attrs.evolve(
+            statistics,
+            received=statistics.received - overflowed,
+            lost=statistics.lost + overflowed,
+        )
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -365,21 +377,22 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._receive_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self.session
+            inbox = self._inbox
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this channel was closed")
-                if session.events:
-                    messages = session.take_messages(max_messages)
+                if inbox:
+                    messages = inbox.take_messages(max_messages)
                     if messages:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         return messages
-                    event = session.next_event()
+                    event = inbox.next_event()
                     if type(event) is ChannelClosed:
                         raise self._error_for(event)
                 self._raise_ended(sending=False)
                 now = trio.current_time()
                 self._housekeeping(now)
-                if session.events or session.closed is not None:
+                if inbox or session.closed is not None:
                     continue
                 await self._wait(now)
 
@@ -389,10 +402,11 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._receive_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self.session
+            inbox = self._inbox
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this channel was closed")
-                event = session.next_event()
+                event = inbox.next_event()
                 if event is not None:
                     if type(event) is ChannelClosed:
                         raise self._error_for(event)
@@ -401,19 +415,24 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
                 self._raise_ended(sending=False)
                 now = trio.current_time()
                 self._housekeeping(now)
-                if session.events or session.closed is not None:
+                if inbox or session.closed is not None:
                     continue
                 await self._wait(now)
 
     def _housekeeping(self, now: float) -> None:
         """Drain the socket and run due timers (no waiting)."""
         session = self.session
-        self.transport.drain(session.receive_datagrams_untrusted, now, self.config.receive_batch)
+        self.transport.drain(self._receive_datagrams, now, self.config.receive_batch)
         if now >= session.next_deadline():
-            trains = session.handle_timers(now)
-            if trains:
-                self._transmit_nowait(trains)
+            self._inbox.add(session.handle_timers(now))
+            self._transmit_nowait(session.datagrams_to_send())
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+
+    def _receive_datagrams(self, data: memoryview, segment: int, now: float) -> None:
+        """The transport's sink: the session checks the datagrams, the inbox keeps the events."""
+        events = self.session.receive_datagrams_untrusted(data, segment, now)
+        if events:
+            self._inbox.add(events)
 
     async def _wait(self, now: float) -> None:
         deadline = self.session.next_deadline()
@@ -477,7 +496,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
             except NegotiationError as exc:
                 error = exc
             else:
-                self.session.close_received(close.code, close.reason)
+                self._inbox.add(self.session.close_received(close.code, close.reason))
         if error is not None:
             self._lifeline_lost(error)
         done.cancel()
@@ -485,9 +504,10 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
     def _lifeline_lost(self, error: BaseException) -> None:
         if self._lifeline_error is None:
             self._lifeline_error = error
-        train = self.session.lifeline_lost()
-        if train is not None and not self._closed:
-            self._transmit_nowait([train])
+        self._inbox.add(self.session.lifeline_lost())
+        trains = self.session.datagrams_to_send()
+        if not self._closed:
+            self._transmit_nowait(trains)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -501,12 +521,12 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        train = self.session.close(code, reason)
+        self._inbox.add(self.session.close(code, reason))
+        trains = self.session.datagrams_to_send()
         self._closed = True
-        if train is not None:
-            self._transmit_nowait([train])
+        self._transmit_nowait(trains)
         try:
-            if train is not None:
+            if trains:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self.stream.send_message(wire.encode_stream_close(code, reason))
             await self.stream.aclose()

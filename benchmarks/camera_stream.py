@@ -13,8 +13,8 @@ the figures measured for the earlier Artifice implementation):
 * ``p2ptls_stream``: a :class:`p2ptls.SecureStream` (RSA-3072 identities); one frame per
   ``send_message`` / ``receive_message``;
 * ``p2ptls_sllp``: an SLLP channel (``p2ptls.sllp.open_channel`` on a SecureStream), one frame per
-  message, 1200-byte datagrams (the default: fits any path; ``--sllp-datagram`` sets another
-  size, up to 65,507 bytes on loopback), unordered delivery;
+  message, datagrams sized from the path MTU (the default: 65,507 bytes on loopback;
+  ``--sllp-datagram`` fixes another size, such as 1200, which fits any path), unordered delivery;
 * ``p2ptls_mux``: two p2ptls hosts; each camera opens a logical stream of ``camera/frames/1``
   (``host.open``) on the **one** connection the sending host keeps to the receiving host (the
   receiver serves the protocol with ``host.serve_protocol``); one frame per message. Each stream
@@ -111,7 +111,6 @@ from benchmarks._common import (
 )
 from benchmarks.stream import TLS_HOSTNAME, tls_contexts, write_tls_material
 from p2ptls import sllp
-from p2ptls.sllp import _wire as wire
 from p2ptls.sllp.relay import LinkConditions, UdpRelay
 from p2ptls.sllp.transport import UdpTransport
 
@@ -656,7 +655,7 @@ async def run_one(
             kind,
             delay=args.delay / 1e3,
             seed=args.seed,
-            sllp_config=attrs.evolve(SLLP_CONFIG, max_datagram_payload=args.sllp_datagram),
+            sllp_config=attrs.evolve(SLLP_CONFIG, datagram_size=args.sllp_datagram),
         )
         await connector.start()
         cameras = [CameraBuffers(frames) for _ in range(case.cameras)]
@@ -909,13 +908,19 @@ def verdicts(figures: Figures) -> list[tuple[str, str, str]]:
     return out
 
 
+def sllp_datagrams(args: argparse.Namespace) -> str:
+    if args.sllp_datagram is None:
+        return "from the path MTU"
+    return f"of {args.sllp_datagram} bytes"
+
+
 def print_report(figures: Figures, args: argparse.Namespace, elapsed: float) -> None:
     say()
     say(
         f"{args.seconds:g} s windows after {args.warmup:g} s warm-up; one connection per camera "
         "(p2ptls_mux: one logical stream per camera, one connection); "
         f"RSA-{KEY_BITS}; impaired cases: {args.delay:g} ms one way; "
-        f"SLLP datagrams of {args.sllp_datagram} bytes; {elapsed:.0f} s in all"
+        f"SLLP datagrams {sllp_datagrams(args)}; {elapsed:.0f} s in all"
     )
     print_results(figures, f"Camera streams on 127.0.0.1, one process ({median_of(args.runs)})")
     checks = verdicts(figures)
@@ -1168,9 +1173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sllp-datagram",
         type=int,
-        default=wire.DEFAULT_DATAGRAM_PAYLOAD,
+        default=None,
         metavar="BYTES",
-        help="SLLP's max_datagram_payload (1200: fits any path; loopback takes up to 65507)",
+        help="SLLP's datagram_size (default: from the path MTU, 65507 on loopback; 1200 fits any"
+        " path)",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:

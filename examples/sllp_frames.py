@@ -77,7 +77,7 @@ async def main(frames: int = 300, size: int = 50_000, fps: float = 0.0) -> dict[
             channel = await sllp.connect_datagram(alice, bob_id.peer_id)
             print(
                 f"alice -> bob: {frames} frames of {size} bytes, "
-                f"{-(-size // (channel.max_datagram_payload - 51))} datagrams each"
+                f"{-(-size // (channel.datagram_size - 51))} datagrams each"
             )
             async with channel:
                 for number in range(frames):

@@ -194,22 +194,20 @@ def implementation(expected: dict[str, Any]) -> dict[str, Any]:
         offerer_config=OFFERER_CONFIG,
         answerer_config=ANSWERER_CONFIG,
     )
-    o2a = [
+    o2a: list[bytes | bytearray | memoryview] = [
         *offerer.send_message(SHORT_MESSAGE, 0.0).datagrams(),
         *offerer.send_message(LONG_MESSAGE, 0.0).datagrams(),
-        *[t.data for t in offerer.handle_timers(OFFERER_CONFIG.keepalive_interval)],
     ]
-    closing = offerer.close(CLOSE_CODE, CLOSE_REASON)
-    assert closing is not None
-    o2a.append(bytes(closing.data))
+    offerer.handle_timers(OFFERER_CONFIG.keepalive_interval)  # a keep-alive...
+    offerer.close(CLOSE_CODE, CLOSE_REASON)  # ...and the close, pulled together
+    o2a += [train.data for train in offerer.datagrams_to_send()]
     a2o = [answerer.send_message(b"n%02d" % i, 0.0).data for i in range(REKEY_MESSAGES)]
     produced = [bytes(d).hex() for d in o2a] + [bytes(a2o[16]).hex()]
-    for datagram in o2a:
-        answerer.receive_datagram_untrusted(bytes(datagram), 1.0)
     delivered = []
-    while (event := answerer.next_event()) is not None:
-        if isinstance(event, Message):
-            delivered.append(event.data)
+    for datagram in o2a:
+        for event in answerer.receive_datagram_untrusted(bytes(datagram), 1.0):
+            if isinstance(event, Message):
+                delivered.append(event.data)
     assert delivered == [SHORT_MESSAGE, LONG_MESSAGE], "the answerer did not deliver the messages"
     assert answerer.closed is not None and answerer.closed.code == CLOSE_CODE
     export = logical_stream_exporter(EXPORTER_SECRET, LOGICAL_STREAM_ID)

@@ -250,7 +250,7 @@ def test_the_reassembly_byte_cap_evicts_as_many_messages_as_it_takes() -> None:
     stats = b.statistics()
     assert stats.reassembly_bytes == FRAGMENT + last + FRAGMENT
     assert stats.in_reassembly == 3 and stats.lost == 2
-    events = list(b.events)
+    events = b.take_events()
     assert [e for e in events if isinstance(e, MessagesLost)] == [
         MessagesLost(0, 1, LossReason.EVICTED),
         MessagesLost(1, 1, LossReason.EVICTED),
@@ -258,7 +258,7 @@ def test_the_reassembly_byte_cap_evicts_as_many_messages_as_it_takes() -> None:
     assert not any(isinstance(e, Message) for e in events)
     # The messages still held complete normally.
     send(2, 1, 2, 7)
-    delivered = [e for e in b.events if isinstance(e, Message)]
+    delivered = [e for e in b.take_events() if isinstance(e, Message)]
     assert [(m.message_id, m.data) for m in delivered] == [(2, bytes([2]) * (FRAGMENT + 7))]
 
 

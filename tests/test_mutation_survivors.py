@@ -37,11 +37,10 @@ from p2ptls.sllp import (
     MessagesLost,
     NegotiationError,
     ReplayWindow,
-    Session,
     SllpConfig,
 )
 from p2ptls.sllp import _wire as sllp_wire
-from p2ptls.sllp.testing import FragmentFeeder, session_pair
+from p2ptls.sllp.testing import FragmentFeeder, RecordingSession, session_pair
 from p2ptls.state import _crypto
 from p2ptls.state import _wire as state_wire
 from p2ptls.state._replica import ReplicaCore
@@ -157,20 +156,21 @@ def test_a_peer_gets_its_share_of_the_budget_back_with_each_finished_message() -
 FRAGMENT = sllp_wire.DEFAULT_DATAGRAM_PAYLOAD - sllp_wire.OVERHEAD  # 1149 payload bytes
 
 
-def delivered(session: Session) -> list[tuple[int, bytes]]:
-    return [(e.message_id, e.data) for e in session.events if isinstance(e, Message)]
+def delivered(session: RecordingSession) -> list[tuple[int, bytes]]:
+    return [(e.message_id, e.data) for e in session.log if isinstance(e, Message)]
 
 
-def losses(session: Session) -> list[MessagesLost]:
-    return [e for e in session.events if isinstance(e, MessagesLost)]
+def losses(session: RecordingSession) -> list[MessagesLost]:
+    return [e for e in session.log if isinstance(e, MessagesLost)]
 
 
 def test_a_final_fragment_may_reach_max_message_size_and_not_pass_it() -> None:
     a, b = session_pair(SllpConfig(max_message_size=5000, reassembly_timeout=60.0))
     send = FragmentFeeder(a, b)
+    send(0, 0, 5, FRAGMENT)  # the message's fragment size, from its first non-final fragment
     last = 5000 - 4 * FRAGMENT  # a 5-fragment message ends with at most 404 bytes
     send(0, 4, 5, last + 1)
-    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 0
+    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
     send(0, 4, 5, last)
     assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
     send(1, 1, 2, 0)  # an empty last fragment
@@ -180,10 +180,11 @@ def test_a_final_fragment_may_reach_max_message_size_and_not_pass_it() -> None:
 def test_a_two_fragment_message_may_not_pass_max_message_size() -> None:
     a, b = session_pair(SllpConfig(max_message_size=1500, reassembly_timeout=60.0))
     send = FragmentFeeder(a, b)
+    send(0, 0, 2, FRAGMENT)  # the message's fragment size, from its first non-final fragment
     send(0, 1, 2, 1500 - FRAGMENT + 1)
-    assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 0
-    send(0, 1, 2, 1500 - FRAGMENT)
     assert b.statistics().malformed == 1 and b.statistics().in_reassembly == 1
+    send(0, 1, 2, 1500 - FRAGMENT)
+    assert b.statistics().malformed == 1 and [len(data) for _, data in delivered(b)] == [1500]
 
 
 def test_a_single_fragment_message_may_reach_max_message_size_and_not_pass_it() -> None:
@@ -254,7 +255,7 @@ def test_unordered_mode_keeps_an_older_message_when_a_newer_one_completes_first(
     for datagram in [older[0], *newer, *older[1:]]:
         b.receive_datagram_untrusted(datagram, 0.0)
     assert delivered(b) == [(1, b"n" * 10), (0, b"o" * 3000)]
-    assert all(e.complete and e.missing == () for e in b.events if isinstance(e, Message))
+    assert all(e.complete and e.missing == () for e in b.log if isinstance(e, Message))
     assert b.statistics().in_reassembly == 0
 
 

@@ -18,12 +18,12 @@ from p2ptls.sllp import (
     DeliveryMode,
     Message,
     PeerClosed,
-    Session,
     SllpConfig,
 )
 from p2ptls.sllp import _wire as wire
+from p2ptls.sllp._sealing import SendBuffer
 from p2ptls.sllp.relay import LinkConditions, memory_transport_pair
-from p2ptls.sllp.testing import channel_pair, seal_datagram, session_pair
+from p2ptls.sllp.testing import RecordingSession, channel_pair, seal_datagram, session_pair
 from p2ptls.sllp.transport import UdpTransport, gso_supported
 from tests.conftest import identity_pool
 
@@ -35,12 +35,8 @@ def ids() -> tuple[p2ptls.Identity, p2ptls.Identity]:
     return pool[0], pool[1]
 
 
-def drain(session: Session) -> list[Message]:
-    out = []
-    while (event := session.next_event()) is not None:
-        if isinstance(event, Message):
-            out.append(event)
-    return out
+def drain(session: RecordingSession) -> list[Message]:
+    return [event for event in session.take_events() if isinstance(event, Message)]
 
 
 def wire_bytes(trains: list[DatagramTrain]) -> bytes:
@@ -163,8 +159,8 @@ def test_a_close_in_the_middle_of_a_read_drops_the_rest_unread() -> None:
     sender, receiver = session_pair()
     before = sender.send_messages([bytes(64)] * 2, 0.0)[0].datagrams()
     after = seal_datagram(sender, wire.encode_body(wire.TYPE_DATA, 2, 0, 1, bytes(64)))
-    close = sender.close(20, "x" * 62)  # as long as the others, so one read can hold it
-    assert close is not None
+    sender.close(20, "x" * 62)  # as long as the others, so one read can hold it
+    (close,) = sender.datagrams_to_send()
     assert len(before[0]) == len(after) == len(close.data) == 115
     read = before[0] + bytes(close.data) + after + before[1]
     receiver.receive_datagrams_untrusted(read, 115, 0.0)
@@ -270,7 +266,7 @@ async def test_receive_many_limit_and_order(autojump_clock: trio.testing.MockClo
 
 @pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain"])
 async def test_send_many_over_udp(offload: bool) -> None:
-    config = SllpConfig(gso=offload, gro=offload)
+    config = SllpConfig(gso=offload, gro=offload, datagram_size=1200)
     a, b = await channel_pair(config, identities=ids())
     try:
         ta, tb = a.transport, b.transport
@@ -297,7 +293,7 @@ async def test_send_many_over_udp(offload: bool) -> None:
 
 
 async def test_datagrams_too_large_for_offload_go_one_by_one() -> None:
-    config = SllpConfig(max_datagram_payload=60_000, max_message_size=200_000)
+    config = SllpConfig(datagram_size=60_000, max_message_size=200_000)
     a, b = await channel_pair(config, identities=ids())
     try:
         payload = os.urandom(150_000)  # three datagrams of up to 60,000 bytes
@@ -307,3 +303,21 @@ async def test_datagrams_too_large_for_offload_go_one_by_one() -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def test_a_reused_send_buffer_seals_the_same_datagrams() -> None:
+    a, _ = session_pair()
+    reference, _ = session_pair()
+    buffer = SendBuffer()
+    small = a.send_message(b"x" * 3000, 0.0, into=buffer)
+    small_bytes = bytes(reference.send_message(b"x" * 3000, 0.0).data)
+    assert bytes(small.data) == small_bytes
+    first = buffer.take(0)
+    big = a.send_message(b"y" * 9000, 0.0, into=buffer)  # larger: a new buffer...
+    assert buffer.take(0) is not first
+    assert bytes(big.data) == bytes(reference.send_message(b"y" * 9000, 0.0).data)
+    assert bytes(small.data) == small_bytes  # ...so the views of the old one stay valid
+    second = buffer.take(0)
+    again = a.send_message(b"z" * 100, 0.0, into=buffer)  # smaller: the same buffer
+    assert buffer.take(0) is second and len(again.data) == 100 + wire.OVERHEAD
+    assert bytes(again.data) == bytes(reference.send_message(b"z" * 100, 0.0).data)

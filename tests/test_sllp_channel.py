@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 from typing import Any
 
@@ -31,6 +32,7 @@ from p2ptls.sllp import (
     is_offer,
     open_channel,
 )
+from p2ptls.sllp import _wire as wire
 from p2ptls.sllp.channel import LIFELINE_POLL
 from p2ptls.sllp.relay import LinkConditions, UdpRelay, memory_transport_pair
 from p2ptls.sllp.testing import channel_pair
@@ -56,7 +58,7 @@ async def close_all(*channels: SllpChannel) -> None:
 
 @pytest.mark.parametrize("offload", [True, False], ids=["gso-gro", "plain"])
 async def test_messages_over_udp(offload: bool) -> None:
-    config = SllpConfig(gso=offload, gro=offload)
+    config = SllpConfig(gso=offload, gro=offload, datagram_size=1200)
     a, b = await channel_pair(config, identities=ids())
     try:
         assert isinstance(a.transport, UdpTransport) and isinstance(b.transport, UdpTransport)
@@ -76,7 +78,7 @@ async def test_messages_over_udp(offload: bool) -> None:
         sent, received = a.statistics(), b.statistics()
         assert sent.sent == len(SIZES) and received.received == len(SIZES)
         assert received.datagrams_received == sent.datagrams_sent
-        assert received.largest_datagram_received == 1200 == a.max_datagram_payload
+        assert received.largest_datagram_received == 1200 == a.datagram_size
         if a.transport.gso:  # one system call per batch of up to 64 datagrams
             assert a.transport.send_calls < sent.datagrams_sent / 10
         else:
@@ -106,7 +108,7 @@ class _RefusingGso:
 
 
 async def test_gso_refused_at_run_time_falls_back_to_plain_sends() -> None:
-    a, b = await channel_pair(identities=ids())
+    a, b = await channel_pair(SllpConfig(datagram_size=1200), identities=ids())
     transport = a.transport
     assert isinstance(transport, UdpTransport)
     refusing = _RefusingGso(transport.socket)
@@ -123,6 +125,48 @@ async def test_gso_refused_at_run_time_falls_back_to_plain_sends() -> None:
     finally:
         transport.socket = refusing._sock
         await close_all(a, b)
+
+
+async def test_datagrams_take_the_loopback_path_mtu() -> None:
+    a, b = await channel_pair(SllpConfig(max_message_size=2**20), identities=ids())
+    try:
+        # Loopback's path MTU (65,535 for IPv4) less 28 bytes of IPv4 and UDP headers.
+        assert a.max_datagram_payload == a.datagram_size == b.datagram_size == 65507
+        payload = os.urandom(2**20)
+        await a.send(payload)
+        assert (await b.receive()).data == payload
+        assert b.statistics().largest_datagram_received == 65507
+        assert a.statistics().datagrams_sent == -(-len(payload) // (65507 - wire.OVERHEAD))
+    finally:
+        await close_all(a, b)
+
+
+async def test_a_smaller_limit_of_either_side_caps_the_path_mtu() -> None:
+    a, b = await channel_pair(SllpConfig(), SllpConfig(max_datagram_payload=9000), identities=ids())
+    try:
+        assert a.datagram_size == b.datagram_size == a.max_datagram_payload == 9000
+        await a.send(bytes(20_000))
+        assert (await b.receive()).fragment_size == 9000 - wire.OVERHEAD
+    finally:
+        await close_all(a, b)
+
+
+async def test_connection_ids_come_from_the_injected_randomness(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a, b = await channel_pair(
+        identities=ids(),
+        transports=memory_transport_pair(),
+        clock=autojump_clock,
+        randomness=random.Random(7).randbytes,
+    )
+    # Three draws in all (the two proposals, then the answer's own): which side drew first is
+    # the scheduler's choice, so the ids are two of the first three.
+    draws = random.Random(7)
+    first_three = {int.from_bytes(draws.randbytes(8), "big") for _ in range(3)}
+    cids = {a.session.parameters.local_connection_id, b.session.parameters.local_connection_id}
+    assert len(cids) == 2 and cids <= first_three
+    await close_all(a, b)
 
 
 async def test_ipv6_loopback() -> None:

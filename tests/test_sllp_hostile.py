@@ -26,7 +26,7 @@ from p2ptls.sllp import (
 )
 from p2ptls.sllp import _wire as wire
 from p2ptls.sllp._reassembly import MAX_GAP_ENTRIES
-from p2ptls.sllp.testing import channel_pair, seal_datagram, session_pair
+from p2ptls.sllp.testing import RecordingSession, channel_pair, seal_datagram, session_pair
 from tests.conftest import identity_pool
 
 SAFETY_NET = 10.0
@@ -53,11 +53,8 @@ def count_decryptions(session: Session) -> CountingAead:
     return counter
 
 
-def drain(session: Session) -> list[Event]:
-    out: list[Event] = []
-    while (event := session.next_event()) is not None:
-        out.append(event)
-    return out
+def drain(session: RecordingSession) -> list[Event]:
+    return session.take_events()
 
 
 def data_body(message_id: int, index: int, count: int, payload: bytes) -> bytes:
@@ -224,6 +221,7 @@ def test_26_thousands_of_incomplete_messages_stay_bounded_and_memory_is_flat() -
             feed(b, [seal_datagram(a, data_body(message_id, 0, 40, fragment))])
             stats = b.statistics()
             assert stats.in_reassembly <= 32 and stats.reassembly_bytes <= 256 * 1024
+            assert len(b.take_events()) <= 2 * 16 + 64  # loss notices are bounded too
 
     flood(0, 1000)
     gc.collect()
@@ -236,10 +234,12 @@ def test_26_thousands_of_incomplete_messages_stay_bounded_and_memory_is_flat() -
         growth = sum(stat.size_diff for stat in grown)
     finally:
         tracemalloc.stop()
-    assert growth < 64 * 1024, f"memory grew by {growth} bytes"
+    # The 32 incomplete messages held at the end (a 1.1 KB fragment each) and the windows' blocks
+    # were allocated while tracing, and what they replaced was not traced when it was allocated:
+    # about 60 KB. A leak of even 36 bytes per message would add 144 KB.
+    assert growth < 96 * 1024, f"memory grew by {growth} bytes"
     stats = b.statistics()
     assert stats.lost == 5000 - stats.in_reassembly  # each given up one is counted
-    assert len(b.events) <= 2 * 16 + 64  # loss notices are bounded too
 
 
 def test_26_message_id_gaps_are_bounded() -> None:
@@ -307,8 +307,8 @@ def test_28_unauthenticated_close_is_ignored() -> None:
     assert b.state is SessionState.OPEN and b.has_keys
     assert b.statistics().failed_authentication == 2
     assert b.statistics().unknown_connection_id == 1
-    replayed = a.close(0, "bye")
-    assert replayed is not None
+    a.close(0, "bye")
+    (replayed,) = a.datagrams_to_send()
     feed(b, replayed.datagrams())
     assert not b.has_keys
     feed(b, replayed.datagrams())  # a replay of it changes nothing more
@@ -319,8 +319,8 @@ def test_28_authenticated_close_erases_keys_and_the_session() -> None:
     a, b = session_pair()
     pending = a.send_message(b"p" * 5000, 0.0).datagrams()
     feed(b, pending[:2])
-    train = a.close(42, "finished")
-    assert train is not None
+    a.close(42, "finished")
+    (train,) = a.datagrams_to_send()
     counter = count_decryptions(b)
     feed(b, train.datagrams())
     assert counter.calls == 1
@@ -358,7 +358,8 @@ async def test_28_spoofed_udp_close_does_not_end_the_channel() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, wire.HEADER_SIZE, wire.MIN_DATAGRAM - 1, 1201, 9000, 65507])
 def test_29_datagrams_below_the_minimum_or_above_the_maximum_are_dropped(size: int) -> None:
-    _, b = session_pair()
+    small = SllpConfig(max_datagram_payload=1200)
+    _, b = session_pair(small)
     cid = b.parameters.local_connection_id
     datagram = (wire.encode_header(0, cid, 1) + bytes(size))[:size]
     counter = count_decryptions(b)
@@ -367,7 +368,7 @@ def test_29_datagrams_below_the_minimum_or_above_the_maximum_are_dropped(size: i
     assert b.statistics().malformed == 1
     if size >= wire.MIN_DATAGRAM:  # even an authentic one above the negotiated size
         big = SllpConfig(max_datagram_payload=9000)
-        c, d = session_pair(big, SllpConfig())
+        c, d = session_pair(big, small)
         c._datagram_size = 65507  # a peer that ignores the negotiated size
         c._fragment_size = 65507 - wire.OVERHEAD
         c._scratch = bytearray(65507)

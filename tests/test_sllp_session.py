@@ -23,7 +23,8 @@ from p2ptls.sllp import (
     SllpConfig,
 )
 from p2ptls.sllp import _wire as wire
-from p2ptls.sllp.testing import seal_datagram, session_pair
+from p2ptls.sllp._inbox import Inbox
+from p2ptls.sllp.testing import RecordingSession, seal_datagram, session_pair
 
 
 def deliver(trains: DatagramTrain | Iterable[DatagramTrain], receiver: Session, now: float) -> None:
@@ -34,14 +35,11 @@ def deliver(trains: DatagramTrain | Iterable[DatagramTrain], receiver: Session, 
             receiver.receive_datagram_untrusted(datagram, now)
 
 
-def drain(session: Session) -> list[Event]:
-    out: list[Event] = []
-    while (event := session.next_event()) is not None:
-        out.append(event)
-    return out
+def drain(session: RecordingSession) -> list[Event]:
+    return session.take_events()
 
 
-def messages(session: Session) -> list[Message]:
+def messages(session: RecordingSession) -> list[Message]:
     return [event for event in drain(session) if isinstance(event, Message)]
 
 
@@ -109,7 +107,9 @@ def test_sequence_numbers_and_nonces_never_repeat_across_rekeys() -> None:
     updates = [e for e in events if isinstance(e, KeysUpdated)]
     assert [u.epoch for u in updates] == list(range(1, a.send_epoch + 1))
     assert all(u.direction == "receive" for u in updates)
-    assert any(isinstance(e, KeysUpdated) and e.direction == "send" for e in drain(a))
+    # A send's key updates come back from the next call that returns events.
+    sent = a.handle_timers(0.0)
+    assert any(isinstance(e, KeysUpdated) and e.direction == "send" for e in sent)
 
 
 def test_previous_key_is_kept_briefly_for_reordered_datagrams() -> None:
@@ -121,7 +121,8 @@ def test_previous_key_is_kept_briefly_for_reordered_datagrams() -> None:
         deliver(train, b, 1.0)
     assert b.receive_epoch == 1
     deliver(late, b, 1.5)  # epoch 0, within the previous key's lifetime
-    assert b.handle_timers(3.5) == []  # the previous key is dropped now
+    b.handle_timers(3.5)  # the previous key is dropped now
+    assert b.datagrams_to_send() == []
     deliver(late2, b, 3.6)
     got = sorted(m.message_id for m in messages(b))
     assert got == [*range(15), *range(16, 20)]
@@ -179,31 +180,38 @@ def test_lost_message_is_reported_after_the_timeout() -> None:
     assert b.statistics().late >= 1
 
 
-def test_unread_limit_drops_and_counts() -> None:
-    a, b = session_pair(SllpConfig(max_unread_messages=3, max_unread_bytes=1 << 20))
+def test_the_channel_inbox_bounds_unread_messages() -> None:
+    a, b = session_pair()
+    inbox = Inbox(SllpConfig(max_unread_messages=3, max_unread_bytes=1 << 20))
+
+    def send(data: bytes) -> None:
+        for datagram in a.send_message(data, 0.0).datagrams():
+            inbox.add(b.receive_datagram_untrusted(datagram, 0.0))
+
     for _ in range(5):
-        deliver(a.send_message(b"x", 0.0), b, 0.0)
-    events = drain(b)
+        send(b"x")
+    events = [inbox.next_event() for _ in range(len(inbox))]
     assert sum(isinstance(e, Message) for e in events) == 3
     assert MessagesLost(3, 1, LossReason.OVERFLOW) in events
-    assert b.statistics().lost == 2
-    deliver(a.send_message(b"y", 0.0), b, 0.0)  # room again once read
-    assert messages(b)[0].data == b"y"
+    assert inbox.overflowed == 2 and inbox.next_event() is None
+    send(b"y")  # room again once read
+    assert inbox.take_messages(10)[0].data == b"y"
 
 
 def test_keepalive_and_idle_timeout() -> None:
     config = SllpConfig(idle_timeout=3.0, keepalive_interval=1.0)
     a, b = session_pair(config)
     assert a.next_deadline() == 1.0
-    trains = a.handle_timers(1.0)
+    assert a.handle_timers(1.0) == []
+    trains = a.datagrams_to_send()
     assert len(trains) == 1 and a.statistics().keepalives_sent == 1
     deliver(trains, b, 2.9)  # refreshes b's idle timer
-    assert b.handle_timers(3.0) != [] and b.closed is None  # its own keep-alive
-    trains = b.handle_timers(5.9)
-    assert trains and b.state.value == "closed"
-    assert b.closed == ChannelClosed(
-        CloseCause.IDLE_TIMEOUT, wire.CLOSE_IDLE_TIMEOUT, "idle timeout"
-    )
+    assert b.handle_timers(3.0) == [] and b.closed is None
+    assert len(b.datagrams_to_send()) == 1  # its own keep-alive
+    closed = ChannelClosed(CloseCause.IDLE_TIMEOUT, wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
+    assert b.handle_timers(5.9) == [closed]
+    trains = b.datagrams_to_send()
+    assert trains and b.state.value == "closed" and b.closed == closed
     assert not b.has_keys
     deliver(trains, a, 6.0)  # the idle side told the other
     assert a.closed is not None and a.closed.cause is CloseCause.PEER
@@ -212,8 +220,9 @@ def test_keepalive_and_idle_timeout() -> None:
 
 def test_local_close_and_sending_after_it() -> None:
     a, b = session_pair()
-    train = a.close(300, "done")
-    assert train is not None and a.close() is None
+    assert a.close(300, "done") == [ChannelClosed(CloseCause.LOCAL, 300, "done")]
+    (train,) = a.datagrams_to_send()
+    assert a.close() == [] and a.datagrams_to_send() == []
     with pytest.raises(SessionClosed) as info:
         a.send_message(b"x", 0.0)
     assert info.value.code == 300 and info.value.cause is CloseCause.LOCAL
@@ -225,12 +234,13 @@ def test_local_close_and_sending_after_it() -> None:
 
 def test_close_received_on_the_stream_and_lifeline_lost() -> None:
     a, b = session_pair()
-    a.close_received(20, "stream close")
-    assert a.closed == ChannelClosed(CloseCause.PEER, 20, "stream close") and not a.has_keys
-    assert a.lifeline_lost() is None
-    train = b.lifeline_lost()
-    assert train is not None and b.closed is not None
-    assert b.closed.cause is CloseCause.LIFELINE_LOST
+    closed = ChannelClosed(CloseCause.PEER, 20, "stream close")
+    assert a.close_received(20, "stream close") == [closed]
+    assert a.closed == closed and not a.has_keys
+    assert a.lifeline_lost() == [] and a.datagrams_to_send() == []
+    (event,) = b.lifeline_lost()
+    assert len(b.datagrams_to_send()) == 1 and event == b.closed
+    assert b.closed is not None and b.closed.cause is CloseCause.LIFELINE_LOST
     assert b.handle_timers(100.0) == [] and b.next_deadline() == float("inf")
 
 

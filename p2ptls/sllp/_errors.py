@@ -41,6 +41,13 @@ class SessionClosed(SllpError):
 class DatagramTooLarge(SllpError):
     """The operating system refused a datagram as larger than the path MTU (don't-fragment is set).
 
-    Lower ``SllpConfig.max_datagram_payload`` to fit the path: SLLP never relies on IP
-    fragmentation.
+    A channel that sizes its datagrams from the path MTU (``SllpConfig.datagram_size=None``)
+    handles it by moving to the smaller size and sending again; one with an explicit
+    ``datagram_size`` raises it: SLLP never relies on IP fragmentation. ``offset`` is the byte of
+    the train (of a batch of trains, of all of them together) where the refused datagram starts:
+    everything before it was sent.
     """
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset

@@ -2,11 +2,14 @@
 
 Theory of operation
 -------------------
-Every message has an id (the sender counts 0, 1, 2...) and is sent as ``count`` fragments of
-exactly ``fragment_size`` payload bytes except the last (1 to ``fragment_size`` bytes; an empty
-message is one empty fragment). The receiver checks a fragment against those rules and against its
-own ``max_message_size`` before it keeps anything, so a peer cannot make it hold more than it
-configured. A one-fragment message is delivered at once without being stored.
+Every message has an id (the sender counts 0, 1, 2...) and is sent as ``count`` fragments of one
+size ``F`` except the last (1 to ``F`` bytes; an empty message is one empty fragment). The sender
+picks ``F`` per message (from its path MTU, and smaller after the path shrank), between
+``MIN_FRAGMENT`` and the negotiated datagram size less the overhead; the receiver learns it from
+the message's first non-final fragment and holds every later one to it. It checks each fragment
+against those rules and against its own ``max_message_size`` before it keeps anything, so a peer
+cannot make it hold more than it configured. A one-fragment message is delivered at once without
+being stored.
 
 Incomplete messages live in a dict in arrival order; since every message gets the same timeout
 from its first fragment, the first entry is always the next to expire. Two bounds hold at all
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from ._errors import DatagramError
 from ._replay import ReplayWindow
 from ._wire import BODY_SIZE as _BODY_SIZE
+from ._wire import MIN_FRAGMENT
 from .config import DeliveryMode, SllpConfig
 from .events import LossReason, Message
 
@@ -40,25 +44,49 @@ Lose = Callable[[int, int, LossReason], None]
 
 
 class _Partial:
-    __slots__ = ("count", "deadline", "parts", "size")
+    __slots__ = ("count", "deadline", "fragment_size", "last_size", "parts", "size")
 
     def __init__(self, count: int, deadline: float) -> None:
         self.count = count
         self.deadline = deadline
         self.parts: dict[int, bytes | memoryview] = {}
         self.size = 0
+        self.fragment_size = 0  # F, from the first non-final fragment (0: none yet)
+        self.last_size = 0  # the final fragment's size, once it arrived
+
+    def learn_sizes_untrusted(self, final: bool, size: int, max_message_size: int) -> None:
+        """Check a fragment's size against the message's others (raise :class:`DatagramError`),
+        and remember what it tells."""
+        fragment_size, last_size = self.fragment_size, self.last_size
+        if final:
+            if fragment_size and (
+                size > fragment_size or (self.count - 1) * fragment_size + size > max_message_size
+            ):
+                raise DatagramError("final fragment size out of range")
+            self.last_size = size
+        elif not fragment_size:
+            if last_size and (
+                last_size > size or (self.count - 1) * size + last_size > max_message_size
+            ):
+                raise DatagramError("final fragment size out of range")
+            self.fragment_size = size
+        elif size != fragment_size:
+            raise DatagramError("non-final fragments of different sizes")
 
 
 class Reassembler:
     """One direction's reassembly state. Calls ``deliver`` and ``lose`` with its results."""
 
     def __init__(
-        self, config: SllpConfig, fragment_size: int, deliver: Deliver, lose: Lose
+        self, config: SllpConfig, max_fragment_size: int, deliver: Deliver, lose: Lose
     ) -> None:
-        self.fragment_size = fragment_size
-        self._body_size = _BODY_SIZE + fragment_size  # a decrypted full-sized DATA body
+        self.max_fragment_size = max_fragment_size
+        """The largest fragment the negotiated datagram size allows."""
+        self.fragment_size = max_fragment_size
+        """The peer's latest fragment size ``F`` (the largest allowed until one is seen): what a
+        partial message with no non-final fragment is filled in with."""
         self.max_message_size = config.max_message_size
-        self.max_fragments = max(1, -(-config.max_message_size // fragment_size))
+        self.max_fragments = max(1, -(-config.max_message_size // MIN_FRAGMENT))
         self.timeout = config.reassembly_timeout
         self.max_messages = config.max_reassembly_messages
         self.max_bytes = config.max_reassembly_bytes
@@ -103,14 +131,14 @@ class Reassembler:
             or message_id != self._current_id
             or count != current.count
             or index + 1 >= count
-            or len(plaintext) != self._body_size
+            or len(plaintext) - _BODY_SIZE != current.fragment_size
         ):
             return False
         parts = current.parts
         done = self._done
         if index in parts or len(parts) + 1 >= count or done.top - message_id >= done.size:
             return False
-        size = self.fragment_size
+        size = current.fragment_size
         bytes_held = self.bytes_held + size
         if bytes_held > self.max_bytes:
             return False
@@ -130,7 +158,7 @@ class Reassembler:
             and message_id == self._current_id
             and count == current.count
             and index + 1 < count
-            and size == self.fragment_size
+            and size == current.fragment_size
         ):
             # The common case, a middle fragment of the message being reassembled: the checks
             # below that this message already passed (count, id, ordering) hold as they did;
@@ -152,12 +180,14 @@ class Reassembler:
             raise DatagramError("fragment index or count out of range")
         if count > self.max_fragments:
             raise DatagramError("fragment count above what max_message_size allows")
-        fragment_size = self.fragment_size
-        if index + 1 < count:
-            if size != fragment_size:
-                raise DatagramError("non-final fragment of the wrong size")
+        final = index + 1 == count
+        if not final:
+            if not MIN_FRAGMENT <= size <= self.max_fragment_size:
+                raise DatagramError("non-final fragment size out of range")
+            if (count - 1) * size >= self.max_message_size:
+                raise DatagramError("fragment count and size above max_message_size")
         elif count > 1:
-            if size == 0 or (count - 1) * fragment_size + size > self.max_message_size:
+            if size == 0 or (count - 1) * MIN_FRAGMENT + size > self.max_message_size:
                 raise DatagramError("final fragment size out of range")
         elif size > self.max_message_size:
             raise DatagramError("message above max_message_size")
@@ -175,7 +205,7 @@ class Reassembler:
             return
         if count == 1:
             done.update(message_id)
-            self._complete(message_id, bytes(payload), 1)
+            self._complete(message_id, bytes(payload), 1, size)
             return
 
         partials = self._partials
@@ -192,6 +222,9 @@ class Reassembler:
         if index in parts:
             self.duplicate_fragments += 1
             return
+        partial.learn_sizes_untrusted(final, size, self.max_message_size)
+        if not final:
+            self.fragment_size = size
         while self.bytes_held + size > self.max_bytes:
             self._give_up_oldest(message_id)
         parts[index] = payload
@@ -203,9 +236,9 @@ class Reassembler:
             self.bytes_held -= partial.size
             done.update(message_id)
             data = b"".join([parts[i] for i in range(count)])
-            self._complete(message_id, data, count)
+            self._complete(message_id, data, count, partial.fragment_size)
 
-    def _complete(self, message_id: int, data: bytes, count: int) -> None:
+    def _complete(self, message_id: int, data: bytes, count: int, fragment_size: int) -> None:
         if message_id < self._highest_delivered:
             self.late += 1  # (ordered mode never gets here with a late message)
         else:
@@ -213,7 +246,7 @@ class Reassembler:
             if self.mode is DeliveryMode.ORDERED and self._partials:
                 for older in [m for m in self._partials if m < message_id]:
                     self._drop_late(older)
-        self._deliver(Message(message_id, data, (), count, self.fragment_size))
+        self._deliver(Message(message_id, data, (), count, fragment_size))
 
     def _drop_late(self, message_id: int) -> None:
         partial = self._partials.pop(message_id, None)
@@ -247,7 +280,8 @@ class Reassembler:
             self._lose(message_id, 1, reason)
 
     def _partial_message(self, message_id: int, partial: _Partial) -> Message:
-        filler = bytes(self.fragment_size)
+        fragment_size = partial.fragment_size or self.fragment_size
+        filler = bytes(fragment_size)
         pieces: list[bytes | memoryview] = []
         missing = []
         last = partial.count - 1
@@ -259,9 +293,7 @@ class Reassembler:
                     pieces.append(filler)
             else:
                 pieces.append(piece)
-        return Message(
-            message_id, b"".join(pieces), tuple(missing), partial.count, self.fragment_size
-        )
+        return Message(message_id, b"".join(pieces), tuple(missing), partial.count, fragment_size)
 
     # -- gaps and timeouts ----------------------------------------------------------------------
 

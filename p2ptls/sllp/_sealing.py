@@ -6,7 +6,9 @@ Theory of operation
 the session lays out each datagram's body (body header and payload, ``protocol/SPEC-sllp.md``)
 and hands it to :meth:`TrainSealer.seal`, which writes the datagram header, encrypts the body
 after it with the epoch's key (moving to the next epoch when the current one is used up) and
-takes the next sequence number. As datagrams are written it cuts the buffer into
+takes the next sequence number. The buffer is new for each batch, or a :class:`SendBuffer` that a
+caller which sends each batch before sealing the next (the channel) reuses, saving the allocation
+and page faults of a fresh buffer per frame. As datagrams are written it cuts the buffer into
 :class:`~p2ptls.sllp._datagrams.DatagramTrain` runs of equal-sized datagrams, a shorter datagram
 ending its run, so that one segmentation-offload call can carry each run.
 """
@@ -25,11 +27,27 @@ _TAG_SIZE = wire.TAG_SIZE
 _VERSION = wire.VERSION
 
 
+class SendBuffer:
+    """One buffer for batch after batch: valid for a batch until the next one is sealed into it."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes (the same one as last time if it is large
+        enough; otherwise a new one, so that views of the old one stay valid)."""
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        return self._buffer
+
+
 class TrainSealer:
     """Seals datagrams one after another into ``out`` and cuts it into trains.
 
     Args:
-      out: the buffer, sized by the caller for every datagram of the batch.
+      out: the buffer, at least as large as every datagram of the batch together.
       keys: the current send epoch's keys.
       left_in_epoch: datagrams the epoch may still seal.
       rekey: moves the session to its next send epoch and returns its keys.
@@ -123,6 +141,6 @@ class TrainSealer:
                 datagram_train(self._out_view, self._run_start, self.position, self._run_segment)
             )
             self._run_segment = 0
-        if len(trains) == 1:  # the common case: the train is the whole buffer
-            trains[0].data = self._out
+        if len(trains) == 1 and self.position == len(self._out):
+            trains[0].data = self._out  # the common case: the train is the whole buffer
         return trains

@@ -4,14 +4,28 @@ Theory of operation
 -------------------
 A :class:`Session` is created after the offer/answer exchange on the secure stream, with the two
 per-direction epoch-0 secrets and the negotiated parameters. It does no I/O and reads no clock:
-every method takes ``now`` (seconds, any monotonic clock), returns the datagrams to send as
-:class:`DatagramTrain` objects, and appends what the application must learn to ``events``.
+every method takes ``now`` (seconds, any monotonic clock). It follows p2ptls's event convention:
+
+* input calls return the events they completed: :meth:`Session.receive_datagrams_untrusted`
+  (and its one-datagram form), :meth:`Session.handle_timers`, and the local actions that end the
+  session (:meth:`Session.close`, :meth:`Session.close_received`, :meth:`Session.lifeline_lost`)
+  return ``list[Event]``; the session keeps no queue of events for the application;
+* sending returns its datagrams at once, as :class:`DatagramTrain` objects
+  (:meth:`Session.send_message`, :meth:`Session.send_messages`): the hot path, whose caller sends
+  them straight away. The few events a send completes (a send key update; the end on sequence
+  exhaustion) come back from the next call that returns events;
+* the datagrams the session sends on its own (keep-alive, CLOSE) are pulled with
+  :meth:`Session.datagrams_to_send` after the call that made them.
 
 Sending: a message of ``n`` bytes becomes ``ceil(n / fragment_size)`` datagrams (one for an empty
-message) written back to back into one buffer; all but the last have the same size, which is what
-UDP segmentation offload wants. Each datagram takes the next sequence number; the nonce is the
-epoch's IV xor that number, so a (key, nonce) pair is never used twice. After ``rekey_after``
-datagrams the sender moves to the next key epoch and flips the key-phase bit.
+message) written back to back into one buffer. The fragment size follows the send datagram size,
+which the channel sets from the path MTU (:meth:`Session.set_send_datagram_size`, at most the
+negotiated ``datagram_size``) and may lower while the session runs; the receiver learns each
+message's fragment size from the message itself. All the datagrams of a message but the last have
+the same size, which is what UDP segmentation offload wants. Each datagram takes the next
+sequence number; the nonce is the epoch's IV xor that number, so a (key, nonce) pair is never used
+twice. After ``rekey_after`` datagrams the sender moves to the next key epoch and flips the
+key-phase bit.
 
 Receiving (:meth:`Session.receive_datagram_untrusted`), in this order, each failure a silent,
 counted drop: size within ``[51, datagram_size]``; destination connection id is ours (else nothing
@@ -34,7 +48,6 @@ dropped unread.
 
 from __future__ import annotations
 
-import collections
 import enum
 import struct
 from collections.abc import Iterable
@@ -48,7 +61,7 @@ from ._errors import DatagramError, SessionClosed
 from ._keys import EpochKeys
 from ._reassembly import Reassembler
 from ._replay import ReplayWindow
-from ._sealing import TrainSealer
+from ._sealing import SendBuffer, TrainSealer
 from .config import SllpConfig
 from .events import (
     ChannelClosed,
@@ -89,13 +102,15 @@ class SessionParameters:
     remote_connection_id: int
     """The peer's: datagrams we send carry it."""
     datagram_size: int
-    """Largest UDP payload, both directions: the smaller of the two sides' values."""
+    """Largest UDP payload, both directions: the smaller of the two sides' values. Each side
+    sends datagrams of at most this size, as large as its path allows
+    (:meth:`Session.set_send_datagram_size`)."""
     peer_max_message_size: int
     """The largest message the peer accepts."""
 
     @property
     def fragment_size(self) -> int:
-        """Payload bytes per fragment."""
+        """Payload bytes of the largest fragment."""
         return self.datagram_size - wire.OVERHEAD
 
 
@@ -115,12 +130,15 @@ class Session:
         self.state = SessionState.OPEN
         self.closed: ChannelClosed | None = None
         """How the session ended (``None`` while open)."""
-        self.events: collections.deque[Event] = collections.deque()
-        """What the application must learn, oldest first (use :meth:`next_event`)."""
+        self._events: list[Event] = []  # completed by the call running (or by a send)
+        self._outgoing: list[DatagramTrain] = []  # keep-alives and CLOSE, for datagrams_to_send
         self._local_cid = parameters.local_connection_id
         self._remote_cid = parameters.remote_connection_id
         self._datagram_size = parameters.datagram_size
-        self._fragment_size = parameters.fragment_size
+        # What we send: 1200-byte datagrams (or the configured size) until the channel sets the
+        # size from the path MTU.
+        send_size = config.datagram_size or wire.DEFAULT_DATAGRAM_PAYLOAD
+        self._fragment_size = min(send_size, self._datagram_size) - _OVERHEAD
         self.max_send_message = min(config.max_message_size, parameters.peer_max_message_size)
         """The largest message :meth:`send_message` accepts (ours and the peer's limit)."""
         # Sending.
@@ -140,9 +158,7 @@ class Session:
         self._receive_next: EpochKeys | None = None
         self._window = ReplayWindow()
         self._last_received = now
-        self._reassembler = Reassembler(config, self._fragment_size, self._deliver, self._lose)
-        self._unread_messages = 0
-        self._unread_bytes = 0
+        self._reassembler = Reassembler(config, parameters.fragment_size, self._deliver, self._lose)
         self._max_events = 2 * config.max_unread_messages + 64
         # Counters.
         self.sent = 0
@@ -161,24 +177,57 @@ class Session:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send_message(self, data: bytes | bytearray | memoryview, now: float) -> DatagramTrain:
+    def send_message(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        *,
+        into: SendBuffer | None = None,
+    ) -> DatagramTrain:
         """Seal one message into datagrams. Raises :class:`SessionClosed` once the session ended
-        and ``ValueError`` for a message above :attr:`max_send_message`."""
-        return self._seal_messages([data], now)[0]
+        and ``ValueError`` for a message above :attr:`max_send_message`.
+
+        ``into``: seal into this reused buffer instead of a new one (the train is then valid only
+        until the next call with it)."""
+        return self._seal_messages([data], now, into)[0]
 
     def send_messages(
-        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+        self,
+        messages: Iterable[bytes | bytearray | memoryview],
+        now: float,
+        *,
+        into: SendBuffer | None = None,
     ) -> list[DatagramTrain]:
         """Seal several messages, in order, into one buffer; return it as trains of equal-sized
         datagrams (each train as long as the datagrams keep one size, so that one segmentation
         offload call can carry it: many one-datagram messages of one size make one train).
 
         All or nothing: raises ``ValueError`` (an oversized message) or :class:`SessionClosed`
-        before any message takes a message id or a sequence number."""
-        return self._seal_messages(messages, now)
+        before any message takes a message id or a sequence number. ``into`` as for
+        :meth:`send_message`."""
+        return self._seal_messages(messages, now, into)
+
+    @property
+    def send_datagram_size(self) -> int:
+        """The size of the datagrams we send (all but a message's last): at most the negotiated
+        ``datagram_size``."""
+        return self._fragment_size + _OVERHEAD
+
+    def set_send_datagram_size(self, size: int) -> int:
+        """Send datagrams of ``size`` bytes from the next message on (the path MTU changed), at
+        most the negotiated ``datagram_size``; return the size now in use. ``ValueError`` below
+        the protocol's minimum (256)."""
+        if size < wire.MIN_DATAGRAM_PAYLOAD:
+            raise ValueError(f"datagram size below the minimum ({wire.MIN_DATAGRAM_PAYLOAD})")
+        size = min(size, self._datagram_size)
+        self._fragment_size = size - _OVERHEAD
+        return size
 
     def _seal_messages(
-        self, messages: Iterable[bytes | bytearray | memoryview], now: float
+        self,
+        messages: Iterable[bytes | bytearray | memoryview],
+        now: float,
+        into: SendBuffer | None,
     ) -> list[DatagramTrain]:
         if self._send is None:
             raise self._closed_error()
@@ -206,7 +255,7 @@ class Session:
         fragment_body = scratch_view[: _BODY_SIZE + fragment_size]
         fragment_payload = scratch_view[_BODY_SIZE : _BODY_SIZE + fragment_size]
         sealer = TrainSealer(
-            bytearray(total),
+            bytearray(total) if into is None else into.take(total),
             self._send,
             left_in_epoch=self._rekey_after - self._sent_in_epoch,
             rekey=self._rekey_send,
@@ -271,25 +320,24 @@ class Session:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def receive_datagram_untrusted(self, datagram: memoryview | bytes, now: float) -> None:
-        """Take one UDP payload from anyone. Never raises for bad input and never replies."""
-        if not datagram:
-            self.malformed += 1
-            return
-        self.receive_datagrams_untrusted(datagram, len(datagram), now)
+    def receive_datagram_untrusted(self, datagram: memoryview | bytes, now: float) -> list[Event]:
+        """Take one UDP payload from anyone; return the events it completed. Never raises for
+        bad input and never replies."""
+        return self.receive_datagrams_untrusted(datagram, len(datagram) or 1, now)
 
     def receive_datagrams_untrusted(
         self, data: memoryview | bytes | bytearray, segment: int, now: float
-    ) -> None:
+    ) -> list[Event]:
         """Take UDP payloads from anyone, laid back to back in ``data``: each ``segment`` bytes but
         the last, which may be shorter (as one ``UDP_GRO`` read returns them). Each datagram is
         checked on its own, in the order of the module docstring, exactly as if it had come alone:
-        one that fails is dropped and counted, and the others go on. Never raises for bad input
-        and never replies."""
+        one that fails is dropped and counted, and the others go on. Returns the events they
+        completed (messages, losses, key updates, the end). Never raises for bad input and never
+        replies."""
         total = len(data)
         if total == 0 or segment <= 0:
             self.malformed += 1
-            return
+            return self._completed()
         view = data if type(data) is memoryview else memoryview(data)
         datagram_size = self._datagram_size
         local_cid = self._local_cid
@@ -384,6 +432,7 @@ class Session:
             self.datagrams_received += received
             self.bytes_received += received_bytes
             self.largest_datagram_received = largest
+        return self._completed()
 
     def _receive_control(self, plaintext: bytes) -> None:
         """An authenticated datagram that is not DATA: KEEPALIVE, CLOSE, or malformed."""
@@ -397,55 +446,34 @@ class Session:
             self._end(CloseCause.PEER, code, reason)
 
     def _deliver(self, message: Message) -> None:
-        size = len(message.data)
-        if (
-            self._unread_messages >= self.config.max_unread_messages
-            or self._unread_bytes + size > self.config.max_unread_bytes
-        ):
-            self._lose(message.message_id, 1, LossReason.OVERFLOW)
-            return
-        self._unread_messages += 1
-        self._unread_bytes += size
         self.received += 1
-        self.events.append(message)
+        self._events.append(message)
 
     def _lose(self, first_id: int, count: int, reason: LossReason) -> None:
         self.lost += count
         self._push_event(MessagesLost(first_id, count, reason))
 
     def _push_event(self, event: Event) -> None:
-        if len(self.events) < self._max_events:
-            self.events.append(event)
+        if len(self._events) < self._max_events:  # (losses and key updates; bounded per call)
+            self._events.append(event)
 
-    def next_event(self) -> Event | None:
-        """The oldest event not yet taken, or ``None``."""
-        if not self.events:
-            return None
-        event = self.events.popleft()
-        if type(event) is Message:
-            self._unread_messages -= 1
-            self._unread_bytes -= len(event.data)
-        return event
+    def _completed(self) -> list[Event]:
+        """The events completed since the last call that returned events."""
+        events = self._events
+        if not events:
+            return []
+        self._events = []
+        return events
 
-    def take_messages(self, limit: int) -> list[Message]:
-        """Up to ``limit`` of the oldest events that are messages, in order; other events
-        (losses, key updates) met on the way are dropped, and a :class:`ChannelClosed` stops the
-        batch and stays for :meth:`next_event`."""
-        events = self.events
-        taken: list[Message] = []
-        size = 0
-        while events and len(taken) < limit:
-            event = events[0]
-            kind = type(event)
-            if kind is ChannelClosed:
-                break
-            events.popleft()
-            if kind is Message:
-                taken.append(event)  # type: ignore[arg-type]
-                size += len(event.data)  # type: ignore[union-attr]
-        self._unread_messages -= len(taken)
-        self._unread_bytes -= size
-        return taken
+    def datagrams_to_send(self) -> list[DatagramTrain]:
+        """The datagrams the session made on its own (keep-alive, CLOSE) since the last call,
+        oldest first: send them after :meth:`handle_timers`, :meth:`close` or
+        :meth:`lifeline_lost`."""
+        outgoing = self._outgoing
+        if not outgoing:
+            return []
+        self._outgoing = []
+        return outgoing
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -461,55 +489,58 @@ class Session:
             self._previous_expires,
         )
 
-    def handle_timers(self, now: float) -> list[DatagramTrain]:
-        """Run whatever is due at ``now``; return datagrams to send (keep-alive or CLOSE)."""
+    def handle_timers(self, now: float) -> list[Event]:
+        """Run whatever is due at ``now``; return the events that completed (losses, partial
+        messages, the end on the idle timeout). A keep-alive or CLOSE it makes waits in
+        :meth:`datagrams_to_send`."""
         if self._send is None:
-            return []
+            return self._completed()
         config = self.config
         if now >= self._last_received + config.idle_timeout:
-            train = self._seal_control(
-                wire.TYPE_CLOSE, wire.encode_close_payload(wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
-            )
-            self._end(CloseCause.IDLE_TIMEOUT, wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
-            return [train]
-        out = []
+            self._send_close(CloseCause.IDLE_TIMEOUT, wire.CLOSE_IDLE_TIMEOUT, "idle timeout")
+            return self._completed()
         if now >= self._last_sent + config.keepalive_interval:
-            out.append(self._seal_control(wire.TYPE_KEEPALIVE, b""))
+            self._outgoing.append(self._seal_control(wire.TYPE_KEEPALIVE, b""))
             self._last_sent = now
             self.keepalives_sent += 1
         self._reassembler.expire(now)
         if now >= self._previous_expires:
             self._receive_previous = None
             self._previous_expires = float("inf")
-        return out
+        return self._completed()
 
     # -- ending ---------------------------------------------------------------------------------
 
-    def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> DatagramTrain | None:
-        """End the session; return the CLOSE datagram to send (``None`` if already closed)."""
+    def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> list[Event]:
+        """End the session; return the events (its :class:`ChannelClosed`; nothing if it had
+        ended). The CLOSE datagram waits in :meth:`datagrams_to_send`."""
         if not 0 <= code <= 0xFFFF:
             raise ValueError("close code must fit 16 bits")
-        if self._send is None:
-            return None
-        train = self._seal_control(wire.TYPE_CLOSE, wire.encode_close_payload(code, reason))
-        self._end(CloseCause.LOCAL, code, reason)
-        return train
+        if self._send is not None:
+            self._send_close(CloseCause.LOCAL, code, reason)
+        return self._completed()
 
-    def close_received(self, code: int, reason: str) -> None:
-        """The peer's authenticated close arrived on the stream."""
+    def close_received(self, code: int, reason: str) -> list[Event]:
+        """The peer's authenticated close arrived on the stream; return the events."""
         if self._send is not None:
             self._end(CloseCause.PEER, code, reason)
+        return self._completed()
 
-    def lifeline_lost(self) -> DatagramTrain | None:
-        """The secure stream ended without a close: end the session, telling the peer by UDP."""
-        if self._send is None:
-            return None
-        train = self._seal_control(
-            wire.TYPE_CLOSE,
-            wire.encode_close_payload(wire.CLOSE_LIFELINE_LOST, "secure stream ended"),
+    def lifeline_lost(self) -> list[Event]:
+        """The secure stream ended without a close: end the session, telling the peer by UDP (a
+        CLOSE datagram in :meth:`datagrams_to_send`); return the events."""
+        if self._send is not None:
+            self._send_close(
+                CloseCause.LIFELINE_LOST, wire.CLOSE_LIFELINE_LOST, "secure stream ended"
+            )
+        return self._completed()
+
+    def _send_close(self, cause: CloseCause, code: int, reason: str) -> None:
+        """Seal a CLOSE datagram for :meth:`datagrams_to_send`, then end the session."""
+        self._outgoing.append(
+            self._seal_control(wire.TYPE_CLOSE, wire.encode_close_payload(code, reason))
         )
-        self._end(CloseCause.LIFELINE_LOST, wire.CLOSE_LIFELINE_LOST, "secure stream ended")
-        return train
+        self._end(cause, code, reason)
 
     def _end(self, cause: CloseCause, code: int, reason: str) -> None:
         self._send = None
@@ -518,7 +549,7 @@ class Session:
         self._reassembler.clear()
         self.state = SessionState.CLOSED
         self.closed = ChannelClosed(cause, code, reason)
-        self.events.append(self.closed)
+        self._events.append(self.closed)
 
     def _closed_error(self) -> SessionClosed:
         closed = self.closed or ChannelClosed(CloseCause.LOCAL)

@@ -51,6 +51,7 @@ MIN_DATAGRAM = OVERHEAD
 DEFAULT_DATAGRAM_PAYLOAD = 1200  # UDP payload that fits a 1280-byte IPv6 MTU (40 + 8 + 1200)
 MIN_DATAGRAM_PAYLOAD = 256
 MAX_DATAGRAM_PAYLOAD = 65507  # the largest UDP payload over IPv4
+MIN_FRAGMENT = MIN_DATAGRAM_PAYLOAD - OVERHEAD  # 205: the smallest non-final fragment
 
 MAX_SEQUENCE = (1 << 64) - 1
 MAX_MESSAGE_ID = (1 << 64) - 1

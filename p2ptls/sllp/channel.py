@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import attrs
 import trio
 
 from .._util import ConflictDetector
@@ -42,7 +43,9 @@ from ..identity import PeerRecord
 from ..logical import LogicalStream
 from . import _wire as wire
 from ._datagrams import DatagramTrain
-from ._errors import NegotiationError, SllpError
+from ._errors import DatagramTooLarge, NegotiationError, SllpError
+from ._inbox import Inbox
+from ._sealing import SendBuffer
 from ._session import Session
 from .config import SllpConfig
 from .events import ChannelClosed, CloseCause, Event, Message, Statistics
@@ -79,6 +82,21 @@ class LifelineLost(ChannelBroken):
 
 class SequenceExhausted(ChannelBroken):
     """The 64-bit sequence space of our direction ran out (never in practice)."""
+
+
+def _messages_sent(
+    messages: Sequence[bytes | bytearray | memoryview], fragment_size: int, sent: int
+) -> int:
+    """How many of ``messages``, sealed together with ``fragment_size``, lie wholly within the
+    first ``sent`` bytes of the batch (each message takes its payload and 51 bytes per
+    datagram)."""
+    end = 0
+    for index, message in enumerate(messages):
+        size = memoryview(message).nbytes
+        end += size + (-(-size // fragment_size) or 1) * wire.OVERHEAD
+        if end > sent:
+            return index
+    return len(messages)
 
 
 class Lifeline(Protocol):
@@ -140,6 +158,9 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         self._next_housekeeping = -math.inf
         self._next_lifeline_check = -math.inf
         self._send_guard = ConflictDetector("another task is already sending on this channel")
+        self._send_buffer = SendBuffer()  # each send is handed to the kernel before the next
+        self._inbox = Inbox(config)
+        """The session's events until the application takes them (bounded)."""
         self._receive_guard = ConflictDetector("another task is already receiving")
         self._end_error: BaseException | None = None
         self._lifeline_error: BaseException | None = None
@@ -158,8 +179,34 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     @property
     def max_datagram_payload(self) -> int:
-        """The UDP payload size in use (the smaller of the two sides' settings)."""
+        """The channel's datagram limit (the smaller of the two sides' settings): the largest
+        datagram either side sends or accepts."""
         return self.session.parameters.datagram_size
+
+    @property
+    def datagram_size(self) -> int:
+        """The size of the datagrams this side sends now (from the path MTU, or configured)."""
+        return self.session.send_datagram_size
+
+    def size_datagrams(self) -> bool:
+        """Size our datagrams: ``SllpConfig.datagram_size``, or the path MTU less the headers as
+        the operating system knows it now (1200 bytes where it cannot tell), at most the
+        channel's limit. Return whether the size went down. The set-up calls it once; a send
+        calls it again when the path refuses a datagram."""
+        session = self.session
+        before = session.send_datagram_size
+        size = self.config.datagram_size
+        if size is None:
+            path = self.transport.path_datagram_size()
+            size = wire.DEFAULT_DATAGRAM_PAYLOAD if path is None else path
+        size = max(size, wire.MIN_DATAGRAM_PAYLOAD)
+        return session.set_send_datagram_size(size) < before
+
+    def _shrink_to_path(self, error: DatagramTooLarge) -> None:
+        """After the path refused a datagram: move to the smaller path MTU, or raise ``error``
+        when the size is configured or the path MTU did not go down."""
+        if self.config.datagram_size is not None or not self.size_datagrams():
+            raise error
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -172,7 +219,15 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
 
     def statistics(self) -> Statistics:
         """Counters: messages sent, received, lost, late; datagrams; drops (:class:`Statistics`)."""
-        return self.session.statistics()
+        statistics = self.session.statistics()
+        overflowed = self._inbox.overflowed  # received by the session, dropped unread here
+        if not overflowed:
+            return statistics
+        return attrs.evolve(
+            statistics,
+            received=statistics.received - overflowed,
+            lost=statistics.lost + overflowed,
+        )
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -227,8 +282,16 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             now = self._ready_to_send()
-            train = self.session.send_message(value, now)
-            await self._transmit(train)
+            while True:
+                train = self.session.send_message(value, now, into=self._send_buffer)
+                try:
+                    await self._transmit(train)
+                except DatagramTooLarge as exc:
+                    # The path shrank: send the message again, whole, in smaller datagrams
+                    # (under a new message id: what went of the first try expires unread).
+                    self._shrink_to_path(exc)
+                    continue
+                return
 
     async def send_many(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
         """Send several messages, in order, as :meth:`send` would send each, in one go: they are
@@ -243,20 +306,39 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             now = self._ready_to_send()
-            trains = self.session.send_messages(messages, now)
-            if len(trains) == 1:
-                await self._transmit(trains[0])
+            batch = list(messages)
+            while True:
+                fragment_size = self.session.send_datagram_size - wire.OVERHEAD
+                trains = self.session.send_messages(batch, now, into=self._send_buffer)
+                try:
+                    await self._transmit_trains(trains)
+                except DatagramTooLarge as exc:
+                    self._shrink_to_path(exc)
+                    # Send again, in smaller datagrams, every message not wholly sent.
+                    batch = batch[_messages_sent(batch, fragment_size, exc.offset) :]
+                    continue
                 return
-            transport = self.transport
-            waited = False
-            for train in trains:
+
+    async def _transmit_trains(self, trains: list[DatagramTrain]) -> None:
+        if len(trains) == 1:
+            await self._transmit(trains[0])
+            return
+        transport = self.transport
+        waited = False
+        before = 0  # bytes of the batch in the trains already sent
+        for train in trains:
+            try:
                 offset = transport.send_from(train, 0)
                 while offset < len(train):
                     waited = True
                     await transport.wait_writable()
                     offset = transport.send_from(train, offset)
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            except DatagramTooLarge as exc:
+                exc.offset += before
+                raise
+            before += len(train)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _transmit(self, train: DatagramTrain) -> None:
         transport = self.transport
@@ -295,21 +377,22 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._receive_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self.session
+            inbox = self._inbox
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this channel was closed")
-                if session.events:
-                    messages = session.take_messages(max_messages)
+                if inbox:
+                    messages = inbox.take_messages(max_messages)
                     if messages:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         return messages
-                    event = session.next_event()
+                    event = inbox.next_event()
                     if type(event) is ChannelClosed:
                         raise self._error_for(event)
                 self._raise_ended(sending=False)
                 now = trio.current_time()
                 self._housekeeping(now)
-                if session.events or session.closed is not None:
+                if inbox or session.closed is not None:
                     continue
                 await self._wait(now)
 
@@ -319,10 +402,11 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         with self._receive_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
             session = self.session
+            inbox = self._inbox
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this channel was closed")
-                event = session.next_event()
+                event = inbox.next_event()
                 if event is not None:
                     if type(event) is ChannelClosed:
                         raise self._error_for(event)
@@ -331,19 +415,24 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
                 self._raise_ended(sending=False)
                 now = trio.current_time()
                 self._housekeeping(now)
-                if session.events or session.closed is not None:
+                if inbox or session.closed is not None:
                     continue
                 await self._wait(now)
 
     def _housekeeping(self, now: float) -> None:
         """Drain the socket and run due timers (no waiting)."""
         session = self.session
-        self.transport.drain(session.receive_datagrams_untrusted, now, self.config.receive_batch)
+        self.transport.drain(self._receive_datagrams, now, self.config.receive_batch)
         if now >= session.next_deadline():
-            trains = session.handle_timers(now)
-            if trains:
-                self._transmit_nowait(trains)
+            self._inbox.add(session.handle_timers(now))
+            self._transmit_nowait(session.datagrams_to_send())
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+
+    def _receive_datagrams(self, data: memoryview, segment: int, now: float) -> None:
+        """The transport's sink: the session checks the datagrams, the inbox keeps the events."""
+        events = self.session.receive_datagrams_untrusted(data, segment, now)
+        if events:
+            self._inbox.add(events)
 
     async def _wait(self, now: float) -> None:
         deadline = self.session.next_deadline()
@@ -407,7 +496,7 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
             except NegotiationError as exc:
                 error = exc
             else:
-                self.session.close_received(close.code, close.reason)
+                self._inbox.add(self.session.close_received(close.code, close.reason))
         if error is not None:
             self._lifeline_lost(error)
         done.cancel()
@@ -415,9 +504,10 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
     def _lifeline_lost(self, error: BaseException) -> None:
         if self._lifeline_error is None:
             self._lifeline_error = error
-        train = self.session.lifeline_lost()
-        if train is not None and not self._closed:
-            self._transmit_nowait([train])
+        self._inbox.add(self.session.lifeline_lost())
+        trains = self.session.datagrams_to_send()
+        if not self._closed:
+            self._transmit_nowait(trains)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -431,12 +521,12 @@ class SllpChannel(trio.abc.SendChannel[bytes], trio.abc.ReceiveChannel[Message])
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        train = self.session.close(code, reason)
+        self._inbox.add(self.session.close(code, reason))
+        trains = self.session.datagrams_to_send()
         self._closed = True
-        if train is not None:
-            self._transmit_nowait([train])
+        self._transmit_nowait(trains)
         try:
-            if train is not None:
+            if trains:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self.stream.send_message(wire.encode_stream_close(code, reason))
             await self.stream.aclose()

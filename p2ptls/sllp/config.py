@@ -34,9 +34,17 @@ class SllpConfig:
 
     max_message_size: int = attrs.field(default=1024 * 1024, validator=_positive)
     """Largest message this side sends or accepts (the peer's own limit also caps what we send)."""
-    max_datagram_payload: int = attrs.field(default=wire.DEFAULT_DATAGRAM_PAYLOAD)
-    """Largest UDP payload this side sends or accepts; the channel uses the smaller of the two
-    sides' values. 1200 fits a 1280-byte IPv6 path MTU; raise it only when the path allows."""
+    max_datagram_payload: int = attrs.field(default=wire.MAX_DATAGRAM_PAYLOAD)
+    """Largest UDP payload this side sends or accepts, announced in the set-up: the channel's
+    limit is the smaller of the two sides' values. Each side then sends datagrams of
+    ``datagram_size`` (at most that limit), and the receiver takes any size up to it."""
+    datagram_size: int | None = attrs.field(default=None)
+    """Size of the datagrams this side sends. ``None`` (the default): from the path MTU to the
+    peer, less the IP and UDP headers (65,507 on loopback, 1,472 on a 1500-byte Ethernet path),
+    1200 where the operating system cannot tell; when the path later refuses that size
+    (``EMSGSIZE``: the path shrank) the channel moves to the new path MTU and sends again. A
+    number: exactly that size (at most the channel's limit), never changed; a path that refuses
+    it raises :class:`~p2ptls.sllp.DatagramTooLarge`."""
     delivery: DeliveryMode = DeliveryMode.UNORDERED
     """How complete, late and incomplete messages are handed over (see :class:`DeliveryMode`)."""
     reassembly_timeout: float = attrs.field(default=1.0, validator=_positive)
@@ -73,6 +81,16 @@ class SllpConfig:
         if not wire.MIN_DATAGRAM_PAYLOAD <= value <= wire.MAX_DATAGRAM_PAYLOAD:
             raise ValueError(
                 f"max_datagram_payload must be between {wire.MIN_DATAGRAM_PAYLOAD} and "
+                f"{wire.MAX_DATAGRAM_PAYLOAD}"
+            )
+
+    @datagram_size.validator
+    def _check_datagram_size(self, _attribute: Any, value: int | None) -> None:
+        if value is None:
+            return
+        if not wire.MIN_DATAGRAM_PAYLOAD <= value <= wire.MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(
+                f"datagram_size must be None or between {wire.MIN_DATAGRAM_PAYLOAD} and "
                 f"{wire.MAX_DATAGRAM_PAYLOAD}"
             )
 

@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from ._datagrams import DatagramTrain
+from ._errors import DatagramTooLarge
 from .transport import RECEIVE_BUFFER, DatagramTransport, Sink
 
 
@@ -136,11 +137,18 @@ class MemoryTransport(DatagramTransport):
         """The link this endpoint sends into."""
         self.peer: MemoryTransport | None = None
         self.peer_address: tuple[str, int] | None = None
+        self.path_limit: int | None = None
+        """The path MTU less the headers, if set: what :meth:`path_datagram_size` reports, and
+        larger datagrams are refused with :class:`DatagramTooLarge`, as a UDP socket with
+        don't-fragment refuses them."""
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
 
     def set_peer(self, address: tuple[str, int]) -> None:
         self.peer_address = address
+
+    def path_datagram_size(self) -> int | None:
+        return self.path_limit
 
     def inject(self, datagram: bytes) -> None:
         """Deliver a datagram to this endpoint now (a spoofer's, in tests)."""
@@ -153,10 +161,17 @@ class MemoryTransport(DatagramTransport):
         now = trio.current_time()
         data = bytes(train.data)
         size = train.segment_size
-        for start in range(offset, len(data), size):
-            self.outgoing.submit(data[start : start + size], now)
-        if self.peer is not None:
-            self.peer._lot.unpark_all()
+        try:
+            for start in range(offset, len(data), size):
+                datagram = data[start : start + size]
+                if self.path_limit is not None and len(datagram) > self.path_limit:
+                    raise DatagramTooLarge(
+                        f"a {len(datagram)}-byte datagram exceeds the path MTU", start
+                    )
+                self.outgoing.submit(datagram, now)
+        finally:
+            if self.peer is not None:
+                self.peer._lot.unpark_all()
         return len(data)
 
     async def wait_writable(self) -> None:

@@ -96,15 +96,19 @@ def _fit_family(transport: DatagramTransport, address: tuple[str, int]) -> tuple
     return address
 
 
-def _new_connection_id(avoid: int = 0) -> int:
+Randomness = Callable[[int], bytes]
+"""Where connection ids come from: ``n`` random bytes (``os.urandom`` unless a test injects)."""
+
+
+def _new_connection_id(randomness: Randomness, avoid: int = 0) -> int:
     while True:
-        cid = int.from_bytes(os.urandom(8), "big")
+        cid = int.from_bytes(randomness(8), "big")
         if cid and cid != avoid:
             return cid
 
 
 async def _exchange(
-    stream: Lifeline, mine: wire.Offer, first_message: bytes | None
+    stream: Lifeline, mine: wire.Offer, first_message: bytes | None, randomness: Randomness
 ) -> tuple[wire.Offer, wire.Offer, bytes, bytes]:
     """The offer/answer exchange: ``(ours, theirs, offer bytes, answer bytes)``."""
     if not stream.server_side:
@@ -124,7 +128,7 @@ async def _exchange(
     mine = wire.Offer(
         kind=wire.KIND_ANSWER,
         epoch=theirs.epoch,
-        connection_id=_new_connection_id(avoid=theirs.connection_id),
+        connection_id=_new_connection_id(randomness, avoid=theirs.connection_id),
         address=mine.address,
         max_datagram_payload=mine.max_datagram_payload,
         max_message_size=mine.max_message_size,
@@ -142,6 +146,7 @@ async def open_channel(
     peer_address: tuple[str, int] | None = None,
     transport: DatagramTransport | None = None,
     first_message: bytes | None = None,
+    randomness: Randomness = os.urandom,
 ) -> SllpChannel:
     """Set up an SLLP channel over a stream dedicated to it; call on both sides.
 
@@ -155,6 +160,7 @@ async def open_channel(
       peer_address: send to this address instead of the one in the peer's offer (a relay, NAT).
       transport: a ready transport instead of a new UDP socket (tests, the in-process relay).
       first_message: the offer, if the accepting application already read it from the stream.
+      randomness: where the connection id comes from (``os.urandom``; tests inject their own).
 
     Raises :class:`NegotiationError` if the exchange fails or times out (``setup_timeout``). The
     stream is left open on failure; the caller owns it.
@@ -170,14 +176,16 @@ async def open_channel(
         proposal = wire.Offer(
             kind=wire.KIND_ANSWER if stream.server_side else wire.KIND_OFFER,
             epoch=wire.CHANNEL_EPOCH,
-            connection_id=_new_connection_id(),
+            connection_id=_new_connection_id(randomness),
             address=(host, port),
             max_datagram_payload=config.max_datagram_payload,
             max_message_size=config.max_message_size,
         )
         try:
             with trio.fail_after(config.setup_timeout):
-                mine, theirs, offer, answer = await _exchange(stream, proposal, first_message)
+                mine, theirs, offer, answer = await _exchange(
+                    stream, proposal, first_message, randomness
+                )
         except trio.TooSlowError:
             raise NegotiationError("SLLP set-up did not finish within setup_timeout") from None
         except trio.EndOfChannel:
@@ -202,7 +210,9 @@ async def open_channel(
         peer_max_message_size=theirs.max_message_size,
     )
     session = Session(config, parameters, send_secret, receive_secret, trio.current_time())
-    return SllpChannel(stream, session, transport, config)
+    channel = SllpChannel(stream, session, transport, config)
+    channel.size_datagrams()
+    return channel
 
 
 async def connect_datagram(

@@ -1,7 +1,9 @@
 """Helpers for testing SLLP and code that uses it, in the manner of ``p2ptls.testing``.
 
 * :func:`session_pair` gives two sans-IO sessions (offerer, answerer) set up as a real offer and
-  answer would, from a fixed exporter secret: no stream, no sockets, no clock.
+  answer would, from a fixed exporter secret: no stream, no sockets, no clock. They are
+  :class:`RecordingSession` objects, which also keep the events their calls return, for tests
+  that look at them later.
 * :func:`channel_pair` gives two connected channels over a fresh in-memory secure stream pair, on
   real UDP sockets (127.0.0.1) or on the transports you pass (such as
   :func:`~p2ptls.sllp.relay.memory_transport_pair`).
@@ -14,7 +16,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, cast
+import os
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 import trio.testing
@@ -28,11 +31,12 @@ from ._keys import Exporter, direction_secrets
 from ._session import Session, SessionParameters
 from .channel import SllpChannel
 from .config import SllpConfig
-from .setup import PROTOCOL, open_channel
+from .setup import PROTOCOL, Randomness, open_channel
 from .transport import DatagramTransport
 
 if TYPE_CHECKING:
     from ..connections import PeerConnection
+    from .events import Event
 
 TEST_EXPORTER_SECRET = bytes(range(32))
 OFFERER_CID = 0x0102030405060708
@@ -53,6 +57,41 @@ def make_offer(config: SllpConfig | None = None, *, kind: int = wire.KIND_OFFER)
     )
 
 
+class RecordingSession(Session):
+    """A :class:`Session` that also keeps in :attr:`log` every event its calls return."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[Event] = []
+        """Events returned so far and not yet taken with :meth:`take_events`."""
+
+    def _record(self, events: list[Event]) -> list[Event]:
+        self.log.extend(events)
+        return events
+
+    def take_events(self) -> list[Event]:
+        """The events returned since the last call, oldest first."""
+        log, self.log = self.log, []
+        return log
+
+    def receive_datagrams_untrusted(
+        self, data: memoryview | bytes | bytearray, segment: int, now: float
+    ) -> list[Event]:
+        return self._record(super().receive_datagrams_untrusted(data, segment, now))
+
+    def handle_timers(self, now: float) -> list[Event]:
+        return self._record(super().handle_timers(now))
+
+    def close(self, code: int = wire.CLOSE_NORMAL, reason: str = "") -> list[Event]:
+        return self._record(super().close(code, reason))
+
+    def close_received(self, code: int, reason: str) -> list[Event]:
+        return self._record(super().close_received(code, reason))
+
+    def lifeline_lost(self) -> list[Event]:
+        return self._record(super().lifeline_lost())
+
+
 def sessions_from(
     exporter_secret: bytes,
     offer: wire.Offer,
@@ -61,7 +100,7 @@ def sessions_from(
     offerer_config: SllpConfig,
     answerer_config: SllpConfig,
     now: float = 0.0,
-) -> tuple[Session, Session]:
+) -> tuple[RecordingSession, RecordingSession]:
     """The two sessions that ``offer`` and ``answer`` set up under ``exporter_secret``."""
     offer_bytes, answer_bytes = wire.encode_offer(offer), wire.encode_offer(answer)
 
@@ -70,14 +109,14 @@ def sessions_from(
 
     o2a, a2o = direction_secrets(export, offer_bytes, answer_bytes)
     size = min(offer.max_datagram_payload, answer.max_datagram_payload)
-    offerer = Session(
+    offerer = RecordingSession(
         offerer_config,
         SessionParameters(offer.connection_id, answer.connection_id, size, answer.max_message_size),
         o2a,
         a2o,
         now,
     )
-    answerer = Session(
+    answerer = RecordingSession(
         answerer_config,
         SessionParameters(answer.connection_id, offer.connection_id, size, offer.max_message_size),
         a2o,
@@ -93,7 +132,7 @@ def session_pair(
     *,
     now: float = 0.0,
     exporter_secret: bytes = TEST_EXPORTER_SECRET,
-) -> tuple[Session, Session]:
+) -> tuple[RecordingSession, RecordingSession]:
     """Two sans-IO sessions (offerer, answerer) joined by fixed test keys (from
     ``exporter_secret``, standing for the secure stream's exporter)."""
     config = config or SllpConfig()
@@ -169,8 +208,10 @@ async def channel_pair(
     transports: tuple[DatagramTransport, DatagramTransport] | None = None,
     local_address: tuple[str, int] = ("127.0.0.1", 0),
     clock: trio.testing.MockClock | None = None,
+    randomness: Randomness = os.urandom,
 ) -> tuple[SllpChannel, SllpChannel]:
-    """Two connected channels (offerer, answerer) over an in-memory secure stream pair.
+    """Two connected channels (offerer, answerer) over an in-memory secure stream pair
+    (``randomness`` makes both sides' connection ids).
 
     Pass the ``clock`` when running under an autojumping ``MockClock``: the stream handshake's RSA
     work runs in a thread, which autojump would take for idleness, so the clock is held still
@@ -197,6 +238,7 @@ async def channel_pair(
             local_address=local_address,
             config=config if name == "offerer" else answerer_config,
             transport=None if transports is None else transports[name != "offerer"],
+            randomness=randomness,
         )
 
     async with trio.open_nursery() as nursery:

@@ -17,8 +17,14 @@ one ``sendto`` per datagram. Both are detected at run time and fall back to the 
 the kernel refuses them.
 
 The socket sets don't-fragment (``IP_PMTUDISC_DO``, and the IPv6 equivalent), so a datagram above
-the path MTU fails with ``EMSGSIZE``, reported as :class:`DatagramTooLarge`, instead of being split
-by IP.
+the path MTU fails with ``EMSGSIZE``, reported as :class:`DatagramTooLarge` (with the offset of
+the refused datagram), instead of being split by IP. :meth:`UdpTransport.path_datagram_size` reads
+the kernel's MTU of the path to the peer (``IP_MTU``/``IPV6_MTU``, which include what ICMP
+"packet too big" taught the kernel) from a probe socket connected to the peer, less the IP and
+UDP headers: the channel sizes its datagrams by it. The probe is a separate socket because
+connecting the channel's own socket would make the kernel drop datagrams from any other source
+address, and SLLP accepts authenticated datagrams from wherever they come (NAT rebinding).
+Where the options are missing (not Linux) it returns ``None`` and the channel uses 1200 bytes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
 IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DO = 2
+IP_MTU = 14
+IPV6_MTU = 24
+IPV4_UDP_HEADERS = 20 + 8
+IPV6_UDP_HEADERS = 40 + 8
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 RECEIVE_BUFFER = 65536 + 512
@@ -88,6 +98,11 @@ class DatagramTransport(abc.ABC):
     def close(self) -> None:
         """Release the transport; waiting tasks are woken with ``trio.ClosedResourceError``."""
 
+    def path_datagram_size(self) -> int | None:
+        """The largest UDP payload the path to the peer carries unfragmented, as far as the
+        operating system knows now; ``None`` when it cannot tell."""
+        return None
+
 
 def _try_setsockopt(sock: socket.socket, level: int, option: int, value: int) -> bool:
     try:
@@ -122,6 +137,22 @@ def set_dont_fragment(sock: socket.socket) -> bool:
         _try_setsockopt(sock, socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)  # dual stack
         return done
     return _try_setsockopt(sock, socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
+
+def path_mtu(family: int, peer: tuple[str, int]) -> tuple[int, int] | None:
+    """``(MTU, IP and UDP header bytes)`` of the path to ``peer`` as the kernel knows it now
+    (Linux ``IP_MTU``/``IPV6_MTU`` of a socket connected to it), or ``None`` where it cannot
+    tell. Nothing is sent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(peer)
+            if family == socket.AF_INET6 and not peer[0].startswith("::ffff:"):
+                return probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU), IPV6_UDP_HEADERS
+            return probe.getsockopt(socket.IPPROTO_IP, IP_MTU), IPV4_UDP_HEADERS
+    except OSError:
+        return None
 
 
 class UdpTransport(DatagramTransport):
@@ -171,6 +202,16 @@ class UdpTransport(DatagramTransport):
 
     def set_peer(self, address: tuple[str, int]) -> None:
         self._peer = address
+
+    def path_datagram_size(self) -> int | None:
+        """The path MTU to the peer less the IP and UDP headers (see the module docstring)."""
+        if self._peer is None:
+            return None
+        found = path_mtu(self.socket.family, self._peer)
+        if found is None:
+            return None
+        mtu, headers = found
+        return mtu - headers
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -223,8 +264,8 @@ class UdpTransport(DatagramTransport):
                             self.gso = True
                             self._gso_probation = False
                         raise DatagramTooLarge(
-                            f"a {size}-byte datagram exceeds the path MTU (don't-fragment is set);"
-                            " lower SllpConfig.max_datagram_payload"
+                            f"a {size}-byte datagram exceeds the path MTU (don't-fragment is set)",
+                            offset,
                         ) from exc
                     if exc.errno not in _SEND_DROPPED:
                         raise

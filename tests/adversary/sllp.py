@@ -123,7 +123,7 @@ def assert_sllp_bounded(arena: SllpArena) -> None:
     reassembler = session._reassembler
     assert reassembler.messages_held <= config.max_reassembly_messages
     assert reassembler.bytes_held <= config.max_reassembly_bytes
-    assert len(session.events) <= 2 * config.max_unread_messages + 64
+    assert len(arena.victim._inbox) <= 2 * config.max_unread_messages + 64
 
 
 async def assert_sllp_still_flows(arena: SllpArena) -> None:

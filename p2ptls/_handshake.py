@@ -39,6 +39,15 @@ The per-initiator timestamp guard is only advanced once Finish verifies.
 A resumed handshake (a ticket instead of RSA, :mod:`p2ptls._resume`) is the same three flights
 with ``ResumeHello``/``ResumeReply``: :class:`ResumingInitiator` on one side, and
 :meth:`ResponderHandshake.receive_resume_hello_untrusted` then the same Finish on the other.
+
+States
+------
+Each class holds its ``phase`` and moves it through its role's table in
+:mod:`p2ptls._connection_state` (``IDLE -> AWAIT_REPLY -> KEY_OPERATION -> ESTABLISHED`` for the
+initiator, ``AWAIT_HELLO -> KEY_OPERATION or AWAIT_FINISH -> ESTABLISHED`` for the responder).
+A step the phase does not allow raises :class:`HandshakeFailed` when the peer's record triggered it
+and :class:`~p2ptls._errors.LocalProtocolError` when the caller did; a step that raises leaves the
+phase FAILED.
 """
 
 from __future__ import annotations

@@ -55,13 +55,12 @@ from ._connection_events import (
     PrivateKeyOperationNeeded,
     TicketReceived,
 )
+from ._connection_receive import RecordReceiving
 from ._connection_send import RecordSending
-from ._connection_state import RECEIVING, DirectionState, HandshakeState, Trigger, advance
+from ._connection_state import DirectionState, HandshakeState
 from ._errors import (
-    FloodError,
     HandshakeFailed,
     LocalProtocolError,
-    PeerRefused,
     ProtocolError,
     TruncatedError,
 )
@@ -79,7 +78,7 @@ from ._handshake import (
     TimestampGuard,
     TrustPolicy,
 )
-from ._keyschedule import export_keying_material, ticket_psk
+from ._keyschedule import export_keying_material
 from ._records import RecordOpener, RecordSealer
 from ._tickets import SessionTicket, TicketAuthority
 from .config import StreamConfig
@@ -93,7 +92,7 @@ _MAX_BODY = wire.MAX_CIPHERTEXT
 _HEADER_SIZE = wire.HEADER_SIZE
 
 
-class Connection(RecordSending):
+class Connection(RecordReceiving, RecordSending):
     """One side of a p2ptls session, without I/O: build with :meth:`initiator`/:meth:`responder`."""
 
     def __init__(
@@ -503,97 +502,6 @@ class Connection(RecordSending):
             self._tickets_owed = [payload.encode() for payload in handshake.new_tickets(result)]
         self._establish(result, initiator=False)
         events.append(HandshakeComplete(result.remote))
-
-    def _handle_protected(
-        self,
-        content_type: int,
-        header: memoryview,
-        body: memoryview,
-        now: float,
-        events: list[Event],
-    ) -> None:
-        opener = self._opener
-        if opener is None:
-            raise HandshakeFailed()  # protected record before the handshake completed
-        if self._receiving is not DirectionState.OPEN:  # nothing after the peer's close
-            advance(RECEIVING, self._receiving, Trigger.RECORD)
-        plaintext = opener.open_untrusted(header, body)
-        if content_type == wire.DATA:
-            if not plaintext:
-                raise ProtocolError("empty data record")
-            if self._stream_data is not None:
-                self._stream_data.append(plaintext)
-            else:
-                events.append(DataReceived(plaintext))
-        elif content_type == wire.MESSAGE_START:
-            fragment: bytes | memoryview
-            prefix = wire.MESSAGE_LENGTH.size
-            if (
-                len(plaintext) > prefix
-                and wire.MESSAGE_LENGTH.unpack_from(plaintext)[0] > len(plaintext) - prefix
-            ):
-                # More fragments follow, joined once at the end: keep this one as a view of the
-                # plaintext rather than a copy of it. (A one-record message is the slice.)
-                total, fragment = (
-                    wire.MESSAGE_LENGTH.unpack_from(plaintext)[0],
-                    memoryview(plaintext)[prefix:],
-                )
-            else:
-                total, fragment = wire.parse_message_start_untrusted(plaintext)
-            message = self._reassembler.start_untrusted(total, fragment)
-            if message is not None:
-                events.append(MessageReceived(message))
-        elif content_type == wire.MESSAGE_CONTINUE:
-            message = self._reassembler.continue_untrusted(plaintext)
-            if message is not None:
-                events.append(MessageReceived(message))
-        elif content_type == wire.CLOSE:
-            if len(plaintext) == 1 and plaintext[0] == wire.CLOSE_REFUSED and self.is_initiator:
-                raise PeerRefused()
-            if len(plaintext) != 1 or plaintext[0] not in (
-                wire.CLOSE_END_OF_STREAM,
-                wire.CLOSE_GOODBYE,
-            ):
-                raise ProtocolError("malformed close record")
-            if self._reassembler.in_progress:
-                raise ProtocolError("close inside an unfinished message")
-            self._receiving = advance(RECEIVING, self._receiving, Trigger.CLOSE)
-            events.append(EndOfStream(plaintext[0]))
-        else:
-            self._spend_control_token(now)
-            if content_type == wire.PING:
-                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
-                    raise ProtocolError("malformed ping")
-                self._pong_owed = plaintext
-            elif content_type == wire.PONG:
-                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
-                    raise ProtocolError("malformed pong")
-                events.append(PongReceived(plaintext))
-            elif content_type == wire.TICKET:
-                self._spend_control_token(now)  # a flood of tickets is a flood of control records
-                events.append(self._ticket_untrusted(plaintext))
-            else:  # KEY_UPDATE: the only protected type left after the header check
-                if plaintext:
-                    raise ProtocolError("malformed key update")
-                opener.advance_key()
-
-    def _ticket_untrusted(self, plaintext: bytes) -> TicketReceived:
-        result = self._result
-        if not self.is_initiator or result is None:
-            raise ProtocolError("ticket sent to the responder")
-        payload = wire.parse_ticket_payload_untrusted(plaintext)
-        psk = ticket_psk(result.secrets.resumption, payload.nonce)
-        return TicketReceived(payload.ticket, psk, payload.lifetime_s)
-
-    def _spend_control_token(self, now: float) -> None:
-        config = self.config
-        if self._control_time is not None and now > self._control_time:
-            refill = (now - self._control_time) * config.control_rate
-            self._control_tokens = min(float(config.control_burst), self._control_tokens + refill)
-        self._control_time = now
-        self._control_tokens -= 1
-        if self._control_tokens < 0:
-            raise FloodError("too many control records")
 
     def receive_eof(self) -> None:
         """The transport reached EOF: :class:`TruncatedError` unless the peer closed first."""

@@ -520,11 +520,11 @@ class ResponderHandshake(HandshakeMachine):
     def reply_untrusted(self, hello_secret: bytes | None) -> bytes:
         """Given the decrypted ``C_I`` (``None`` if decryption failed), return the Reply record:
         genuine if every soundness check passed, an indistinguishable substitute otherwise."""
+        if self._known is not None:  # (checked first: misuse changes nothing)
+            raise LocalProtocolError("no private-key operation: use reply_without_key_operation")
         next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
         hello = self._hello
         assert hello is not None  # kept on the way to KEY_OPERATION
-        if self._known is not None:
-            raise LocalProtocolError("no private-key operation: use reply_without_key_operation")
         self._guard.remember_decryption(hello.binder, hello_secret)
         reply = self._reply(hello, hello_secret)
         self.phase = next_phase
@@ -532,11 +532,11 @@ class ResponderHandshake(HandshakeMachine):
 
     def reply_without_key_operation(self) -> bytes:
         """The Reply when :meth:`receive_hello_untrusted` returned ``None``."""
-        next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
         hello, known = self._hello, self._known
-        assert hello is not None  # kept on the way to KEY_OPERATION
-        if known is None:
+        if known is None:  # (checked first: misuse changes nothing)
             raise LocalProtocolError("a private-key operation is needed: use reply_untrusted")
+        next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
+        assert hello is not None  # kept on the way to KEY_OPERATION
         reply = self._reply(hello, known.plaintext)
         self.phase = next_phase
         return reply

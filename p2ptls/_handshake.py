@@ -40,14 +40,9 @@ A resumed handshake (a ticket instead of RSA, :mod:`p2ptls._resume`) is the same
 with ``ResumeHello``/``ResumeReply``: :class:`ResumingInitiator` on one side, and
 :meth:`ResponderHandshake.receive_resume_hello_untrusted` then the same Finish on the other.
 
-States
-------
-Each class holds its ``phase`` and moves it through its role's table in
-:mod:`p2ptls._connection_state` (``IDLE -> AWAIT_REPLY -> KEY_OPERATION -> ESTABLISHED`` for the
-initiator, ``AWAIT_HELLO -> KEY_OPERATION or AWAIT_FINISH -> ESTABLISHED`` for the responder).
-A step the phase does not allow raises :class:`HandshakeFailed` when the peer's record triggered it
-and :class:`~p2ptls._errors.LocalProtocolError` when the caller did; a step that raises leaves the
-phase FAILED.
+States: each class moves its ``phase`` through its role's table in :mod:`p2ptls._connection_state`;
+a step the phase does not allow raises :class:`HandshakeFailed` if the peer's record triggered it,
+:class:`~p2ptls._errors.LocalProtocolError` if the caller did; a step that raises leaves it FAILED.
 """
 
 from __future__ import annotations
@@ -207,11 +202,23 @@ def _reply_prefix(ephemeral: bytes, rsa_bytes: int) -> bytes:
     )
 
 
-class InitiatorHandshake(HandshakeMachine):
-    """The initiator's side: ``start()`` (the Hello), the Reply, then one private-key operation.
+class _Initiating(HandshakeMachine):
+    """An initiator: its flight 1 is made when it is built, and :meth:`start` hands it out once."""
 
-    Its phase follows :data:`~p2ptls._connection_state.INITIATOR`.
-    """
+    _hello_record: bytes
+
+    def hello_record(self) -> bytes:
+        """Flight 1 (Hello or ResumeHello), ready to send: the bytes :meth:`start` returns."""
+        return self._hello_record
+
+    def start(self) -> bytes:
+        """Start the handshake: flight 1, to send."""
+        self.phase = self._begin(Trigger.START)
+        return self._hello_record
+
+
+class InitiatorHandshake(_Initiating):
+    """The initiator's side (phases: ``INITIATOR``): the Hello, the Reply, one RSA operation."""
 
     transitions = INITIATOR
 
@@ -256,15 +263,6 @@ class InitiatorHandshake(HandshakeMachine):
         self._handshake_secret: bytes | None = None
         self._reply_record = b""
         self.phase = HandshakeState.IDLE
-
-    def hello_record(self) -> bytes:
-        """Flight 1, ready to send (the same bytes :meth:`start` returns)."""
-        return self._hello_record
-
-    def start(self) -> bytes:
-        """Start the handshake: flight 1, to send."""
-        self.phase = self._begin(Trigger.START)
-        return self._hello_record
 
     def receive_reply_untrusted(self, record: bytes) -> bytes:
         """Take the Reply record and verify the responder's Finished.
@@ -325,11 +323,8 @@ class InitiatorHandshake(HandshakeMachine):
         return finish_record, result
 
 
-class ResumingInitiator(HandshakeMachine):
-    """The initiator's side of a resumed handshake (SPEC 3.6): no private-key operation.
-
-    Its phase follows :data:`~p2ptls._connection_state.RESUMING_INITIATOR`.
-    """
+class ResumingInitiator(_Initiating):
+    """The initiator's side of a resumed handshake (SPEC 3.6; phases: ``RESUMING_INITIATOR``)."""
 
     transitions = RESUMING_INITIATOR
 
@@ -355,15 +350,6 @@ class ResumingInitiator(HandshakeMachine):
             timestamp_ns,
         )
         self.phase = HandshakeState.IDLE
-
-    def hello_record(self) -> bytes:
-        """Flight 1 (the ResumeHello), ready to send (the same bytes :meth:`start` returns)."""
-        return self._hello_record
-
-    def start(self) -> bytes:
-        """Start the handshake: flight 1, to send."""
-        self.phase = self._begin(Trigger.START)
-        return self._hello_record
 
     def receive_reply_untrusted(self, record: bytes) -> tuple[bytes, HandshakeResult]:
         """Verify the ResumeReply; return ``(finish_record, result)``.
@@ -394,12 +380,9 @@ class ResumingInitiator(HandshakeMachine):
 
 
 class ResponderHandshake(HandshakeMachine):
-    """The responder's side: the Hello, at most one private-key operation, the Reply, the Finish.
-
-    Its phase follows :data:`~p2ptls._connection_state.RESPONDER`: AWAIT_HELLO, then
-    KEY_OPERATION after a Hello (:meth:`reply_untrusted` or :meth:`reply_without_key_operation`
-    ends it) or straight to AWAIT_FINISH after a ResumeHello, then ESTABLISHED after the Finish.
-    """
+    """The responder's side (phases: ``RESPONDER``): the Hello, at most one private-key operation
+    (:meth:`reply_untrusted` or :meth:`reply_without_key_operation` ends KEY_OPERATION), the
+    Reply, the Finish; or a ResumeHello, its ResumeReply and the Finish."""
 
     transitions = RESPONDER
 

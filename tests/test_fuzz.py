@@ -2,7 +2,8 @@
 
 Whatever bytes arrive, the only exception that may leave a parser or the sans-IO connection is the
 protocol's own :class:`~p2ptls.ProtocolError` (or a subclass); after one, the connection is FAILED,
-stays failed and holds nothing. Inputs mix plain random bytes, mutations of genuine flights,
+stays failed and holds nothing (feeding a FAILED connection is the caller's
+:class:`~p2ptls.LocalProtocolError`). Inputs mix plain random bytes, mutations of genuine flights,
 records whose header lies about the body, and *authentic* records (sealed under the session key)
 of every content type with random contents, so that the code behind the AEAD is reached too. The
 connection is fuzzed for both roles in every state, fed whole and byte by byte.

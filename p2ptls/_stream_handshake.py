@@ -94,8 +94,8 @@ class HandshakeDriving:
             except trio.ClosedResourceError:
                 if self._closed_here():
                     raise
-                failed = HandshakeFailed()
-                raise await self._break(failed) from failed
+                underneath = StreamInterrupted("the transport was closed underneath")
+                raise await self._break(underneath) from underneath
             except trio.Cancelled:
                 # The handshake cannot resume half-way (a second Hello would be refused).
                 self._interrupted("the handshake was cancelled")

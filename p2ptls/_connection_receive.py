@@ -7,6 +7,8 @@ It reads and writes the connection's state named below; only the connection crea
 
 from __future__ import annotations
 
+from typing import Final
+
 from . import _wire as wire
 from ._connection_events import (
     DataReceived,
@@ -23,6 +25,8 @@ from ._handshake import HandshakeResult
 from ._keyschedule import ticket_psk
 from ._records import RecordOpener
 from .config import StreamConfig
+
+_OPEN: Final = DirectionState.OPEN  # (a module global is faster than an enum member lookup)
 
 
 class RecordReceiving:
@@ -51,7 +55,7 @@ class RecordReceiving:
         opener = self._opener
         if opener is None:
             raise HandshakeFailed()  # protected record before the handshake completed
-        if self._receiving is not DirectionState.OPEN:  # nothing after the peer's close
+        if self._receiving is not _OPEN:  # nothing after the peer's close
             advance(RECEIVING, self._receiving, Trigger.RECORD)
         plaintext = opener.open_untrusted(header, body)
         if content_type == wire.DATA:

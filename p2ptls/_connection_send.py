@@ -8,6 +8,7 @@ It reads and writes the connection's state named below; only the connection crea
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from . import _wire as wire
 from ._connection_state import SENDING, DirectionState, HandshakeState, Trigger, advance
@@ -15,6 +16,13 @@ from ._errors import LocalProtocolError
 from ._fragments import fragment_sizes
 from ._records import RecordSealer
 from .config import StreamConfig
+
+# The per-read and per-write checks compare with these: an enum member looked up on its class
+# costs about 90 ns on Python 3.11, a module global about 20.
+_ESTABLISHED: Final = HandshakeState.ESTABLISHED
+_FAILED: Final = HandshakeState.FAILED
+_OPEN: Final = DirectionState.OPEN
+_CLOSED: Final = DirectionState.CLOSED
 
 SEND_CHUNK = 256 * 1024
 """About how many bytes of records ``seal_data``/``seal_message`` hand out at a time."""
@@ -38,12 +46,12 @@ class RecordSending:
     def _sealer_for_sending(self) -> RecordSealer:
         """The sealer, if the state allows a send (else :class:`LocalProtocolError`)."""
         settled = self._settled
-        if settled is not HandshakeState.ESTABLISHED:
+        if settled is not _ESTABLISHED:
             raise LocalProtocolError(
                 "cannot send: "
                 + ("the connection failed" if settled else "the handshake is not complete")
             )
-        if self._sending is not DirectionState.OPEN:  # the table says why (not after our CLOSE)
+        if self._sending is not _OPEN:  # the table says why (not after our CLOSE)
             advance(SENDING, self._sending, Trigger.SEND)
         sealer = self._sealer
         assert sealer is not None  # set when ESTABLISHED
@@ -185,12 +193,12 @@ class RecordSending:
     def data_to_send(self, *, handshake_only: bool = False) -> bytes:
         """Bytes owed to the peer outside a ``send_*`` call: a handshake flight, or the records
         owed (tickets, a pong) unless ``handshake_only``."""
-        if self._settled is HandshakeState.FAILED:
+        if self._settled is _FAILED:
             return b""
         if self._handshake_output:
             flights, self._handshake_output = self._handshake_output, []
             return b"".join(flights)
-        if self._sealer is None or self._sending is DirectionState.CLOSED or handshake_only:
+        if self._sealer is None or self._sending is _CLOSED or handshake_only:
             return b""
         return b"".join(self._take_pending())
 

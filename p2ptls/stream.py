@@ -45,6 +45,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Final
 
 import trio
 
@@ -85,6 +86,12 @@ log = logging.getLogger("p2ptls.stream")
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
+# The per-read and per-write checks compare with these: an enum member looked up on its class
+# costs about 90 ns on Python 3.11, a module global about 20.
+_OK: Final = StreamState.OK
+_HANDSHAKING: Final = StreamState.HANDSHAKING
+_BROKEN: Final = StreamState.BROKEN
+_CLOSED: Final = StreamState.CLOSED
 
 
 class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
@@ -226,9 +233,9 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
     # -- state helpers --------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        if self._state is StreamState.CLOSED:
+        if self._state is _CLOSED:
             raise trio.ClosedResourceError("this stream was closed")
-        if self._state is StreamState.BROKEN:
+        if self._state is _BROKEN:
             raise trio.BrokenResourceError("this stream is broken") from self._error
 
     async def _break(self, error: BaseException) -> trio.BrokenResourceError:
@@ -322,7 +329,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
     async def _receive_until(self, ready: Callable[[], bool]) -> None:
         """Pump the transport until ``ready()``; always passes through a checkpoint."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._state is StreamState.HANDSHAKING:
+        if self._state is _HANDSHAKING:
             await self.do_handshake()
         pumped = False
         lock = self._pump_lock
@@ -485,7 +492,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
 
     async def _send_records(self, chunks: Callable[[], Iterator[memoryview]]) -> None:
         self._check_usable()
-        if self._state is StreamState.HANDSHAKING:
+        if self._state is _HANDSHAKING:
             await self.do_handshake()
         if self._conn.eof_sent:
             raise trio.ClosedResourceError("send_eof was already called")
@@ -513,7 +520,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             conn = self._conn
             if (
                 len(data) <= SEND_CHUNK
-                and self._state is StreamState.OK
+                and self._state is _OK
                 and not conn.eof_sent
                 and self._transport_send_lock.try_acquire()
             ):

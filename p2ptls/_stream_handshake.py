@@ -30,8 +30,39 @@ from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError, StreamInt
 from ._tickets import SessionTicket
 from .config import StreamConfig
 from .context import SecurityContext
+from .identity import PeerRecord
 
 log = logging.getLogger("p2ptls.stream")
+
+
+def new_connection(
+    context: SecurityContext, config: StreamConfig, *, remote: PeerRecord | None, source: str
+) -> Connection:
+    """The sans-IO connection a stream drives: an initiator for ``remote`` (resuming with a ticket
+    from the context's cache if ``config.resumption``), or a responder (``remote`` is ``None``)
+    for a connection from ``source``."""
+    if remote is None:
+        return Connection.responder(
+            config,
+            context.identity,
+            context.psk,
+            context.peers,
+            context.replay_guard,
+            now_ns=time.time_ns(),
+            source=source,
+            budget=context.budget,
+            tickets=context.ticket_authority,
+        )
+    ticket = context.take_ticket(remote.peer_id) if config.resumption else None
+    return Connection.initiator(
+        config,
+        context.identity,
+        context.psk,
+        remote,
+        timestamp_ns=context.next_timestamp(),
+        budget=context.budget,
+        ticket=ticket,
+    )
 
 
 class StreamState(enum.Enum):

@@ -43,7 +43,6 @@ import logging
 import operator
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -51,7 +50,6 @@ import trio
 
 from . import _wire as wire
 from ._connection import (
-    Connection,
     DataReceived,
     EndOfStream,
     Event,
@@ -62,7 +60,7 @@ from ._connection import (
 from ._connection_send import SEND_CHUNK
 from ._connection_state import HandshakeState
 from ._errors import ProtocolError, StreamInterrupted
-from ._stream_handshake import HandshakeDriving, StreamState
+from ._stream_handshake import HandshakeDriving, StreamState, new_connection
 from ._util import (
     ConflictDetector,
     HandOffLock,
@@ -130,31 +128,11 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         self.context = context
         self.config = config or context.config
         self.server_side = server_side
-        if server_side:
-            self._conn = Connection.responder(
-                self.config,
-                context.identity,
-                context.psk,
-                context.peers,
-                context.replay_guard,
-                now_ns=time.time_ns(),
-                source=source,
-                budget=context.budget,
-                tickets=context.ticket_authority,
-            )
-        else:
-            if remote is None:
-                raise TypeError("the connecting side needs the remote peer's record")
-            ticket = context.take_ticket(remote.peer_id) if self.config.resumption else None
-            self._conn = Connection.initiator(
-                self.config,
-                context.identity,
-                context.psk,
-                remote,
-                timestamp_ns=context.next_timestamp(),
-                budget=context.budget,
-                ticket=ticket,
-            )
+        if not server_side and remote is None:
+            raise TypeError("the connecting side needs the remote peer's record")
+        self._conn = new_connection(
+            context, self.config, remote=None if server_side else remote, source=source
+        )
         self._remote_expected = None if server_side else remote
         self._handshake_lock = trio.Lock()
         self._state = StreamState.HANDSHAKING

@@ -6,21 +6,33 @@ A :class:`Connection` owns one side of one p2ptls session. It never touches a so
 thread: the I/O layer feeds it received bytes (``receive_data_untrusted``) with the current time,
 gets back a list of events, and sends whatever bytes its ``send_*`` methods return.
 
-States::
+The calls follow one convention: input calls (``receive_data_untrusted``, ``start``,
+``supply_decryption``) return the list of events they completed; the bytes to send are pulled with
+``data_to_send`` (handshake flights, owed records) or returned by the ``send_*``/``seal_*`` calls
+that make them.
 
-    initiator: HANDSHAKING --Reply--> KEY_OPERATION --supply_decryption--> ESTABLISHED
-    resuming initiator: HANDSHAKING --ResumeReply--> ESTABLISHED (Finish queued)
-    responder (ResumeHello): HANDSHAKING --ResumeHello--> HANDSHAKING --Finish--> ESTABLISHED
-    responder: HANDSHAKING --Hello--> KEY_OPERATION --supply_decryption--> HANDSHAKING
-               --Finish--> ESTABLISHED
-    any state --error--> FAILED;  ESTABLISHED --both CLOSE records--> (ends quietly)
+States
+------
+The state machines are data, in :mod:`p2ptls._connection_state`::
 
-In KEY_OPERATION the connection waits for the caller to perform one RSA private-key decryption
+    initiator:          IDLE --start--> AWAIT_REPLY --Reply--> KEY_OPERATION
+                        --supply_decryption--> ESTABLISHED (Finish queued, HandshakeComplete)
+    resuming initiator: IDLE --start--> AWAIT_REPLY --ResumeReply--> ESTABLISHED (the same)
+    responder:          AWAIT_HELLO --Hello--> KEY_OPERATION --supply_decryption--> AWAIT_FINISH
+                        --Finish--> ESTABLISHED (HandshakeComplete)
+                        AWAIT_HELLO --ResumeHello, or a Hello needing no RSA--> AWAIT_FINISH
+    any state --an error--> FAILED
+    once ESTABLISHED, each direction: OPEN --its CLOSE record--> CLOSED
+
+While the handshake runs, its phase is the handshake object's (:mod:`p2ptls._handshake`); the
+connection keeps only the outcome (ESTABLISHED or FAILED) once it drops that object. In
+KEY_OPERATION the connection waits for the caller to perform one RSA private-key decryption
 (:class:`PrivateKeyOperationNeeded`), which an I/O layer runs on a worker thread; bytes that arrive
-meanwhile are buffered. Once ESTABLISHED, records are opened in order and turned into events. Any
-protocol error moves the connection to FAILED, releases its reassembly reservation and is raised;
-every later call raises too. Each direction ends with an authenticated CLOSE record; a transport EOF
-without one is truncation.
+meanwhile are buffered, and ``supply_decryption`` processes them before it returns. Once
+ESTABLISHED, records are opened in order and turned into events. Any protocol error moves the
+connection to FAILED, releases its reassembly reservation and is raised; every later call raises
+:class:`~p2ptls._errors.LocalProtocolError`. Each direction ends with an authenticated CLOSE
+record; a transport EOF without one is truncation.
 
 A responder given a :class:`~p2ptls._tickets.TicketAuthority` owes two TICKET records once it is
 ESTABLISHED; they are sealed ahead of its next record (``data_to_send`` or any ``send_*``), so the
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Final
 
 from . import _wire as wire
 from ._connection_events import (
@@ -41,11 +54,17 @@ from ._connection_events import (
     MessageReceived,
     PongReceived,
     PrivateKeyOperationNeeded,
-    State,
     TicketReceived,
 )
+from ._connection_receive import RecordReceiving
 from ._connection_send import RecordSending
-from ._errors import FloodError, HandshakeFailed, PeerRefused, ProtocolError, TruncatedError
+from ._connection_state import DirectionState, HandshakeState
+from ._errors import (
+    HandshakeFailed,
+    LocalProtocolError,
+    ProtocolError,
+    TruncatedError,
+)
 from ._fragments import Reassembler, ReassemblyBudget
 from ._handshake import (
     HELLO_OAEP_LABEL,
@@ -60,7 +79,7 @@ from ._handshake import (
     TimestampGuard,
     TrustPolicy,
 )
-from ._keyschedule import export_keying_material, ticket_psk
+from ._keyschedule import export_keying_material
 from ._records import RecordOpener, RecordSealer
 from ._tickets import SessionTicket, TicketAuthority
 from .config import StreamConfig
@@ -72,9 +91,13 @@ _DATA_V = wire.DATA << 8 | wire.PROTOCOL_VERSION
 _MIN_DATA_BODY = wire.TAG_SIZE + 1  # an empty DATA record is refused (by the general path)
 _MAX_BODY = wire.MAX_CIPHERTEXT
 _HEADER_SIZE = wire.HEADER_SIZE
+# The per-read and per-write checks compare with these: an enum member looked up on its class
+# costs about 90 ns on Python 3.11, a module global about 20.
+_FAILED: Final = HandshakeState.FAILED
+_OPEN: Final = DirectionState.OPEN
 
 
-class Connection(RecordSending):
+class Connection(RecordReceiving, RecordSending):
     """One side of a p2ptls session, without I/O: build with :meth:`initiator`/:meth:`responder`."""
 
     def __init__(
@@ -84,7 +107,6 @@ class Connection(RecordSending):
         budget: ReassemblyBudget,
     ) -> None:
         self.config = config
-        self.state = State.HANDSHAKING
         self._handshake: InitiatorHandshake | ResumingInitiator | ResponderHandshake | None = (
             handshake
         )
@@ -105,8 +127,9 @@ class Connection(RecordSending):
         self._tickets_owed: list[bytes] = []
         self._control_tokens = float(config.control_burst)
         self._control_time: float | None = None
-        self.eof_sent = False
-        self.eof_received = False
+        self._settled: HandshakeState | None = None  # ESTABLISHED or FAILED, once decided
+        self._sending = DirectionState.OPEN
+        self._receiving = DirectionState.OPEN
         self._fragment = config.record_payload
         self._first_fragment = self._fragment - wire.MESSAGE_LENGTH.size
         self._stream_data: list[bytes] | None = None
@@ -186,33 +209,63 @@ class Connection(RecordSending):
 
     # -- handshake ------------------------------------------------------------------------------
 
-    def start(self) -> bytes:
-        """Bytes to send first: the Hello for an initiator, nothing for a responder."""
+    @property
+    def state(self) -> HandshakeState:
+        """Where the handshake stands (see "States" above)."""
         handshake = self._handshake
-        if isinstance(handshake, (InitiatorHandshake, ResumingInitiator)):
-            return handshake.hello_record()
-        return b""
+        if handshake is None:
+            assert self._settled is not None
+            return self._settled
+        return handshake.phase
 
-    def supply_decryption(self, plaintext: bytes | None) -> bytes:
+    @property
+    def eof_sent(self) -> bool:
+        """Our direction is closed (we sent our CLOSE)."""
+        return self._sending is DirectionState.CLOSED
+
+    @property
+    def eof_received(self) -> bool:
+        """The peer's direction is closed (its authenticated CLOSE arrived)."""
+        return self._receiving is DirectionState.CLOSED
+
+    def start(self) -> list[Event]:
+        """Start the handshake: an initiator queues its Hello (``data_to_send``); a responder,
+        which speaks second, has nothing to do. Returns the events completed (none)."""
+        handshake = self._handshake
+        if handshake is None:
+            raise LocalProtocolError(f"cannot start the handshake in state {self.state.name}")
+        hello = handshake.start()
+        if hello:
+            self._handshake_output.append(hello)
+        return []
+
+    def supply_decryption(self, plaintext: bytes | None, now: float = 0.0) -> list[Event]:
         """Hand in the result of :class:`PrivateKeyOperationNeeded` (``None`` if it failed).
 
-        Returns the bytes to send next. Raises :class:`HandshakeFailed`.
+        Queues the next flight (``data_to_send``), then processes the bytes that arrived during
+        the operation. Returns the events completed: :class:`HandshakeComplete` for an initiator,
+        then those of the buffered bytes. Raises :class:`HandshakeFailed` (or another
+        :class:`ProtocolError` from the buffered bytes); :class:`LocalProtocolError` if no
+        operation is pending.
         """
-        if self.state is not State.KEY_OPERATION:
-            raise RuntimeError("no private-key operation is pending")
         handshake = self._handshake
+        if handshake is None or self.state is not HandshakeState.KEY_OPERATION:
+            raise LocalProtocolError(f"no private-key operation pending in state {self.state.name}")
+        events: list[Event] = []
         try:
             if isinstance(handshake, InitiatorHandshake):
                 finish, result = handshake.complete_untrusted(plaintext)
+                self._handshake_output.append(finish)
                 self._establish(result, initiator=True)
-                return finish
-            assert isinstance(handshake, ResponderHandshake)
-            reply = handshake.reply_untrusted(plaintext)
+                events.append(HandshakeComplete(result.remote))
+            else:
+                assert isinstance(handshake, ResponderHandshake)
+                self._handshake_output.append(handshake.reply_untrusted(plaintext))
         except ProtocolError:
             self._fail()
             raise
-        self.state = State.HANDSHAKING
-        return reply
+        events += self._receive(b"", now)  # the bytes buffered during the operation
+        return events
 
     def _establish(self, result: HandshakeResult, *, initiator: bool) -> None:
         secrets = result.secrets
@@ -225,8 +278,8 @@ class Connection(RecordSending):
         self._opener = RecordOpener(incoming, self.config.hard_record_limit)
         self._result = result
         self._handshake = None
+        self._settled = HandshakeState.ESTABLISHED
         self._reassembler.peer = result.remote.peer_id
-        self.state = State.ESTABLISHED
 
     @property
     def resumed(self) -> bool:
@@ -246,7 +299,7 @@ class Connection(RecordSending):
     def export_keying_material(self, label: str, context: bytes, length: int) -> bytes:
         """Keys for a companion protocol, bound to this session (used by SLLP)."""
         if self._result is None:
-            raise RuntimeError("handshake not complete")
+            raise LocalProtocolError("the handshake is not complete")
         return export_keying_material(self._result.secrets.exporter, label, context, length)
 
     # -- receiving ------------------------------------------------------------------------------
@@ -256,8 +309,10 @@ class Connection(RecordSending):
     ) -> list[Event]:
         """Feed bytes from the transport; return the events they complete.
 
-        ``data`` is not kept, so the caller may reuse its buffer. Raises only
-        :class:`ProtocolError` (or a subclass); after one, the connection is FAILED.
+        ``data`` is not kept, so the caller may reuse its buffer; empty ``data`` is no input (not
+        EOF: that is :meth:`receive_eof`). The peer's bytes raise only :class:`ProtocolError` (or
+        a subclass); after one, the connection is FAILED and feeding it more is the caller's
+        :class:`LocalProtocolError`.
         """
         return self.receive_records_untrusted(data, now, None)
 
@@ -272,10 +327,13 @@ class Connection(RecordSending):
         :class:`DataReceived` event (the I/O layer's bulk path: no event object per record).
 
         On a :class:`ProtocolError` the records before the bad one may already be in
-        ``stream_data``; the connection is FAILED all the same.
+        ``stream_data``; the connection is FAILED all the same. Empty ``data`` does nothing (EOF
+        is :meth:`receive_eof`).
         """
-        if self.state is State.FAILED:
-            raise ProtocolError("connection already failed")
+        if self._settled is _FAILED:
+            raise LocalProtocolError("the connection already failed")
+        if not data:
+            return []
         self._stream_data = stream_data
         try:
             return self._receive(data, now)
@@ -284,7 +342,7 @@ class Connection(RecordSending):
 
     def _receive(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         events: list[Event] = []
-        if self.state is State.KEY_OPERATION:
+        if self.awaiting_key_operation:
             self._buffer += data
             self._check_buffer_bound()
             return events
@@ -356,7 +414,7 @@ class Connection(RecordSending):
         # DATA records once established (the bulk of the traffic) take a short path that
         # checks the header exactly as the general path does: type and version in one
         # comparison, a length that leaves a non-empty plaintext, no close received yet.
-        fast = opener is not None and not self.eof_received
+        fast = opener is not None and self._receiving is _OPEN
         sink = self._stream_data
         pos = 0
         end_of_data = len(view)
@@ -392,7 +450,7 @@ class Connection(RecordSending):
             if self.awaiting_key_operation:
                 break
             opener = self._opener
-            fast = opener is not None and not self.eof_received
+            fast = opener is not None and self._receiving is _OPEN
         return pos
 
     def _check_type_allowed_untrusted(self, content_type: int) -> None:
@@ -403,7 +461,8 @@ class Connection(RecordSending):
     @property
     def awaiting_key_operation(self) -> bool:
         """True while a :class:`PrivateKeyOperationNeeded` awaits :meth:`supply_decryption`."""
-        return self.state is State.KEY_OPERATION
+        handshake = self._handshake
+        return handshake is not None and handshake.phase is HandshakeState.KEY_OPERATION
 
     def _check_buffer_bound(self) -> None:
         if len(self._buffer) > wire.HEADER_SIZE + wire.MAX_CIPHERTEXT + self.config.receive_size:
@@ -411,18 +470,19 @@ class Connection(RecordSending):
             raise ProtocolError("peer sent too much before the handshake completed")
 
     def _handle_handshake(self, record: bytes, events: list[Event]) -> None:
+        """A handshake record; each handshake call checks its own phase (HandshakeFailed)."""
         handshake = self._handshake
-        if self.state is not State.HANDSHAKING or handshake is None:
+        if handshake is None:
             raise ProtocolError("handshake record on an established connection")
         if isinstance(handshake, InitiatorHandshake):
             c_r = handshake.receive_reply_untrusted(record)
-            self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_r, REPLY_OAEP_LABEL))
             return
         if isinstance(handshake, ResumingInitiator):
             finish, result = handshake.receive_reply_untrusted(record)
-            self._establish(result, initiator=True)
             self._handshake_output.append(finish)
+            self._establish(result, initiator=True)
+            events.append(HandshakeComplete(result.remote))
             return
         if record[wire.HEADER_SIZE] == wire.RESUME_HELLO:
             self._handshake_output.append(handshake.receive_resume_hello_untrusted(record))
@@ -432,7 +492,6 @@ class Connection(RecordSending):
             if c_i is None:  # wrong binder, or a copy already decrypted: no private-key work
                 self._handshake_output.append(handshake.reply_without_key_operation())
                 return
-            self.state = State.KEY_OPERATION
             events.append(PrivateKeyOperationNeeded(c_i, HELLO_OAEP_LABEL))
             return
         try:
@@ -449,100 +508,9 @@ class Connection(RecordSending):
         self._establish(result, initiator=False)
         events.append(HandshakeComplete(result.remote))
 
-    def _handle_protected(
-        self,
-        content_type: int,
-        header: memoryview,
-        body: memoryview,
-        now: float,
-        events: list[Event],
-    ) -> None:
-        opener = self._opener
-        if opener is None:
-            raise HandshakeFailed()  # protected record before the handshake completed
-        if self.eof_received:
-            raise ProtocolError("record after the peer's close")
-        plaintext = opener.open_untrusted(header, body)
-        if content_type == wire.DATA:
-            if not plaintext:
-                raise ProtocolError("empty data record")
-            if self._stream_data is not None:
-                self._stream_data.append(plaintext)
-            else:
-                events.append(DataReceived(plaintext))
-        elif content_type == wire.MESSAGE_START:
-            fragment: bytes | memoryview
-            prefix = wire.MESSAGE_LENGTH.size
-            if (
-                len(plaintext) > prefix
-                and wire.MESSAGE_LENGTH.unpack_from(plaintext)[0] > len(plaintext) - prefix
-            ):
-                # More fragments follow, joined once at the end: keep this one as a view of the
-                # plaintext rather than a copy of it. (A one-record message is the slice.)
-                total, fragment = (
-                    wire.MESSAGE_LENGTH.unpack_from(plaintext)[0],
-                    memoryview(plaintext)[prefix:],
-                )
-            else:
-                total, fragment = wire.parse_message_start_untrusted(plaintext)
-            message = self._reassembler.start_untrusted(total, fragment)
-            if message is not None:
-                events.append(MessageReceived(message))
-        elif content_type == wire.MESSAGE_CONTINUE:
-            message = self._reassembler.continue_untrusted(plaintext)
-            if message is not None:
-                events.append(MessageReceived(message))
-        elif content_type == wire.CLOSE:
-            if len(plaintext) == 1 and plaintext[0] == wire.CLOSE_REFUSED and self.is_initiator:
-                raise PeerRefused()
-            if len(plaintext) != 1 or plaintext[0] not in (
-                wire.CLOSE_END_OF_STREAM,
-                wire.CLOSE_GOODBYE,
-            ):
-                raise ProtocolError("malformed close record")
-            if self._reassembler.in_progress:
-                raise ProtocolError("close inside an unfinished message")
-            self.eof_received = True
-            events.append(EndOfStream(plaintext[0]))
-        else:
-            self._spend_control_token(now)
-            if content_type == wire.PING:
-                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
-                    raise ProtocolError("malformed ping")
-                self._pong_owed = plaintext
-            elif content_type == wire.PONG:
-                if len(plaintext) != wire.PING_PAYLOAD_SIZE:
-                    raise ProtocolError("malformed pong")
-                events.append(PongReceived(plaintext))
-            elif content_type == wire.TICKET:
-                self._spend_control_token(now)  # a flood of tickets is a flood of control records
-                events.append(self._ticket_untrusted(plaintext))
-            else:  # KEY_UPDATE: the only protected type left after the header check
-                if plaintext:
-                    raise ProtocolError("malformed key update")
-                opener.advance_key()
-
-    def _ticket_untrusted(self, plaintext: bytes) -> TicketReceived:
-        result = self._result
-        if not self.is_initiator or result is None:
-            raise ProtocolError("ticket sent to the responder")
-        payload = wire.parse_ticket_payload_untrusted(plaintext)
-        psk = ticket_psk(result.secrets.resumption, payload.nonce)
-        return TicketReceived(payload.ticket, psk, payload.lifetime_s)
-
-    def _spend_control_token(self, now: float) -> None:
-        config = self.config
-        if self._control_time is not None and now > self._control_time:
-            refill = (now - self._control_time) * config.control_rate
-            self._control_tokens = min(float(config.control_burst), self._control_tokens + refill)
-        self._control_time = now
-        self._control_tokens -= 1
-        if self._control_tokens < 0:
-            raise FloodError("too many control records")
-
     def receive_eof(self) -> None:
         """The transport reached EOF: :class:`TruncatedError` unless the peer closed first."""
-        if self.state is State.FAILED:
+        if self._settled is HandshakeState.FAILED:
             return
         if not self.eof_received or self._buffer:
             self._fail()
@@ -551,14 +519,14 @@ class Connection(RecordSending):
     # -- teardown -------------------------------------------------------------------------------
 
     def _fail(self) -> None:
-        self.state = State.FAILED
+        self._settled = HandshakeState.FAILED
         self._reassembler.discard()
         self._buffer = bytearray()
         self._handshake = None
 
     def abandon(self) -> None:
         """Release resources (partial messages) when the I/O layer drops the connection."""
-        if self.state is not State.FAILED:
+        if self._settled is not HandshakeState.FAILED:
             self._fail()
 
 
@@ -568,9 +536,9 @@ __all__ = [
     "EndOfStream",
     "Event",
     "HandshakeComplete",
+    "HandshakeState",
     "MessageReceived",
     "PongReceived",
     "PrivateKeyOperationNeeded",
-    "State",
     "TicketReceived",
 ]

@@ -1,22 +1,12 @@
-"""A secure stream connection's state and the events its sans-IO core reports
-(:class:`p2ptls._connection.Connection`, as h11's ``_events.py`` and ``_state.py``)."""
+"""The events a secure stream connection's sans-IO core reports
+(:class:`p2ptls._connection.Connection`, as h11's ``_events.py``; its states are in
+:mod:`p2ptls._connection_state`)."""
 
 from __future__ import annotations
-
-import enum
 
 import attrs
 
 from .identity import PeerRecord
-
-
-class State(enum.Enum):
-    """Where a connection's handshake stands."""
-
-    HANDSHAKING = "handshaking"
-    KEY_OPERATION = "key operation"
-    ESTABLISHED = "established"
-    FAILED = "failed"
 
 
 @attrs.frozen(repr=False)
@@ -32,7 +22,7 @@ class PrivateKeyOperationNeeded:
 
 @attrs.frozen
 class HandshakeComplete:
-    """The handshake verified; ``remote`` is the authenticated peer."""
+    """The handshake verified (reported on both sides); ``remote`` is the authenticated peer."""
 
     remote: PeerRecord
 

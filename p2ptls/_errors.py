@@ -1,8 +1,22 @@
-"""The protocol's own errors.
+"""The protocol's own errors, and who is to blame for each (as h11's ``_util.py``).
 
-Every function that parses bytes from the network (its name ends in ``_untrusted``) raises only
-:class:`ProtocolError` or one of its subclasses. Messages never contain key material or
-received bytes.
+The policy:
+
+- :class:`ProtocolError` (and its subclasses): **the peer's bytes** broke the protocol. Only the
+  calls that take network input raise it (their names end in ``_untrusted``, plus
+  ``supply_decryption``, whose plaintext came from the peer); the connection is then unusable.
+  :class:`HandshakeFailed` is deliberately one generic error for every authentication failure.
+- :class:`LocalProtocolError` (a ``RuntimeError``): **the caller** asked for something the
+  connection's state does not allow: a send after ``send_eof``, ``supply_decryption`` with no
+  private-key operation pending, any use after the connection failed. It is a bug in the code
+  using p2ptls, never something a peer can cause.
+- :class:`StreamInterrupted` (a ``LocalProtocolError``): a cancellation stopped a handshake or a
+  record part-way through (or the transport was closed underneath), so the stream cannot go on.
+  A :class:`~p2ptls.SecureStream` then raises ``trio.BrokenResourceError`` with this as its
+  ``__cause__``: the stream broke, but not by the peer's doing.
+- Broken internal invariants are ``assert`` statements, not exceptions of this module.
+
+Messages never contain key material or received bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +28,16 @@ class P2PTLSError(Exception):
 
 class ProtocolError(P2PTLSError):
     """The peer broke the wire protocol; the connection it arrived on is unusable."""
+
+
+class LocalProtocolError(P2PTLSError, RuntimeError):
+    """The caller asked for something the connection's state does not allow (a bug in the caller,
+    never the peer's doing)."""
+
+
+class StreamInterrupted(LocalProtocolError):
+    """The stream was cut short on this side (a cancellation part-way through a handshake or a
+    record, or its transport closed underneath it); it is broken, by no fault of the peer."""
 
 
 class HandshakeFailed(ProtocolError):

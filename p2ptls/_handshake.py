@@ -39,6 +39,10 @@ The per-initiator timestamp guard is only advanced once Finish verifies.
 A resumed handshake (a ticket instead of RSA, :mod:`p2ptls._resume`) is the same three flights
 with ``ResumeHello``/``ResumeReply``: :class:`ResumingInitiator` on one side, and
 :meth:`ResponderHandshake.receive_resume_hello_untrusted` then the same Finish on the other.
+
+States: each class moves its ``phase`` through its role's table in :mod:`p2ptls._connection_state`;
+a step the phase does not allow raises :class:`HandshakeFailed` if the peer's record triggered it,
+:class:`~p2ptls._errors.LocalProtocolError` if the caller did; a step that raises leaves it FAILED.
 """
 
 from __future__ import annotations
@@ -55,7 +59,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _keyschedule as ks
 from . import _wire as wire
-from ._errors import HandshakeFailed
+from ._connection_state import (
+    INITIATOR,
+    RESPONDER,
+    RESUMING_INITIATOR,
+    HandshakeMachine,
+    HandshakeState,
+    Trigger,
+)
+from ._errors import HandshakeFailed, LocalProtocolError
 from ._resume import Accepted, answer_resume_hello, resume_hello_record, shared_or_none
 from ._tickets import TICKETS_PER_HANDSHAKE, SessionTicket, TicketAuthority
 from .identity import Identity, NetworkKey, PeerId, PeerRecord, encrypt_to
@@ -190,8 +202,25 @@ def _reply_prefix(ephemeral: bytes, rsa_bytes: int) -> bytes:
     )
 
 
-class InitiatorHandshake:
-    """The initiator's side: ``hello_record()``, the Reply, then one private-key operation."""
+class _Initiating(HandshakeMachine):
+    """An initiator: its flight 1 is made when it is built, and :meth:`start` hands it out once."""
+
+    _hello_record: bytes
+
+    def hello_record(self) -> bytes:
+        """Flight 1 (Hello or ResumeHello), ready to send: the bytes :meth:`start` returns."""
+        return self._hello_record
+
+    def start(self) -> bytes:
+        """Start the handshake: flight 1, to send."""
+        self.phase = self._begin(Trigger.START)
+        return self._hello_record
+
+
+class InitiatorHandshake(_Initiating):
+    """The initiator's side (phases: ``INITIATOR``): the Hello, the Reply, one RSA operation."""
+
+    transitions = INITIATOR
 
     def __init__(
         self,
@@ -233,10 +262,7 @@ class InitiatorHandshake:
         self._hello_record = wire.handshake_record(attrs.evolve(unbound, binder=binder).encode())
         self._handshake_secret: bytes | None = None
         self._reply_record = b""
-
-    def hello_record(self) -> bytes:
-        """Flight 1, ready to send."""
-        return self._hello_record
+        self.phase = HandshakeState.IDLE
 
     def receive_reply_untrusted(self, record: bytes) -> bytes:
         """Take the Reply record and verify the responder's Finished.
@@ -245,8 +271,7 @@ class InitiatorHandshake:
         :class:`HandshakeFailed` before any private-key work if the Reply is not from the true
         responder.
         """
-        if self._handshake_secret is not None:
-            raise HandshakeFailed()
+        next_phase = self._begin(Trigger.REPLY)
         reply = wire.parse_reply_untrusted(record[wire.HEADER_SIZE :])
         shared = _x25519_shared_or_none(self._ephemeral, reply.ephemeral)
         if shared is None:
@@ -272,13 +297,16 @@ class InitiatorHandshake:
             raise HandshakeFailed() from None
         self._handshake_secret = handshake
         self._reply_record = record
+        self.phase = next_phase
         return c_r
 
     def complete_untrusted(self, k_responder: bytes | None) -> tuple[bytes, HandshakeResult]:
         """Given the decrypted ``C_R`` (``None`` if decryption failed), return
         ``(finish_record, result)``; raise :class:`HandshakeFailed` otherwise."""
+        next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
         handshake = self._handshake_secret
-        if handshake is None or k_responder is None or len(k_responder) != wire.RANDOM_SIZE:
+        assert handshake is not None  # set on the way to KEY_OPERATION
+        if k_responder is None or len(k_responder) != wire.RANDOM_SIZE:
             raise HandshakeFailed()
         master = ks.master_secret(handshake, k_responder)
         full = _full_transcript(
@@ -291,11 +319,14 @@ class InitiatorHandshake:
             wire.Finish(_initiator_finished(master, full)).encode()
         )
         result = HandshakeResult(self._responder, ks.session_secrets(master, full), full)
+        self.phase = next_phase
         return finish_record, result
 
 
-class ResumingInitiator:
-    """The initiator's side of a resumed handshake (SPEC 3.6): no private-key operation."""
+class ResumingInitiator(_Initiating):
+    """The initiator's side of a resumed handshake (SPEC 3.6; phases: ``RESUMING_INITIATOR``)."""
+
+    transitions = RESUMING_INITIATOR
 
     def __init__(
         self,
@@ -318,11 +349,7 @@ class ResumingInitiator:
             _x25519_public_bytes(self._ephemeral),
             timestamp_ns,
         )
-        self._done = False
-
-    def hello_record(self) -> bytes:
-        """Flight 1 (the ResumeHello), ready to send."""
-        return self._hello_record
+        self.phase = HandshakeState.IDLE
 
     def receive_reply_untrusted(self, record: bytes) -> tuple[bytes, HandshakeResult]:
         """Verify the ResumeReply; return ``(finish_record, result)``.
@@ -330,9 +357,7 @@ class ResumingInitiator:
         Raises :class:`HandshakeFailed` if the reply is not the true responder's (a substitute:
         the responder did not accept the ticket), so the caller can fall back to a full handshake.
         """
-        if self._done:
-            raise HandshakeFailed()
-        self._done = True
+        next_phase = self._begin(Trigger.RESUME_REPLY)
         reply = wire.parse_resume_reply_untrusted(record[wire.HEADER_SIZE :])
         shared = _x25519_shared_or_none(self._ephemeral, reply.ephemeral)
         if shared is None:
@@ -350,11 +375,16 @@ class ResumingInitiator:
             wire.Finish(_initiator_finished(master, full)).encode()
         )
         secrets = ks.session_secrets(master, full)
+        self.phase = next_phase
         return finish_record, HandshakeResult(self._responder, secrets, full, resumed=True)
 
 
-class ResponderHandshake:
-    """The responder's side: the Hello, at most one private-key operation, the Reply, the Finish."""
+class ResponderHandshake(HandshakeMachine):
+    """The responder's side (phases: ``RESPONDER``): the Hello, at most one private-key operation
+    (:meth:`reply_untrusted` or :meth:`reply_without_key_operation` ends KEY_OPERATION), the
+    Reply, the Finish; or a ResumeHello, its ResumeReply and the Finish."""
+
+    transitions = RESPONDER
 
     def __init__(
         self,
@@ -387,8 +417,13 @@ class ResponderHandshake:
         self._hello: wire.Hello | None = None
         self._hello_record = b""
         self._known: KnownDecryption | None = None
-        self._replied = False
         self._accepted: Accepted | None = None
+        self.phase = HandshakeState.AWAIT_HELLO
+
+    def start(self) -> bytes:
+        """Nothing to send first: a responder speaks second (checks the phase all the same)."""
+        self.phase = self._begin(Trigger.START)
+        return b""
 
     def receive_hello_untrusted(self, record: bytes) -> bytes | None:
         """Take the Hello record.
@@ -399,8 +434,7 @@ class ResponderHandshake:
         operation is needed (the binder is wrong, or this is a copy of a Hello whose decryption is
         remembered): then :meth:`reply_without_key_operation` is called straight away.
         """
-        if self._hello is not None or self._hello_record:
-            raise HandshakeFailed()
+        next_phase = self._begin(Trigger.HELLO)
         hello = wire.parse_hello_untrusted(record[wire.HEADER_SIZE :])
         expected_binder = ks.mac(self._binder_key, record[: -wire.MAC_SIZE])
         known: KnownDecryption | None = KnownDecryption(None)  # wrong binder: unsound
@@ -416,6 +450,7 @@ class ResponderHandshake:
         self._hello = hello
         self._hello_record = record
         self._known = known
+        self.phase = next_phase
         return hello.sealed_secret if known is None else None
 
     def receive_resume_hello_untrusted(self, record: bytes) -> bytes:
@@ -424,8 +459,7 @@ class ResponderHandshake:
         No private-key operation. Raises :class:`HandshakeFailed` (the caller closes without a
         reply) for a malformed ResumeHello or one the replay guard refuses.
         """
-        if self._hello_record:
-            raise HandshakeFailed()
+        next_phase = self._begin(Trigger.RESUME_HELLO)
         self._hello_record = record
         ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
         reply, accepted = answer_resume_hello(
@@ -441,9 +475,9 @@ class ResponderHandshake:
             ephemeral=ephemeral,
             randomness=self._randomness,
         )
-        self._replied = True
         self._resumed = True
         self._accepted = accepted
+        self.phase = next_phase
         return reply
 
     def new_tickets(self, result: HandshakeResult) -> list[wire.TicketPayload]:
@@ -469,23 +503,28 @@ class ResponderHandshake:
     def reply_untrusted(self, hello_secret: bytes | None) -> bytes:
         """Given the decrypted ``C_I`` (``None`` if decryption failed), return the Reply record:
         genuine if every soundness check passed, an indistinguishable substitute otherwise."""
+        if self._known is not None:  # (checked first: misuse changes nothing)
+            raise LocalProtocolError("no private-key operation: use reply_without_key_operation")
+        next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
         hello = self._hello
-        if hello is None or self._known is not None:
-            raise HandshakeFailed()
+        assert hello is not None  # kept on the way to KEY_OPERATION
         self._guard.remember_decryption(hello.binder, hello_secret)
-        return self._reply(hello, hello_secret)
+        reply = self._reply(hello, hello_secret)
+        self.phase = next_phase
+        return reply
 
     def reply_without_key_operation(self) -> bytes:
         """The Reply when :meth:`receive_hello_untrusted` returned ``None``."""
         hello, known = self._hello, self._known
-        if hello is None or known is None:
-            raise HandshakeFailed()
-        return self._reply(hello, known.plaintext)
+        if known is None:  # (checked first: misuse changes nothing)
+            raise LocalProtocolError("a private-key operation is needed: use reply_untrusted")
+        next_phase = self._begin(Trigger.SUPPLY_DECRYPTION)
+        assert hello is not None  # kept on the way to KEY_OPERATION
+        reply = self._reply(hello, known.plaintext)
+        self.phase = next_phase
+        return reply
 
     def _reply(self, hello: wire.Hello, hello_secret: bytes | None) -> bytes:
-        if self._replied:
-            raise HandshakeFailed()
-        self._replied = True
         ephemeral = self._ephemeral or X25519PrivateKey.from_private_bytes(self._randomness(32))
         ephemeral_public = _x25519_public_bytes(ephemeral)
         rsa_bytes = wire.initiator_rsa_bytes(hello)
@@ -558,11 +597,9 @@ class ResponderHandshake:
         but the initiator is not authorised, :class:`Refusal` (a ``HandshakeFailed``) carries the
         session, so that the caller can tell that initiator, and only it, with a sealed CLOSE.
         """
-        if not self._replied:
-            raise HandshakeFailed()
+        next_phase = self._begin(Trigger.FINISH)
         finish = wire.parse_finish_untrusted(record[wire.HEADER_SIZE :])
         accepted, self._accepted = self._accepted, None
-        self._replied = False
         if accepted is None:
             raise HandshakeFailed()
         own_id = self._identity.peer_id
@@ -578,4 +615,5 @@ class ResponderHandshake:
         initiator, timestamp_ns = accepted.initiator.peer_id, accepted.timestamp_ns
         self._guard.accept(initiator, timestamp_ns, durable=not self._resumed)
         secrets = ks.session_secrets(accepted.master, full)
+        self.phase = next_phase
         return HandshakeResult(accepted.initiator, secrets, full, resumed=self._resumed)

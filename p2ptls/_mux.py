@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from . import _mux_wire as mw
-from ._errors import MuxError, ReassemblyBudgetExceeded
+from ._errors import LocalProtocolError, MuxError, ReassemblyBudgetExceeded
 from ._fragments import FRAGMENT_OVERHEAD, ReassemblyBudget
 from ._mux_events import (
     CreditAvailable,
@@ -203,7 +203,7 @@ class Multiplexer:
         """Queue an OPEN for ``protocol``; the new stream's id."""
         name = mw.check_protocol_name(protocol)
         if not self.can_open():
-            raise RuntimeError("this connection opens no more streams (going away)")
+            raise LocalProtocolError("this connection opens no more streams (going away)")
         self._last_local += 2
         stream_id = self._last_local
         self._streams[stream_id] = self._new_stream(local=True)
@@ -214,7 +214,7 @@ class Multiplexer:
     def accept_stream(self, stream_id: int) -> None:
         stream = self._streams[stream_id]
         if stream.local or stream.accepted:
-            raise RuntimeError("not a stream waiting to be accepted")
+            raise LocalProtocolError("not a stream waiting to be accepted")
         stream.accepted = True
         self._queue(FrameType.ACCEPT, stream_id)
         self._grant_window(stream_id, stream)
@@ -222,7 +222,7 @@ class Multiplexer:
     def refuse_stream(self, stream_id: int, code: RefuseCode) -> None:
         stream = self._streams[stream_id]
         if stream.local or stream.accepted:
-            raise RuntimeError("not a stream waiting to be accepted")
+            raise LocalProtocolError("not a stream waiting to be accepted")
         self._queue(FrameType.REFUSE, stream_id, bytes([code]))
         self._forget(stream_id)
 
@@ -251,9 +251,9 @@ class Multiplexer:
         """
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset:
-            raise RuntimeError("the stream is gone")
+            raise LocalProtocolError("the stream is gone")
         if stream.sent_fin:
-            raise RuntimeError("this direction of the stream was finished")
+            raise LocalProtocolError("this direction of the stream was finished")
         view = memoryview(data)
         immutable = isinstance(view.obj, bytes)
         total = len(view)

@@ -2,10 +2,16 @@
 :class:`p2ptls._connection.Connection`): flights out and in under the handshake deadline, the
 private-key operation on a worker thread, the tickets received stored in the context, the replay
 state persisted. ``SecureStream`` inherits it and owns the state named below.
+
+The stream is HANDSHAKING until the handshake completes (OK); a failure makes it BROKEN, with the
+typed error kept as the cause of every later ``trio.BrokenResourceError``. A cancellation
+part-way through also makes it BROKEN, with :class:`~p2ptls._errors.StreamInterrupted` as the
+cause (a second Hello would be refused, so the handshake cannot be resumed).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,15 +23,60 @@ from ._connection_events import (
     Event,
     HandshakeComplete,
     PrivateKeyOperationNeeded,
-    State,
     TicketReceived,
 )
-from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError
+from ._connection_state import HandshakeState
+from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError, StreamInterrupted
 from ._tickets import SessionTicket
 from .config import StreamConfig
 from .context import SecurityContext
+from .identity import PeerRecord
 
 log = logging.getLogger("p2ptls.stream")
+
+
+def new_connection(
+    context: SecurityContext, config: StreamConfig, *, remote: PeerRecord | None, source: str
+) -> Connection:
+    """The sans-IO connection a stream drives: an initiator for ``remote`` (resuming with a ticket
+    from the context's cache if ``config.resumption``), or a responder (``remote`` is ``None``)
+    for a connection from ``source``."""
+    if remote is None:
+        return Connection.responder(
+            config,
+            context.identity,
+            context.psk,
+            context.peers,
+            context.replay_guard,
+            now_ns=time.time_ns(),
+            source=source,
+            budget=context.budget,
+            tickets=context.ticket_authority,
+        )
+    ticket = context.take_ticket(remote.peer_id) if config.resumption else None
+    return Connection.initiator(
+        config,
+        context.identity,
+        context.psk,
+        remote,
+        timestamp_ns=context.next_timestamp(),
+        budget=context.budget,
+        ticket=ticket,
+    )
+
+
+class StreamState(enum.Enum):
+    """A :class:`~p2ptls.SecureStream`'s one state (as trio's ``SSLStream._state``)::
+
+    HANDSHAKING --handshake done--> OK
+    HANDSHAKING, OK --a failure or an interrupted record--> BROKEN
+    any --aclose--> CLOSED
+    """
+
+    HANDSHAKING = "handshaking"
+    OK = "ok"
+    BROKEN = "broken"
+    CLOSED = "closed"
 
 
 class HandshakeDriving:
@@ -34,10 +85,10 @@ class HandshakeDriving:
     config: StreamConfig
     context: SecurityContext
     transport_stream: trio.abc.Stream
+    server_side: bool
     _conn: Connection
-    _closed: bool
+    _state: StreamState
     _error: BaseException | None
-    _handshake_done: bool
     _handshake_lock: trio.Lock
     _check_usable: Callable[[], None]
     _break: Callable[[BaseException], Awaitable[trio.BrokenResourceError]]
@@ -51,12 +102,12 @@ class HandshakeDriving:
         :class:`HandshakeTimeout`) if it fails.
         """
         self._check_usable()
-        if self._handshake_done:
+        if self._state is StreamState.OK:
             await trio.lowlevel.checkpoint()
             return
         async with self._handshake_lock:
             self._check_usable()
-            if self._handshake_done:
+            if self._state is not StreamState.HANDSHAKING:  # another task completed it
                 return
             timeout = self.config.handshake_timeout
             try:
@@ -72,48 +123,62 @@ class HandshakeDriving:
                 failed.__cause__ = exc  # keep the transport's error for debugging
                 raise await self._break(failed) from failed
             except trio.ClosedResourceError:
-                if self._closed:
+                if self._closed_here():
                     raise
-                failed = HandshakeFailed()
-                raise await self._break(failed) from failed
+                underneath = StreamInterrupted("the transport was closed underneath")
+                raise await self._break(underneath) from underneath
             except trio.Cancelled:
                 # The handshake cannot resume half-way (a second Hello would be refused).
-                if self._error is None:
-                    self._error = ProtocolError("the handshake was cancelled")
+                self._interrupted("the handshake was cancelled")
                 raise
-            self._handshake_done = True
+            self._state = StreamState.OK
+
+    def _closed_here(self) -> bool:
+        """``aclose`` was called (read through a call: an await may have changed the state)."""
+        return self._state is StreamState.CLOSED
+
+    def _interrupted(self, what: str) -> None:
+        """A cancellation stopped a handshake or a record part-way: the stream is BROKEN (the
+        transport is dropped by whoever uses the stream next, or by ``aclose``)."""
+        if self._error is None:
+            self._error = StreamInterrupted(what)
+        if self._state is not StreamState.CLOSED:
+            self._state = StreamState.BROKEN
 
     async def _run_handshake(self) -> None:
         conn = self._conn
-        first = conn.start()
-        if first:
-            await self._send_raw(first)
-        while conn.state is not State.ESTABLISHED:
+        await self._handle_events(conn.start())
+        await self._send_handshake_flights()
+        while conn.state is not HandshakeState.ESTABLISHED:
             data = await self.transport_stream.receive_some(self.config.receive_size)
             if not data:
                 raise HandshakeFailed()
             await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))
-            owed = conn.data_to_send(handshake_only=True)  # tickets go with our next record
-            if owed:
-                await self._send_raw(owed)
+            await self._send_handshake_flights()
+
+    async def _send_handshake_flights(self) -> None:
+        owed = self._conn.data_to_send(handshake_only=True)  # tickets go with our next record
+        if owed:
+            await self._send_raw(owed)
 
     async def _private_key_operation(self, event: PrivateKeyOperationNeeded) -> bytes | None:
         result = await self.context.decrypt_once(event.ciphertext, event.label)
-        if self._closed:
+        if self._closed_here():
             raise trio.ClosedResourceError("this stream was closed during its handshake")
         return result
 
     async def _handle_events(self, events: list[Event]) -> None:
-        """File the events of a handshake read, running what the handshake needs."""
+        """File the events of a handshake step, running what the handshake needs."""
         conn = self._conn
         for event in events:
             if isinstance(event, PrivateKeyOperationNeeded):
                 plaintext = await self._private_key_operation(event)
-                await self._send_raw(conn.supply_decryption(plaintext))
-                events.extend(conn.receive_data_untrusted(b"", trio.current_time()))
+                events.extend(conn.supply_decryption(plaintext, trio.current_time()))
+                await self._send_handshake_flights()  # before anything else waits
             elif isinstance(event, HandshakeComplete):
-                self.context.peers.note_authenticated(event.remote)
-                await self._persist_replay_state()
+                if self.server_side:  # an initiator chose its peer; nothing to note or persist
+                    self.context.peers.note_authenticated(event.remote)
+                    await self._persist_replay_state()
             else:
                 self._file_events([event])
 

@@ -14,7 +14,9 @@ be sent).
 
 Errors: when the connection breaks, every stream on it raises :class:`ConnectionLost` (a
 ``trio.BrokenResourceError``) whose ``__cause__`` says why; when the peer aborts a stream, that
-stream raises :class:`StreamReset`. Data that arrived before either is still read first.
+stream raises :class:`StreamReset`; when a cancellation cut one of our messages short, the stream
+raises ``trio.BrokenResourceError`` from :class:`~p2ptls.StreamInterrupted` (the peer did nothing
+wrong). Data that arrived before any of these is still read first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._errors import StreamInterrupted
 from ._mux_wire import ResetCode
 from ._util import ConflictDetector, MessageIterator
 from .identity import PeerRecord
@@ -179,6 +182,8 @@ class LogicalStream(trio.abc.HalfCloseableStream):
             raise ConnectionLost(str(error)) from error.__cause__
         if isinstance(error, StreamReset):
             raise StreamReset(str(error), error.code)
+        if isinstance(error, StreamInterrupted):  # our own cancellation, not the peer's doing
+            raise trio.BrokenResourceError(str(error)) from error
         raise error
 
     def _check_open(self) -> None:
@@ -335,8 +340,9 @@ class LogicalStream(trio.abc.HalfCloseableStream):
                     if not view:
                         break
             except BaseException:
-                if started and self._error is None:
-                    self._abort(ResetCode.CANCEL, "a message was cut short by cancellation")
+                if started and self._error is None:  # its end can no longer be sent: reset it
+                    self.connection._reset(self.stream_id, ResetCode.CANCEL)
+                    self._fail(StreamInterrupted("a message was cut short by cancellation"))
                 raise
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()

@@ -120,7 +120,7 @@ def drive_p2ptls(data: Json, initiator: Identity, responder: Identity) -> Json:
     resuming = ResumingInitiator(
         initiator, psk, responder.record, held, timestamp_ns=given["timestamp_ns"], ephemeral=e_i
     )
-    hello = resuming.hello_record()
+    hello = resuming.start()
     authority = TicketAuthority(root=root)
     guard = ReplayGuard()
 

@@ -74,7 +74,7 @@ def check_handshake_classes(ref: ReferenceHandshake, initiator: Party, responder
         ephemeral=X25519PrivateKey.from_private_bytes(EPHEMERAL_RESPONDER),
         oaep_encrypt=hook,
     )
-    require(ini.hello_record() == ref.hello, "Hello")
+    require(ini.start() == ref.hello, "Hello")
     c_i = res.receive_hello_untrusted(ref.hello)
     require(c_i is not None, "binder")
     assert c_i is not None
@@ -367,7 +367,8 @@ def check_responder_case(
     require(len(needs) == case.private_key_operations, f"{what}: private-key operations")
     if needs:
         plain = responder.identity.decrypt_untrusted(needs[0].ciphertext, needs[0].label)
-        reply = conn.supply_decryption(plain)
+        require(conn.supply_decryption(plain) == [], f"{what}: no event before the Finish")
+        reply = conn.data_to_send()
     else:
         reply = conn.data_to_send()
     require(rand.exhausted, f"{what}: randomness")

@@ -158,17 +158,25 @@ def run_session(ref: ReferenceHandshake, initiator: Party, responder: Party) -> 
     }
     ci, cr = conns["initiator"], conns["responder"]
     handshake_events: list[Json] = []
-    hello = ci.start()
+    require(ci.start() == [], "start (Connection)")
+    hello = ci.data_to_send()
     require(hello == ref.hello, "Hello (Connection)")
     (need,) = cr.receive_data_untrusted(hello)
     assert isinstance(need, PrivateKeyOperationNeeded)
     handshake_events.append({"side": "responder", **event_json(need)})
-    reply = cr.supply_decryption(responder.identity.decrypt_untrusted(need.ciphertext, need.label))
+    require(
+        cr.supply_decryption(responder.identity.decrypt_untrusted(need.ciphertext, need.label))
+        == [],
+        "the responder's key operation completes no event",
+    )
+    reply = cr.data_to_send()
     require(reply == ref.reply, "Reply (Connection)")
     (need,) = ci.receive_data_untrusted(reply)
     assert isinstance(need, PrivateKeyOperationNeeded)
     handshake_events.append({"side": "initiator", **event_json(need)})
-    finish = ci.supply_decryption(initiator.identity.decrypt_untrusted(need.ciphertext, need.label))
+    done = ci.supply_decryption(initiator.identity.decrypt_untrusted(need.ciphertext, need.label))
+    require([type(e) for e in done] == [HandshakeComplete], "the initiator's HandshakeComplete")
+    finish = ci.data_to_send()
     require(finish == ref.finish, "Finish (Connection)")
     events = cr.receive_data_untrusted(finish)
     handshake_events.extend({"side": "responder", **event_json(e)} for e in events)

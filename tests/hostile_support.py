@@ -38,8 +38,8 @@ from p2ptls._connection import (
     Connection,
     Event,
     HandshakeComplete,
+    HandshakeState,
     PrivateKeyOperationNeeded,
-    State,
 )
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls._records import RecordSealer
@@ -204,15 +204,31 @@ def handshake(
 ) -> Flights:
     """Run a complete handshake between two sans-IO connections and return its three flights."""
     cast = parties()
-    hello = initiator.start()
+    hello = hello_of(initiator)
     operation = key_operation(responder.receive_data_untrusted(hello))
-    reply = responder.supply_decryption(decrypt(responder_identity or cast.responder, operation))
+    reply = supplied(responder, decrypt(responder_identity or cast.responder, operation))
     operation = key_operation(initiator.receive_data_untrusted(reply))
-    finish = initiator.supply_decryption(decrypt(initiator_identity or cast.initiator, operation))
+    done = initiator.supply_decryption(decrypt(initiator_identity or cast.initiator, operation))
+    assert [type(event) for event in done] == [HandshakeComplete], done
+    finish = initiator.data_to_send()
     events = responder.receive_data_untrusted(finish)
     assert len(events) == 1 and isinstance(events[0], HandshakeComplete), events
-    assert initiator.state is State.ESTABLISHED and responder.state is State.ESTABLISHED
+    assert initiator.state is HandshakeState.ESTABLISHED
+    assert responder.state is HandshakeState.ESTABLISHED
     return Flights(hello, reply, finish)
+
+
+def hello_of(initiator: Connection) -> bytes:
+    """Start ``initiator`` and return the Hello it queued."""
+    assert initiator.start() == []
+    return initiator.data_to_send()
+
+
+def supplied(conn: Connection, plaintext: bytes | None) -> bytes:
+    """Hand ``plaintext`` to ``conn``'s pending private-key operation; return the flight it
+    queued (the Reply, or the Finish)."""
+    conn.supply_decryption(plaintext)
+    return conn.data_to_send()
 
 
 def established_pair(
@@ -238,12 +254,12 @@ def established_pair(
 def responder_reply(responder: Connection, hello: bytes) -> bytes:
     """Feed ``hello`` to a fresh responder and return its Reply."""
     operation = key_operation(responder.receive_data_untrusted(hello))
-    return responder.supply_decryption(decrypt(parties().responder, operation))
+    return supplied(responder, decrypt(parties().responder, operation))
 
 
 def initiator_finish(initiator: Connection, reply: bytes) -> bytes:
     operation = key_operation(initiator.receive_data_untrusted(reply))
-    return initiator.supply_decryption(decrypt(parties().initiator, operation))
+    return supplied(initiator, decrypt(parties().initiator, operation))
 
 
 @functools.cache
@@ -252,7 +268,7 @@ def genuine_flights() -> Flights:
     return handshake(make_initiator(), make_responder())
 
 
-def state_of(conn: Connection) -> State:
+def state_of(conn: Connection) -> HandshakeState:
     """``conn.state``, without letting a type checker assume it cannot change."""
     return conn.state
 

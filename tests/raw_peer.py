@@ -120,17 +120,19 @@ class RawPeer:
 
     async def handshake(self) -> Flights:
         """Complete the handshake (the host then adopts the connection)."""
-        hello = self.conn.start()
+        self.conn.start()
+        hello = self.conn.data_to_send()
         await self.tcp.send_all(hello)
         reply = b""
-        while self.conn.state is not records.State.ESTABLISHED:
+        while self.conn.state is not records.HandshakeState.ESTABLISHED:
             data = await self.tcp.receive_some()
             assert data, "the host closed the connection during the handshake"
             reply += data
             for event in self.conn.receive_data_untrusted(data):
                 if isinstance(event, records.PrivateKeyOperationNeeded):
                     plaintext = self.identity.decrypt_untrusted(event.ciphertext, event.label)
-                    finish = self.conn.supply_decryption(plaintext)
+                    self.conn.supply_decryption(plaintext)
+                    finish = self.conn.data_to_send()
                     await self.tcp.send_all(finish)
                     self.flights = Flights(hello, reply, finish)
                     return self.flights

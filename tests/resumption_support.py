@@ -9,8 +9,8 @@ from p2ptls import _wire as wire
 from p2ptls._connection import (
     Connection,
     Event,
+    HandshakeState,
     PrivateKeyOperationNeeded,
-    State,
     TicketReceived,
 )
 from p2ptls._tickets import SessionTicket, TicketAuthority
@@ -80,10 +80,11 @@ def deliver(conn: Connection, side: Side, data: bytes, peer: Side | None = None)
         event = events.pop(0)
         if isinstance(event, PrivateKeyOperationNeeded):
             side.key_operations += 1
-            out += conn.supply_decryption(
-                side.identity.decrypt_untrusted(event.ciphertext, event.label)
+            events.extend(
+                conn.supply_decryption(
+                    side.identity.decrypt_untrusted(event.ciphertext, event.label)
+                )
             )
-            events.extend(conn.receive_data_untrusted(b""))
         elif isinstance(event, TicketReceived) and peer is not None:
             side.tickets.append(
                 SessionTicket(peer.identity.peer_id, event.ticket, event.ticket_psk, 1e18)
@@ -93,7 +94,8 @@ def deliver(conn: Connection, side: Side, data: bytes, peer: Side | None = None)
 
 def run(client_conn: Connection, client: Side, server_conn: Connection, server: Side) -> None:
     """Exchange flights until neither side has anything to send (errors propagate)."""
-    to_server = client_conn.start()
+    client_conn.start()
+    to_server = client_conn.data_to_send()
     while to_server:
         to_client = deliver(server_conn, server, to_server)
         if not to_client:
@@ -105,5 +107,5 @@ def full_handshake(client: Side, server: Side, *, now_ns: int = NOW_NS) -> None:
     """A full handshake that leaves its tickets in ``client.tickets``."""
     c, s = initiator(client, server, timestamp_ns=now_ns), responder(server, now_ns=now_ns)
     run(c, client, s, server)
-    assert c.state is State.ESTABLISHED and s.state is State.ESTABLISHED
+    assert c.state is HandshakeState.ESTABLISHED and s.state is HandshakeState.ESTABLISHED
     assert not c.resumed and not s.resumed

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import p2ptls
 from p2ptls import PeerDatabase, ProtocolError, ReassemblyBudget, TruncatedError
 from p2ptls import _wire as stream_wire
-from p2ptls._connection import EndOfStream, MessageReceived, State
+from p2ptls._connection import EndOfStream, HandshakeState, MessageReceived
 from p2ptls._records import RecordSealer
 from p2ptls.peerdb import MAGIC, NONCE_SIZE, SALT_SIZE
 from p2ptls.sllp import LossReason, Message, MessagesLost, SllpConfig
@@ -144,7 +144,7 @@ def test_a_close_record_inside_an_unfinished_message_fails_the_connection(reason
     assert budget.in_use > 0  # the first fragment is held: a message is open
     with pytest.raises(ProtocolError, match="close inside an unfinished message"):
         responder.receive_data_untrusted(close_record(sealer, reason))
-    assert responder.state is State.FAILED and not responder.eof_received
+    assert responder.state is HandshakeState.FAILED and not responder.eof_received
     assert budget.in_use == 0
 
 
@@ -204,7 +204,7 @@ def test_each_malformed_fragment_sequence_is_refused_by_its_own_check(plan: str)
             assert responder.receive_data_untrusted(record) == []
         responder.receive_eof()
     assert not isinstance(info.value, TruncatedError)
-    assert responder.state is State.FAILED and budget.in_use == 0
+    assert responder.state is HandshakeState.FAILED and budget.in_use == 0
 
 
 # -- SLLP: the reassembly byte cap ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
-from p2ptls._errors import HandshakeFailed
+from p2ptls._errors import HandshakeFailed, LocalProtocolError
 from p2ptls._handshake import (
     HELLO_OAEP_LABEL,
     REPLY_OAEP_LABEL,
@@ -108,7 +108,7 @@ def test_oaep_vector_decrypts_with_real_oaep(which: str) -> None:
 def test_handshake_classes_reproduce_every_flight() -> None:
     ini_id, res_id = identities()
     initiator, responder, guard = make_handshakes()
-    assert initiator.hello_record() == flight("hello")
+    assert initiator.start() == flight("hello")
     c_i = responder.receive_hello_untrusted(flight("hello"))
     assert c_i is not None  # the binder verified
     assert c_i.hex() == load("handshake.json")["oaep"]["hello"]["ciphertext"]
@@ -236,10 +236,12 @@ def test_tampered_reply_fails_before_private_key_work() -> None:
         tampered = bytearray(flight("reply"))
         tampered[f["offset"] + f["length"] - 1] ^= 0x01
         initiator, _, _ = make_handshakes()
+        initiator.start()
         with pytest.raises(HandshakeFailed):
             initiator.receive_reply_untrusted(bytes(tampered))
     initiator, _, _ = make_handshakes()
-    with pytest.raises(HandshakeFailed):  # and nothing to complete without a verified Reply
+    initiator.start()
+    with pytest.raises(LocalProtocolError):  # and nothing to complete without a verified Reply
         initiator.complete_untrusted(h(inputs()["k_R"]))
 
 

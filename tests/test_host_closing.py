@@ -15,7 +15,7 @@ import p2ptls
 from p2ptls import HostConfig, open_host
 from p2ptls.state import StateNodeConfig, open_state_node
 from tests.host_harness import read_record, receive_until_closed, serving_host, settle
-from tests.hostile_support import LOOPBACK, SAFETY_NET, make_initiator, next_timestamp
+from tests.hostile_support import LOOPBACK, SAFETY_NET, hello_of, make_initiator, next_timestamp
 
 
 def _config(identity, psk, peers=(), listen=(LOOPBACK, 0), **options) -> HostConfig:
@@ -46,7 +46,7 @@ async def test_leaving_the_host_closes_the_handshakes_in_progress() -> None:
             # One half-finished: its Hello came and was answered; the host waits for the Finish.
             stalled = await trio.open_tcp_stream(*host.address)
             await stalled.send_all(
-                make_initiator(seed=b"stalled", timestamp_ns=next_timestamp()).start()
+                hello_of(make_initiator(seed=b"stalled", timestamp_ns=next_timestamp()))
             )
             assert (await read_record(stalled))[:1] == bytes([p2ptls._wire.HANDSHAKE])
             await settle(lambda: host.pending_handshakes == 4)

@@ -26,7 +26,7 @@ from tests.host_harness import (
     serving_host,
     settle,
 )
-from tests.hostile_support import LOOPBACK, OTHER_NETWORK_KEY, SAFETY_NET, make_initiator
+from tests.hostile_support import LOOPBACK, OTHER_NETWORK_KEY, SAFETY_NET, hello_of, make_initiator
 
 FLOODERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
@@ -163,7 +163,7 @@ async def test_a_full_table_evicts_the_oldest_of_the_source_holding_most() -> No
 async def test_a_first_flight_that_does_not_arrive_is_closed_at_its_deadline(
     sent: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    hello = make_initiator().start()
+    hello = hello_of(make_initiator())
     prefix = {
         "nothing": b"",
         "one byte": hello[:1],
@@ -192,7 +192,7 @@ async def test_a_first_flight_sent_in_pieces_within_its_deadline_is_answered(
 ) -> None:
     # A Hello under another network key: the host answers it with a Reply of the genuine shape,
     # which costs no private-key operation (so the autojump clock is safe).
-    hello = make_initiator(psk=OTHER_NETWORK_KEY, seed=b"pieces").start()
+    hello = hello_of(make_initiator(psk=OTHER_NETWORK_KEY, seed=b"pieces"))
     async with serving_host(first_flight_timeout=2.0) as harness:
         tcp = await trio.open_tcp_stream(*harness.host.address)
         for piece in (hello[:1], hello[1:4], hello[4:100], hello[100:]):

@@ -32,8 +32,8 @@ from p2ptls._connection import (
     Connection,
     DataReceived,
     Event,
+    HandshakeState,
     MessageReceived,
-    State,
 )
 from p2ptls._fragments import MIN_NONFINAL_FRAGMENT, fragment_sizes
 from p2ptls._records import RecordSealer
@@ -61,7 +61,7 @@ def fail(conn: Connection, *chunks: bytes) -> tuple[ProtocolError, list[Event]]:
         for chunk in chunks:
             events += conn.receive_data_untrusted(chunk)
         conn.receive_eof()
-    assert conn.state is State.FAILED
+    assert conn.state is HandshakeState.FAILED
     return info.value, events
 
 
@@ -90,7 +90,7 @@ def test_declared_total_above_the_maximum_closes_without_allocating(excess: int)
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024, peak  # against a declared size of at least 16 MiB
-    assert responder.state is State.FAILED
+    assert responder.state is HandshakeState.FAILED
     assert budget.in_use == 0
 
 
@@ -238,7 +238,7 @@ def test_a_message_is_delivered_exactly_when_its_fragments_add_up(
         for record in records:
             events += responder.receive_data_untrusted(record)
         assert messages(events) == [payload]
-        assert responder.state is State.ESTABLISHED
+        assert responder.state is HandshakeState.ESTABLISHED
     else:
         _, events = fail(responder, *records)
         assert messages(events) == []
@@ -324,7 +324,7 @@ def test_a_shared_budget_holds_against_many_half_messages() -> None:
         assert budget.in_use <= budget.limit
     assert outcome == ["holding"] * 3 + ["refused"] * 3
     for _, responder in pairs[3:]:
-        assert responder.state is State.FAILED
+        assert responder.state is HandshakeState.FAILED
     # The holders are unaffected: data still flows on each, their partial messages intact.
     for (_, responder), halved in zip(pairs[:3], halves, strict=False):
         events = responder.receive_data_untrusted(halved.sealer.seal(wire.DATA, b"still here"))

@@ -42,7 +42,7 @@ from p2ptls import (
 )
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
-from p2ptls._connection import Event, PrivateKeyOperationNeeded, State
+from p2ptls._connection import Event, HandshakeState, PrivateKeyOperationNeeded
 from p2ptls.identity import PeerRecord, encrypt_to
 from tests.host_harness import (
     assert_host_serves,
@@ -60,6 +60,7 @@ from tests.hostile_support import (
     decrypt,
     forged_finish,
     handshake,
+    hello_of,
     initiator_finish,
     initiator_k,
     key_operation,
@@ -69,6 +70,7 @@ from tests.hostile_support import (
     parties,
     rebound_hello,
     responder_reply,
+    supplied,
 )
 from tests.raw_peer import raw_peer
 
@@ -105,13 +107,13 @@ def forge_reply(hello: bytes, k_initiator: bytes, *, seed: bytes = b"mitm") -> b
 def test_mitm_substituting_its_own_key_material_in_the_reply_fails_at_the_finished_mac() -> None:
     cast = parties()
     initiator = make_initiator()
-    hello = initiator.start()
+    hello = hello_of(initiator)
     # The MITM cannot open C_I (it is encrypted to the responder), so it guesses k_I.
     assert decrypt(cast.stranger, key_operation_for_hello(hello)) is None
     forged = forge_reply(hello, os.urandom(wire.RANDOM_SIZE))
     with pytest.raises(HandshakeFailed):
         initiator.receive_data_untrusted(forged)  # before any private-key work of the initiator
-    assert initiator.state is State.FAILED
+    assert initiator.state is HandshakeState.FAILED
     assert initiator.remote is None and initiator.data_to_send() == b""
 
 
@@ -119,13 +121,13 @@ def test_mitm_reply_would_pass_only_with_k_initiator_which_needs_the_responder_k
     """Control for the test above: the forged Reply is correct in every other respect."""
     cast = parties()
     initiator = make_initiator()
-    hello = initiator.start()
+    hello = hello_of(initiator)
     hello_secret = decrypt(cast.responder, key_operation_for_hello(hello))
     assert hello_secret is not None
     assert hello_secret[wire.ID_SIZE : wire.ID_SIZE + wire.RANDOM_SIZE] == initiator_k()
     operation = key_operation(initiator.receive_data_untrusted(forge_reply(hello, initiator_k())))
-    finish = initiator.supply_decryption(decrypt(cast.initiator, operation))
-    assert finish and initiator.state is State.ESTABLISHED
+    finish = supplied(initiator, decrypt(cast.initiator, operation))
+    assert finish and initiator.state is HandshakeState.ESTABLISHED
 
 
 def key_operation_for_hello(hello: bytes) -> PrivateKeyOperationNeeded:
@@ -152,7 +154,7 @@ def test_mitm_substituting_its_rsa_key_in_the_hello_fails_at_the_id_or_trust_che
     )
     guard = ReplayGuard()
     responder = make_responder(guard=guard)
-    reply = responder_reply(responder, mitm.start())
+    reply = responder_reply(responder, hello_of(mitm))
     if claimed == "the victim's id":
         with pytest.raises(HandshakeFailed):
             mitm.receive_data_untrusted(reply)  # a substitute: its Finished MAC is random
@@ -160,10 +162,10 @@ def test_mitm_substituting_its_rsa_key_in_the_hello_fails_at_the_id_or_trust_che
     else:
         # The MITM holds its own private key, so it can even send a correct Finish.
         operation = key_operation(mitm.receive_data_untrusted(reply))
-        finish = mitm.supply_decryption(decrypt(cast.stranger, operation))
+        finish = supplied(mitm, decrypt(cast.stranger, operation))
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(finish)
-    assert responder.state is State.FAILED and responder.remote is None
+    assert responder.state is HandshakeState.FAILED and responder.remote is None
     assert guard.newest(cast.initiator.peer_id) is None
     assert guard.newest(cast.stranger.peer_id) is None
 
@@ -178,18 +180,20 @@ def failures_reach(host: Host, count: int) -> bool:
 def hostile_hellos(timestamp_ns: int = TIMESTAMP_NS) -> dict[str, bytes]:
     cast = parties()
     garbage = DeterministicRandom(b"garbage oaep")(cast.responder.key_size // 8)
-    garbled = make_initiator(seed=b"garbage", timestamp_ns=timestamp_ns).start()
+    garbled = hello_of(make_initiator(seed=b"garbage", timestamp_ns=timestamp_ns))
     return {
-        "unknown peer id": make_initiator(
-            identity=cast.stranger, seed=b"stranger", timestamp_ns=timestamp_ns
-        ).start(),
-        "wrong network key": make_initiator(
-            psk=OTHER_NETWORK_KEY, seed=b"outsider", timestamp_ns=timestamp_ns
-        ).start(),
+        "unknown peer id": hello_of(
+            make_initiator(identity=cast.stranger, seed=b"stranger", timestamp_ns=timestamp_ns)
+        ),
+        "wrong network key": hello_of(
+            make_initiator(psk=OTHER_NETWORK_KEY, seed=b"outsider", timestamp_ns=timestamp_ns)
+        ),
         "garbage OAEP": rebound_hello(garbled, NETWORK_KEY, sealed_secret=garbage),
-        "addressed to another peer": make_initiator(
-            responder=cast.other.record, seed=b"misdirected", timestamp_ns=timestamp_ns
-        ).start(),
+        "addressed to another peer": hello_of(
+            make_initiator(
+                responder=cast.other.record, seed=b"misdirected", timestamp_ns=timestamp_ns
+            )
+        ),
     }
 
 
@@ -208,7 +212,7 @@ def test_unknown_id_wrong_psk_and_garbage_oaep_fail_identically() -> None:
             events = responder.receive_data_untrusted(hello[index : index + 1])
             operations[name] += sum(isinstance(e, PrivateKeyOperationNeeded) for e in events)
         if events:
-            reply = responder.supply_decryption(decrypt(cast.responder, key_operation(events)))
+            reply = supplied(responder, decrypt(cast.responder, key_operation(events)))
         else:
             reply = responder.data_to_send()
         # The answer is a Reply of the genuine shape: it tells nothing about which check failed.
@@ -217,7 +221,7 @@ def test_unknown_id_wrong_psk_and_garbage_oaep_fail_identically() -> None:
         with pytest.raises(ProtocolError) as info:
             responder.receive_data_untrusted(forged_finish())
         outcomes[name] = (type(info.value), str(info.value))
-        assert responder.state is State.FAILED and responder.remote is None
+        assert responder.state is HandshakeState.FAILED and responder.remote is None
         assert responder.data_to_send() == b""
         assert guard.newest(cast.initiator.peer_id) is None
     assert set(outcomes.values()) == {(HandshakeFailed, "handshake failed")}, outcomes
@@ -238,11 +242,11 @@ def test_a_network_member_cannot_probe_trust_or_freshness(case: str) -> None:
         guard.accept(victim.peer_id, TIMESTAMP_NS + 1)  # the victim connected more recently
     probe = make_initiator(identity=victim, seed=b"probe " + case.encode())
     responder = make_responder(guard=guard)
-    reply = responder_reply(responder, probe.start())
+    reply = responder_reply(responder, hello_of(probe))
     # The Finished verifies (a private-key operation is requested): no difference to see.
     key_operation(probe.receive_data_untrusted(reply))
     with pytest.raises(HandshakeFailed):
-        responder.receive_data_untrusted(probe.supply_decryption(os.urandom(32)))
+        responder.receive_data_untrusted(supplied(probe, os.urandom(32)))
 
 
 async def test_host_answers_unknown_id_wrong_psk_and_garbage_oaep_alike(
@@ -302,13 +306,13 @@ def test_stolen_psk_impersonating_the_initiator_fails_at_the_initiator_finished_
     # The thief has the network key and the initiator's public record, not its private key.
     impostor = make_initiator(seed=b"thief")
     responder = make_responder(guard=guard)
-    reply = responder_reply(responder, impostor.start())  # nothing is wrong so far
+    reply = responder_reply(responder, hello_of(impostor))  # nothing is wrong so far
     operation = key_operation(impostor.receive_data_untrusted(reply))
     assert decrypt(cast.stranger, operation) is None
-    forged = impostor.supply_decryption(os.urandom(wire.RANDOM_SIZE))  # a guessed k_R
+    forged = supplied(impostor, os.urandom(wire.RANDOM_SIZE))  # a guessed k_R
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(forged)
-    assert responder.state is State.FAILED and responder.remote is None
+    assert responder.state is HandshakeState.FAILED and responder.remote is None
     assert guard.newest(cast.initiator.peer_id) is None
 
 
@@ -318,11 +322,11 @@ def test_stolen_psk_impersonating_the_responder_fails_at_the_responder_finished_
     # The thief answers with the responder's public record and the PSK, but its own private key:
     # it cannot open C_I, so all it can send is a Reply the initiator refuses.
     thief = make_responder()
-    operation = key_operation(thief.receive_data_untrusted(initiator.start()))
-    reply = thief.supply_decryption(decrypt(cast.stranger, operation))
+    operation = key_operation(thief.receive_data_untrusted(hello_of(initiator)))
+    reply = supplied(thief, decrypt(cast.stranger, operation))
     with pytest.raises(HandshakeFailed):
         initiator.receive_data_untrusted(reply)
-    assert initiator.state is State.FAILED and initiator.remote is None
+    assert initiator.state is HandshakeState.FAILED and initiator.remote is None
 
 
 # -- 4. a replayed Hello --------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def test_replayed_hello_costs_no_private_key_work_and_cannot_complete() -> None:
     assert len(reply) == len(flights.reply) and reply != flights.reply
     with pytest.raises(HandshakeFailed):
         target.receive_data_untrusted(flights.finish)  # the recorded Finish is for another Reply
-    assert target.state is State.FAILED and target.farewell == b""
+    assert target.state is HandshakeState.FAILED and target.farewell == b""
     assert guard.newest(cast.initiator.peer_id) == newest
 
 
@@ -355,7 +359,7 @@ def test_older_hello_with_a_fresh_binder_cannot_complete() -> None:
     too_old = TIMESTAMP_NS - guard.reorder_window_ns
     older = make_initiator(timestamp_ns=too_old, seed=b"older")
     responder = make_responder(guard=guard, seed=b"older target")
-    finish = initiator_finish(older, responder_reply(responder, older.start()))
+    finish = initiator_finish(older, responder_reply(responder, hello_of(older)))
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(finish)
     assert guard.newest(cast.initiator.peer_id) == TIMESTAMP_NS
@@ -388,7 +392,7 @@ def test_replayed_hello_on_the_same_connection_is_refused() -> None:
     flights = handshake(initiator, responder)
     with pytest.raises(ProtocolError):
         responder.receive_data_untrusted(flights.hello)
-    assert responder.state is State.FAILED
+    assert responder.state is HandshakeState.FAILED
 
 
 async def test_host_answers_a_replayed_hello_without_private_key_work() -> None:
@@ -425,10 +429,10 @@ def test_far_future_hello_without_a_valid_binder_gets_only_a_substitute() -> Non
     guard = ReplayGuard()
     outsider = make_initiator(psk=OTHER_NETWORK_KEY, timestamp_ns=FAR_FUTURE_NS, seed=b"future")
     # A genuine Hello whose clear timestamp was rewritten: the binder no longer matches.
-    genuine = make_initiator(seed=b"rewritten").start()
+    genuine = hello_of(make_initiator(seed=b"rewritten"))
     offset = wire.HEADER_SIZE + 2
     rewritten = genuine[:offset] + wire.TIMESTAMP.pack(FAR_FUTURE_NS) + genuine[offset + 8 :]
-    for hello in (outsider.start(), rewritten):
+    for hello in (hello_of(outsider), rewritten):
         responder = make_responder(guard=guard)
         assert responder.receive_data_untrusted(hello) == []  # no private-key work
         assert len(responder.data_to_send()) > 0  # a substitute Reply
@@ -445,7 +449,7 @@ def test_far_future_hello_with_a_valid_binder_is_outside_the_window() -> None:
     responder = make_responder(guard=guard)
     member = make_initiator(timestamp_ns=FAR_FUTURE_NS, seed=b"member future")
     with pytest.raises(HandshakeFailed):
-        responder.receive_data_untrusted(member.start())  # no private-key work, no reply
+        responder.receive_data_untrusted(hello_of(member))  # no private-key work, no reply
     assert responder.data_to_send() == b""
     assert guard.newest(parties().initiator.peer_id) is None
 
@@ -458,11 +462,11 @@ def test_future_hello_from_a_network_member_cannot_lock_the_initiator_out() -> N
     late = TIMESTAMP_NS + guard.max_future_skew_ns // 2
     impostor = make_initiator(timestamp_ns=late, seed=b"future")
     responder = make_responder(guard=guard)
-    reply = responder_reply(responder, impostor.start())
+    reply = responder_reply(responder, hello_of(impostor))
     operation = key_operation(impostor.receive_data_untrusted(reply))
     assert decrypt(cast.stranger, operation) is None  # its own key cannot open C_R
     with pytest.raises(HandshakeFailed):
-        responder.receive_data_untrusted(impostor.supply_decryption(os.urandom(32)))
+        responder.receive_data_untrusted(supplied(impostor, os.urandom(32)))
     assert guard.newest(cast.initiator.peer_id) is None
     handshake(make_initiator(), make_responder(guard=guard))
     assert guard.newest(cast.initiator.peer_id) == TIMESTAMP_NS

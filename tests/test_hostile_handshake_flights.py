@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from p2ptls import (
     ConnectionLost,
     HandshakeFailed,
+    LocalProtocolError,
     PeerRefused,
     ProtocolError,
     RecordError,
@@ -25,7 +26,7 @@ from p2ptls import (
     _handshake,
 )
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, Event, State
+from p2ptls._connection import Connection, Event, HandshakeState
 from tests.host_harness import (
     assert_host_serves,
     receive_until_closed,
@@ -41,6 +42,7 @@ from tests.hostile_support import (
     forged_finish,
     genuine_flights,
     handshake,
+    hello_of,
     initiator_finish,
     key_operation,
     make_initiator,
@@ -50,6 +52,7 @@ from tests.hostile_support import (
     reframed,
     responder_reply,
     state_of,
+    supplied,
 )
 from tests.raw_peer import RawPeer, raw_peer
 
@@ -87,12 +90,12 @@ def test_changed_record_version_fails(flight: str, version: int) -> None:
     receiver = receiver_for(flight)
     with pytest.raises(RecordError):
         receiver.receive_data_untrusted(record[:1] + bytes([version]) + record[2:])
-    assert receiver.state is State.FAILED
+    assert receiver.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("suite", [0, 2, 255])
 def test_changed_suite_fails_even_with_a_valid_binder(suite: int) -> None:
-    hello = rebound_hello(make_initiator().start(), NETWORK_KEY, suite=suite)
+    hello = rebound_hello(hello_of(make_initiator()), NETWORK_KEY, suite=suite)
     responder = make_responder()
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(hello)
@@ -112,14 +115,14 @@ def test_any_single_bit_flipped_in_the_hello_fails_without_private_key_work(
         substitute = responder.data_to_send()
         if substitute:  # the binder failed: a substitute Reply the initiator cannot use
             initiator = make_initiator()
-            initiator.start()
+            hello_of(initiator)
             with pytest.raises(HandshakeFailed):
                 initiator.receive_data_untrusted(substitute)
         # Not even the genuine Finish completes it.
         events += responder.receive_data_untrusted(flights.finish)
         responder.receive_eof()
     assert events == []
-    assert responder.state is State.FAILED and responder.remote is None
+    assert responder.state is HandshakeState.FAILED and responder.remote is None
 
 
 @PROPERTY
@@ -135,7 +138,7 @@ def test_any_single_bit_flipped_in_the_reply_fails_without_private_key_work(
         events += initiator.receive_data_untrusted(flip_bit(flights.reply, bit))
         initiator.receive_eof()
     assert events == []
-    assert initiator.state is State.FAILED and initiator.remote is None
+    assert initiator.state is HandshakeState.FAILED and initiator.remote is None
 
 
 @PROPERTY
@@ -162,11 +165,11 @@ def receiver_for(flight: str) -> Connection:
     """A connection waiting for ``flight`` of the reproducible handshake."""
     if flight == "reply":
         initiator = make_initiator()
-        initiator.start()
+        hello_of(initiator)
         return initiator
     responder = make_responder()
     if flight == "finish":
-        responder_reply(responder, make_initiator().start())
+        responder_reply(responder, hello_of(make_initiator()))
     return responder
 
 
@@ -178,7 +181,7 @@ def test_every_truncated_flight_followed_by_eof_is_truncation(flight: str) -> No
         assert receiver.receive_data_untrusted(record[:length]) == []
         with pytest.raises(TruncatedError):
             receiver.receive_eof()
-        assert receiver.state is State.FAILED
+        assert receiver.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("flight", ["hello", "reply", "finish"])
@@ -190,7 +193,7 @@ def test_every_truncated_flight_body_with_a_matching_length_fails(flight: str) -
         expected: type[ProtocolError] = HandshakeFailed if length else RecordError
         with pytest.raises(expected):
             receiver.receive_data_untrusted(reframed(record, body[:length]))
-        assert receiver.state is State.FAILED
+        assert receiver.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("flight", ["hello", "reply", "finish"])
@@ -204,10 +207,10 @@ def test_trailing_bytes_inside_a_flight_fail(flight: str, extra: bytes) -> None:
 
 def test_trailing_garbage_after_the_hello_fails_right_after_the_key_operation() -> None:
     responder = make_responder()
-    events = responder.receive_data_untrusted(make_initiator().start() + b"\x00" * 10)
-    responder.supply_decryption(decrypt(parties().responder, key_operation(events)))
-    with pytest.raises(RecordError):
-        responder.receive_data_untrusted(b"")
+    events = responder.receive_data_untrusted(hello_of(make_initiator()) + b"\x00" * 10)
+    with pytest.raises(RecordError):  # supply_decryption processes what was buffered meanwhile
+        responder.supply_decryption(decrypt(parties().responder, key_operation(events)))
+    assert responder.data_to_send() == b""  # the Reply is not sent on a failed connection
 
 
 @pytest.mark.parametrize("flight", ["hello", "reply", "finish"])
@@ -222,18 +225,20 @@ def test_huge_length_field_closes_from_the_header_alone(flight: str, length: int
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024  # far below the 64 KiB bodies announced; nothing was reserved
-    assert receiver.state is State.FAILED
+    assert receiver.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("side", ["initiator", "responder"])
 def test_bytes_piling_up_during_the_private_key_operation_are_bounded(side: str) -> None:
     if side == "responder":
         conn = make_responder()
-        key_operation(conn.receive_data_untrusted(make_initiator().start()))
+        key_operation(conn.receive_data_untrusted(hello_of(make_initiator())))
     else:
         conn = make_initiator()
-        key_operation(conn.receive_data_untrusted(responder_reply(make_responder(), conn.start())))
-    assert state_of(conn) is State.KEY_OPERATION
+        key_operation(
+            conn.receive_data_untrusted(responder_reply(make_responder(), hello_of(conn)))
+        )
+    assert state_of(conn) is HandshakeState.KEY_OPERATION
     chunk = bytes(64 * 1024)
     fed = 0
     with pytest.raises(ProtocolError):
@@ -241,7 +246,7 @@ def test_bytes_piling_up_during_the_private_key_operation_are_bounded(side: str)
             conn.receive_data_untrusted(chunk)
             fed += len(chunk)
     assert fed <= wire.HEADER_SIZE + wire.MAX_CIPHERTEXT + conn.config.receive_size
-    assert conn.state is State.FAILED
+    assert conn.state is HandshakeState.FAILED
 
 
 # -- 8. X25519 low-order points -------------------------------------------------------------------
@@ -253,7 +258,7 @@ def test_low_order_point_in_the_hello_is_the_generic_failure(
 ) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(_handshake, "_x25519_public_bytes", lambda _private: point)
-        hello = make_initiator().start()  # consistent: the sealed key and binder cover the point
+        hello = hello_of(make_initiator())  # consistent: the sealed key and binder cover the point
     assert wire.parse_hello_untrusted(hello[wire.HEADER_SIZE :]).ephemeral == point
     guard = ReplayGuard()
     responder = make_responder(guard=guard)
@@ -270,14 +275,14 @@ def test_low_order_point_in_the_reply_is_the_generic_failure(
     point: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     initiator, responder = make_initiator(), make_responder()
-    hello = initiator.start()
+    hello = hello_of(initiator)
     with monkeypatch.context() as patch:
         patch.setattr(_handshake, "_x25519_public_bytes", lambda _private: point)
         reply = responder_reply(responder, hello)
     with pytest.raises(HandshakeFailed) as info:
         initiator.receive_data_untrusted(reply)  # before the initiator's private-key work
     assert str(info.value) == "handshake failed"
-    assert initiator.state is State.FAILED
+    assert initiator.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=point_id)
@@ -293,11 +298,11 @@ def test_application_data_before_finish_is_refused() -> None:
     cast = parties()
     guard = ReplayGuard()
     initiator, responder = make_initiator(), make_responder(guard=guard)
-    finish = initiator_finish(initiator, responder_reply(responder, initiator.start()))
+    finish = initiator_finish(initiator, responder_reply(responder, hello_of(initiator)))
     early = initiator.send_data(b"early data")  # properly sealed, but ahead of the Finish
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(early + finish)
-    assert responder.state is State.FAILED and responder.remote is None
+    assert responder.state is HandshakeState.FAILED and responder.remote is None
     assert guard.newest(cast.initiator.peer_id) is None
 
 
@@ -312,7 +317,7 @@ def scenario_conn(name: str) -> tuple[Connection, bytes, type[ProtocolError]]:
         return make_responder(), protected_garbage(), HandshakeFailed
     if name == "data before the reply":
         initiator = make_initiator()
-        initiator.start()
+        hello_of(initiator)
         return initiator, protected_garbage(), HandshakeFailed
     if name == "data between reply and finish":
         return receiver_for("finish"), protected_garbage(), HandshakeFailed
@@ -356,16 +361,16 @@ def test_out_of_order_flights_close_the_connection(name: str) -> None:
     conn, data, expected = scenario_conn(name)
     with pytest.raises(expected):
         conn.receive_data_untrusted(data)
-    assert conn.state is State.FAILED
-    with pytest.raises(ProtocolError):
-        conn.receive_data_untrusted(b"")  # a failed connection stays failed
+    assert conn.state is HandshakeState.FAILED
+    with pytest.raises(LocalProtocolError):  # a failed connection stays failed
+        conn.receive_data_untrusted(b"")
 
 
 async def test_host_refuses_application_data_before_finish() -> None:
     async with serving_host() as harness:
         host = harness.host
         peer = await RawPeer.connect(host)
-        await peer.send(peer.conn.start())
+        await peer.send(hello_of(peer.conn))
         reply = b""
         events: list[Event] = []
         while not events:
@@ -374,7 +379,7 @@ async def test_host_refuses_application_data_before_finish() -> None:
             reply += data
             events = peer.conn.receive_data_untrusted(data)
         plaintext = decrypt(peer.identity, key_operation(events))
-        finish = peer.conn.supply_decryption(plaintext)
+        finish = supplied(peer.conn, plaintext)
         await peer.send(peer.conn.send_data(b"early") + finish)
         assert await receive_until_closed(peer.tcp) == b""
         await peer.aclose()
@@ -411,7 +416,7 @@ def test_parallel_handshakes_may_finish_out_of_order_but_each_timestamp_once() -
     assert guard.newest(cast.initiator.peer_id) == TIMESTAMP_NS + 5
     again = make_initiator(timestamp_ns=TIMESTAMP_NS + 3, seed=b"same timestamp")
     responder = make_responder(guard=guard, seed=b"same target")
-    finish = initiator_finish(again, responder_reply(responder, again.start()))
+    finish = initiator_finish(again, responder_reply(responder, hello_of(again)))
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(finish)
 
@@ -422,7 +427,7 @@ def test_an_authenticated_but_untrusted_initiator_gets_a_sealed_refusal() -> Non
     cast = parties()
     initiator = make_initiator()
     responder = make_responder(trusted=[cast.other.record])
-    finish = initiator_finish(initiator, responder_reply(responder, initiator.start()))
+    finish = initiator_finish(initiator, responder_reply(responder, hello_of(initiator)))
     with pytest.raises(HandshakeFailed):
         responder.receive_data_untrusted(finish)
     assert responder.farewell
@@ -430,7 +435,7 @@ def test_an_authenticated_but_untrusted_initiator_gets_a_sealed_refusal() -> Non
         initiator.receive_data_untrusted(responder.farewell)
     # Without the genuine Finish there is no refusal to send.
     forger = make_responder(trusted=[cast.other.record], seed=b"forged finish")
-    responder_reply(forger, make_initiator(seed=b"forger").start())
+    responder_reply(forger, hello_of(make_initiator(seed=b"forger")))
     with pytest.raises(HandshakeFailed):
         forger.receive_data_untrusted(finish)
     assert forger.farewell == b""

@@ -36,6 +36,7 @@ from tests.hostile_support import (
     LOOPBACK,
     NETWORK_KEY,
     genuine_flights,
+    hello_of,
     make_initiator,
     next_timestamp,
     parties,
@@ -53,7 +54,7 @@ async def test_slow_handshake_hits_the_total_deadline(
     # No first-flight deadline: this test is about the total one (the first flight has its own).
     config = StreamConfig(handshake_timeout=deadline)
     async with serving_host(config=config, first_flight_timeout=None) as harness:
-        hello = make_initiator().start()
+        hello = hello_of(make_initiator())
         tcp = await trio.open_tcp_stream(*harness.host.address)
         start = trio.current_time()
 
@@ -192,9 +193,13 @@ async def test_handshake_flood_is_bounded_runs_off_the_loop_and_streams_keep_flo
         # A network member that nobody trusts: each Hello passes the binder and the replay check
         # (each is new) and costs an RSA operation.
         flood_hellos = [
-            make_initiator(
-                identity=parties().stranger, seed=b"flood %d" % index, timestamp_ns=next_timestamp()
-            ).start()
+            hello_of(
+                make_initiator(
+                    identity=parties().stranger,
+                    seed=b"flood %d" % index,
+                    timestamp_ns=next_timestamp(),
+                )
+            )
             for index in range(per_source * len(sources))
         ]
         replies: list[bytes] = []

@@ -56,6 +56,7 @@ from tests.hostile_support import (
     forged_finish,
     genuine_flights,
     handshake,
+    hello_of,
     initiator_finish,
     key_operation,
     make_initiator,
@@ -64,6 +65,7 @@ from tests.hostile_support import (
     rebound_hello,
     reply_is_genuine,
     responder_reply,
+    supplied,
 )
 from tests.raw_peer import raw_peer
 
@@ -75,7 +77,7 @@ def test_a_hello_made_for_another_responder_fails_at_the_binder_before_any_rsa_w
     valid only at the responder it was made for. This fails if the responder-binding check is
     removed (a binder keyed by the network key alone)."""
     cast = parties()
-    genuine = make_initiator(seed=b"bound").start()
+    genuine = hello_of(make_initiator(seed=b"bound"))
     for_other = rebound_hello(genuine, NETWORK_KEY, responder=cast.other.record)
     for_us = rebound_hello(genuine, NETWORK_KEY, responder=cast.responder.record)
     assert for_us == genuine  # control: the same re-binding for our own id is the genuine Hello
@@ -133,16 +135,16 @@ def test_a_copy_raced_in_ahead_of_the_genuine_hello_does_not_make_it_fail() -> N
     for pending in (False, True):
         guard = ReplayGuard()
         initiator = make_initiator(seed=b"raced %d" % pending)
-        hello = initiator.start()
+        hello = hello_of(initiator)
         attacker_side = make_responder(guard=guard, seed=b"attacker's connection")
         copy_operation = key_operation(attacker_side.receive_data_untrusted(hello))
         if not pending:
-            attacker_side.supply_decryption(decrypt(cast.responder, copy_operation))
+            supplied(attacker_side, decrypt(cast.responder, copy_operation))
         genuine_side = make_responder(guard=guard, seed=b"genuine connection")
         events = genuine_side.receive_data_untrusted(hello)
         if pending:  # the I/O layer runs one decryption for both (SecurityContext.decrypt_once)
-            reply = genuine_side.supply_decryption(decrypt(cast.responder, key_operation(events)))
-            attacker_side.supply_decryption(decrypt(cast.responder, copy_operation))
+            reply = supplied(genuine_side, decrypt(cast.responder, key_operation(events)))
+            supplied(attacker_side, decrypt(cast.responder, copy_operation))
         else:
             assert events == []  # answered from the remembered decryption
             reply = genuine_side.data_to_send()
@@ -292,7 +294,7 @@ def test_a_rewritten_clear_timestamp_gives_a_substitute() -> None:
     into the window): the precise timestamp inside C_I disagrees, so the Reply is a substitute."""
     cast = parties()
     seed = b"clock rewritten"
-    hello = make_initiator(seed=seed).start()
+    hello = hello_of(make_initiator(seed=seed))
     parsed = wire.parse_hello_untrusted(hello[wire.HEADER_SIZE :])
     for shift in (-1, 1):
         moved = rebound_hello(hello, NETWORK_KEY, timestamp_s=parsed.timestamp_s + shift)
@@ -399,15 +401,15 @@ def substitute_cases(initiator: Identity) -> dict[str, bytes]:
     """Hellos from ``initiator`` that each fail one soundness check."""
     cast = parties()
     own = initiator.record.public_key_der
-    genuine = make_initiator(identity=initiator, seed=b"sized").start()
+    genuine = hello_of(make_initiator(identity=initiator, seed=b"sized"))
     garbage = DeterministicRandom(b"sized garbage")(cast.responder.key_size // 8)
     return {
-        "wrong network key": make_initiator(
-            identity=initiator, psk=OTHER_NETWORK_KEY, seed=b"sized"
-        ).start(),
-        "made for another responder": make_initiator(
-            identity=initiator, responder=cast.other.record, seed=b"sized"
-        ).start(),
+        "wrong network key": hello_of(
+            make_initiator(identity=initiator, psk=OTHER_NETWORK_KEY, seed=b"sized")
+        ),
+        "made for another responder": hello_of(
+            make_initiator(identity=initiator, responder=cast.other.record, seed=b"sized")
+        ),
         "garbage OAEP": rebound_hello(genuine, NETWORK_KEY, sealed_secret=garbage),
         "id is not the hash of the key": crafted_hello(own, bytes(32), seed=b"sized id"),
         "sealed key does not open": rebound_hello(
@@ -426,14 +428,14 @@ def test_every_substitute_reply_has_the_genuine_length_for_that_initiator(bits: 
     initiator = cast.initiator if bits == 2048 else large_initiator()
     trusted = [initiator.record, cast.other.record]
     genuine_reply = responder_reply(
-        make_responder(trusted=trusted), make_initiator(identity=initiator, seed=b"sized").start()
+        make_responder(trusted=trusted), hello_of(make_initiator(identity=initiator, seed=b"sized"))
     )
     assert len(genuine_reply) == 4 + 1 + 32 + 2 + bits // 8 + wire.TAG_SIZE + 32
     for name, hello in substitute_cases(initiator).items():
         responder = make_responder(trusted=trusted, seed=b"substitute")
         events = responder.receive_data_untrusted(hello)
         if events:
-            reply = responder.supply_decryption(decrypt(cast.responder, key_operation(events)))
+            reply = supplied(responder, decrypt(cast.responder, key_operation(events)))
         else:
             reply = responder.data_to_send()
         assert len(reply) == len(genuine_reply), name
@@ -445,7 +447,7 @@ def test_every_substitute_reply_has_the_genuine_length_for_that_initiator(bits: 
         again = make_responder(trusted=trusted, seed=b"substitute")
         events = again.receive_data_untrusted(hello)
         if events:
-            repeat = again.supply_decryption(decrypt(cast.responder, key_operation(events)))
+            repeat = supplied(again, decrypt(cast.responder, key_operation(events)))
         else:
             repeat = again.data_to_send()
         assert repeat == reply, name

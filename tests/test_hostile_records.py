@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from p2ptls import (
     ConnectionLost,
     FloodError,
+    LocalProtocolError,
     LogicalStream,
     ProtocolError,
     RecordError,
@@ -32,9 +33,9 @@ from p2ptls._connection import (
     DataReceived,
     EndOfStream,
     Event,
+    HandshakeState,
     MessageReceived,
     PongReceived,
-    State,
 )
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls._records import RecordSealer
@@ -70,9 +71,9 @@ def fail(conn: Connection, *chunks: bytes | bytearray) -> tuple[ProtocolError, l
         for chunk in chunks:
             events += conn.receive_data_untrusted(chunk)
         conn.receive_eof()
-    assert conn.state is State.FAILED
-    with pytest.raises(ProtocolError):
-        conn.receive_data_untrusted(b"")  # and it stays failed
+    assert conn.state is HandshakeState.FAILED
+    with pytest.raises(LocalProtocolError):  # it stays failed: using it is the caller's bug
+        conn.receive_data_untrusted(b"")
     return info.value, events
 
 
@@ -200,7 +201,7 @@ def test_eof_after_the_authenticated_close_is_clean() -> None:
     events = responder.receive_data_untrusted(initiator.send_data(b"x") + initiator.send_eof())
     assert events == [DataReceived(b"x"), EndOfStream(wire.CLOSE_END_OF_STREAM)]
     responder.receive_eof()  # no error
-    assert responder.state is State.ESTABLISHED
+    assert responder.state is HandshakeState.ESTABLISHED
 
 
 def test_a_partial_record_after_the_close_is_truncation() -> None:
@@ -234,7 +235,7 @@ def test_a_length_out_of_range_closes_from_the_header_alone(
     receiver = established_pair()[1] if established else make_responder()
     with pytest.raises(RecordError):
         receiver.receive_data_untrusted(wire.HEADER.pack(content_type, 1, length))
-    assert receiver.state is State.FAILED
+    assert receiver.state is HandshakeState.FAILED
 
 
 def test_lengths_at_the_limits_are_accepted() -> None:
@@ -315,7 +316,7 @@ def test_a_burst_of_control_records_is_bounded_then_closed(content_type: int) ->
             responder.receive_data_untrusted(record, now=100.0)
             accepted += 1
     assert accepted == FLOOD_CONFIG.control_burst
-    assert responder.state is State.FAILED
+    assert responder.state is HandshakeState.FAILED
 
 
 @pytest.mark.parametrize("content_type", [wire.PING, wire.PONG, wire.KEY_UPDATE])
@@ -325,7 +326,7 @@ def test_control_records_at_the_configured_rate_are_fine(content_type: int) -> N
     sealer = forged_sealer(initiator)
     for index, record in enumerate(flood_records(sealer, content_type, count)):
         responder.receive_data_untrusted(record, now=index / FLOOD_CONFIG.control_rate)
-    assert responder.state is State.ESTABLISHED
+    assert responder.state is HandshakeState.ESTABLISHED
     events = responder.receive_data_untrusted(
         sealer.seal(wire.DATA, b"still flowing"), now=float(count)
     )

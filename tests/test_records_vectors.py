@@ -13,7 +13,12 @@ import pytest
 
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, PrivateKeyOperationNeeded, State
+from p2ptls._connection import (
+    Connection,
+    HandshakeComplete,
+    HandshakeState,
+    PrivateKeyOperationNeeded,
+)
 from p2ptls._records import RecordOpener, RecordSealer
 from p2ptls.config import StreamConfig
 from p2ptls.identity import NetworkKey
@@ -106,7 +111,8 @@ def connected_pair() -> dict[str, Connection]:
     expected_events = iter(load("handshake.json")["connection_events"])
     identity = {"initiator": ini_id, "responder": res_id}
     conns = {"initiator": initiator, "responder": responder}
-    in_flight = initiator.start()
+    assert initiator.start() == []
+    in_flight = initiator.data_to_send()
     assert in_flight == flight("hello")
     receiver = "responder"
     while in_flight:
@@ -116,11 +122,17 @@ def connected_pair() -> dict[str, Connection]:
             assert {"side": receiver, **event_json(event)} == next(expected_events)
             if isinstance(event, PrivateKeyOperationNeeded):
                 plaintext = identity[receiver].decrypt_untrusted(event.ciphertext, event.label)
-                in_flight = conns[receiver].supply_decryption(plaintext)
+                done = conns[receiver].supply_decryption(plaintext)
+                # the initiator completes here (the responder at the Finish)
+                assert [type(e) for e in done] == [HandshakeComplete] * (receiver == "initiator")
+                in_flight = conns[receiver].data_to_send()
                 assert in_flight == flight("reply" if receiver == "responder" else "finish")
         receiver = "initiator" if receiver == "responder" else "responder"
     assert next(expected_events, None) is None
-    assert initiator.state is State.ESTABLISHED and responder.state is State.ESTABLISHED
+    assert (
+        initiator.state is HandshakeState.ESTABLISHED
+        and responder.state is HandshakeState.ESTABLISHED
+    )
     return conns
 
 

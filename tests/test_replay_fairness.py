@@ -20,6 +20,7 @@ from tests.hostile_support import (
     CONFIG,
     NETWORK_KEY,
     SAFETY_NET,
+    hello_of,
     make_initiator,
     next_timestamp,
     parties,
@@ -159,11 +160,13 @@ def _flood_hellos(count: int) -> list[bytes]:
     cast = parties()
     start = next_timestamp()
     return [
-        make_initiator(
-            identity=cast.stranger,
-            timestamp_ns=start + (59 - count + 1 + index) * SECOND,
-            seed=b"flood %d" % index,
-        ).start()
+        hello_of(
+            make_initiator(
+                identity=cast.stranger,
+                timestamp_ns=start + (59 - count + 1 + index) * SECOND,
+                seed=b"flood %d" % index,
+            )
+        )
         for index in range(count)
     ]
 

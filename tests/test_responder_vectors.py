@@ -16,8 +16,8 @@ from p2ptls import _wire as wire
 from p2ptls._connection import (
     Connection,
     HandshakeComplete,
+    HandshakeState,
     PrivateKeyOperationNeeded,
-    State,
 )
 from p2ptls._errors import HandshakeFailed
 from p2ptls._handshake import (
@@ -30,6 +30,7 @@ from p2ptls.config import StreamConfig
 from p2ptls.identity import NetworkKey
 from p2ptls.trust import Admission, KnownPeers, ReplayGuard
 from protocol.vector_support import ScriptedRandomness
+from tests.hostile_support import hello_of, supplied
 from tests.vector_files import flight, h, identities, inputs, load, oaep_hook
 
 
@@ -76,7 +77,7 @@ def initiator_connection() -> Connection:
     )
 
 
-def state_of(conn: Connection) -> State:
+def state_of(conn: Connection) -> HandshakeState:
     """The state, read through a call (so type checkers do not keep an earlier narrowing)."""
     return conn.state
 
@@ -97,16 +98,14 @@ def test_responder_case(name: str) -> None:
     if expected["reply"] == "none":
         with pytest.raises(HandshakeFailed):
             conn.receive_data_untrusted(hello)
-        assert conn.state is State.FAILED and conn.data_to_send() == b""
+        assert conn.state is HandshakeState.FAILED and conn.data_to_send() == b""
         assert randomness.untouched
         return
     events = conn.receive_data_untrusted(hello)
     needs = [e for e in events if isinstance(e, PrivateKeyOperationNeeded)]
     assert len(needs) == expected["private_key_operations"]
     if needs:
-        reply = conn.supply_decryption(
-            res_id.decrypt_untrusted(needs[0].ciphertext, needs[0].label)
-        )
+        reply = supplied(conn, res_id.decrypt_untrusted(needs[0].ciphertext, needs[0].label))
     else:
         reply = conn.data_to_send()
     assert reply.hex() == expected["reply_record"]
@@ -124,24 +123,24 @@ def test_responder_case(name: str) -> None:
         assert expected["reply"] == "substitute"
         assert reply[:37] == flight("reply")[:37]  # same header, type and e_R
         assert reply[37:] != flight("reply")[37:]
-    assert conn.state is State.HANDSHAKING  # nothing has failed visibly yet
+    assert conn.state is HandshakeState.AWAIT_FINISH  # nothing has failed visibly yet
     with pytest.raises(HandshakeFailed):
         conn.receive_data_untrusted(flight("finish"))
-    assert state_of(conn) is State.FAILED
+    assert state_of(conn) is HandshakeState.FAILED
     assert guard.newest(ini_id.peer_id) == newest_before
     # Only an authenticated but refused initiator is told, with the sealed CLOSE 0x02.
     assert conn.farewell.hex() == expected.get("refusal_record", "")
     if "refusal_record" in expected:
         refused = initiator_connection()
-        refused.start()
+        hello_of(refused)
         (need,) = refused.receive_data_untrusted(reply)
         assert isinstance(need, PrivateKeyOperationNeeded)
-        refused.supply_decryption(ini_id.decrypt_untrusted(need.ciphertext, need.label))
+        supplied(refused, ini_id.decrypt_untrusted(need.ciphertext, need.label))
         with pytest.raises(PeerRefused):
             refused.receive_data_untrusted(h(expected["refusal_record"]))
     if "initiator" in expected:
         initiator = initiator_connection()
-        assert initiator.start() == hello
+        assert hello_of(initiator) == hello
         with pytest.raises(HandshakeFailed):  # no PrivateKeyOperationNeeded first
             initiator.receive_data_untrusted(reply)
 
@@ -157,7 +156,7 @@ def test_untrusting_responder_replies_with_the_genuine_shape() -> None:
         responder = ResponderHandshake(
             res_id, psk, KnownPeers([ini_id.record] if trusted else []), guard, now_ns=1 << 62
         )
-        c_i = responder.receive_hello_untrusted(initiator.hello_record())
+        c_i = responder.receive_hello_untrusted(initiator.start())
         assert c_i is not None
         reply = responder.reply_untrusted(res_id.decrypt_untrusted(c_i, HELLO_OAEP_LABEL))
         parsed = wire.parse_reply_untrusted(reply[4:])

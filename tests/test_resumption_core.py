@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from p2ptls import HandshakeFailed, Identity, NetworkKey, PeerRefused, ProtocolError
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, DataReceived, State, TicketReceived
+from p2ptls._connection import Connection, DataReceived, HandshakeState, TicketReceived
 from p2ptls._records import RecordSealer
 from p2ptls._tickets import (
     SessionTicket,
@@ -22,7 +22,7 @@ from p2ptls.config import StreamConfig
 from p2ptls.identity import PeerId
 
 from .conftest import identity_pool
-from .hostile_support import flip_bit, records_of
+from .hostile_support import flip_bit, hello_of, records_of
 from .resumption_support import (
     LIFETIME,
     NOW_NS,
@@ -54,7 +54,7 @@ def resume(
     reply is left to the caller."""
     c = initiator(client, server, ticket=ticket or client.tickets.pop(), timestamp_ns=now_ns)
     s = responder(server, now_ns=now_ns)
-    hello = c.start()
+    hello = hello_of(c)
     reply = deliver(s, server, hello)
     return hello, reply
 
@@ -63,11 +63,11 @@ def check_reply(client: Side, server: Side, ticket: SessionTicket, hello_ts: int
     """Resume with ``ticket``; assert the initiator gets HandshakeFailed (a substitute)."""
     c = initiator(client, server, ticket=ticket, timestamp_ns=hello_ts)
     s = responder(server, now_ns=hello_ts)
-    reply = deliver(s, server, c.start())
+    reply = deliver(s, server, hello_of(c))
     assert len(reply) == wire.HEADER_SIZE + wire.RESUME_REPLY_BODY_SIZE
     with pytest.raises(HandshakeFailed):
         deliver(c, client, reply)
-    assert c.state is State.FAILED
+    assert c.state is HandshakeState.FAILED
 
 
 def test_resumed_handshake_needs_no_private_key_operation(parties: tuple[Side, Side]) -> None:
@@ -77,7 +77,7 @@ def test_resumed_handshake_needs_no_private_key_operation(parties: tuple[Side, S
     s = responder(server, now_ns=LATER)
     run(c, client, s, server)
     assert (client.key_operations, server.key_operations) == operations
-    assert c.state is State.ESTABLISHED and s.state is State.ESTABLISHED
+    assert c.state is HandshakeState.ESTABLISHED and s.state is HandshakeState.ESTABLISHED
     assert c.resumed and s.resumed
     assert c.session_id == s.session_id
     assert c.export_keying_material("x", b"", 16) == s.export_keying_material("x", b"", 16)
@@ -115,7 +115,7 @@ def test_replayed_resume_hello(parties: tuple[Side, Side]) -> None:
     no answer at all."""
     client, server = parties
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
-    hello = c.start()
+    hello = hello_of(c)
     copy_conn = responder(server, now_ns=LATER)
     copy = deliver(copy_conn, server, hello)  # the copy first
     s = responder(server, now_ns=LATER + 1)
@@ -192,7 +192,7 @@ def test_flipped_bits_get_a_substitute(parties: tuple[Side, Side], part: str) ->
     client, server = parties
     ticket = client.tickets.pop()
     c = initiator(client, server, ticket=ticket, timestamp_ns=LATER)
-    hello = c.start()
+    hello = hello_of(c)
     ticket_size = len(hello) - wire.HEADER_SIZE - wire.resume_hello_body_size(0)
     offsets = {
         "ephemeral": wire.HEADER_SIZE + 10,
@@ -217,7 +217,7 @@ def test_flipped_bits_get_a_substitute(parties: tuple[Side, Side], part: str) ->
 def test_ticket_length_outside_bounds_is_refused_silently(parties: tuple[Side, Side]) -> None:
     client, server = parties
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
-    hello = bytearray(c.start())
+    hello = bytearray(hello_of(c))
     for length in (0, wire.MIN_TICKET - 1, wire.MAX_TICKET + 1, 0xFFFF):
         hello[wire.HEADER_SIZE + 42 : wire.HEADER_SIZE + 44] = wire.U16.pack(length)
         s = responder(server, now_ns=LATER)
@@ -231,9 +231,11 @@ def test_removed_peer_is_refused_after_its_finish(parties: tuple[Side, Side]) ->
     server.peers.remove(client.identity.peer_id)
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
     s = responder(server, now_ns=LATER)
-    reply = deliver(s, server, c.start())
+    reply = deliver(s, server, hello_of(c))
     finish = deliver(c, client, reply)
-    assert c.state is State.ESTABLISHED  # as in a full handshake, the initiator finishes first
+    assert (
+        c.state is HandshakeState.ESTABLISHED
+    )  # as in a full handshake, the initiator finishes first
     with pytest.raises(HandshakeFailed):
         deliver(s, server, finish)
     assert s.farewell
@@ -248,7 +250,7 @@ def test_stale_timestamp_is_refused_at_the_finish(parties: tuple[Side, Side]) ->
     server.guard.accept(client.identity.peer_id, LATER + 600 * wire.NS_PER_S)
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
     s = responder(server, now_ns=LATER)
-    finish = deliver(c, client, deliver(s, server, c.start()))
+    finish = deliver(c, client, deliver(s, server, hello_of(c)))
     with pytest.raises(HandshakeFailed):
         deliver(s, server, finish)
 
@@ -311,7 +313,7 @@ def test_responder_without_ticket_keys_answers_a_substitute(parties: tuple[Side,
         server.guard,
         now_ns=LATER,
     )
-    reply = deliver(plain, server, c.start())
+    reply = deliver(plain, server, hello_of(c))
     with pytest.raises(HandshakeFailed):
         deliver(c, client, reply)
 
@@ -337,7 +339,7 @@ def test_ticket_sent_to_the_responder_is_a_protocol_error(parties: tuple[Side, S
     payload = wire.TicketPayload(60, bytes(16), bytes(100)).encode()
     with pytest.raises(ProtocolError):
         s.receive_data_untrusted(sealer.seal(wire.TICKET, payload))  # type: ignore[attr-defined]
-    assert s.state is State.FAILED  # type: ignore[attr-defined]
+    assert s.state is HandshakeState.FAILED  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -374,7 +376,7 @@ def test_ticket_record_reaches_the_initiator_as_an_event(parties: tuple[Side, Si
 def test_tickets_arrive_as_two_records_after_the_finish(identities: tuple[Identity, ...]) -> None:
     client, server = sides(identities)
     c, s = initiator(client, server), responder(server)
-    reply = deliver(s, server, c.start())
+    reply = deliver(s, server, hello_of(c))
     finish = deliver(c, client, reply)
     after_finish = deliver(s, server, finish)
     records = records_of(after_finish)
@@ -384,7 +386,7 @@ def test_tickets_arrive_as_two_records_after_the_finish(identities: tuple[Identi
 def test_secrets_never_in_reprs(parties: tuple[Side, Side]) -> None:
     client, server = parties
     ticket = client.tickets[0]
-    hello = initiator(client, server, ticket=ticket).start()
+    hello = hello_of(initiator(client, server, ticket=ticket))
     for text in (
         repr(ticket),
         repr(server.authority),
@@ -431,8 +433,8 @@ def test_ticket_psk_differs_per_nonce(parties: tuple[Side, Side]) -> None:
 
 def test_second_hello_of_either_kind_fails(parties: tuple[Side, Side]) -> None:
     client, server = parties
-    hello = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER).start()
-    full_hello = initiator(client, server, timestamp_ns=LATER).start()
+    hello = hello_of(initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER))
+    full_hello = hello_of(initiator(client, server, timestamp_ns=LATER))
     for second in (hello, full_hello):
         s = responder(server, now_ns=LATER)
         deliver(s, server, hello)
@@ -444,8 +446,8 @@ def test_reply_of_the_other_kind_fails(parties: tuple[Side, Side]) -> None:
     client, server = parties
     resuming = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
     full = initiator(client, server, timestamp_ns=LATER + 1)
-    resume_reply = deliver(responder(server, now_ns=LATER), server, resuming.start())
-    full_reply = deliver(responder(server, now_ns=LATER), server, full.start())
+    resume_reply = deliver(responder(server, now_ns=LATER), server, hello_of(resuming))
+    full_reply = deliver(responder(server, now_ns=LATER), server, hello_of(full))
     with pytest.raises(HandshakeFailed):
         full.receive_data_untrusted(resume_reply)
     with pytest.raises(HandshakeFailed):
@@ -475,6 +477,6 @@ def test_ticket_presented_by_another_initiator_fails(
     thief = Side(identities[2], client.psk, client.peers)
     c = initiator(thief, server, ticket=client.tickets.pop(), timestamp_ns=LATER)
     s = responder(server, now_ns=LATER)
-    reply = deliver(s, server, c.start())
+    reply = deliver(s, server, hello_of(c))
     with pytest.raises(HandshakeFailed):
         deliver(c, thief, reply)

@@ -17,7 +17,7 @@ import trio
 from p2ptls import HandshakeFailed, Host
 from p2ptls import _keyschedule as ks
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, State
+from p2ptls._connection import Connection, HandshakeState
 from p2ptls._tickets import SessionTicket, TicketAuthority
 from tests.host_harness import (
     Harness,
@@ -28,7 +28,15 @@ from tests.host_harness import (
     serving_host,
     settle,
 )
-from tests.hostile_support import CONFIG, LOOPBACK, NETWORK_KEY, SAFETY_NET, flip_bit, parties
+from tests.hostile_support import (
+    CONFIG,
+    LOOPBACK,
+    NETWORK_KEY,
+    SAFETY_NET,
+    flip_bit,
+    hello_of,
+    parties,
+)
 from tests.test_connection_manager import ECHO, round_trip, running_hosts
 
 
@@ -134,10 +142,10 @@ async def test_replayed_resume_hello_from_another_connection() -> None:
     async with serving_host() as harness:
         with trio.fail_after(SAFETY_NET):
             conn = resuming(harness, await ticket_holder(harness))
-            hello = conn.start()
+            hello = hello_of(conn)
             reply, genuine = await exchange(harness, hello)
             conn.receive_data_untrusted(reply)
-            assert conn.state is State.ESTABLISHED and conn.resumed
+            assert conn.state is HandshakeState.ESTABLISHED and conn.resumed
             copy_reply, copy = await exchange(harness, hello)
             assert len(copy_reply) == len(reply) and copy_reply != reply  # a substitute
             await forged_finish_ends_it(copy)
@@ -152,7 +160,7 @@ async def test_tampered_resume_hello_gets_a_substitute(part: str) -> None:
         with trio.fail_after(SAFETY_NET):
             ticket = await ticket_holder(harness)
             conn = resuming(harness, ticket)
-            hello = conn.start()
+            hello = hello_of(conn)
             offset = {
                 "ticket": wire.HEADER_SIZE + 44 + 40,
                 "binder": len(hello) - 5,
@@ -185,7 +193,7 @@ async def test_ticket_from_another_responder() -> None:
             )
             ticket = SessionTicket(genuine.peer_id, foreign, genuine.ticket_psk, time.time() + 60)
             conn = resuming(harness, ticket)
-            reply, tcp = await exchange(harness, conn.start())
+            reply, tcp = await exchange(harness, hello_of(conn))
             with pytest.raises(HandshakeFailed):
                 conn.receive_data_untrusted(reply)
             await forged_finish_ends_it(tcp)

@@ -13,9 +13,9 @@ import random
 import pytest
 import trio
 
-from p2ptls import ProtocolError, RecordError, SecureStream, StreamConfig
+from p2ptls import LocalProtocolError, ProtocolError, RecordError, SecureStream, StreamConfig
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, DataReceived, Event, MessageReceived, State
+from p2ptls._connection import Connection, DataReceived, Event, HandshakeState, MessageReceived
 from p2ptls._connection_send import SEND_CHUNK
 from p2ptls._fragments import ReassemblyBudget
 from p2ptls.testing import connected_contexts, secure_stream_pair_over
@@ -187,8 +187,8 @@ def test_a_bad_tag_mid_run_fails_the_connection_with_the_usual_error(bulk: bool)
             responder.receive_records_untrusted(flight, 0.0, [])
         else:
             responder.receive_data_untrusted(flight)
-    assert responder.state is State.FAILED
-    with pytest.raises(ProtocolError, match="already failed"):
+    assert responder.state is HandshakeState.FAILED
+    with pytest.raises(LocalProtocolError, match="already failed"):
         responder.receive_records_untrusted(b"", 0.0, [])
 
 
@@ -199,7 +199,7 @@ def test_a_bad_tag_split_across_receives_fails_at_the_same_record() -> None:
     assert b"".join(chunks) == pattern(200, 0) + pattern(200, 1)  # the good records came out
     with pytest.raises(RecordError, match="record failed authentication"):
         responder.receive_records_untrusted(flight[good + 3 :], 0.0, chunks)
-    assert responder.state is State.FAILED
+    assert responder.state is HandshakeState.FAILED
 
 
 def test_a_bad_record_fails_only_its_own_connection() -> None:
@@ -214,7 +214,7 @@ def test_a_bad_record_fails_only_its_own_connection() -> None:
         feed(victim, flight)
     chunks, events = feed(bystander, half[len(half) // 2 :], seal_at_once(initiator, b"ok"))
     assert chunks == [b"ok"] and [type(event) for event in events] == [MessageReceived]
-    assert bystander.state is State.ESTABLISHED
+    assert bystander.state is HandshakeState.ESTABLISHED
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_bad_headers_after_good_records_get_the_general_errors(header: bytes, er
     chunks: list[bytes] = []
     with pytest.raises(RecordError, match=error):
         responder.receive_records_untrusted(good + header + bytes(64), 0.0, chunks)
-    assert responder.state is State.FAILED
+    assert responder.state is HandshakeState.FAILED
 
 
 def test_an_empty_data_record_is_refused_as_before() -> None:

@@ -24,7 +24,7 @@ import trio.testing
 from p2ptls import Host, Identity, NetworkKey, StreamConfig
 from p2ptls import _mux_wire as mw
 from p2ptls import _wire as wire
-from p2ptls._connection import Connection, PrivateKeyOperationNeeded, State
+from p2ptls._connection import Connection, HandshakeState, PrivateKeyOperationNeeded
 from p2ptls._records import RecordSealer
 from tests.hostile_support import flip_bit, forged_sealer, next_timestamp
 
@@ -85,15 +85,17 @@ def initiator(m: HostTarget) -> Connection:
 async def handshake(m: HostTarget, tcp: trio.SocketStream) -> Connection:
     """Complete a genuine handshake with the victim over ``tcp`` (the member's own identity)."""
     conn = initiator(m)
-    await tcp.send_all(conn.start())
-    while conn.state is not State.ESTABLISHED:
+    conn.start()
+    await tcp.send_all(conn.data_to_send())
+    while conn.state is not HandshakeState.ESTABLISHED:
         data = await tcp.receive_some()
         if not data:
             raise trio.BrokenResourceError("the victim closed during the handshake")
         for event in conn.receive_data_untrusted(data):
             if isinstance(event, PrivateKeyOperationNeeded):
                 plaintext = m.identity.decrypt_untrusted(event.ciphertext, event.label)
-                await tcp.send_all(conn.supply_decryption(plaintext))
+                conn.supply_decryption(plaintext)
+                await tcp.send_all(conn.data_to_send())
     return conn
 
 
@@ -128,7 +130,8 @@ async def handshake_half(m: HostTarget, rng: random.Random) -> None:
     """A genuine Hello (the victim does its RSA work), then nothing or a bogus Finish."""
     tcp = await tcp_to_victim(m)
     conn = initiator(m)
-    hello = conn.start()
+    conn.start()
+    hello = conn.data_to_send()
     if rng.random() < 0.3:
         hello = hello[: rng.randrange(1, len(hello))]  # truncated, then EOF
         await tcp.send_all(hello)

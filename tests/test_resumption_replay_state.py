@@ -14,7 +14,7 @@ import pytest
 
 from p2ptls import HandshakeFailed, Identity, ReplayGuard
 from p2ptls import _wire as wire
-from p2ptls._connection import State
+from p2ptls._connection_state import HandshakeState
 from p2ptls._tickets import TicketAuthority
 
 from .resumption_support import NOW_NS, Side, deliver, full_handshake, initiator, responder, sides
@@ -37,10 +37,11 @@ def resumed_flights(client: Side, server: Side, timestamp_ns: int) -> tuple[byte
     """Resume once; return the initiator's two flights (ResumeHello, Finish)."""
     c = initiator(client, server, ticket=client.tickets.pop(), timestamp_ns=timestamp_ns)
     s = responder(server, now_ns=timestamp_ns)
-    hello = c.start()
+    assert c.start() == []
+    hello = c.data_to_send()
     finish = deliver(c, client, deliver(s, server, hello), peer=server)
     deliver(s, server, finish)
-    assert c.resumed and s.state is State.ESTABLISHED
+    assert c.resumed and s.state is HandshakeState.ESTABLISHED
     return hello, finish
 
 

@@ -468,6 +468,50 @@ def test_both_ends_keep_the_same_one_of_two_sessions(identities) -> None:
     assert not keeps_new(restarted[0], low_opened[0], low.own_id)
 
 
+def kept_of(sessions: list[Session], own: ReplicaCore, current: object = None) -> Session:
+    """The session an end keeps after registering ``sessions`` in this order (as the node does:
+    each one that HELLOed either replaces the one kept or is closed)."""
+    kept = sessions[0]
+    for new in sessions[1:]:
+        if keeps_new(kept, new, own.own_id, current=current):
+            kept = new
+    return kept
+
+
+@pytest.mark.parametrize("low_opens", [True, False])
+@pytest.mark.parametrize("same_connection", [True, False])
+def test_two_sessions_opened_by_one_side_are_kept_alike_in_either_order(
+    identities, low_opens: bool, same_connection: bool
+) -> None:
+    """One side opened two sessions at about the same time (a candidate dial and the member's
+    own task, or a session moving to the connection that won a simultaneous open): their HELLOs
+    may reach the two ends in opposite orders. Both ends must still keep the same session, or
+    each closes the one the other kept and both wait for a redial."""
+    low, high = sorted((make_core(identities[0]), make_core(identities[1])), key=lambda c: c.own_id)
+
+    def opened_at(core: ReplicaCore, peer: ReplicaCore, opened_here: bool, place: int) -> Session:
+        connection = "shared" if same_connection else f"connection-{place}"
+        return PeerSession(
+            core,
+            peer.own_id,
+            wire.Hello(core.network, core.epoch, None),
+            CONFIG,
+            0.0,
+            opened_here=opened_here,
+            connection=(core.own_id, connection),  # each end's own object for one connection
+            stream_id=2 * place + 1,
+        )
+
+    at_low = [opened_at(low, high, low_opens, place) for place in (1, 2)]
+    at_high = [opened_at(high, low, not low_opens, place) for place in (1, 2)]
+    # Both hosts keep the second connection (when there are two): it is current at both ends.
+    current_low, current_high = at_low[1].connection, at_high[1].connection
+    for low_order, high_order in [((0, 1), (1, 0)), ((1, 0), (0, 1)), ((0, 1), (0, 1))]:
+        kept_at_low = kept_of([at_low[i] for i in low_order], low, current_low)
+        kept_at_high = kept_of([at_high[i] for i in high_order], high, current_high)
+        assert at_low.index(kept_at_low) == at_high.index(kept_at_high) == 1
+
+
 def test_digest_rotation_takes_sessions_in_turn_only_while_someone_is_missed() -> None:
     rotation: DigestRotation[str] = DigestRotation(random.Random(1))
     assert rotation.choose(["a", "b", "c"], missing=False) is None

@@ -298,7 +298,8 @@ class Members:
         unless the one it has wins (see ``keeps_new``). False if ``pump`` is to be closed."""
         existing = member.pump
         if existing is not None and existing is not pump:
-            if not keeps_new(existing.session, pump.session, self._own.digest):
+            current = self.host.connection(member.peer_id)
+            if not keeps_new(existing.session, pump.session, self._own.digest, current=current):
                 return False
             existing.close()
         member.pump = pump

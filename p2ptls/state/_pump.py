@@ -222,6 +222,8 @@ class Sessions:
             self.session_config,
             now,
             opened_here=not stream.server_side,
+            connection=stream.connection,
+            stream_id=stream.stream_id,
         )
         pump = SessionPump(stream, session)
         self.running.add(pump)

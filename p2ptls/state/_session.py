@@ -46,7 +46,7 @@ import enum
 import math
 import os
 import random
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -202,12 +202,19 @@ class PeerSession(Generic[T]):
         now: float,
         *,
         opened_here: bool,
+        connection: Hashable | None = None,
+        stream_id: int = 0,
         nonce: Callable[[], bytes] = random_nonce,
     ) -> None:
         self.core = core
         self.peer = peer
         self.config = config
         self.opened_here = opened_here
+        self.connection = connection
+        """The shared connection the session's stream runs on (an opaque key: :func:`keeps_new`
+        compares it with the host's current connection to the peer)."""
+        self.stream_id = stream_id
+        """The logical stream's id on that connection (both ends see the same one)."""
         self.phase = Phase.HELLO
         self.incarnation = 0
         """The peer's epoch, from its HELLO (it grows at every restart)."""
@@ -441,18 +448,29 @@ class PeerSession(Generic[T]):
         return wire.Ping(nonce).encode()
 
 
-def keeps_new(existing: PeerSession[T], new: PeerSession[T], own: OwnerId) -> bool:
+def keeps_new(
+    existing: PeerSession[T], new: PeerSession[T], own: OwnerId, *, current: Hashable | None = None
+) -> bool:
     """Of two sessions with one member, whether both ends keep ``new`` (else ``existing``).
 
-    The session from the member's newer run (higher incarnation) wins; between two of one run,
-    the one whose logical stream was opened by the lower peer id; if the same side opened both,
-    the newer (that side gave the old one up).
+    ``current`` is the host's current connection to the member. Every rule uses only what both
+    ends know, never the order in which this end happened to see the two sessions: the session
+    from the member's newer run (higher incarnation) wins; between two of one run, the one whose
+    logical stream was opened by the lower peer id; if the same side opened both, on one
+    connection the one with the higher stream id (the newer: ids only grow), on two connections
+    the one on the current connection (both hosts keep the same one, by the connection table's
+    lower-peer-id rule). Only if neither is current does this end fall back to the one it saw
+    last.
     """
     if existing.incarnation != new.incarnation:
         return new.incarnation > existing.incarnation
     if existing.opened_here != new.opened_here:
         opener = own if new.opened_here else new.peer
         return opener == min(own, new.peer)
+    if existing.connection is not None and existing.connection == new.connection:
+        return new.stream_id > existing.stream_id
+    if current is not None and current in (existing.connection, new.connection):
+        return new.connection == current
     return True
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -530,7 +529,7 @@ class PeerConnection:
                 protected=self.manager.is_protected(peer),
             )
             if action is Action.PING:
-                self._keepalive_ping = os.urandom(8)
+                self._keepalive_ping = self.manager.randomness(8)
                 self._mux.send_ping(self._keepalive_ping)
                 self._wake_writer()
             elif action is Action.LOST:
@@ -634,7 +633,7 @@ class PeerConnection:
         ends first."""
         if self.closed:
             raise ConnectionLost("the connection ended before the ping") from self.cause
-        payload = os.urandom(8)
+        payload = self.manager.randomness(8)
         answered = trio.Event()
         self._pongs[payload] = answered
         start = trio.current_time()

@@ -59,7 +59,7 @@ def session(
         config,
         now,
         opened_here=opened_here,
-        nonce=lambda: next(nonces).to_bytes(wire.NONCE_SIZE, "big"),
+        randomness=lambda size: next(nonces).to_bytes(size, "big"),
     )
 
 

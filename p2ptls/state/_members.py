@@ -125,9 +125,12 @@ class Members:
         nursery: trio.Nursery,
         serve: Serve,
         address: Callable[[], tuple[str, int] | None],
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.host = host
+        self._rng = rng or random.Random()
+        """Jitters the delay before a member's next attempt."""
         self._core = core
         self._notify = notifier
         self._pipeline = pipeline
@@ -451,7 +454,7 @@ class Members:
         member.retry_delay = min(
             max(member.retry_delay * 2, config.reconnect_min), config.reconnect_max
         )
-        return member.retry_delay * random.uniform(0.5, 1.0)
+        return member.retry_delay * self._rng.uniform(0.5, 1.0)
 
     def _handshake_failed(self, member: Member, address: tuple[str, int]) -> None:
         """Count a failed handshake of our own dial. Only what our dials saw is reported, and

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import random
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -184,8 +186,12 @@ class Sessions:
         pipeline: WritePipeline,
         members: Members,
         address: Callable[[], tuple[str, int] | None],
+        rng: random.Random | None = None,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
+        self._randomness = randomness
+        """Random bytes for the sessions (acknowledgement nonces)."""
         self._core = core
         self._notify = notifier
         self._pipeline = pipeline
@@ -201,7 +207,7 @@ class Sessions:
         )
         self.running: set[SessionPump] = set()
         """Every pump running (registered or not yet)."""
-        self._rotation: DigestRotation[SessionPump] = DigestRotation()
+        self._rotation: DigestRotation[SessionPump] = DigestRotation(rng)
         self.direct_send, self.direct_receive = trio.open_memory_channel[DirectMessage](
             config.direct_buffer
         )
@@ -224,6 +230,7 @@ class Sessions:
             opened_here=not stream.server_side,
             connection=stream.connection,
             stream_id=stream.stream_id,
+            randomness=self._randomness,
         )
         pump = SessionPump(stream, session)
         self.running.add(pump)

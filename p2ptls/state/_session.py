@@ -65,10 +65,6 @@ MAX_ACK_PINGS = 4
 """Acknowledgement pings in flight per session; a newer one replaces the oldest."""
 
 
-def random_nonce() -> bytes:
-    return os.urandom(wire.NONCE_SIZE)
-
-
 @attrs.frozen
 class SessionConfig:
     """What a session needs of the node's configuration."""
@@ -204,7 +200,7 @@ class PeerSession(Generic[T]):
         opened_here: bool,
         connection: Hashable | None = None,
         stream_id: int = 0,
-        nonce: Callable[[], bytes] = random_nonce,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.core = core
         self.peer = peer
@@ -230,7 +226,7 @@ class PeerSession(Generic[T]):
         self.ended: SessionEnded | None = None
         self._hello_deadline = now + config.hello_timeout
         self._next_digest = math.inf
-        self._nonce = nonce
+        self._randomness = randomness
 
     def __repr__(self) -> str:
         return f"<PeerSession {self.peer.hex()[:12]} {self.phase.value}>"
@@ -443,7 +439,7 @@ class PeerSession(Generic[T]):
     def _ack_ping(self) -> bytes:
         if len(self.ack_pings) >= MAX_ACK_PINGS:
             del self.ack_pings[next(iter(self.ack_pings))]
-        nonce = self._nonce()
+        nonce = self._randomness(wire.NONCE_SIZE)
         self.ack_pings[nonce] = self.outbound.belief.get(self.core.own_id, NO_VERSION)
         return wire.Ping(nonce).encode()
 

@@ -20,7 +20,6 @@ from p2ptls.state._session import (
     DigestRotation,
     DirectReceived,
     EquivocationFound,
-    HelloReceived,
     MembersGossiped,
     OwnIdProven,
     PeerSession,
@@ -29,6 +28,7 @@ from p2ptls.state._session import (
     SessionConfig,
     SessionEnded,
     SessionEvent,
+    StateHelloReceived,
     UpdatesApplied,
     keeps_new,
     misses_someone,
@@ -55,7 +55,7 @@ def session(
     return PeerSession(
         core,
         peer.own_id,
-        wire.Hello(core.network, core.epoch, None),
+        wire.StateHello(core.network, core.epoch, None),
         config,
         now,
         opened_here=opened_here,
@@ -103,11 +103,11 @@ class Pair:
 
 
 def opened(a_core: ReplicaCore, b_core: ReplicaCore, **options: object) -> Pair:
-    """Two sessions back to back, HELLOs exchanged and both started (as the node does)."""
+    """Two sessions back to back, STATE_HELLOs exchanged and both started (as the node does)."""
     pair = Pair(session(a_core, b_core, **options), session(b_core, a_core, opened_here=False))  # type: ignore[arg-type]
     hello_to_b, hello_to_a = outgoing(pair.a), outgoing(pair.b)
-    assert isinstance(deliver(hello_to_b, pair.b)[0], HelloReceived)
-    assert isinstance(deliver(hello_to_a, pair.a)[0], HelloReceived)
+    assert isinstance(deliver(hello_to_b, pair.b)[0], StateHelloReceived)
+    assert isinstance(deliver(hello_to_a, pair.a)[0], StateHelloReceived)
     pair.a.start(0.0, [])
     pair.b.start(0.0, [])
     return pair
@@ -132,9 +132,11 @@ def test_our_hello_goes_first_and_nothing_else_before_start(identities) -> None:
     publish(a, [("k", b"v")])
     ours = session(a, b)
     first = outgoing(ours)
-    assert [parsed(m) for m in first] == [wire.Hello(NETWORK, 5, None)]
-    theirs = wire.Hello(NETWORK, 9, ("10.0.0.1", 7400)).encode()
-    assert ours.receive_message_untrusted(theirs, 0.0) == [HelloReceived(9, ("10.0.0.1", 7400))]
+    assert [parsed(m) for m in first] == [wire.StateHello(NETWORK, 5, None)]
+    theirs = wire.StateHello(NETWORK, 9, ("10.0.0.1", 7400)).encode()
+    assert ours.receive_message_untrusted(theirs, 0.0) == [
+        StateHelloReceived(9, ("10.0.0.1", 7400))
+    ]
     assert ours.incarnation == 9 and ours.phase is Phase.HELLO
     ours.note_changed(a.own_id)
     assert ours.next_message() is None  # the node has not kept the session yet
@@ -155,7 +157,7 @@ def test_our_hello_goes_first_and_nothing_else_before_start(identities) -> None:
     ("first", "reason"),
     [
         (wire.Digest(()).encode(), "the first message must be a hello"),
-        (wire.Hello(bytes(32), 1, None).encode(), "hello from another state network"),
+        (wire.StateHello(bytes(32), 1, None).encode(), "hello from another state network"),
         (b"\x01\x02", "message truncated"),
     ],
 )
@@ -163,7 +165,7 @@ def test_a_first_message_that_is_no_hello_of_ours_is_rejected(identities, first,
     ours = session(make_core(identities[0]), make_core(identities[1]))
     assert ours.receive_message_untrusted(first, 0.0) == [SessionEnded(reason, rejected=True)]
     assert ours.phase is Phase.ENDED and ours.next_message() is None
-    assert ours.receive_message_untrusted(wire.Hello(NETWORK, 1, None).encode(), 0.0) == []
+    assert ours.receive_message_untrusted(wire.StateHello(NETWORK, 1, None).encode(), 0.0) == []
 
 
 def test_no_hello_within_the_deadline_ends_the_session_unrejected(identities) -> None:
@@ -176,7 +178,7 @@ def test_no_hello_within_the_deadline_ends_the_session_unrejected(identities) ->
 
 def test_a_second_hello_is_rejected(identities) -> None:
     pair = opened(make_core(identities[0]), make_core(identities[1]))
-    events = deliver([wire.Hello(NETWORK, 5, None).encode()], pair.a)
+    events = deliver([wire.StateHello(NETWORK, 5, None).encode()], pair.a)
     assert events == [SessionEnded("unexpected hello", rejected=True)]
 
 
@@ -484,9 +486,9 @@ def test_two_sessions_opened_by_one_side_are_kept_alike_in_either_order(
     identities, low_opens: bool, same_connection: bool
 ) -> None:
     """One side opened two sessions at about the same time (a candidate dial and the member's
-    own task, or a session moving to the connection that won a simultaneous open): their HELLOs
-    may reach the two ends in opposite orders. Both ends must still keep the same session, or
-    each closes the one the other kept and both wait for a redial."""
+    own task, or a session moving to the connection that won a simultaneous open): their
+    STATE_HELLOs may reach the two ends in opposite orders. Both ends must still keep the same
+    session, or each closes the one the other kept and both wait for a redial."""
     low, high = sorted((make_core(identities[0]), make_core(identities[1])), key=lambda c: c.own_id)
 
     def opened_at(core: ReplicaCore, peer: ReplicaCore, opened_here: bool, place: int) -> Session:
@@ -494,7 +496,7 @@ def test_two_sessions_opened_by_one_side_are_kept_alike_in_either_order(
         return PeerSession(
             core,
             peer.own_id,
-            wire.Hello(core.network, core.epoch, None),
+            wire.StateHello(core.network, core.epoch, None),
             CONFIG,
             0.0,
             opened_here=opened_here,

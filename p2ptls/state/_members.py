@@ -12,12 +12,12 @@ candidates) share one dial, and a peer whose dial failed backs off there
 waits ``reconnect_min`` (doubling up to ``reconnect_max``) only after a session could not be set
 up over a working connection (the peer refused the stream, or broke the protocol).
 
-A member's session is *registered* here once both HELLOs were exchanged; of two sessions with one
-member, both ends keep the same one (:func:`~p2ptls.state._session.keeps_new`). While a member
-has a session, the host protects its connection (``host.protect(peer, "state")``), so the
-connection limit and the idle timeout never close it. When the session ends (its stream was
-closed, the connection was lost: :class:`~p2ptls.ConnectionLost`), the member is reported
-unreachable, its state kept, and its task opens a new session.
+A member's session is *registered* here once both STATE_HELLOs were exchanged; of two sessions with
+one member, both ends keep the same one (:func:`~p2ptls.state._session.keeps_new`). While a member
+has a session, the host protects its connection (``host.protect(peer, "state")``), so the connection
+limit and the idle timeout never close it. When the session ends (its stream was closed, the
+connection was lost: :class:`~p2ptls.ConnectionLost`), the member is reported unreachable, its state
+kept, and its task opens a new session.
 
 Gossiped candidates are dialled a few at a time (``_membership``); one whose handshake completes
 becomes a verified member. No error caused by what a member sent (an address, a key) ends the
@@ -270,11 +270,11 @@ class Members:
     # -- sessions ----------------------------------------------------------------------------------
 
     def opening(self, pump: SessionPump) -> None:
-        """A session with ``pump.peer_id`` starts (its HELLOs are not exchanged yet)."""
+        """A session with ``pump.peer_id`` starts (its STATE_HELLOs are not exchanged yet)."""
         self._running.setdefault(pump.peer_id, set()).add(pump)
 
     def _setting_up(self, peer_id: PeerId) -> bool:
-        """Whether a session with ``peer_id`` is still exchanging HELLOs."""
+        """Whether a session with ``peer_id`` is still exchanging STATE_HELLOs."""
         return any(pump.session.phase is Phase.HELLO for pump in self._running.get(peer_id, ()))
 
     def _moving(self, pump: SessionPump) -> bool:
@@ -297,7 +297,7 @@ class Members:
             self._set_state(member, MemberState.UNREACHABLE)
 
     def register(self, member: Member, pump: SessionPump) -> bool:
-        """``pump``'s session with ``member`` exchanged HELLOs: make it the member's session,
+        """``pump``'s session with ``member`` exchanged STATE_HELLOs: make it the member's session,
         unless the one it has wins (see ``keeps_new``). False if ``pump`` is to be closed."""
         existing = member.pump
         if existing is not None and existing is not pump:
@@ -317,7 +317,7 @@ class Members:
     def unregister(self, pump: SessionPump) -> None:
         """``pump``'s session ended. Its member is unreachable unless another session with it
         runs, or is being set up (when both open a session at once, one end may close the
-        losing session before the other end has seen the winner's HELLO)."""
+        losing session before the other end has seen the winner's STATE_HELLO)."""
         peer_id = pump.peer_id
         running = self._running.get(peer_id)
         if running is not None:
@@ -412,7 +412,7 @@ class Members:
                     await member.poke.wait()
 
     def _next_address(self, member: Member) -> tuple[str, int] | None:
-        """Where to dial ``member``: its own address (from its HELLO, the application or the
+        """Where to dial ``member``: its own address (from its STATE_HELLO, the application or the
         store) and, in turn with it, another one a member gossiped while it is not connected.
         (The host backs a peer off as a whole, so one task tries both.)"""
         candidate = self.table.candidates.get(member.peer_id.digest)

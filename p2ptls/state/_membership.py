@@ -17,7 +17,7 @@ A node learns of other members in two ways that deserve very different trust:
   ``per_source`` each, ``max_candidates`` in total, fair eviction), expire ``ttl`` seconds after
   they were gossiped, and are only *dialled*: ``candidate_tries`` times at most, one dial at a time
   each, the next one a doubling delay after the previous one ended. A candidate whose
-  handshake completes becomes a verified member (its HELLO then says where it listens). A
+  handshake completes becomes a verified member (its STATE_HELLO then says where it listens). A
   candidate may also be another address for a verified member that is not connected.
 
 Nothing here does I/O or reads a clock: the node passes ``now`` (``trio.current_time()``).

@@ -2,22 +2,22 @@
 
 Theory of operation
 -------------------
-A :class:`SessionPump` runs one :class:`~p2ptls.state._session.PeerSession` on one logical
-stream of ``p2ptls/state/1`` and decides nothing itself. Its **reader** hands every message to the
-session and the resulting events to :class:`Sessions`; it never waits for a send, so a peer that
-does not read cannot stop us reading (the session bounds what we owe it). Its **writer** sends
-whatever the session has to send, in the session's order; a third task fires the session's timers
-(the HELLO deadline, the anti-entropy digest). Whatever ends one of them ends the pump: the session
+A :class:`SessionPump` runs one :class:`~p2ptls.state._session.PeerSession` on one logical stream of
+``p2ptls/state/1`` and decides nothing itself. Its **reader** hands every message to the session and
+the resulting events to :class:`Sessions`; it never waits for a send, so a peer that does not read
+cannot stop us reading (the session bounds what we owe it). Its **writer** sends whatever the
+session has to send, in the session's order; a third task fires the session's timers (the
+STATE_HELLO deadline, the anti-entropy digest). Whatever ends one of them ends the pump: the session
 ended, the peer closed the stream, the stream was reset, or the shared connection under it broke
 (:class:`~p2ptls.ConnectionLost`, the same for every protocol on that connection).
 
-:class:`Sessions` serves the state protocol for a node: it runs a pump for every stream (opened
-by a member, or by the node through :class:`~p2ptls.state._members.Members`), registers a session
-with its member once HELLOs are exchanged, and routes each event: records to the subscribers and
-the store, owners to push on to the *other* sessions, gossip to the member table, direct messages
-to the application. A peer that broke the protocol is reported (``PeerRejected``); only its
-session ends, never the node. While this node misses a member, a candidate or an owner, it sends a
-digest to one session after another (:class:`~p2ptls.state._session.DigestRotation`).
+:class:`Sessions` serves the state protocol for a node: it runs a pump for every stream (opened by a
+member, or by the node through :class:`~p2ptls.state._members.Members`), registers a session with
+its member once STATE_HELLOs are exchanged, and routes each event: records to the subscribers and
+the store, owners to push on to the *other* sessions, gossip to the member table, direct messages to
+the application. A peer that broke the protocol is reported (``PeerRejected``); only its session
+ends, never the node. While this node misses a member, a candidate or an owner, it sends a digest to
+one session after another (:class:`~p2ptls.state._session.DigestRotation`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from ._session import (
     DigestRotation,
     DirectReceived,
     EquivocationFound,
-    HelloReceived,
     MembersGossiped,
     OwnIdProven,
     PeerSession,
@@ -51,6 +50,7 @@ from ._session import (
     SessionConfig,
     SessionEnded,
     SessionEvent,
+    StateHelloReceived,
     UpdatesApplied,
 )
 from .config import StateNodeConfig
@@ -166,7 +166,7 @@ class SessionPump:
 
     async def _timers(self, dispatch: Dispatch) -> None:
         """Fire the session's timers. (Sleeping until the deadline seen last can only delay the
-        first anti-entropy digest after the HELLOs, and ``start`` sends a digest anyway.)"""
+        first anti-entropy digest after the STATE_HELLOs, and ``start`` sends a digest anyway.)"""
         session = self.session
         while session.ended is None:
             await trio.sleep_until(session.next_deadline())
@@ -219,7 +219,7 @@ class Sessions:
         remote = stream.remote_peer.peer_id
         if remote == self._own or not self._members.allowed(remote) or self._notify.closed:
             return
-        hello = wire.Hello(self._core.network, self._core.epoch, self._address())
+        hello = wire.StateHello(self._core.network, self._core.epoch, self._address())
         now = trio.current_time()
         session: PeerSession[DirectSend] = PeerSession(
             self._core,
@@ -284,13 +284,13 @@ class Sessions:
                     log.warning("direct message from %s dropped: nobody reads", pump.peer_id.short)
             elif isinstance(event, Acknowledged):
                 notify.changed()  # wake wait_acknowledged
-            elif isinstance(event, HelloReceived):
+            elif isinstance(event, StateHelloReceived):
                 self._hello(pump, event)
             elif isinstance(event, SessionEnded):
                 pump.close()
 
-    def _hello(self, pump: SessionPump, hello: HelloReceived) -> None:
-        """Both HELLOs are exchanged: keep the session as the member's, or close it."""
+    def _hello(self, pump: SessionPump, hello: StateHelloReceived) -> None:
+        """Both STATE_HELLOs are exchanged: keep the session as the member's, or close it."""
         remote = pump.stream.remote_peer
         address = _observed(pump.stream, hello.address)
         member = self._members.learn(remote.public_key_der, address, authoritative=True)

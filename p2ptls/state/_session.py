@@ -9,12 +9,13 @@ back *events*; it asks the session what to send whenever the stream can take mor
 (:meth:`~PeerSession.next_message`); it fires the session's timers when
 :meth:`~PeerSession.next_deadline` passes (:meth:`~PeerSession.handle_timers`).
 
-**Phases.** A session starts with our HELLO queued. The peer's first message must be its HELLO,
-of our state network, within ``hello_timeout``: :class:`HelloReceived` tells the node who is
-there, and the node decides whether to keep the session (one per member: :func:`keeps_new`) and
-then :meth:`~PeerSession.start`\\ s it, which queues our DIGEST and the members we know. From then
-on every message is handled in order, one at a time (``protocol/SPEC-state.md`` §7, §9, §10), so
-a PONG sent after a message proves that message was handled.
+**Phases.** A session starts with our STATE_HELLO queued. The peer's first message must be its
+STATE_HELLO, of our state network, within ``hello_timeout``: :class:`StateHelloReceived` tells the
+node who is there, and the node decides whether to keep the session (one per member:
+:func:`keeps_new`) and then :meth:`~PeerSession.start`\\ s it, which queues our DIGEST and the
+members we know. From then on every message is handled in order, one at a time
+(``protocol/SPEC-state.md`` §7, §9, §10), so a PONG sent after a message proves that message was
+handled.
 
 **Sending**, in this order: control messages (replies, digests, gossip), then direct messages of
 the application, then update spans chosen round robin over owners by
@@ -77,15 +78,15 @@ class SessionConfig:
     anti_entropy_interval: float = 30.0
     """Seconds between digests on an open session."""
     hello_timeout: float = 10.0
-    """Seconds the peer has to send its HELLO."""
+    """Seconds the peer has to send its STATE_HELLO."""
 
 
 # -- events ----------------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class HelloReceived:
-    """The peer's HELLO: keep the session (:meth:`PeerSession.start`) or close the stream."""
+class StateHelloReceived:
+    """The peer's STATE_HELLO: keep the session (:meth:`PeerSession.start`) or close the stream."""
 
     incarnation: int
     address: wire.Address | None
@@ -150,7 +151,7 @@ class SessionEnded:
 
 
 SessionEvent = (
-    HelloReceived
+    StateHelloReceived
     | UpdatesApplied
     | PushOn
     | EquivocationFound
@@ -185,15 +186,15 @@ class PeerSession(Generic[T]):
     """One side of one state session with the member ``peer`` (its id digest).
 
     ``hello`` is ours (sent first); ``opened_here`` says whether this side opened the logical
-    stream; ``now`` starts the HELLO deadline. ``T`` is the type of the application's tokens for
-    direct messages (handed back with the message when it is sent).
+    stream; ``now`` starts the STATE_HELLO deadline. ``T`` is the type of the application's tokens
+    for direct messages (handed back with the message when it is sent).
     """
 
     def __init__(
         self,
         core: ReplicaCore,
         peer: OwnerId,
-        hello: wire.Hello,
+        hello: wire.StateHello,
         config: SessionConfig,
         now: float,
         *,
@@ -213,7 +214,7 @@ class PeerSession(Generic[T]):
         """The logical stream's id on that connection (both ends see the same one)."""
         self.phase = Phase.HELLO
         self.incarnation = 0
-        """The peer's epoch, from its HELLO (it grows at every restart)."""
+        """The peer's epoch, from its STATE_HELLO (it grows at every restart)."""
         self.outbound = Outbound(core, config.message_budget)
         self.control: collections.deque[bytes] = collections.deque([hello.encode()])
         self._directs: collections.deque[tuple[bytes, T]] = collections.deque()
@@ -253,7 +254,7 @@ class PeerSession(Generic[T]):
         return self._next_digest if self.phase is Phase.OPEN else math.inf
 
     def handle_timers(self, now: float) -> list[SessionEvent]:
-        """The HELLO deadline, and a digest every ``anti_entropy_interval`` (anti-entropy)."""
+        """The STATE_HELLO deadline, and a digest every ``anti_entropy_interval`` (anti-entropy)."""
         if self.phase is Phase.HELLO and now >= self._hello_deadline:
             return [self._end("no hello within the deadline", rejected=False)]
         if self.phase is Phase.OPEN and now >= self._next_digest:
@@ -341,12 +342,12 @@ class PeerSession(Generic[T]):
     # -- handling ----------------------------------------------------------------------------------
 
     def _receive_hello(self, message: wire.Message) -> SessionEvent:
-        if not isinstance(message, wire.Hello):
+        if not isinstance(message, wire.StateHello):
             raise StateProtocolError("the first message must be a hello")
         if message.network_id != self.core.network:
             raise StateProtocolError("hello from another state network")
         self.incarnation = message.incarnation
-        return HelloReceived(message.incarnation, message.address)
+        return StateHelloReceived(message.incarnation, message.address)
 
     def _receive(self, message: wire.Message) -> list[SessionEvent]:
         outbound = self.outbound

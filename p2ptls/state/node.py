@@ -14,7 +14,7 @@ which the node's application can share with protocols of its own (``node.host.se
   (shared with other protocols, backed off per peer). Members' connections are protected from the
   connection limit and the idle timeout.
 * **sessions** (``_pump`` over ``_session``): one sans-IO :class:`~p2ptls.state._session.
-  PeerSession` per stream, pumped by trio tasks that decide nothing: HELLOs both ways, one
+  PeerSession` per stream, pumped by trio tasks that decide nothing: STATE_HELLOs both ways, one
   session per member pair (the same one on both ends), digests, pulls and pushes, relaying what
   arrived from others, acknowledgement pings. Liveness is the connection's: the host pings a
   silent peer (``ping_interval`` and ``ping_timeout`` become its keepalive) and a connection that

@@ -270,7 +270,7 @@ def test_the_anti_entropy_timer_sends_a_digest(identities) -> None:
     assert pair.a.handle_timers(deadline) == []
     assert [type(parsed(m)) for m in outgoing(pair.a)] == [wire.Digest]
     assert pair.a.next_deadline() == deadline + CONFIG.anti_entropy_interval
-    pair.a.send_digest()  # the node's turn in its digest rotation
+    assert pair.a.send_digest() == []  # the node's turn in its digest rotation
     assert [type(parsed(m)) for m in outgoing(pair.a)] == [wire.Digest]
 
 
@@ -437,10 +437,11 @@ def test_gossip_and_digests_to_a_peer_that_does_not_read_end_its_session(identit
     outgoing(pair.a)
     info = wire.MemberInfo(identities[2].record.public_key_der, None)
     for _ in range(CONFIG.max_pending_requests):
-        pair.a.gossip(info)
+        assert pair.a.gossip(info) == []
     assert pair.a.ended is None
-    pair.a.send_digest()
-    assert pair.a.ended == SessionEnded("the peer floods requests without reading", rejected=True)
+    ended = SessionEnded("the peer floods requests without reading", rejected=True)
+    assert pair.a.send_digest() == [ended]
+    assert pair.a.ended == ended
 
 
 # -- several sessions ------------------------------------------------------------------------------

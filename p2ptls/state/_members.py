@@ -229,8 +229,7 @@ class Members:
             info = wire.MemberInfo(der, address)
             for pump in list(self.pumps()):
                 if pump.peer_id != peer_id:
-                    pump.session.gossip(info)
-                    pump.kick()
+                    pump.handle(pump.session.gossip(info))
         elif (
             address is not None
             and (authoritative or member.address is None)

@@ -91,9 +91,12 @@ Dispatch = Callable[["SessionPump", list[SessionEvent]], None]
 class SessionPump:
     """Runs one session on one logical stream (see the module's theory of operation)."""
 
-    def __init__(self, stream: LogicalStream, session: PeerSession[DirectSend]) -> None:
+    def __init__(
+        self, stream: LogicalStream, session: PeerSession[DirectSend], dispatch: Dispatch
+    ) -> None:
         self.stream = stream
         self.session = session
+        self._dispatch = dispatch
         self.peer_id = stream.remote_peer.peer_id
         self.ended = trio.Event()
         self.failure: BaseException | None = None
@@ -110,16 +113,21 @@ class SessionPump:
         """The session may have something new to send."""
         self._wake.set()
 
+    def handle(self, events: list[SessionEvent]) -> None:
+        """Dispatch what a local action on the session returned, and send what it queued."""
+        self._dispatch(self, events)
+        self.kick()
+
     def close(self) -> None:
         self._scope.cancel()
 
-    async def run(self, dispatch: Dispatch) -> None:
+    async def run(self) -> None:
         """Pump until the session or its stream ends."""
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, self._reader, dispatch)
-                nursery.start_soon(self._guarded, self._writer, dispatch)
-                nursery.start_soon(self._guarded, self._timers, dispatch)
+                nursery.start_soon(self._guarded, self._reader, self._dispatch)
+                nursery.start_soon(self._guarded, self._writer, self._dispatch)
+                nursery.start_soon(self._guarded, self._timers, self._dispatch)
 
     async def _guarded(
         self, task: Callable[[Dispatch], Awaitable[None]], dispatch: Dispatch
@@ -232,11 +240,11 @@ class Sessions:
             stream_id=stream.stream_id,
             randomness=self._randomness,
         )
-        pump = SessionPump(stream, session)
+        pump = SessionPump(stream, session, self._dispatch)
         self.running.add(pump)
         self._members.opening(pump)
         try:
-            await pump.run(self._dispatch)
+            await pump.run()
         finally:
             self.running.discard(pump)
             for direct in session.unsent_directs():
@@ -355,8 +363,7 @@ class Sessions:
             members = self._members
             chosen = rotation.choose(list(members.pumps()), members.misses_someone())
             if chosen is not None:
-                chosen.session.send_digest()
-                chosen.kick()
+                chosen.handle(chosen.session.send_digest())
 
     async def send_to(self, peer_id: PeerId, payload: bytes) -> None:
         pump = self._members.pump_of(peer_id)

@@ -259,9 +259,7 @@ class PeerSession(Generic[T]):
             return [self._end("no hello within the deadline", rejected=False)]
         if self.phase is Phase.OPEN and now >= self._next_digest:
             self._next_digest = now + self.config.anti_entropy_interval
-            self.send_digest()
-            if self.ended is not None:
-                return [self.ended]
+            return self.send_digest()
         return []
 
     def start(self, now: float, members: Sequence[wire.MemberInfo]) -> None:
@@ -275,15 +273,16 @@ class PeerSession(Generic[T]):
             self.control.append(wire.Members(tuple(members[first : first + step])).encode())
         self._next_digest = now + self.config.anti_entropy_interval
 
-    def send_digest(self) -> None:
-        """Queue a digest of what we hold: the peer pushes what we lack. (Like every message
-        queued for the peer, it ends a session that owes too many: see :attr:`ended`.)"""
-        self._queue_or_end(lambda: self._reply(self._digest()))
+    def send_digest(self) -> list[SessionEvent]:
+        """Queue a digest of what we hold: the peer pushes what we lack. Like every message
+        queued for the peer, it ends a session that owes too many (:class:`SessionEnded`, with
+        ``rejected``: the one event it can return)."""
+        return self._queue_or_end(lambda: self._reply(self._digest()))
 
-    def gossip(self, member: wire.MemberInfo) -> None:
-        """Tell the peer of a member we just learned (see :meth:`send_digest`)."""
+    def gossip(self, member: wire.MemberInfo) -> list[SessionEvent]:
+        """Tell the peer of a member we just learned (returns as :meth:`send_digest`)."""
         encoded = wire.Members((member,)).encode()
-        self._queue_or_end(lambda: self._reply(encoded))
+        return self._queue_or_end(lambda: self._reply(encoded))
 
     def note_changed(self, owner: OwnerId) -> None:
         """We hold more of ``owner`` (our own publication, or a relay's update): push it if the
@@ -412,12 +411,13 @@ class PeerSession(Generic[T]):
             raise _Flooded
         self.control.append(message)
 
-    def _queue_or_end(self, queue: Callable[[], None]) -> None:
+    def _queue_or_end(self, queue: Callable[[], None]) -> list[SessionEvent]:
         if self.phase is Phase.OPEN:
             try:
                 queue()
             except _Flooded as exc:
-                self._end(str(exc), rejected=True)
+                return [self._end(str(exc), rejected=True)]
+        return []
 
     def _end(self, reason: str, *, rejected: bool) -> SessionEnded:
         self.phase = Phase.ENDED

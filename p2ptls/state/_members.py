@@ -27,7 +27,6 @@ node: it ends one attempt, is logged and counted.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -492,7 +491,7 @@ class Members:
                 else:
                     self.table.candidates.pop(digest)  # connected meanwhile
             # Expired candidates are dropped at the next look, at the latest after the TTL.
-            wake_at = min(self.table.next_due() or math.inf, now + CANDIDATE_INTERVAL)
+            wake_at = min(self.table.next_deadline(), now + CANDIDATE_INTERVAL)
             with trio.move_on_at(wake_at):
                 await self._candidate_wake.wait()
             self._candidate_wake = trio.Event()

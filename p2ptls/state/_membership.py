@@ -25,6 +25,7 @@ Nothing here does I/O or reads a clock: the node passes ``now`` (``trio.current_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 
 import attrs
@@ -168,10 +169,10 @@ class Membership:
         delay = self.retry_delay * 2 ** min(candidate.tries - 1, 30)
         candidate.next_try = now + min(delay, self.max_retry_delay)
 
-    def next_due(self) -> float | None:
-        """When the next candidate is due to be dialled (``None``: none will be)."""
+    def next_deadline(self) -> float:
+        """When the next candidate is due to be dialled (``math.inf``: none will be)."""
         times = [c.next_try for _, c in self.candidates.items() if not self._waiting(c)]
-        return min(times, default=None)
+        return min(times, default=math.inf)
 
     def _waiting(self, candidate: Candidate) -> bool:
         return candidate.dialling or candidate.tries >= self.candidate_tries

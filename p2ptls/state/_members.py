@@ -326,6 +326,7 @@ class Members:
         if member is not None:
             if member.pump is pump:
                 member.pump = None
+                self._notify.changed()  # its waiters (wait_acknowledged) see it gone at once
             if not self._moving(pump):
                 self._no_session(member)
             member.poke.set()

@@ -18,6 +18,9 @@ protecting one peer do not undo each other.
 Failed dials back off per peer: the delay doubles from ``initial`` up to ``maximum``, with ±25 %
 jitter so that peers restarting together do not dial in step. The table of failures is bounded
 (least recently failed forgotten first): it only ever holds peers this host chose to dial.
+
+Both are components (decisions), not protocol endpoints: a call returns its decision as a plain
+value (:class:`Admission`, a retry time), never an event list (see ``ARCHITECTURE.md``).
 """
 
 from __future__ import annotations

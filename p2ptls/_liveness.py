@@ -15,27 +15,38 @@ check's clock arithmetic, kept apart from trio so that it is tested by feeding i
 * **retirement** — a connection that either side retired (GOAWAY) takes no new streams; it closes
   once its last stream ends, or ``grace`` seconds after the retirement began, whichever is first.
 
-:meth:`Liveness.poll` says what to do now and until when nothing needs doing; the trio layer acts
-and sleeps until then (or until something changes).
+It follows the sans-IO event convention (``ARCHITECTURE.md``): the trio layer reports what
+happened (:meth:`~Liveness.received`, :meth:`~Liveness.streams_changed`, :meth:`~Liveness.retire`,
+:meth:`~Liveness.probe`, and keeps :attr:`~Liveness.protected` current), sleeps until
+:meth:`~Liveness.next_deadline` (or until something changes) and then acts on the events
+:meth:`~Liveness.handle_timers` returns.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 
 import attrs
 
 
-class Action(enum.Enum):
-    WAIT = "wait"
-    """Nothing to do before the returned deadline."""
-    PING = "ping"
-    """Send a keepalive PING now (then poll again)."""
-    LOST = "lost"
+@attrs.frozen
+class PingDue:
+    """Send a keepalive PING now (nothing arrived for ``keepalive_interval``, or a probe)."""
+
+
+@attrs.frozen
+class PeerSilent:
     """Nothing arrived within ``keepalive_timeout`` of a PING: the connection is lost."""
-    CLOSE = "close"
-    """Idle past ``idle_timeout``, or retired and done (or out of grace): close it."""
+
+    timeout: float
+
+
+@attrs.frozen
+class CloseDue:
+    """Close the connection: idle past ``idle_timeout``, or retired and done (or out of grace)."""
+
+
+LivenessEvent = PingDue | PeerSilent | CloseDue
 
 
 @attrs.define
@@ -56,6 +67,9 @@ class Liveness:
     retiring_since: float | None = None
     """When either side retired the connection (``None``: it is not retiring)."""
     probe_wanted: bool = False
+    protected: bool = False
+    """A protocol protects the connection: the idle timeout does not apply (the trio layer keeps
+    this current and wakes its timer task when it changes)."""
 
     def received(self, now: float) -> None:
         """Something arrived from the peer."""
@@ -77,26 +91,38 @@ class Liveness:
         """Ping at the next poll, unless a PING is outstanding already."""
         self.probe_wanted = True
 
-    def poll(self, now: float, *, streams: int, protected: bool) -> tuple[Action, float]:
-        """What to do at ``now``, and the time until which nothing else is due."""
-        if self.retiring_since is not None:
-            if streams == 0 or now >= self.retiring_since + self.grace:
-                return Action.CLOSE, now
-            lifetime_end = self.retiring_since + self.grace
-        elif self.idle_since is not None and self.idle_timeout is not None and not protected:
-            lifetime_end = self.idle_since + self.idle_timeout
-            if now >= lifetime_end:
-                return Action.CLOSE, now
-        else:
-            lifetime_end = math.inf
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timers` has something to do (``-inf``: now)."""
+        deadlines = [self._lifetime_end()]
         if self.ping_sent_at is not None:
-            lost_at = self.ping_sent_at + self.keepalive_timeout
-            if now >= lost_at:
-                return Action.LOST, now
-            return Action.WAIT, min(lost_at, lifetime_end)
-        ping_at = self.last_received + self.keepalive_interval
-        if self.probe_wanted or now >= ping_at:
+            deadlines.append(self.ping_sent_at + self.keepalive_timeout)
+        elif self.probe_wanted:
+            return -math.inf
+        else:
+            deadlines.append(self.last_received + self.keepalive_interval)
+        return min(deadlines)
+
+    def handle_timers(self, now: float) -> list[LivenessEvent]:
+        """What is due at ``now``: nothing, a PING to send, or the end of the connection."""
+        if now >= self._lifetime_end():
+            return [CloseDue()]
+        if self.ping_sent_at is not None:
+            if now >= self.ping_sent_at + self.keepalive_timeout:
+                return [PeerSilent(self.keepalive_timeout)]
+            return []
+        if self.probe_wanted or now >= self.last_received + self.keepalive_interval:
             self.probe_wanted = False
             self.ping_sent_at = self.last_ping = now
-            return Action.PING, now
-        return Action.WAIT, min(ping_at, lifetime_end)
+            return [PingDue()]
+        return []
+
+    def _lifetime_end(self) -> float:
+        """When the connection is to close: once a retired one has no stream (or its grace ran
+        out), or an idle one that no protocol protects reached the idle timeout."""
+        if self.retiring_since is not None:
+            if self.idle_since is not None:  # no stream left
+                return self.retiring_since
+            return self.retiring_since + self.grace
+        if self.idle_since is not None and self.idle_timeout is not None and not self.protected:
+            return self.idle_since + self.idle_timeout
+        return math.inf

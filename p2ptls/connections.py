@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ import trio
 
 from . import _mux
 from ._errors import MuxError, P2PTLSError, ProtocolNotSupported, StreamRefused
-from ._liveness import Action, Liveness
+from ._liveness import Liveness, PeerSilent, PingDue
 from ._mux_wire import FRAME_CHUNK, GoAwayCode, RefuseCode, ResetCode
 from .identity import PeerId, PeerRecord
 from .logical import ConnectionLost, LogicalStream, StreamReset
@@ -524,23 +523,19 @@ class PeerConnection:
         liveness = self._liveness
         peer = self.remote_peer.peer_id
         while True:
-            action, deadline = liveness.poll(
-                trio.current_time(),
-                streams=len(self._streams),
-                protected=self.manager.is_protected(peer),
-            )
-            if action is Action.PING:
-                self._keepalive_ping = os.urandom(8)
-                self._mux.send_ping(self._keepalive_ping)
-                self._wake_writer()
-            elif action is Action.LOST:
-                raise KeepaliveTimeout(liveness.keepalive_timeout)
-            elif action is Action.CLOSE:
-                self._retire_now()
-                return
-            else:
-                with trio.move_on_at(deadline):
-                    await self._watchdog_lot.park()
+            liveness.protected = self.manager.is_protected(peer)
+            for event in liveness.handle_timers(trio.current_time()):
+                if isinstance(event, PingDue):
+                    self._keepalive_ping = self.manager.randomness(8)
+                    self._mux.send_ping(self._keepalive_ping)
+                    self._wake_writer()
+                elif isinstance(event, PeerSilent):
+                    raise KeepaliveTimeout(event.timeout)
+                else:
+                    self._retire_now()
+                    return
+            with trio.move_on_at(liveness.next_deadline()):
+                await self._watchdog_lot.park()
 
     def probe(self) -> None:
         """Check now that the peer still answers (a PING), instead of at the next keepalive."""
@@ -634,7 +629,7 @@ class PeerConnection:
         ends first."""
         if self.closed:
             raise ConnectionLost("the connection ended before the ping") from self.cause
-        payload = os.urandom(8)
+        payload = self.manager.randomness(8)
         answered = trio.Event()
         self._pongs[payload] = answered
         start = trio.current_time()

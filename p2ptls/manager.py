@@ -30,6 +30,8 @@ ends, a warning is logged) rather than making the host keep events without limit
 from __future__ import annotations
 
 import logging
+import os
+import random
 from collections.abc import Callable
 
 import attrs
@@ -81,15 +83,23 @@ class ConnectionManager:
     :class:`~p2ptls.Host` (``host.open``, ``host.serve_protocol``, ``host.protect``...)."""
 
     def __init__(
-        self, context: SecurityContext, config: ConnectionConfig, nursery: trio.Nursery
+        self,
+        context: SecurityContext,
+        config: ConnectionConfig,
+        nursery: trio.Nursery,
+        *,
+        rng: random.Random | None = None,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.context = context
         self.config = config
         self._nursery = nursery
+        self.randomness = randomness
+        """Random bytes (PING payloads); ``rng`` jitters the dial back-off."""
         self._table: ConnectionTable[PeerConnection] = ConnectionTable(
             context.identity.peer_id, config.max_connections
         )
-        self._backoff = BackoffTable(config.dial_backoff_initial, config.dial_backoff_max)
+        self._backoff = BackoffTable(config.dial_backoff_initial, config.dial_backoff_max, rng=rng)
         self._handlers: dict[str, ProtocolHandler] = {}
         self._sinks: dict[str, StreamSink] = {}
         self._dials: dict[PeerId, _Dial] = {}

@@ -48,7 +48,7 @@ VECTOR_FILE = Path(__file__).resolve().parent / "vectors" / "state.json"
 
 CERT_CONTEXT = b"p2ptls1 state epoch certificate\x00"
 BATCH_CONTEXT = b"p2ptls1 state batch\x00"
-HELLO, DIGEST, PULL, UPDATES, MEMBERS, DIRECT, PING, PONG = range(1, 9)
+STATE_HELLO, DIGEST, PULL, UPDATES, MEMBERS, DIRECT, PING, PONG = range(1, 9)
 PUT, DELETE = 1, 2
 
 
@@ -222,15 +222,15 @@ def generate() -> str:
 
     messages: dict[str, tuple[bytes, wire.Message]] = {
         "hello": (
-            bytes([HELLO, 1])
+            bytes([STATE_HELLO, 1])
             + network
             + struct.pack(">Q", EPOCH)
             + ref_address(("10.1.2.3", 7400)),
-            wire.Hello(network, EPOCH, ("10.1.2.3", 7400)),
+            wire.StateHello(network, EPOCH, ("10.1.2.3", 7400)),
         ),
         "hello_not_listening": (
-            bytes([HELLO, 1]) + network + struct.pack(">Q", EPOCH) + ref_address(None),
-            wire.Hello(network, EPOCH, None),
+            bytes([STATE_HELLO, 1]) + network + struct.pack(">Q", EPOCH) + ref_address(None),
+            wire.StateHello(network, EPOCH, None),
         ),
         "digest": (
             ref_entries(DIGEST, sorted([(owner, (EPOCH, 4)), (OTHER_OWNER, (1, 9))])),

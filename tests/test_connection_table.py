@@ -3,12 +3,13 @@ dial again, and a connection's keepalive, idle and retirement timers."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from p2ptls._connection_table import ConnectionTable, DialBackoff
-from p2ptls._liveness import Action, Liveness
+from p2ptls._liveness import CloseDue, Liveness, PeerSilent, PingDue
 from p2ptls.identity import PeerId
 
 LOW = PeerId(bytes(32))
@@ -112,8 +113,8 @@ def test_dial_backoff_forgets_the_oldest_failures_beyond_its_capacity() -> None:
     assert backoff.retry_at(OTHERS[3], 0.0) is not None
 
 
-def liveness(**overrides: float | None) -> Liveness:
-    options: dict[str, float | None] = {
+def liveness(**overrides: float | bool | None) -> Liveness:
+    options: dict[str, float | bool | None] = {
         "keepalive_interval": 15.0,
         "keepalive_timeout": 10.0,
         "idle_timeout": 60.0,
@@ -127,51 +128,67 @@ def liveness(**overrides: float | None) -> Liveness:
 
 def test_a_silent_peer_is_pinged_then_declared_lost() -> None:
     timers = liveness()
-    assert timers.poll(0.0, streams=1, protected=False) == (Action.WAIT, 15.0)
-    assert timers.poll(15.0, streams=1, protected=False) == (Action.PING, 15.0)
-    assert timers.poll(15.0, streams=1, protected=False) == (Action.WAIT, 25.0)
-    assert timers.poll(25.0, streams=1, protected=False) == (Action.LOST, 25.0)
+    assert timers.next_deadline() == 15.0
+    assert timers.handle_timers(14.0) == []
+    assert timers.handle_timers(15.0) == [PingDue()]
+    assert timers.next_deadline() == 25.0
+    assert timers.handle_timers(15.0) == []
+    assert timers.handle_timers(25.0) == [PeerSilent(10.0)]
 
 
 def test_anything_received_answers_a_ping() -> None:
     timers = liveness()
-    timers.poll(15.0, streams=1, protected=False)
+    timers.handle_timers(15.0)
     timers.received(20.0)
-    assert timers.poll(25.0, streams=1, protected=False) == (Action.WAIT, 35.0)
+    assert timers.handle_timers(25.0) == []
+    assert timers.next_deadline() == 35.0
 
 
 def test_a_probe_pings_at_once_but_never_twice() -> None:
     timers = liveness()
     timers.probe()
-    assert timers.poll(1.0, streams=1, protected=False) == (Action.PING, 1.0)
+    assert timers.next_deadline() == -math.inf
+    assert timers.handle_timers(1.0) == [PingDue()]
     timers.probe()
-    assert timers.poll(1.0, streams=1, protected=False)[0] is Action.WAIT
+    assert timers.next_deadline() == 11.0  # the PING in flight answers the probe too
+    assert timers.handle_timers(1.0) == []
 
 
 def test_an_idle_connection_closes_after_the_idle_timeout_unless_protected() -> None:
     timers = liveness(keepalive_interval=1000.0)
     timers.streams_changed(0, 10.0)
-    assert timers.poll(10.0, streams=0, protected=False) == (Action.WAIT, 70.0)
-    assert timers.poll(70.0, streams=0, protected=True) == (Action.WAIT, 1000.0)
-    assert timers.poll(70.0, streams=0, protected=False) == (Action.CLOSE, 70.0)
+    assert timers.next_deadline() == 70.0
+    assert timers.handle_timers(10.0) == []
+    timers.protected = True
+    assert timers.next_deadline() == 1000.0
+    assert timers.handle_timers(70.0) == []
+    timers.protected = False
+    assert timers.handle_timers(70.0) == [CloseDue()]
     timers.streams_changed(1, 70.0)
-    assert timers.poll(80.0, streams=1, protected=False) == (Action.WAIT, 1000.0)
+    assert timers.handle_timers(80.0) == []
+    assert timers.next_deadline() == 1000.0
 
 
 def test_no_idle_timeout_keeps_a_connection_without_streams() -> None:
     timers = liveness(keepalive_interval=1000.0, idle_timeout=None, idle_since=0.0)
-    assert timers.poll(999.0, streams=0, protected=False) == (Action.WAIT, 1000.0)
+    assert timers.handle_timers(999.0) == []
+    assert timers.next_deadline() == 1000.0
 
 
 @pytest.mark.parametrize("streams", [0, 2])
 def test_a_retired_connection_closes_when_its_streams_end_or_its_grace_runs_out(
     streams: int,
 ) -> None:
-    timers = liveness(keepalive_interval=1000.0)
+    timers = liveness(keepalive_interval=1000.0, protected=True)
+    timers.streams_changed(streams, 99.0)
     timers.retire(100.0)
     timers.retire(102.0)  # the first retirement counts
     if streams == 0:
-        assert timers.poll(100.0, streams=0, protected=True) == (Action.CLOSE, 100.0)
+        assert timers.next_deadline() == 100.0
+        assert timers.handle_timers(100.0) == [CloseDue()]
     else:
-        assert timers.poll(100.0, streams=2, protected=True) == (Action.WAIT, 105.0)
-        assert timers.poll(105.0, streams=2, protected=True) == (Action.CLOSE, 105.0)
+        assert timers.next_deadline() == 105.0
+        assert timers.handle_timers(104.0) == []
+        assert timers.handle_timers(105.0) == [CloseDue()]
+        timers.streams_changed(0, 104.0)  # (or its last stream ends first)
+        assert timers.next_deadline() == 100.0

@@ -3,12 +3,14 @@ acknowledgements a member must prove (``wait_acknowledged``)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 import trio
 import trio.testing
 
 import p2ptls
-from p2ptls.state import MemberState, StateNodeConfig, open_state_node
+from p2ptls.state import MemberState, StateNode, StateNodeConfig, open_state_node
 from p2ptls.state import _wire as wire
 from p2ptls.state.testing import RawConnection, raw_peer
 
@@ -95,6 +97,18 @@ async def _ping_after_updates(raw: RawConnection, owner: bytes) -> wire.Ping:
             await raw.send(wire.Pong(message.nonce))
 
 
+def _acknowledgement_waiter(
+    node: StateNode, peer_id: p2ptls.PeerId
+) -> tuple[list[bool], Callable[[], Awaitable[None]]]:
+    """A task that waits for ``peer_id``'s acknowledgement, and the list it appends to."""
+    acked: list[bool] = []
+
+    async def wait() -> None:
+        acked.append(await node.wait_acknowledged(peer_id))
+
+    return acked, wait
+
+
 async def _barrier(raw: RawConnection) -> None:
     """Return once the node handled everything sent before (it answers pings in order)."""
     await raw.send(wire.Ping(b"barrier!"))
@@ -113,11 +127,7 @@ async def test_a_pong_after_a_pull_of_our_state_proves_nothing(identities) -> No
         await node.set("k", "v")
         async with raw_peer(member, psk, node.peer_record()) as raw:
             await raw.send(wire.Pull(((own, wire.NO_VERSION),)))  # it asks for our state
-            acked: list[bool] = []
-
-            async def wait() -> None:
-                acked.append(await node.wait_acknowledged(member.peer_id))
-
+            acked, wait = _acknowledgement_waiter(node, member.peer_id)
             with trio.fail_after(DEADLINE):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(wait)
@@ -155,3 +165,24 @@ async def test_a_member_that_never_answers_never_acknowledges(identities) -> Non
                     nursery.start_soon(wait)
                     await _ping_after_updates(raw, node.peer_id.digest)  # and never answer
                     await done.wait()
+
+
+async def test_a_waiter_hears_at_once_that_the_member_session_ended(identities) -> None:
+    """The member's session ends while another one of its sessions is still being set up (the
+    member stays connected meanwhile): ``wait_acknowledged`` returns False at once, instead of
+    waiting for the other session's STATE_HELLO or its deadline."""
+    psk = p2ptls.generate_psk()
+    member = identities[1]
+    slow_hello = config(identities[0], psk, connect_timeout=3600.0)
+    async with open_state_node(slow_hello) as node:
+        await node.set("k", "v")
+        async with raw_peer(member, psk, node.peer_record()) as raw:
+            await raw.send(wire.Pull(((node.peer_id.digest, wire.NO_VERSION),)))
+            await raw.stream.connection.open(wire.PROTOCOL)  # and never says STATE_HELLO on it
+            acked, wait = _acknowledgement_waiter(node, member.peer_id)
+            with trio.fail_after(DEADLINE):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wait)
+                    await _ping_after_updates(raw, node.peer_id.digest)  # and never answer
+                    await raw.stream.aclose()
+            assert acked == [False]

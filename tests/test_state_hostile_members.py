@@ -312,12 +312,12 @@ async def test_an_owner_flood_evicts_only_the_flood_and_members_stay(identities)
 
 
 async def test_a_member_opening_state_streams_without_limit_holds_one_session(identities) -> None:
-    """A member opens state streams and never says HELLO: the victim holds at most the host's
+    """A member opens state streams and never says STATE_HELLO: the victim holds at most the host's
     ``max_streams_per_peer`` of them (the rest are refused at the opener), keeps the one session
     the member does set up, and serves an honest newcomer meanwhile."""
     victim_id, attacker, newcomer_id, _ = identities
     psk = p2ptls.generate_psk()
-    hello = wire.Hello(_crypto.network_id(psk), 1, None).encode()
+    hello = wire.StateHello(_crypto.network_id(psk), 1, None).encode()
     async with (
         open_state_node(config(victim_id, psk)) as victim,
         p2ptls.open_host(p2ptls.HostConfig(identity=attacker, psk=psk)) as host,
@@ -332,7 +332,7 @@ async def test_a_member_opening_state_streams_without_limit_holds_one_session(id
                 refused += 1
         assert len(streams) == limit and refused == 20
         assert len(victim._sessions.running) == limit
-        # The member sets one of them up: that one is its session, the others wait for HELLO.
+        # The member sets one of them up: that one is its session, the others wait for STATE_HELLO.
         chosen = streams[-1]
         await chosen.send_message(hello)
         await chosen.send_message(wire.Ping(b"set up!!").encode())

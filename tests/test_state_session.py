@@ -20,7 +20,6 @@ from p2ptls.state._session import (
     DigestRotation,
     DirectReceived,
     EquivocationFound,
-    HelloReceived,
     MembersGossiped,
     OwnIdProven,
     PeerSession,
@@ -29,6 +28,7 @@ from p2ptls.state._session import (
     SessionConfig,
     SessionEnded,
     SessionEvent,
+    StateHelloReceived,
     UpdatesApplied,
     keeps_new,
     misses_someone,
@@ -55,11 +55,11 @@ def session(
     return PeerSession(
         core,
         peer.own_id,
-        wire.Hello(core.network, core.epoch, None),
+        wire.StateHello(core.network, core.epoch, None),
         config,
         now,
         opened_here=opened_here,
-        nonce=lambda: next(nonces).to_bytes(wire.NONCE_SIZE, "big"),
+        randomness=lambda size: next(nonces).to_bytes(size, "big"),
     )
 
 
@@ -103,11 +103,11 @@ class Pair:
 
 
 def opened(a_core: ReplicaCore, b_core: ReplicaCore, **options: object) -> Pair:
-    """Two sessions back to back, HELLOs exchanged and both started (as the node does)."""
+    """Two sessions back to back, STATE_HELLOs exchanged and both started (as the node does)."""
     pair = Pair(session(a_core, b_core, **options), session(b_core, a_core, opened_here=False))  # type: ignore[arg-type]
     hello_to_b, hello_to_a = outgoing(pair.a), outgoing(pair.b)
-    assert isinstance(deliver(hello_to_b, pair.b)[0], HelloReceived)
-    assert isinstance(deliver(hello_to_a, pair.a)[0], HelloReceived)
+    assert isinstance(deliver(hello_to_b, pair.b)[0], StateHelloReceived)
+    assert isinstance(deliver(hello_to_a, pair.a)[0], StateHelloReceived)
     pair.a.start(0.0, [])
     pair.b.start(0.0, [])
     return pair
@@ -132,9 +132,11 @@ def test_our_hello_goes_first_and_nothing_else_before_start(identities) -> None:
     publish(a, [("k", b"v")])
     ours = session(a, b)
     first = outgoing(ours)
-    assert [parsed(m) for m in first] == [wire.Hello(NETWORK, 5, None)]
-    theirs = wire.Hello(NETWORK, 9, ("10.0.0.1", 7400)).encode()
-    assert ours.receive_message_untrusted(theirs, 0.0) == [HelloReceived(9, ("10.0.0.1", 7400))]
+    assert [parsed(m) for m in first] == [wire.StateHello(NETWORK, 5, None)]
+    theirs = wire.StateHello(NETWORK, 9, ("10.0.0.1", 7400)).encode()
+    assert ours.receive_message_untrusted(theirs, 0.0) == [
+        StateHelloReceived(9, ("10.0.0.1", 7400))
+    ]
     assert ours.incarnation == 9 and ours.phase is Phase.HELLO
     ours.note_changed(a.own_id)
     assert ours.next_message() is None  # the node has not kept the session yet
@@ -155,7 +157,7 @@ def test_our_hello_goes_first_and_nothing_else_before_start(identities) -> None:
     ("first", "reason"),
     [
         (wire.Digest(()).encode(), "the first message must be a hello"),
-        (wire.Hello(bytes(32), 1, None).encode(), "hello from another state network"),
+        (wire.StateHello(bytes(32), 1, None).encode(), "hello from another state network"),
         (b"\x01\x02", "message truncated"),
     ],
 )
@@ -163,7 +165,7 @@ def test_a_first_message_that_is_no_hello_of_ours_is_rejected(identities, first,
     ours = session(make_core(identities[0]), make_core(identities[1]))
     assert ours.receive_message_untrusted(first, 0.0) == [SessionEnded(reason, rejected=True)]
     assert ours.phase is Phase.ENDED and ours.next_message() is None
-    assert ours.receive_message_untrusted(wire.Hello(NETWORK, 1, None).encode(), 0.0) == []
+    assert ours.receive_message_untrusted(wire.StateHello(NETWORK, 1, None).encode(), 0.0) == []
 
 
 def test_no_hello_within_the_deadline_ends_the_session_unrejected(identities) -> None:
@@ -176,7 +178,7 @@ def test_no_hello_within_the_deadline_ends_the_session_unrejected(identities) ->
 
 def test_a_second_hello_is_rejected(identities) -> None:
     pair = opened(make_core(identities[0]), make_core(identities[1]))
-    events = deliver([wire.Hello(NETWORK, 5, None).encode()], pair.a)
+    events = deliver([wire.StateHello(NETWORK, 5, None).encode()], pair.a)
     assert events == [SessionEnded("unexpected hello", rejected=True)]
 
 
@@ -268,7 +270,7 @@ def test_the_anti_entropy_timer_sends_a_digest(identities) -> None:
     assert pair.a.handle_timers(deadline) == []
     assert [type(parsed(m)) for m in outgoing(pair.a)] == [wire.Digest]
     assert pair.a.next_deadline() == deadline + CONFIG.anti_entropy_interval
-    pair.a.send_digest()  # the node's turn in its digest rotation
+    assert pair.a.send_digest() == []  # the node's turn in its digest rotation
     assert [type(parsed(m)) for m in outgoing(pair.a)] == [wire.Digest]
 
 
@@ -435,10 +437,11 @@ def test_gossip_and_digests_to_a_peer_that_does_not_read_end_its_session(identit
     outgoing(pair.a)
     info = wire.MemberInfo(identities[2].record.public_key_der, None)
     for _ in range(CONFIG.max_pending_requests):
-        pair.a.gossip(info)
+        assert pair.a.gossip(info) == []
     assert pair.a.ended is None
-    pair.a.send_digest()
-    assert pair.a.ended == SessionEnded("the peer floods requests without reading", rejected=True)
+    ended = SessionEnded("the peer floods requests without reading", rejected=True)
+    assert pair.a.send_digest() == [ended]
+    assert pair.a.ended == ended
 
 
 # -- several sessions ------------------------------------------------------------------------------
@@ -466,6 +469,50 @@ def test_both_ends_keep_the_same_one_of_two_sessions(identities) -> None:
     restarted = pair_of(False, incarnation=6)
     assert keeps_new(low_opened[0], restarted[0], low.own_id)
     assert not keeps_new(restarted[0], low_opened[0], low.own_id)
+
+
+def kept_of(sessions: list[Session], own: ReplicaCore, current: object = None) -> Session:
+    """The session an end keeps after registering ``sessions`` in this order (as the node does:
+    each one that HELLOed either replaces the one kept or is closed)."""
+    kept = sessions[0]
+    for new in sessions[1:]:
+        if keeps_new(kept, new, own.own_id, current=current):
+            kept = new
+    return kept
+
+
+@pytest.mark.parametrize("low_opens", [True, False])
+@pytest.mark.parametrize("same_connection", [True, False])
+def test_two_sessions_opened_by_one_side_are_kept_alike_in_either_order(
+    identities, low_opens: bool, same_connection: bool
+) -> None:
+    """One side opened two sessions at about the same time (a candidate dial and the member's
+    own task, or a session moving to the connection that won a simultaneous open): their
+    STATE_HELLOs may reach the two ends in opposite orders. Both ends must still keep the same
+    session, or each closes the one the other kept and both wait for a redial."""
+    low, high = sorted((make_core(identities[0]), make_core(identities[1])), key=lambda c: c.own_id)
+
+    def opened_at(core: ReplicaCore, peer: ReplicaCore, opened_here: bool, place: int) -> Session:
+        connection = "shared" if same_connection else f"connection-{place}"
+        return PeerSession(
+            core,
+            peer.own_id,
+            wire.StateHello(core.network, core.epoch, None),
+            CONFIG,
+            0.0,
+            opened_here=opened_here,
+            connection=(core.own_id, connection),  # each end's own object for one connection
+            stream_id=2 * place + 1,
+        )
+
+    at_low = [opened_at(low, high, low_opens, place) for place in (1, 2)]
+    at_high = [opened_at(high, low, not low_opens, place) for place in (1, 2)]
+    # Both hosts keep the second connection (when there are two): it is current at both ends.
+    current_low, current_high = at_low[1].connection, at_high[1].connection
+    for low_order, high_order in [((0, 1), (1, 0)), ((1, 0), (0, 1)), ((0, 1), (0, 1))]:
+        kept_at_low = kept_of([at_low[i] for i in low_order], low, current_low)
+        kept_at_high = kept_of([at_high[i] for i in high_order], high, current_high)
+        assert at_low.index(kept_at_low) == at_high.index(kept_at_high) == 1
 
 
 def test_digest_rotation_takes_sessions_in_turn_only_while_someone_is_missed() -> None:

@@ -8,6 +8,7 @@ attacks over the wire against running nodes.
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 
@@ -220,13 +221,13 @@ def test_candidates_expire_are_dialled_a_few_times_and_cannot_be_reset_by_others
     [(peer, candidate)] = table.due(0.0, 8)
     assert peer == b"peer" and table.due(5.0, 8) == []  # one dial at a time
     table.dial_ended(candidate, now=5.0)
-    assert table.next_due() == 6.0 and table.due(5.5, 8) == []  # backoff: 1 s, doubling
+    assert table.next_deadline() == 6.0 and table.due(5.5, 8) == []  # backoff: 1 s, doubling
     # Another member cannot restart the tries (nor replace the address) of a live claim.
     assert not table.gossiped(b"b", b"peer", b"der", ("elsewhere", 2), now=5.6)
     for now, wait in ((6.0, 2.0), (8.0, 4.0)):
         assert table.due(now, 8) == [(peer, candidate)]
         table.dial_ended(candidate, now)
-        assert table.next_due() == (None if wait == 4.0 else now + wait)
+        assert table.next_deadline() == (math.inf if wait == 4.0 else now + wait)
     assert table.due(50.0, 8) == []  # tries used up
     table.due(101.0, 8)
     assert len(table.candidates) == 0  # expired

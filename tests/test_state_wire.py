@@ -38,8 +38,8 @@ def samples() -> dict[str, bytes]:
     batch = forger.batch(records)
     span = forger.span([records[0], records[2]], batch=batch)
     return {
-        "hello": wire.Hello(NETWORK, 7, ("127.0.0.1", 4242)).encode(),
-        "hello-no-address": wire.Hello(NETWORK, 1, None).encode(),
+        "hello": wire.StateHello(NETWORK, 7, ("127.0.0.1", 4242)).encode(),
+        "hello-no-address": wire.StateHello(NETWORK, 1, None).encode(),
         "digest": wire.Digest(
             tuple(sorted(((owner.peer_id.digest, (1, 3)), (other.peer_id.digest, (2, 9)))))
         ).encode(),

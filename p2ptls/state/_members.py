@@ -12,12 +12,12 @@ candidates) share one dial, and a peer whose dial failed backs off there
 waits ``reconnect_min`` (doubling up to ``reconnect_max``) only after a session could not be set
 up over a working connection (the peer refused the stream, or broke the protocol).
 
-A member's session is *registered* here once both HELLOs were exchanged; of two sessions with one
-member, both ends keep the same one (:func:`~p2ptls.state._session.keeps_new`). While a member
-has a session, the host protects its connection (``host.protect(peer, "state")``), so the
-connection limit and the idle timeout never close it. When the session ends (its stream was
-closed, the connection was lost: :class:`~p2ptls.ConnectionLost`), the member is reported
-unreachable, its state kept, and its task opens a new session.
+A member's session is *registered* here once both STATE_HELLOs were exchanged; of two sessions with
+one member, both ends keep the same one (:func:`~p2ptls.state._session.keeps_new`). While a member
+has a session, the host protects its connection (``host.protect(peer, "state")``), so the connection
+limit and the idle timeout never close it. When the session ends (its stream was closed, the
+connection was lost: :class:`~p2ptls.ConnectionLost`), the member is reported unreachable, its state
+kept, and its task opens a new session.
 
 Gossiped candidates are dialled a few at a time (``_membership``); one whose handshake completes
 becomes a verified member. No error caused by what a member sent (an address, a key) ends the
@@ -27,7 +27,6 @@ node: it ends one attempt, is logged and counted.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -125,9 +124,12 @@ class Members:
         nursery: trio.Nursery,
         serve: Serve,
         address: Callable[[], tuple[str, int] | None],
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.host = host
+        self._rng = rng or random.Random()
+        """Jitters the delay before a member's next attempt."""
         self._core = core
         self._notify = notifier
         self._pipeline = pipeline
@@ -226,8 +228,7 @@ class Members:
             info = wire.MemberInfo(der, address)
             for pump in list(self.pumps()):
                 if pump.peer_id != peer_id:
-                    pump.session.gossip(info)
-                    pump.kick()
+                    pump.handle(pump.session.gossip(info))
         elif (
             address is not None
             and (authoritative or member.address is None)
@@ -267,11 +268,11 @@ class Members:
     # -- sessions ----------------------------------------------------------------------------------
 
     def opening(self, pump: SessionPump) -> None:
-        """A session with ``pump.peer_id`` starts (its HELLOs are not exchanged yet)."""
+        """A session with ``pump.peer_id`` starts (its STATE_HELLOs are not exchanged yet)."""
         self._running.setdefault(pump.peer_id, set()).add(pump)
 
     def _setting_up(self, peer_id: PeerId) -> bool:
-        """Whether a session with ``peer_id`` is still exchanging HELLOs."""
+        """Whether a session with ``peer_id`` is still exchanging STATE_HELLOs."""
         return any(pump.session.phase is Phase.HELLO for pump in self._running.get(peer_id, ()))
 
     def _moving(self, pump: SessionPump) -> bool:
@@ -294,11 +295,12 @@ class Members:
             self._set_state(member, MemberState.UNREACHABLE)
 
     def register(self, member: Member, pump: SessionPump) -> bool:
-        """``pump``'s session with ``member`` exchanged HELLOs: make it the member's session,
+        """``pump``'s session with ``member`` exchanged STATE_HELLOs: make it the member's session,
         unless the one it has wins (see ``keeps_new``). False if ``pump`` is to be closed."""
         existing = member.pump
         if existing is not None and existing is not pump:
-            if not keeps_new(existing.session, pump.session, self._own.digest):
+            current = self.host.connection(member.peer_id)
+            if not keeps_new(existing.session, pump.session, self._own.digest, current=current):
                 return False
             existing.close()
         member.pump = pump
@@ -313,7 +315,7 @@ class Members:
     def unregister(self, pump: SessionPump) -> None:
         """``pump``'s session ended. Its member is unreachable unless another session with it
         runs, or is being set up (when both open a session at once, one end may close the
-        losing session before the other end has seen the winner's HELLO)."""
+        losing session before the other end has seen the winner's STATE_HELLO)."""
         peer_id = pump.peer_id
         running = self._running.get(peer_id)
         if running is not None:
@@ -324,6 +326,7 @@ class Members:
         if member is not None:
             if member.pump is pump:
                 member.pump = None
+                self._notify.changed()  # its waiters (wait_acknowledged) see it gone at once
             if not self._moving(pump):
                 self._no_session(member)
             member.poke.set()
@@ -408,7 +411,7 @@ class Members:
                     await member.poke.wait()
 
     def _next_address(self, member: Member) -> tuple[str, int] | None:
-        """Where to dial ``member``: its own address (from its HELLO, the application or the
+        """Where to dial ``member``: its own address (from its STATE_HELLO, the application or the
         store) and, in turn with it, another one a member gossiped while it is not connected.
         (The host backs a peer off as a whole, so one task tries both.)"""
         candidate = self.table.candidates.get(member.peer_id.digest)
@@ -450,7 +453,7 @@ class Members:
         member.retry_delay = min(
             max(member.retry_delay * 2, config.reconnect_min), config.reconnect_max
         )
-        return member.retry_delay * random.uniform(0.5, 1.0)
+        return member.retry_delay * self._rng.uniform(0.5, 1.0)
 
     def _handshake_failed(self, member: Member, address: tuple[str, int]) -> None:
         """Count a failed handshake of our own dial. Only what our dials saw is reported, and
@@ -489,7 +492,7 @@ class Members:
                 else:
                     self.table.candidates.pop(digest)  # connected meanwhile
             # Expired candidates are dropped at the next look, at the latest after the TTL.
-            wake_at = min(self.table.next_due() or math.inf, now + CANDIDATE_INTERVAL)
+            wake_at = min(self.table.next_deadline(), now + CANDIDATE_INTERVAL)
             with trio.move_on_at(wake_at):
                 await self._candidate_wake.wait()
             self._candidate_wake = trio.Event()

@@ -17,7 +17,7 @@ A node learns of other members in two ways that deserve very different trust:
   ``per_source`` each, ``max_candidates`` in total, fair eviction), expire ``ttl`` seconds after
   they were gossiped, and are only *dialled*: ``candidate_tries`` times at most, one dial at a time
   each, the next one a doubling delay after the previous one ended. A candidate whose
-  handshake completes becomes a verified member (its HELLO then says where it listens). A
+  handshake completes becomes a verified member (its STATE_HELLO then says where it listens). A
   candidate may also be another address for a verified member that is not connected.
 
 Nothing here does I/O or reads a clock: the node passes ``now`` (``trio.current_time()``).
@@ -25,6 +25,7 @@ Nothing here does I/O or reads a clock: the node passes ``now`` (``trio.current_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 
 import attrs
@@ -168,10 +169,10 @@ class Membership:
         delay = self.retry_delay * 2 ** min(candidate.tries - 1, 30)
         candidate.next_try = now + min(delay, self.max_retry_delay)
 
-    def next_due(self) -> float | None:
-        """When the next candidate is due to be dialled (``None``: none will be)."""
+    def next_deadline(self) -> float:
+        """When the next candidate is due to be dialled (``math.inf``: none will be)."""
         times = [c.next_try for _, c in self.candidates.items() if not self._waiting(c)]
-        return min(times, default=None)
+        return min(times, default=math.inf)
 
     def _waiting(self, candidate: Candidate) -> bool:
         return candidate.dialling or candidate.tries >= self.candidate_tries

@@ -2,28 +2,30 @@
 
 Theory of operation
 -------------------
-A :class:`SessionPump` runs one :class:`~p2ptls.state._session.PeerSession` on one logical
-stream of ``p2ptls/state/1`` and decides nothing itself. Its **reader** hands every message to the
-session and the resulting events to :class:`Sessions`; it never waits for a send, so a peer that
-does not read cannot stop us reading (the session bounds what we owe it). Its **writer** sends
-whatever the session has to send, in the session's order; a third task fires the session's timers
-(the HELLO deadline, the anti-entropy digest). Whatever ends one of them ends the pump: the session
+A :class:`SessionPump` runs one :class:`~p2ptls.state._session.PeerSession` on one logical stream of
+``p2ptls/state/1`` and decides nothing itself. Its **reader** hands every message to the session and
+the resulting events to :class:`Sessions`; it never waits for a send, so a peer that does not read
+cannot stop us reading (the session bounds what we owe it). Its **writer** sends whatever the
+session has to send, in the session's order; a third task fires the session's timers (the
+STATE_HELLO deadline, the anti-entropy digest). Whatever ends one of them ends the pump: the session
 ended, the peer closed the stream, the stream was reset, or the shared connection under it broke
 (:class:`~p2ptls.ConnectionLost`, the same for every protocol on that connection).
 
-:class:`Sessions` serves the state protocol for a node: it runs a pump for every stream (opened
-by a member, or by the node through :class:`~p2ptls.state._members.Members`), registers a session
-with its member once HELLOs are exchanged, and routes each event: records to the subscribers and
-the store, owners to push on to the *other* sessions, gossip to the member table, direct messages
-to the application. A peer that broke the protocol is reported (``PeerRejected``); only its
-session ends, never the node. While this node misses a member, a candidate or an owner, it sends a
-digest to one session after another (:class:`~p2ptls.state._session.DigestRotation`).
+:class:`Sessions` serves the state protocol for a node: it runs a pump for every stream (opened by a
+member, or by the node through :class:`~p2ptls.state._members.Members`), registers a session with
+its member once STATE_HELLOs are exchanged, and routes each event: records to the subscribers and
+the store, owners to push on to the *other* sessions, gossip to the member table, direct messages to
+the application. A peer that broke the protocol is reported (``PeerRejected``); only its session
+ends, never the node. While this node misses a member, a candidate or an owner, it sends a digest to
+one session after another (:class:`~p2ptls.state._session.DigestRotation`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import random
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -41,7 +43,6 @@ from ._session import (
     DigestRotation,
     DirectReceived,
     EquivocationFound,
-    HelloReceived,
     MembersGossiped,
     OwnIdProven,
     PeerSession,
@@ -49,6 +50,7 @@ from ._session import (
     SessionConfig,
     SessionEnded,
     SessionEvent,
+    StateHelloReceived,
     UpdatesApplied,
 )
 from .config import StateNodeConfig
@@ -89,9 +91,12 @@ Dispatch = Callable[["SessionPump", list[SessionEvent]], None]
 class SessionPump:
     """Runs one session on one logical stream (see the module's theory of operation)."""
 
-    def __init__(self, stream: LogicalStream, session: PeerSession[DirectSend]) -> None:
+    def __init__(
+        self, stream: LogicalStream, session: PeerSession[DirectSend], dispatch: Dispatch
+    ) -> None:
         self.stream = stream
         self.session = session
+        self._dispatch = dispatch
         self.peer_id = stream.remote_peer.peer_id
         self.ended = trio.Event()
         self.failure: BaseException | None = None
@@ -108,16 +113,21 @@ class SessionPump:
         """The session may have something new to send."""
         self._wake.set()
 
+    def handle(self, events: list[SessionEvent]) -> None:
+        """Dispatch what a local action on the session returned, and send what it queued."""
+        self._dispatch(self, events)
+        self.kick()
+
     def close(self) -> None:
         self._scope.cancel()
 
-    async def run(self, dispatch: Dispatch) -> None:
+    async def run(self) -> None:
         """Pump until the session or its stream ends."""
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._guarded, self._reader, dispatch)
-                nursery.start_soon(self._guarded, self._writer, dispatch)
-                nursery.start_soon(self._guarded, self._timers, dispatch)
+                nursery.start_soon(self._guarded, self._reader, self._dispatch)
+                nursery.start_soon(self._guarded, self._writer, self._dispatch)
+                nursery.start_soon(self._guarded, self._timers, self._dispatch)
 
     async def _guarded(
         self, task: Callable[[Dispatch], Awaitable[None]], dispatch: Dispatch
@@ -164,7 +174,7 @@ class SessionPump:
 
     async def _timers(self, dispatch: Dispatch) -> None:
         """Fire the session's timers. (Sleeping until the deadline seen last can only delay the
-        first anti-entropy digest after the HELLOs, and ``start`` sends a digest anyway.)"""
+        first anti-entropy digest after the STATE_HELLOs, and ``start`` sends a digest anyway.)"""
         session = self.session
         while session.ended is None:
             await trio.sleep_until(session.next_deadline())
@@ -184,8 +194,12 @@ class Sessions:
         pipeline: WritePipeline,
         members: Members,
         address: Callable[[], tuple[str, int] | None],
+        rng: random.Random | None = None,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
+        self._randomness = randomness
+        """Random bytes for the sessions (acknowledgement nonces)."""
         self._core = core
         self._notify = notifier
         self._pipeline = pipeline
@@ -201,7 +215,7 @@ class Sessions:
         )
         self.running: set[SessionPump] = set()
         """Every pump running (registered or not yet)."""
-        self._rotation: DigestRotation[SessionPump] = DigestRotation()
+        self._rotation: DigestRotation[SessionPump] = DigestRotation(rng)
         self.direct_send, self.direct_receive = trio.open_memory_channel[DirectMessage](
             config.direct_buffer
         )
@@ -213,7 +227,7 @@ class Sessions:
         remote = stream.remote_peer.peer_id
         if remote == self._own or not self._members.allowed(remote) or self._notify.closed:
             return
-        hello = wire.Hello(self._core.network, self._core.epoch, self._address())
+        hello = wire.StateHello(self._core.network, self._core.epoch, self._address())
         now = trio.current_time()
         session: PeerSession[DirectSend] = PeerSession(
             self._core,
@@ -222,12 +236,15 @@ class Sessions:
             self.session_config,
             now,
             opened_here=not stream.server_side,
+            connection=stream.connection,
+            stream_id=stream.stream_id,
+            randomness=self._randomness,
         )
-        pump = SessionPump(stream, session)
+        pump = SessionPump(stream, session, self._dispatch)
         self.running.add(pump)
         self._members.opening(pump)
         try:
-            await pump.run(self._dispatch)
+            await pump.run()
         finally:
             self.running.discard(pump)
             for direct in session.unsent_directs():
@@ -275,13 +292,13 @@ class Sessions:
                     log.warning("direct message from %s dropped: nobody reads", pump.peer_id.short)
             elif isinstance(event, Acknowledged):
                 notify.changed()  # wake wait_acknowledged
-            elif isinstance(event, HelloReceived):
+            elif isinstance(event, StateHelloReceived):
                 self._hello(pump, event)
             elif isinstance(event, SessionEnded):
                 pump.close()
 
-    def _hello(self, pump: SessionPump, hello: HelloReceived) -> None:
-        """Both HELLOs are exchanged: keep the session as the member's, or close it."""
+    def _hello(self, pump: SessionPump, hello: StateHelloReceived) -> None:
+        """Both STATE_HELLOs are exchanged: keep the session as the member's, or close it."""
         remote = pump.stream.remote_peer
         address = _observed(pump.stream, hello.address)
         member = self._members.learn(remote.public_key_der, address, authoritative=True)
@@ -346,8 +363,7 @@ class Sessions:
             members = self._members
             chosen = rotation.choose(list(members.pumps()), members.misses_someone())
             if chosen is not None:
-                chosen.session.send_digest()
-                chosen.kick()
+                chosen.handle(chosen.session.send_digest())
 
     async def send_to(self, peer_id: PeerId, payload: bytes) -> None:
         pump = self._members.pump_of(peer_id)

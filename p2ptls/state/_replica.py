@@ -28,6 +28,15 @@ one failure rejects the whole message and the peer is disconnected; conflicting 
 are equivocation, refused and reported), then the message is applied here. A node never accepts
 records of its own id from others.
 
+Results, not events: the core is a component (a replicated store), not a protocol endpoint. It
+has no peer, no output queue and no timers; each call answers its caller in full and at once.
+:meth:`ReplicaCore.receive_updates_untrusted` therefore returns one plain value, an
+:class:`~p2ptls.state._owners.Outcome` (what applying that one message did), which the session
+that handed it the message turns into its events (``UpdatesApplied``, ``PushOn``, ...) and its
+replies; changes for the store are pulled (:meth:`ReplicaCore.take_changes`), as output is under the
+event convention (``ARCHITECTURE.md``). An event list would only make the session collect again what
+one call already returned together.
+
 Trust: what a peer *claims* (a version in a digest, a span's ``since``, an owner it knows) never
 makes this core act beyond a bounded, cheap reply to that peer. Only signatures prove anything:
 records are applied once their batch verifies; our own id counts as used at a version above our

@@ -9,12 +9,13 @@ back *events*; it asks the session what to send whenever the stream can take mor
 (:meth:`~PeerSession.next_message`); it fires the session's timers when
 :meth:`~PeerSession.next_deadline` passes (:meth:`~PeerSession.handle_timers`).
 
-**Phases.** A session starts with our HELLO queued. The peer's first message must be its HELLO,
-of our state network, within ``hello_timeout``: :class:`HelloReceived` tells the node who is
-there, and the node decides whether to keep the session (one per member: :func:`keeps_new`) and
-then :meth:`~PeerSession.start`\\ s it, which queues our DIGEST and the members we know. From then
-on every message is handled in order, one at a time (``protocol/SPEC-state.md`` §7, §9, §10), so
-a PONG sent after a message proves that message was handled.
+**Phases.** A session starts with our STATE_HELLO queued. The peer's first message must be its
+STATE_HELLO, of our state network, within ``hello_timeout``: :class:`StateHelloReceived` tells the
+node who is there, and the node decides whether to keep the session (one per member:
+:func:`keeps_new`) and then :meth:`~PeerSession.start`\\ s it, which queues our DIGEST and the
+members we know. From then on every message is handled in order, one at a time
+(``protocol/SPEC-state.md`` §7, §9, §10), so a PONG sent after a message proves that message was
+handled.
 
 **Sending**, in this order: control messages (replies, digests, gossip), then direct messages of
 the application, then update spans chosen round robin over owners by
@@ -46,7 +47,7 @@ import enum
 import math
 import os
 import random
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -65,10 +66,6 @@ MAX_ACK_PINGS = 4
 """Acknowledgement pings in flight per session; a newer one replaces the oldest."""
 
 
-def random_nonce() -> bytes:
-    return os.urandom(wire.NONCE_SIZE)
-
-
 @attrs.frozen
 class SessionConfig:
     """What a session needs of the node's configuration."""
@@ -81,15 +78,15 @@ class SessionConfig:
     anti_entropy_interval: float = 30.0
     """Seconds between digests on an open session."""
     hello_timeout: float = 10.0
-    """Seconds the peer has to send its HELLO."""
+    """Seconds the peer has to send its STATE_HELLO."""
 
 
 # -- events ----------------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class HelloReceived:
-    """The peer's HELLO: keep the session (:meth:`PeerSession.start`) or close the stream."""
+class StateHelloReceived:
+    """The peer's STATE_HELLO: keep the session (:meth:`PeerSession.start`) or close the stream."""
 
     incarnation: int
     address: wire.Address | None
@@ -154,7 +151,7 @@ class SessionEnded:
 
 
 SessionEvent = (
-    HelloReceived
+    StateHelloReceived
     | UpdatesApplied
     | PushOn
     | EquivocationFound
@@ -189,28 +186,35 @@ class PeerSession(Generic[T]):
     """One side of one state session with the member ``peer`` (its id digest).
 
     ``hello`` is ours (sent first); ``opened_here`` says whether this side opened the logical
-    stream; ``now`` starts the HELLO deadline. ``T`` is the type of the application's tokens for
-    direct messages (handed back with the message when it is sent).
+    stream; ``now`` starts the STATE_HELLO deadline. ``T`` is the type of the application's tokens
+    for direct messages (handed back with the message when it is sent).
     """
 
     def __init__(
         self,
         core: ReplicaCore,
         peer: OwnerId,
-        hello: wire.Hello,
+        hello: wire.StateHello,
         config: SessionConfig,
         now: float,
         *,
         opened_here: bool,
-        nonce: Callable[[], bytes] = random_nonce,
+        connection: Hashable | None = None,
+        stream_id: int = 0,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.core = core
         self.peer = peer
         self.config = config
         self.opened_here = opened_here
+        self.connection = connection
+        """The shared connection the session's stream runs on (an opaque key: :func:`keeps_new`
+        compares it with the host's current connection to the peer)."""
+        self.stream_id = stream_id
+        """The logical stream's id on that connection (both ends see the same one)."""
         self.phase = Phase.HELLO
         self.incarnation = 0
-        """The peer's epoch, from its HELLO (it grows at every restart)."""
+        """The peer's epoch, from its STATE_HELLO (it grows at every restart)."""
         self.outbound = Outbound(core, config.message_budget)
         self.control: collections.deque[bytes] = collections.deque([hello.encode()])
         self._directs: collections.deque[tuple[bytes, T]] = collections.deque()
@@ -223,7 +227,7 @@ class PeerSession(Generic[T]):
         self.ended: SessionEnded | None = None
         self._hello_deadline = now + config.hello_timeout
         self._next_digest = math.inf
-        self._nonce = nonce
+        self._randomness = randomness
 
     def __repr__(self) -> str:
         return f"<PeerSession {self.peer.hex()[:12]} {self.phase.value}>"
@@ -250,14 +254,12 @@ class PeerSession(Generic[T]):
         return self._next_digest if self.phase is Phase.OPEN else math.inf
 
     def handle_timers(self, now: float) -> list[SessionEvent]:
-        """The HELLO deadline, and a digest every ``anti_entropy_interval`` (anti-entropy)."""
+        """The STATE_HELLO deadline, and a digest every ``anti_entropy_interval`` (anti-entropy)."""
         if self.phase is Phase.HELLO and now >= self._hello_deadline:
             return [self._end("no hello within the deadline", rejected=False)]
         if self.phase is Phase.OPEN and now >= self._next_digest:
             self._next_digest = now + self.config.anti_entropy_interval
-            self.send_digest()
-            if self.ended is not None:
-                return [self.ended]
+            return self.send_digest()
         return []
 
     def start(self, now: float, members: Sequence[wire.MemberInfo]) -> None:
@@ -271,15 +273,16 @@ class PeerSession(Generic[T]):
             self.control.append(wire.Members(tuple(members[first : first + step])).encode())
         self._next_digest = now + self.config.anti_entropy_interval
 
-    def send_digest(self) -> None:
-        """Queue a digest of what we hold: the peer pushes what we lack. (Like every message
-        queued for the peer, it ends a session that owes too many: see :attr:`ended`.)"""
-        self._queue_or_end(lambda: self._reply(self._digest()))
+    def send_digest(self) -> list[SessionEvent]:
+        """Queue a digest of what we hold: the peer pushes what we lack. Like every message
+        queued for the peer, it ends a session that owes too many (:class:`SessionEnded`, with
+        ``rejected``: the one event it can return)."""
+        return self._queue_or_end(lambda: self._reply(self._digest()))
 
-    def gossip(self, member: wire.MemberInfo) -> None:
-        """Tell the peer of a member we just learned (see :meth:`send_digest`)."""
+    def gossip(self, member: wire.MemberInfo) -> list[SessionEvent]:
+        """Tell the peer of a member we just learned (returns as :meth:`send_digest`)."""
         encoded = wire.Members((member,)).encode()
-        self._queue_or_end(lambda: self._reply(encoded))
+        return self._queue_or_end(lambda: self._reply(encoded))
 
     def note_changed(self, owner: OwnerId) -> None:
         """We hold more of ``owner`` (our own publication, or a relay's update): push it if the
@@ -338,12 +341,12 @@ class PeerSession(Generic[T]):
     # -- handling ----------------------------------------------------------------------------------
 
     def _receive_hello(self, message: wire.Message) -> SessionEvent:
-        if not isinstance(message, wire.Hello):
+        if not isinstance(message, wire.StateHello):
             raise StateProtocolError("the first message must be a hello")
         if message.network_id != self.core.network:
             raise StateProtocolError("hello from another state network")
         self.incarnation = message.incarnation
-        return HelloReceived(message.incarnation, message.address)
+        return StateHelloReceived(message.incarnation, message.address)
 
     def _receive(self, message: wire.Message) -> list[SessionEvent]:
         outbound = self.outbound
@@ -408,12 +411,13 @@ class PeerSession(Generic[T]):
             raise _Flooded
         self.control.append(message)
 
-    def _queue_or_end(self, queue: Callable[[], None]) -> None:
+    def _queue_or_end(self, queue: Callable[[], None]) -> list[SessionEvent]:
         if self.phase is Phase.OPEN:
             try:
                 queue()
             except _Flooded as exc:
-                self._end(str(exc), rejected=True)
+                return [self._end(str(exc), rejected=True)]
+        return []
 
     def _end(self, reason: str, *, rejected: bool) -> SessionEnded:
         self.phase = Phase.ENDED
@@ -436,23 +440,34 @@ class PeerSession(Generic[T]):
     def _ack_ping(self) -> bytes:
         if len(self.ack_pings) >= MAX_ACK_PINGS:
             del self.ack_pings[next(iter(self.ack_pings))]
-        nonce = self._nonce()
+        nonce = self._randomness(wire.NONCE_SIZE)
         self.ack_pings[nonce] = self.outbound.belief.get(self.core.own_id, NO_VERSION)
         return wire.Ping(nonce).encode()
 
 
-def keeps_new(existing: PeerSession[T], new: PeerSession[T], own: OwnerId) -> bool:
+def keeps_new(
+    existing: PeerSession[T], new: PeerSession[T], own: OwnerId, *, current: Hashable | None = None
+) -> bool:
     """Of two sessions with one member, whether both ends keep ``new`` (else ``existing``).
 
-    The session from the member's newer run (higher incarnation) wins; between two of one run,
-    the one whose logical stream was opened by the lower peer id; if the same side opened both,
-    the newer (that side gave the old one up).
+    ``current`` is the host's current connection to the member. Every rule uses only what both
+    ends know, never the order in which this end happened to see the two sessions: the session
+    from the member's newer run (higher incarnation) wins; between two of one run, the one whose
+    logical stream was opened by the lower peer id; if the same side opened both, on one
+    connection the one with the higher stream id (the newer: ids only grow), on two connections
+    the one on the current connection (both hosts keep the same one, by the connection table's
+    lower-peer-id rule). Only if neither is current does this end fall back to the one it saw
+    last.
     """
     if existing.incarnation != new.incarnation:
         return new.incarnation > existing.incarnation
     if existing.opened_here != new.opened_here:
         opener = own if new.opened_here else new.peer
         return opener == min(own, new.peer)
+    if existing.connection is not None and existing.connection == new.connection:
+        return new.stream_id > existing.stream_id
+    if current is not None and current in (existing.connection, new.connection):
+        return new.connection == current
     return True
 
 

@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 Every state-network message is one whole message of its logical stream
-(:meth:`~p2ptls.LogicalStream.send_message`) whose first byte is its type. HELLO opens a session
-both ways; DIGEST and PULL carry per-owner versions; UPDATES carries certificates and spans of
-signed records (their encoding, and the exact bytes their signatures cover, are in ``_signed``,
+(:meth:`~p2ptls.LogicalStream.send_message`) whose first byte is its type. STATE_HELLO opens a
+session both ways; DIGEST and PULL carry per-owner versions; UPDATES carries certificates and spans
+of signed records (their encoding, and the exact bytes their signatures cover, are in ``_signed``,
 re-exported here so that ``_wire`` is the one name of the whole format); MEMBERS gossips members;
 DIRECT carries an application payload; PING and PONG carry a nonce.
 
@@ -77,9 +77,6 @@ __all__ = [
     "ED25519_SIGNATURE_SIZE",
     "ENTRY",
     "HASH_SIZE",
-    "HELLO",
-    "HELLO_BODY",
-    "HELLO_HEAD",
     "ID_SIZE",
     "MAX_BATCH_LIMIT",
     "MAX_CERTS_PER_MESSAGE",
@@ -105,6 +102,9 @@ __all__ = [
     "PUT",
     "RECORD_HEAD",
     "SPAN_HEAD",
+    "STATE_HELLO",
+    "STATE_HELLO_BODY",
+    "STATE_HELLO_HEAD",
     "U8",
     "U16",
     "U32",
@@ -116,7 +116,6 @@ __all__ = [
     "Direct",
     "EpochCertificate",
     "Group",
-    "Hello",
     "Limits",
     "MemberInfo",
     "Members",
@@ -126,6 +125,7 @@ __all__ = [
     "Pull",
     "Record",
     "Span",
+    "StateHello",
     "Updates",
     "Version",
     "encode_batch_body",
@@ -147,7 +147,7 @@ MAX_HOST_BYTES = 255
 NONCE_SIZE = 8
 
 # Message types (first byte of every message).
-HELLO = 0x01
+STATE_HELLO = 0x01
 DIGEST = 0x02
 PULL = 0x03
 UPDATES = 0x04
@@ -157,8 +157,8 @@ PING = 0x07
 PONG = 0x08
 
 ENTRY = struct.Struct(">32sQQ")  # owner, epoch, seq
-HELLO_HEAD = struct.Struct(">BB32sQ")  # type, version, network, incarnation
-HELLO_BODY = struct.Struct(">B32sQ")  # version, network, incarnation (after the type byte)
+STATE_HELLO_HEAD = struct.Struct(">BB32sQ")  # type, version, network, incarnation
+STATE_HELLO_BODY = struct.Struct(">B32sQ")  # version, network, incarnation (after the type byte)
 Address = tuple[str, int]
 
 
@@ -186,7 +186,7 @@ def _parse_address(reader: Reader) -> Address | None:
 
 
 @attrs.frozen
-class Hello:
+class StateHello:
     """First message on every connection, both ways."""
 
     network_id: bytes
@@ -196,7 +196,9 @@ class Hello:
     """Where the sender listens, if it does."""
 
     def encode(self) -> bytes:
-        head = HELLO_HEAD.pack(HELLO, PROTOCOL_VERSION, self.network_id, self.incarnation)
+        head = STATE_HELLO_HEAD.pack(
+            STATE_HELLO, PROTOCOL_VERSION, self.network_id, self.incarnation
+        )
         return head + _encode_address(self.address)
 
 
@@ -308,7 +310,7 @@ class Pong:
         return U8.pack(PONG) + self.nonce
 
 
-Message = Hello | Digest | Pull | Updates | Members | Direct | Ping | Pong
+Message = StateHello | Digest | Pull | Updates | Members | Direct | Ping | Pong
 
 
 def parse_message_untrusted(data: bytes, limits: Limits) -> Message:
@@ -317,15 +319,15 @@ def parse_message_untrusted(data: bytes, limits: Limits) -> Message:
         data = bytes(data)
     reader = Reader(data)
     kind = reader.u8()
-    if kind == HELLO:
-        version, network_id, incarnation = reader.unpack(HELLO_BODY)
+    if kind == STATE_HELLO:
+        version, network_id, incarnation = reader.unpack(STATE_HELLO_BODY)
         if version != PROTOCOL_VERSION:
             raise StateProtocolError("unsupported state protocol version")
         if not 1 <= incarnation < MAX_COUNTER:
             raise StateProtocolError("incarnation out of range")
         address = _parse_address(reader)
         reader.end()
-        return Hello(network_id, incarnation, address)
+        return StateHello(network_id, incarnation, address)
     if kind == DIGEST:
         return Digest(_parse_entries(reader, allow_zero=False))
     if kind == PULL:

@@ -14,7 +14,7 @@ which the node's application can share with protocols of its own (``node.host.se
   (shared with other protocols, backed off per peer). Members' connections are protected from the
   connection limit and the idle timeout.
 * **sessions** (``_pump`` over ``_session``): one sans-IO :class:`~p2ptls.state._session.
-  PeerSession` per stream, pumped by trio tasks that decide nothing: HELLOs both ways, one
+  PeerSession` per stream, pumped by trio tasks that decide nothing: STATE_HELLOs both ways, one
   session per member pair (the same one on both ends), digests, pulls and pushes, relaying what
   arrived from others, acknowledgement pings. Liveness is the connection's: the host pings a
   silent peer (``ping_interval`` and ``ping_timeout`` become its keepalive) and a connection that
@@ -38,6 +38,8 @@ connection goes on carrying its other protocols.
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -95,6 +97,8 @@ class StateNode:
     Every method must be called from the trio thread that runs the node (see the module
     ``p2ptls.state`` for running a node in a background thread). ``host`` is the node's
     :class:`~p2ptls.Host`: serve and open protocols of your own on the same connections.
+    ``rng`` (jitter of retries and digests) and ``randomness`` (random bytes) default to
+    ``random.Random()`` and ``os.urandom``; tests pass their own.
     """
 
     def __init__(
@@ -104,8 +108,12 @@ class StateNode:
         store: StateStore,
         core: ReplicaCore,
         nursery: trio.Nursery,
+        *,
+        rng: random.Random | None = None,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
+        rng = rng or random.Random()
         self.host = host
         self._store = store
         self._core = core
@@ -121,6 +129,7 @@ class StateNode:
             nursery=nursery,
             serve=self._serve,
             address=lambda: self.address,
+            rng=rng,
         )
         self._sessions = Sessions(
             config,
@@ -129,6 +138,8 @@ class StateNode:
             pipeline=self._pipeline,
             members=self._members,
             address=lambda: self.address,
+            rng=rng,
+            randomness=randomness,
         )
         self._listening = host.address if host.listeners else None
         """Where the host listens (read once: its listener closes before the last session)."""

@@ -107,7 +107,7 @@ class RawConnection:
     open other protocols on, or to cut)."""
 
     stream: LogicalStream
-    hello: wire.Hello
+    hello: wire.StateHello
     limits: wire.Limits
     received: collections.deque[bytes] = attrs.field(factory=collections.deque)
     """Messages read ahead (by :meth:`taken`) and not handed out by :meth:`receive` yet."""
@@ -122,7 +122,7 @@ class RawConnection:
 
     async def taken(self) -> bool:
         """Wait until the node has taken this session (it answers a PING only after it handled
-        our HELLO and kept the session); what it sends meanwhile stays for :meth:`receive`.
+        our STATE_HELLO and kept the session); what it sends meanwhile stays for :meth:`receive`.
         False if it closed the stream instead."""
         nonce = b"taken?!!"
         await self.send(wire.Ping(nonce))
@@ -162,10 +162,10 @@ async def raw_peer(
     network_id = network if network is not None else _crypto.network_id(psk)
     async with open_host(HostConfig(identity=identity, psk=psk)) as host:
         stream = await host.open(node, PROTOCOL)
-        await stream.send_message(wire.Hello(network_id, incarnation, None).encode())
+        await stream.send_message(wire.StateHello(network_id, incarnation, None).encode())
         limits = wire.Limits(max_value_size=wire.MAX_VALUE_LIMIT)
         first = wire.parse_message_untrusted(await stream.receive_message(), limits)
-        assert isinstance(first, wire.Hello)
+        assert isinstance(first, wire.StateHello)
         connection = RawConnection(stream, first, limits)
         await connection.taken()
         yield connection

@@ -48,10 +48,10 @@ async def answers(network: StateNetwork, honest: HonestNode) -> bool:
             host.context.offload_private_key_operations = False
             try:
                 stream = await host.open(honest.up.peer_record(), PROTOCOL)
-                await stream.send_message(wire.Hello(network.network_id, 1, None).encode())
+                await stream.send_message(wire.StateHello(network.network_id, 1, None).encode())
                 limits = wire.Limits(wire.MAX_VALUE_LIMIT)
                 first = wire.parse_message_untrusted(await stream.receive_message(), limits)
-                if not isinstance(first, wire.Hello):
+                if not isinstance(first, wire.StateHello):
                     return False
                 await stream.send_message(wire.Ping(b"probe!!!").encode())
                 while True:

@@ -284,7 +284,7 @@ class StateConnection:
     it, which would end most moves early); the last messages are kept for replays.
     """
 
-    def __init__(self, stream: Any, victim_hello: wire.Hello | None) -> None:
+    def __init__(self, stream: Any, victim_hello: wire.StateHello | None) -> None:
         self.stream = stream
         self.victim_hello = victim_hello
         self.received: collections.deque[bytes] = collections.deque(maxlen=32)
@@ -371,10 +371,10 @@ class StateMember:
         stream = await self.stream()
         victim_hello = None
         if hello:
-            await stream.send_message(wire.Hello(self.network_id, incarnation, None).encode())
+            await stream.send_message(wire.StateHello(self.network_id, incarnation, None).encode())
             data = await stream.receive_message()
             first = wire.parse_message_untrusted(data, wire.Limits(wire.MAX_VALUE_LIMIT))
-            assert isinstance(first, wire.Hello)
+            assert isinstance(first, wire.StateHello)
             victim_hello = first
         connection = StateConnection(stream, victim_hello)
         self._nursery.start_soon(connection.read_forever)
@@ -478,7 +478,7 @@ async def silent_state_member(
         await secure.do_handshake()
         mux = Multiplexer(initiator=True)
         member = SilentMember(secure, mux, mux.open_stream(PROTOCOL))
-        await member.send(wire.Hello(_crypto.network_id(psk), 1, None))
+        await member.send(wire.StateHello(_crypto.network_id(psk), 1, None))
         await member.send(wire.Ping(b"silence!"))
         await member.receive_until(wire.Pong(b"silence!").encode())
         yield member

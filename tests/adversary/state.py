@@ -97,35 +97,35 @@ def truncated(rng: random.Random, data: bytes) -> bytes:
 
 @move("hello-again")
 async def hello_again(m: StateMember, rng: random.Random) -> None:
-    """A second HELLO on an established connection (closed: out of order)."""
+    """A second STATE_HELLO on an established connection (closed: out of order)."""
     conn = await m.state()
-    await conn.send(wire.Hello(m.network_id, rng.choice(VALID_LIMITS), None))
+    await conn.send(wire.StateHello(m.network_id, rng.choice(VALID_LIMITS), None))
 
 
 @move("hello-hostile")
 async def hello_hostile(m: StateMember, rng: random.Random) -> None:
-    """A first message that is no valid HELLO: fields at the limits, another network, a bad
+    """A first message that is no valid STATE_HELLO: fields at the limits, another network, a bad
     address, another message type first, nothing at all."""
     stream = await m.stream()
     try:
         choice = rng.randrange(7)
-        body = wire.HELLO_BODY
+        body = wire.STATE_HELLO_BODY
         if choice == 0:  # version 0, 2 or 255
             version = rng.choice((0, 2, 255))
-            data = bytes([wire.HELLO]) + body.pack(version, m.network_id, 1) + b"\x00"
+            data = bytes([wire.STATE_HELLO]) + body.pack(version, m.network_id, 1) + b"\x00"
         elif choice == 1:  # incarnation at the limits
-            data = bytes([wire.HELLO]) + body.pack(1, m.network_id, limit(rng)) + b"\x00"
+            data = bytes([wire.STATE_HELLO]) + body.pack(1, m.network_id, limit(rng)) + b"\x00"
         elif choice == 2:  # another state network
-            data = wire.Hello(made_up_id(rng), 1, None).encode()
+            data = wire.StateHello(made_up_id(rng), 1, None).encode()
         elif choice == 3:  # a bad address
             address = rng.choice(
                 [encode_address_raw(b"\xff\xfe", 80), encode_address_raw(b"h", 0), b"\x05ab"]
             )
-            data = bytes([wire.HELLO]) + body.pack(1, m.network_id, 1) + address
-        elif choice == 4:  # a DIGEST before the HELLO
+            data = bytes([wire.STATE_HELLO]) + body.pack(1, m.network_id, 1) + address
+        elif choice == 4:  # a DIGEST before the STATE_HELLO
             data = wire.Digest(((made_up_id(rng), (1, 1)),)).encode()
         elif choice == 5:  # truncated
-            data = truncated(rng, wire.Hello(m.network_id, 1, ("127.0.0.1", 9)).encode())
+            data = truncated(rng, wire.StateHello(m.network_id, 1, ("127.0.0.1", 9)).encode())
         else:  # nothing: the victim's hello deadline closes the connection
             data = b""
         if data:
@@ -326,7 +326,7 @@ async def updates_replay(m: StateMember, rng: random.Random) -> None:
         await conn.barrier()
         return
     for data in rng.sample(list(conn.received), min(len(conn.received), rng.choice((1, 8)))):
-        if data[:1] != bytes([wire.HELLO]) or rng.random() < 0.2:
+        if data[:1] != bytes([wire.STATE_HELLO]) or rng.random() < 0.2:
             await conn.send(data)
 
 

@@ -289,12 +289,12 @@ class Multiplexer:
         if stream is not None:
             self._give_back(stream_id, stream, size)
 
-    def message_taken(self, stream_id: int) -> bool:
-        """The application took the stream's oldest finished message. False if the stream had
-        to be reset (the next message's bytes went over the reassembly budget)."""
+    def message_taken(self, stream_id: int) -> None:
+        """The application took the stream's oldest finished message: release its share of the
+        reassembly budget and give its credit back to the peer."""
         stream = self._streams.get(stream_id)
         if stream is None or not stream.finished:
-            return True
+            return
         held, charged = stream.finished.popleft()
         self.budget.release(charged, self.budget_key)
         credit = held
@@ -302,7 +302,6 @@ class Multiplexer:
             credit += stream.assembling_held
             stream.assembling_held = 0
         self._give_back(stream_id, stream, credit)
-        return True
 
     def reset_stream(self, stream_id: int, code: ResetCode = ResetCode.CANCEL) -> None:
         """Abort a stream (both directions) unless both finished already, and forget it."""

@@ -33,6 +33,7 @@ import hmac
 import os
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -148,8 +149,11 @@ class TicketAuthority:
         root: bytes | None = None,
         max_used: int = MAX_USED_TICKETS,
         max_used_per_peer: int = MAX_USED_PER_PEER,
+        randomness: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        self._root = root if root is not None else os.urandom(32)
+        self._randomness = randomness
+        """Where the ticket root and each ticket's nonce come from (injected for tests)."""
+        self._root = root if root is not None else randomness(32)
         self.max_used = max_used
         self.max_used_per_peer = max_used_per_peer
         self._used: dict[PeerId, _UsedBy] = {}
@@ -184,7 +188,7 @@ class TicketAuthority:
         """A ticket for ``initiator``, issued now, under the current epoch's key."""
         epoch = (now_s // lifetime_s) & 0xFFFFFFFF
         epoch_bytes = _EPOCH.pack(epoch)
-        nonce = nonce if nonce is not None else os.urandom(_NONCE_SIZE)
+        nonce = nonce if nonce is not None else self._randomness(_NONCE_SIZE)
         plaintext = (
             _FIXED.pack(responder.digest, now_s, lifetime_s, ticket_psk) + initiator.public_key_der
         )

@@ -319,8 +319,7 @@ class PeerConnection:
         self._wake_writer()
 
     def _message_taken(self, stream: LogicalStream) -> None:
-        if not self._mux.message_taken(stream.stream_id):
-            stream._fail(StreamReset("a message went over the reassembly budget"))
+        self._mux.message_taken(stream.stream_id)
         self._wake_writer()
 
     def _reset(self, stream_id: int, code: ResetCode) -> None:

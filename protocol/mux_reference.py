@@ -331,10 +331,10 @@ class RefSide:
         if stream is not None:
             self._consume(stream, stream_id, size)
 
-    def take_message(self, stream_id: int) -> bool:
+    def take_message(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or not stream.complete:
-            return True
+            return
         held, charge = stream.complete.popleft()
         self.budget_used -= charge
         credit = held
@@ -342,7 +342,6 @@ class RefSide:
             credit += stream.assembling_held
             stream.assembling_held = 0
         self._consume(stream, stream_id, credit)
-        return True
 
     def reset_stream(self, stream_id: int, code: str) -> None:
         stream = self.streams.get(stream_id)

@@ -480,3 +480,26 @@ def test_ticket_presented_by_another_initiator_fails(
     reply = deliver(s, server, hello_of(c))
     with pytest.raises(HandshakeFailed):
         deliver(c, thief, reply)
+
+
+def test_ticket_keys_and_nonces_come_from_the_injected_randomness(
+    identities: tuple[Identity, ...],
+) -> None:
+    """Two authorities fed the same randomness seal the same ticket (no hidden os.urandom)."""
+    initiator_identity, responder_identity = identities[0], identities[1]
+
+    def sealed() -> bytes:
+        stream = iter(range(256))
+        authority = TicketAuthority(
+            randomness=lambda size: bytes(next(stream) for _ in range(size))
+        )
+        return authority.seal(
+            b"k" * 32,
+            responder_identity.peer_id,
+            initiator_identity.record,
+            b"p" * 32,
+            now_s=1_000,
+            lifetime_s=3_600,
+        )
+
+    assert sealed() == sealed()

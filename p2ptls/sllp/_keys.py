@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._errors import LocalProtocolError
 from .._keyschedule import expand_label
 from ._wire import IV_SIZE, KEY_SIZE
 
@@ -73,7 +74,7 @@ class EpochKeys:
     def successor(self) -> EpochKeys:
         """The next epoch's keys. This object forgets its secret (it is needed only once)."""
         if self.secret is None:
-            raise RuntimeError("this epoch's secret was already used")
+            raise LocalProtocolError("this epoch's secret was already used")
         following = EpochKeys(next_secret(self.secret), self.epoch + 1)
         self.secret = None
         return following

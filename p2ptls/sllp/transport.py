@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import trio
 
+from .._errors import LocalProtocolError
 from ._datagrams import DatagramTrain
 from ._errors import DatagramTooLarge
 from .config import SllpConfig
@@ -218,7 +219,7 @@ class UdpTransport(DatagramTransport):
     def send_from(self, train: DatagramTrain, offset: int) -> int:
         peer = self._peer
         if peer is None:
-            raise RuntimeError("no peer address set")
+            raise LocalProtocolError("no peer address set")
         data = train.data
         total = len(data)
         segment = train.segment_size

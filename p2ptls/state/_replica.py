@@ -66,6 +66,7 @@ from collections.abc import Iterable, Iterator
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .._bounded import FairTable
+from .._errors import LocalProtocolError
 from . import _crypto
 from . import _wire as wire
 from ._acceptance import Verdict, find_conflict, verify_certificates, verify_span
@@ -267,7 +268,7 @@ class ReplicaCore:
     def stage(self, key: str, value: bytes | None) -> wire.Record:
         """Record an own write in memory (not yet durable, not yet signed)."""
         if self.signer is None:
-            raise RuntimeError("begin_epoch first")
+            raise LocalProtocolError("begin_epoch first")
         if value is not None and len(value) > self.limits.max_value_size:
             raise ValueError(
                 f"value of {len(value)} bytes exceeds max_value_size ({self.limits.max_value_size})"
@@ -309,7 +310,7 @@ class ReplicaCore:
         The batch is published (offered to others) by :meth:`publish` once it is durable.
         """
         if self.signer is None:
-            raise RuntimeError("begin_epoch first")
+            raise LocalProtocolError("begin_epoch first")
         ready = self._staged[: min(max_batch, self.unsigned_durable)]
         if not ready:
             return None

@@ -52,6 +52,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from .._errors import LocalProtocolError
 from . import _wire as wire
 from ._outbound import Outbound
 from ._owners import Equivocation, OwnerId
@@ -265,7 +266,7 @@ class PeerSession(Generic[T]):
     def start(self, now: float, members: Sequence[wire.MemberInfo]) -> None:
         """The node keeps this session: send our digest and the members we know."""
         if self.phase is not Phase.HELLO or self.ended is not None:
-            raise RuntimeError(f"cannot start a session that is {self.phase.value}")
+            raise LocalProtocolError(f"cannot start a session that is {self.phase.value}")
         self.phase = Phase.OPEN
         self.control.append(self._digest())
         step = wire.MAX_MEMBERS_PER_MESSAGE
@@ -292,7 +293,7 @@ class PeerSession(Generic[T]):
     def send_direct(self, payload: bytes, token: T) -> None:
         """Queue a direct message; :meth:`next_message` hands ``token`` back with it."""
         if self.ended is not None:
-            raise RuntimeError("the session ended")
+            raise LocalProtocolError("the session ended")
         self._directs.append((payload, token))
 
     def unsent_directs(self) -> list[T]:

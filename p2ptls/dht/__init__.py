@@ -1,0 +1,8 @@
+"""The DHT: a secure Kademlia overlay for discovery and storage beyond a full mesh (in progress).
+
+Node ids are p2ptls peer ids (the SHA-256 of the peer's RSA public key), so an id cannot be
+chosen without generating keys, and a contact counts only once a handshake proved it. The
+sans-IO core lives in the private modules: ``_ids`` (keys, XOR distance, contacts),
+``_routing`` (the k-bucket table), ``_lookup`` (iterative lookups), ``_records`` and ``_wire``
+(the bytes of ``protocol/SPEC-dht.md``). The trio node and the public API come next.
+"""

@@ -3,6 +3,6 @@
 Node ids are p2ptls peer ids (the SHA-256 of the peer's RSA public key), so an id cannot be
 chosen without generating keys, and a contact counts only once a handshake proved it. The
 sans-IO core lives in the private modules: ``_ids`` (keys, XOR distance, contacts),
-``_routing`` (the k-bucket table), ``_lookup`` (iterative lookups), ``_records`` and ``_wire``
+``_routing`` (the k-buckets), ``_lookup`` (iterative lookups), ``_records``, ``_store``, ``_wire``
 (the bytes of ``protocol/SPEC-dht.md``). The trio node and the public API come next.
 """

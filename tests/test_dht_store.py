@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from p2ptls.dht import _records as records
 from p2ptls.dht._store import RecordExpired, RecordStore, Refusal, StoreConfig
+from tests.conftest import identity_pool
 from tests.dht_record_support import LIFETIME, T0, immutable, mutable, owner
 
 NOW = T0 + 10
@@ -169,3 +170,13 @@ def test_replacing_a_record_moves_its_bytes_to_the_new_source() -> None:
     assert store.put_untrusted(mutable(3, bytes(200)), "b", NOW).stored
     assert store.put_untrusted(mutable(1, bytes(200), key=owner("x")), "a", NOW).stored
     assert store.total_bytes == sum(len(mutable(i, bytes(200)).encoding) for i in (1, 3))
+
+
+def test_the_newest_peer_record_wins() -> None:
+    identity = identity_pool()[0]
+    older = records.sign_peer_record(identity, 1, (("192.0.2.1", 1),), T0, T0 + 3600)
+    newer = records.sign_peer_record(identity, 2, (("192.0.2.2", 2),), T0, T0 + 3600)
+    store = RecordStore()
+    assert store.put_untrusted(newer, "a", NOW).stored
+    assert store.put_untrusted(older, "b", NOW).refusal is Refusal.STALE
+    assert store.get(identity.peer_id.digest, NOW) == newer

@@ -180,3 +180,11 @@ def test_the_newest_peer_record_wins() -> None:
     assert store.put_untrusted(newer, "a", NOW).stored
     assert store.put_untrusted(older, "b", NOW).refusal is Refusal.STALE
     assert store.get(identity.peer_id.digest, NOW) == newer
+
+
+def test_frequent_updates_of_one_key_keep_the_expiry_heap_small() -> None:
+    store = RecordStore()
+    for sequence in range(1, 500):
+        assert store.put_untrusted(mutable(sequence, lifetime=1000 + sequence), "a", NOW).stored
+    assert len(store._expiries) <= 2 * len(store) + 64
+    assert store.next_deadline() == T0 + 1000 + 499

@@ -65,6 +65,11 @@ class StoreConfig:
     republish_interval: float = 22 * 3600.0
     """Writers re-sign and re-store their records every 22 h (the node's job, not the store's)."""
 
+    def __attrs_post_init__(self) -> None:
+        bounds = (self.max_records, self.max_bytes, self.per_source_records, self.per_source_bytes)
+        if min(bounds) < 1:
+            raise ValueError("store limits must be at least 1")
+
 
 @attrs.frozen
 class StoreResult:
@@ -169,6 +174,9 @@ class RecordStore:
             self._release(victim.value.record, victim.source)
             evicted.append(victim.key)
         heapq.heappush(self._expiries, (record.expires_at, key))
+        if len(self._expiries) > 2 * len(self._table) + 64:  # drop the replaced records' items
+            self._expiries = [(held.record.expires_at, k) for k, held in self._table.items()]
+            heapq.heapify(self._expiries)
         return StoreResult(None, tuple(evicted))
 
     def next_deadline(self) -> float:
@@ -191,7 +199,7 @@ class RecordStore:
         return events
 
     def records_to_replicate(self, now: float) -> list[Record]:
-        """Records due for replication (each once per ``replicate_interval``), oldest due first."""
+        """Records due for replication (each once per ``replicate_interval``), in store order."""
         due = []
         for _key, held in self._table.items():
             if held.replicate_at <= now and held.record.expires_at > now:

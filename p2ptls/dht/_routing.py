@@ -18,7 +18,8 @@ is a *candidate*: it waits in the bucket's small replacement cache, may serve as
 candidate (``closest(..., verified_only=False)``), never displaces a verified contact and never
 counts toward the address caps. The table's own answer to other nodes, ``closest(...)`` with the
 default ``verified_only=True``, contains verified contacts only. A contact's address changes only
-on a verified sighting; hearsay never moves a contact.
+on a verified sighting (hearsay never moves a contact); a move into a subnet already at its cap
+drops the contact.
 
 **Ordering and eviction.** Each bucket is ordered least recently seen first. When a verified
 contact arrives for a full bucket that cannot split, the least recently seen entry is **pinged
@@ -28,7 +29,8 @@ moves to the tail; the newcomer waits in the replacement cache) or :meth:`Routin
 (the old entry goes and the newcomer takes its place). At most one eviction ping is pending per
 bucket and ``max_pending_pings`` in the table; a newcomer that finds no room waits in the
 replacement cache. A ping the caller never reports is failed after ``ping_timeout``. An entry
-whose RPCs fail ``max_failures`` times in a row is dropped (:meth:`RoutingTable.failed`). When a
+whose RPCs fail ``max_failures`` times in a row is dropped (:meth:`RoutingTable.failed`); a
+candidate that fails is forgotten at once (a newcomer waiting on an eviction ping too). When a
 slot frees, the most recently seen verified candidate takes it; if there is none, the table asks
 for a ping of the freshest unverified one (:class:`PingDue`), whose answer makes it verified.
 
@@ -41,7 +43,8 @@ is due a refresh: :class:`RefreshDue` carries a random key in the bucket's range
 ``max_per_subnet_in_table`` in the table, come from one IPv4 /24 or IPv6 /48 (the S/Kademlia,
 libp2p and BEP 42 defence against one operator filling a bucket: an eclipse attempt). Addresses
 in ``exempt_networks`` (loopback by default) are not counted, so a test network on one machine
-works; a LAN deployment adds its private ranges. Hearsay is bounded per source: one replying
+works; a LAN deployment adds its private ranges. A host name (not an address) counts as a subnet
+of its own. Hearsay is bounded per source: one replying
 node places at most ``hearsay_per_source`` candidates in a bucket's replacement cache, and a full
 cache evicts the oldest candidate of its most represented source, so no single node fills it.
 
@@ -156,7 +159,7 @@ class RoutingStats:
     bucket_sizes: tuple[int, ...]
 
 
-@attrs.define(slots=True)
+@attrs.define(weakref_slot=False)
 class _Entry:
     contact: Contact
     last_seen: float
@@ -169,14 +172,14 @@ class _Entry:
     subnet: _SubnetKey | None = None
 
 
-@attrs.define(slots=True)
+@attrs.define(weakref_slot=False)
 class _Eviction:
     old_id: bytes
     candidate: _Entry
     started: float
 
 
-@attrs.define(slots=True)
+@attrs.define(weakref_slot=False)
 class _Bucket:
     entries: dict[bytes, _Entry] = attrs.Factory(dict)
     """Verified contacts, least recently seen first (insertion order)."""

@@ -617,3 +617,12 @@ def test_a_newcomer_waiting_on_an_eviction_ping_is_neither_heard_twice_nor_kept_
     assert table.stats.pending_pings == 0
     table.ping_failed(far[0], 4.0)  # now an ordinary failure: one of ``max_failures``
     assert far[0].node_id in table and newcomer.node_id not in table
+
+
+def test_contacts_of_real_peer_records_round_trip_through_a_snapshot(identities) -> None:
+    table = RoutingTable(identities[0].peer_id.digest)
+    peers = [Contact.of(each.record.with_address("127.0.0.1", 5000)) for each in identities[1:]]
+    fill(table, peers)
+    restarted = RoutingTable(identities[0].peer_id.digest)
+    assert set(restarted.restore(table.snapshot(), 1.0)) == {PingDue(peer) for peer in peers}
+    assert restarted.closest(peers[0].node_id, 1, verified_only=False) == [peers[0]]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2ptls.dht import _records as records
@@ -38,6 +38,7 @@ from p2ptls.dht._errors import DhtProtocolError
 from p2ptls.dht._ids import Contact
 from p2ptls.identity import Identity
 from protocol.vector_files import write_or_check
+from protocol.vector_support import rsa_key_from_pem
 
 Json = dict[str, Any]
 
@@ -147,20 +148,8 @@ def _error_of(parse: Callable[[bytes], object], data: bytes) -> str:
 
 def generate() -> str:
     stored = _load_inputs()
-    if stored is None:
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
-        stored_signature: bytes | None = None
-    else:
-        pem = stored["rsa_private_key_pem"]
-        stored_signature = bytes.fromhex(stored["peer_record_signature"])
-        loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-        assert isinstance(loaded, rsa.RSAPrivateKey)
-        private_key = loaded
+    private_key, pem = rsa_key_from_pem(None if stored is None else stored["rsa_private_key_pem"])
+    stored_signature = None if stored is None else bytes.fromhex(stored["peer_record_signature"])
     identity = Identity(private_key)
     der = identity.record.public_key_der
     peer_id = hashlib.sha256(der).digest()

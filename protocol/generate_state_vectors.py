@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2ptls._keyschedule import expand_label as p2ptls_expand_label
@@ -39,6 +39,7 @@ from p2ptls.state.proof import RecordProof
 from protocol.handshake_reference import expand_label as ref_expand_label
 from protocol.handshake_reference import hkdf_extract as ref_hkdf_extract
 from protocol.vector_files import write_or_check
+from protocol.vector_support import rsa_key_from_pem
 
 Json = dict[str, Any]
 
@@ -146,19 +147,8 @@ def _pss() -> padding.PSS:
 
 def generate() -> str:
     stored = _load_inputs()
-    if stored is None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode("ascii")
-        stored_signature: bytes | None = None
-    else:
-        pem = stored["owner_private_key_pem"]
-        stored_signature = bytes.fromhex(stored["certificate_signature"])
-    private_key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-    assert isinstance(private_key, rsa.RSAPrivateKey)
+    private_key, pem = rsa_key_from_pem(None if stored is None else stored["owner_private_key_pem"])
+    stored_signature = None if stored is None else bytes.fromhex(stored["certificate_signature"])
     identity = Identity(private_key)
     der = identity.record.public_key_der
     owner = identity.peer_id.digest

@@ -11,12 +11,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from p2ptls.identity import Identity
 from protocol.fixed_oaep import OaepEncrypt, fixed_seed_oaep
 from protocol.handshake_reference import HELLO_OAEP_LABEL, REPLY_OAEP_LABEL
 from protocol.vector_inputs import SEED_HELLO, SEED_REPLY
+
+
+def rsa_key_from_pem(pem: str | None) -> tuple[rsa.RSAPrivateKey, str]:
+    """The RSA key a generator stored as ``pem`` (a fixed input, so the vectors never change),
+    or a new 2048-bit one when there is none yet; with its PEM either way."""
+    if pem is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        return key, pem
+    loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+    assert isinstance(loaded, rsa.RSAPrivateKey)
+    return loaded, pem
 
 
 @dataclass

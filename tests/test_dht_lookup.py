@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2ptls._errors import LocalProtocolError
 from p2ptls.dht._ids import distance
@@ -92,6 +94,35 @@ def test_lookups_find_the_true_k_closest_in_few_hops(network: SimNetwork) -> Non
     # O(log N): a k-bucket table gains about log2(k) bits per hop; log2(2000) is 11.
     assert max(hops) <= math.log2(len(network.node_ids))
     assert sum(hops) / len(hops) <= 4
+
+
+@settings(derandomize=True, max_examples=100, deadline=None)
+@given(
+    size=st.integers(2, 400),
+    k=st.integers(4, 12),
+    alpha=st.integers(1, 4),
+    paths=st.integers(1, 3),
+    seed=st.integers(0, 2**32),
+)
+def test_any_honest_network_yields_the_true_k_closest(
+    size: int, k: int, alpha: int, paths: int, seed: int
+) -> None:
+    """Small networks of every shape, honest nodes with k-bucket tables: the result is the true
+    k nearest (the origin aside), and no more than alpha requests per path are ever in flight."""
+    rng = random.Random(seed)
+    network = SimNetwork(make_ids(size, seed), k)
+    origin, target = rng.choice(network.node_ids), rng.randbytes(32)
+    config = LookupConfig(k=k, alpha=alpha, disjoint_paths=paths, max_candidates=3 * k)
+
+    def check(lookup: SimLookup) -> None:
+        assert lookup.in_flight <= alpha * paths
+
+    driver = LookupDriver(network.answer, varied_latency, after_input=check)
+    seeds = network.seeds(origin, target)
+    lookup: SimLookup = Lookup(target, seeds, config, 0.0, own_id=origin)
+    result = run_one(driver, lookup).result
+    truth = [n for n in network.closest(target, k + 1) if n != origin][:k]
+    assert [found.contact.node_id for found in result.closest] == truth
 
 
 def test_a_lookup_for_a_node_finds_it_first(network: SimNetwork) -> None:
@@ -401,7 +432,8 @@ def record_path(
 
 def test_more_disjoint_paths_succeed_more_often_against_sybils(network: SimNetwork) -> None:
     """30% of the nodes answer with Sybils ever nearer the target that answer alike; success
-    is reaching the target node. Each path costs its share of requests, for a higher rate."""
+    is reaching the target node. A path the Sybils capture spends its whole share of the
+    request budget (here 100), so more paths cost more requests, for a higher rate."""
     rng = random.Random(2)
     hostile = set(rng.sample(network.node_ids, 600))
     honest = [n for n in network.node_ids if n not in hostile]
@@ -409,7 +441,7 @@ def test_more_disjoint_paths_succeed_more_often_against_sybils(network: SimNetwo
     pairs = [(rng.choice(honest), rng.choice(honest)) for _ in range(60)]
     successes = []
     for paths in (1, 2, 4):
-        config = LookupConfig(disjoint_paths=paths)
+        config = LookupConfig(disjoint_paths=paths, max_requests=100)
         found = 0
         for origin, target in pairs:
             driver = LookupDriver(answer, varied_latency)

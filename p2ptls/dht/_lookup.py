@@ -93,8 +93,10 @@ class LookupConfig:
     """Requests each path keeps in flight."""
     disjoint_paths: int = 1
     """Independent paths (S/Kademlia's ``d``). 1 by default: each path costs about as many
-    requests as a whole lookup, and node ids come from RSA keys, so Sybils are dear; a node that
-    expects adversaries raises it (``test_dht_lookup`` shows the success rate rising with it)."""
+    requests as a whole lookup (in a simulated honest network of 2,000 or 10,000 nodes, a median
+    of 24-25 requests with one path, 49-52 with two, for the same exact result), and node ids
+    come from RSA keys, so Sybils are dear. A node that expects adversaries raises it: with 30%
+    of the nodes hostile, ``test_dht_lookup`` sees the success rate rise with each path."""
     request_timeout: float = 2.0
     """Seconds after which an unanswered request counts as failed for the lookup's progress."""
     max_requests: int = 200

@@ -134,7 +134,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             context, self.config, remote=None if server_side else remote, source=source
         )
         self._remote_expected = None if server_side else remote
-        self._handshake_lock = trio.Lock()
+        self._handshake_lock = HandOffLock()
         self._state = StreamState.HANDSHAKING
         self._transport_send_lock = HandOffLock()
         self._pump_lock = HandOffLock()
@@ -266,9 +266,13 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
 
     async def _send_raw(self, data: bytes | bytearray) -> None:
-        """Write ``data`` (a handshake flight, or records already in order) under the lock."""
+        """Write ``data`` (a handshake flight, or records already in order) under the lock.
+
+        For writes inside an operation that checkpoints elsewhere (a handshake reads the
+        transport; ``aclose`` closes it): a write that completes at once adds no schedule point.
+        """
         async with self._transport_send_lock:
-            await self._write(data)
+            await self._write(data, schedule=False)
 
     async def _send_chunks(self, chunks: Iterator[memoryview]) -> None:
         """Seal and write records chunk by chunk, each chunk sealed while holding the lock, so
@@ -287,15 +291,15 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
                 self._interrupted("a send was cancelled part-way through")
             raise
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview, *, schedule: bool = True) -> None:
         """One write to the transport. A cancellation part-way through a write leaves a partial
-        record on the wire, so it breaks the stream."""
+        record on the wire, so it breaks the stream. ``schedule=False``: see ``send_raw``."""
         try:
             sock = self._tcp_socket
             if sock is None:
                 await self.transport_stream.send_all(data)
             elif self._raw_socket is not None:
-                await send_raw(sock, self._raw_socket, data)
+                await send_raw(sock, self._raw_socket, data, schedule=schedule)
             else:
                 await send_tcp(sock, data)
         except trio.Cancelled:
@@ -351,8 +355,8 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 async with self._transport_send_lock:  # sealed under the lock: keeps order
                     owed = self._conn.data_to_send()
-                    if owed:
-                        await self._write(owed)
+                    if owed:  # the read above was this call's checkpoint
+                        await self._write(owed, schedule=False)
         except ProtocolError as exc:
             raise await self._break(exc) from exc
         except trio.ClosedResourceError:

@@ -12,6 +12,7 @@ import random
 
 import pytest
 import trio
+import trio.testing
 
 from p2ptls import LocalProtocolError, ProtocolError, RecordError, SecureStream, StreamConfig
 from p2ptls import _wire as wire
@@ -255,7 +256,11 @@ def test_data_after_the_peers_close_is_refused_as_before() -> None:
 # -- SecureStream over TCP (the raw socket paths) --------------------------------------------------
 
 
-async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStream, SecureStream]:
+async def tcp_secure_streams(
+    config: StreamConfig | None = None,
+) -> tuple[SecureStream, SecureStream, trio.SocketStream]:
+    """A client and a server stream over TCP on 127.0.0.1 (no handshake yet), and the server's
+    TCP stream."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     client_tcp = await trio.open_tcp_stream("127.0.0.1", port)
@@ -265,6 +270,12 @@ async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStr
         (client_tcp, server_tcp), connected_contexts(config=config)
     )
     assert client._raw_socket is not None and server._raw_socket is not None
+    assert isinstance(server_tcp, trio.SocketStream)
+    return client, server, server_tcp
+
+
+async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStream, SecureStream]:
+    client, server, _ = await tcp_secure_streams(config)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.do_handshake)
         nursery.start_soon(server.do_handshake)
@@ -385,3 +396,36 @@ async def test_reads_across_record_boundaries_keep_the_unread_count_exact() -> N
     assert bytes(received) == data and server._bytes_size == 0
     await client.aclose()
     await server.aclose()
+
+
+async def test_tasks_calling_do_handshake_at_once_share_one_handshake() -> None:
+    client, server, _ = await tcp_secure_streams()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # the others wait for the first, then return
+            nursery.start_soon(client.do_handshake)
+            nursery.start_soon(server.do_handshake)
+    assert client.remote_peer and server.remote_peer
+    assert client.session_id == server.session_id
+    await client.send_all(b"after")
+    assert await server.receive_some() == b"after"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_waiting_do_handshake_sees_the_failure_of_the_one_running() -> None:
+    client, _server, server_tcp = await tcp_secure_streams()
+    errors: list[BaseException] = []
+
+    async def handshake() -> None:
+        try:
+            await client.do_handshake()
+        except trio.BrokenResourceError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handshake)
+        nursery.start_soon(handshake)
+        await trio.testing.wait_all_tasks_blocked()
+        await server_tcp.aclose()  # the responder's transport goes away without an answer
+    assert len(errors) == 2  # the running one and the one that waited for it
+    await client.aclose()

@@ -146,12 +146,12 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         self._messages: collections.deque[bytes] = collections.deque()
         self._messages_size = 0
         self._pongs: dict[bytes, trio.Event] = {}
-        # A TCP transport is read into one reused buffer (the connection never keeps it).
+        # A TCP transport is read into one reused buffer (the connection never keeps it),
+        # allocated by the first read after the handshake (see _receive_transport).
         self._receive_buffer: memoryview | None = None
         self._tcp_socket: trio.socket.SocketType | None = None
         self._raw_socket: socket.socket | None = None
         if type(transport_stream) is trio.SocketStream:
-            self._receive_buffer = memoryview(bytearray(self.config.receive_size))
             self._tcp_socket = transport_stream.socket
             self._raw_socket = raw_socket(self._tcp_socket)
         self._accept_messages = messages
@@ -369,10 +369,14 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
 
     async def _receive_transport(self) -> bytes | bytearray | memoryview:
         """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
-        buffer = self._receive_buffer
         sock = self._tcp_socket
-        if buffer is None or sock is None:
+        if sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
+        buffer = self._receive_buffer
+        if buffer is None:
+            # The first read after the handshake (which reads small flights with receive_some):
+            # a connection that never gets this far never holds receive_size bytes.
+            buffer = self._receive_buffer = memoryview(bytearray(self.config.receive_size))
         if self._raw_socket is not None:
             return await recv_raw(sock, self._raw_socket, buffer)
         return await recv_tcp(sock, buffer)

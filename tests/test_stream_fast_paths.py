@@ -429,3 +429,15 @@ async def test_a_waiting_do_handshake_sees_the_failure_of_the_one_running() -> N
         await server_tcp.aclose()  # the responder's transport goes away without an answer
     assert len(errors) == 2  # the running one and the one that waited for it
     await client.aclose()
+
+
+async def test_the_receive_buffer_is_allocated_by_the_first_read_after_the_handshake() -> None:
+    client, server = await tcp_secure_pair()
+    assert client._receive_buffer is None and server._receive_buffer is None  # handshake done
+    await client.send_all(b"first")
+    assert await server.receive_some() == b"first"
+    assert server._receive_buffer is not None
+    assert len(server._receive_buffer) == server.config.receive_size
+    assert client._receive_buffer is None  # it has not read since its handshake
+    await client.aclose()
+    await server.aclose()

@@ -154,6 +154,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         if type(transport_stream) is trio.SocketStream:
             self._tcp_socket = transport_stream.socket
             self._raw_socket = raw_socket(self._tcp_socket)
+        self._clock: Callable[[], float] | None = None  # the run's clock, from the first read
         self._accept_messages = messages
         self._error: BaseException | None = None
         """Why the stream is BROKEN: the cause of the ``trio.BrokenResourceError`` it raises."""
@@ -344,7 +345,10 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
                 self._conn.receive_eof()
                 return
             incoming: list[bytes] = []
-            events = self._conn.receive_records_untrusted(data, trio.current_time(), incoming)
+            clock = self._clock
+            if clock is None:  # trio.current_time() without its two wrapper calls per read
+                clock = self._clock = trio.lowlevel.current_clock().current_time
+            events = self._conn.receive_records_untrusted(data, clock(), incoming)
             if incoming:
                 self._bytes.extend(incoming)
                 self._bytes_size += sum(map(len, incoming)) + _ITEM_OVERHEAD * len(incoming)

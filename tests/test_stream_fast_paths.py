@@ -274,6 +274,11 @@ async def tcp_secure_streams(
     return client, server, server_tcp
 
 
+def receive_buffer_size(stream: SecureStream) -> int:
+    assert stream._receive_buffer is not None
+    return len(stream._receive_buffer)
+
+
 async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStream, SecureStream]:
     client, server, _ = await tcp_secure_streams(config)
     async with trio.open_nursery() as nursery:
@@ -436,8 +441,44 @@ async def test_the_receive_buffer_is_allocated_by_the_first_read_after_the_hands
     assert client._receive_buffer is None and server._receive_buffer is None  # handshake done
     await client.send_all(b"first")
     assert await server.receive_some() == b"first"
-    assert server._receive_buffer is not None
-    assert len(server._receive_buffer) == server.config.receive_size
+    assert receive_buffer_size(server) == 16 * 1024  # small at first (see the next tests)
     assert client._receive_buffer is None  # it has not read since its handshake
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_the_receive_buffer_starts_small_and_grows_while_reads_fill_it() -> None:
+    client, server = await tcp_secure_pair(StreamConfig(record_size=1000))
+    await client.send_all(b"small")
+    assert await server.receive_some() == b"small"
+    assert receive_buffer_size(server) == 16 * 1024  # a read that did not fill it
+    received = bytearray()
+    for round_size in (100_000, 400_000):
+        data = pattern(round_size, 5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, data)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is done or the socket full
+            before = receive_buffer_size(server)
+            chunk = await server.receive_some(1 << 20)  # one read, which fills the buffer
+            assert receive_buffer_size(server) == min(4 * before, server.config.receive_size)
+            received += chunk
+            while len(received) < round_size:
+                received += await server.receive_some(1 << 20)
+        assert bytes(received) == data  # intact across the growth (records cut anywhere)
+        received.clear()
+    assert receive_buffer_size(server) == server.config.receive_size
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_the_receive_buffer_never_grows_beyond_a_small_receive_size() -> None:
+    client, server = await tcp_secure_pair(StreamConfig(record_size=1000, receive_size=5000))
+    data = pattern(200_000, 6)
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, data)
+        while len(received) < len(data):
+            received += await server.receive_some()
+    assert bytes(received) == data and receive_buffer_size(server) == 5000
     await client.aclose()
     await server.aclose()

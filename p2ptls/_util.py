@@ -142,11 +142,12 @@ def unwrap_single(exc: BaseException) -> BaseException:
 
 
 class HandOffLock:
-    """Serialises a stream's own tasks on one resource (the transport's send or receive side).
+    """Serialises a stream's own tasks on one resource (the transport's send or receive side,
+    or the handshake).
 
     Unlike ``trio.Lock`` it takes no checkpoint of its own when uncontended: every holder goes on
     to a transport call, which checkpoints anyway, and the extra trip through the scheduler would
-    cost each round trip.
+    cost each round trip (and each handshake).
     """
 
     __slots__ = ("_held", "_waiters")

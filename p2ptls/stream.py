@@ -310,6 +310,17 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             self._interrupted("a send was cancelled part-way through a record")
             raise
 
+    def _write_now(self, data: bytes) -> int:
+        """What of ``data`` a TCP transport takes at once, with no await (0 for other streams):
+        a goodbye that goes out whole needs no timeout scope."""
+        raw = self._raw_socket
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except OSError:  # full (BlockingIOError), or broken: the write that follows reports it
+            return 0
+
     # -- receiving ------------------------------------------------------------------------------
 
     async def _receive_until(self, ready: Callable[[], bool]) -> None:
@@ -626,8 +637,12 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
                 and conn.state is HandshakeState.ESTABLISHED
                 and not self._transport_send_lock.locked()
             ):
-                with trio.move_on_after(1.0):
-                    await self._send_raw(conn.send_eof(wire.CLOSE_GOODBYE))
+                goodbye = conn.send_eof(wire.CLOSE_GOODBYE)
+                async with self._transport_send_lock:  # free (just checked): taken at once
+                    sent = self._write_now(goodbye)
+                    if sent < len(goodbye):  # the rest waits at most 1 s (the peer may be stuck)
+                        with trio.move_on_after(1.0):
+                            await self._write(memoryview(goodbye)[sent:], schedule=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the transport is going away anyway; nothing more to tell the peer
         except BaseException:

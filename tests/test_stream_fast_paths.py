@@ -482,3 +482,27 @@ async def test_the_receive_buffer_never_grows_beyond_a_small_receive_size() -> N
     assert bytes(received) == data and receive_buffer_size(server) == 5000
     await client.aclose()
     await server.aclose()
+
+
+async def test_a_goodbye_that_goes_out_at_once_ends_the_peers_stream_cleanly() -> None:
+    client, server = await tcp_secure_pair()
+    await client.send_all(b"last")
+    await client.aclose()  # the goodbye is written at once, with no timeout scope
+    assert await server.receive_some() == b"last"
+    assert await server.receive_some() == b""  # the authenticated goodbye, not a truncation
+    await server.aclose()
+
+
+async def test_a_goodbye_into_a_full_socket_gives_up_after_its_second(autojump_clock) -> None:
+    client, server = await tcp_secure_pair()
+    raw = client._raw_socket
+    assert raw is not None
+    try:  # fill the client's socket buffers (the server does not read)
+        while True:
+            raw.send(bytes(65536))
+    except BlockingIOError:
+        pass
+    start = trio.current_time()
+    await client.aclose()  # nothing goes at once: the rest waits at most 1 s, then the close
+    assert trio.current_time() - start == pytest.approx(1.0)
+    await server.aclose()

@@ -342,7 +342,7 @@ class Connection(RecordReceiving, RecordSending):
 
     def _receive(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
         events: list[Event] = []
-        if self.awaiting_key_operation:
+        if self._handshake is not None and self.awaiting_key_operation:  # (no call once set up)
             self._buffer += data
             self._check_buffer_bound()
             return events
@@ -363,7 +363,11 @@ class Connection(RecordReceiving, RecordSending):
                     self._check_buffer_bound()
                     return events
                 source = backlog + bytes(rest) if backlog else rest
-            consumed = self._parse(source, now, events)
+            consumed = (  # a TCP read is a view already: no _parse wrapper call per read
+                self._parse_view(source, now, events)
+                if type(source) is memoryview
+                else self._parse(source, now, events)
+            )
             if consumed < len(source):  # the start of a record: keep one copy of it
                 with memoryview(source) as view:
                     self._buffer = bytearray(view[consumed:])

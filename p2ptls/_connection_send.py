@@ -147,7 +147,7 @@ class RecordSending:
             view = self._send_view = memoryview(buffer)
         pos = 0
         if size <= step:
-            if sealer.needs_key_update:
+            if sealer.sequence >= sealer.key_update_after:  # needs_key_update, without the call
                 pos = sealer.seal_into(view, pos, wire.KEY_UPDATE, b"")
                 sealer.advance_key()
             pos = sealer.seal_into(view, pos, wire.DATA, data)

@@ -28,11 +28,17 @@ from ._connection_events import (
 from ._connection_state import HandshakeState
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError, StreamInterrupted
 from ._tickets import SessionTicket
+from ._util import HandOffLock
 from .config import StreamConfig
 from .context import SecurityContext
 from .identity import PeerRecord
 
 log = logging.getLogger("p2ptls.stream")
+
+HANDSHAKE_READ_SIZE = 16 * 1024
+"""The most one handshake read asks of the transport: flights are a few KiB, and a TCP read of
+``receive_size`` (256 KiB) would allocate that much for each (what follows a flight waits in
+the connection's buffer)."""
 
 
 def new_connection(
@@ -89,7 +95,7 @@ class HandshakeDriving:
     _conn: Connection
     _state: StreamState
     _error: BaseException | None
-    _handshake_lock: trio.Lock
+    _handshake_lock: HandOffLock
     _check_usable: Callable[[], None]
     _break: Callable[[BaseException], Awaitable[trio.BrokenResourceError]]
     _send_raw: Callable[[bytes | bytearray], Awaitable[None]]
@@ -99,12 +105,15 @@ class HandshakeDriving:
         """Run the handshake now (it otherwise runs on first use). Safe to call more than once.
 
         Raises ``trio.BrokenResourceError`` (cause: :class:`HandshakeFailed` or
-        :class:`HandshakeTimeout`) if it fails.
+        :class:`HandshakeTimeout`) if it fails. Tasks calling it at once (a sender and a receiver
+        both needing the handshake) share one: the others wait for it and then return.
         """
         self._check_usable()
         if self._state is StreamState.OK:
             await trio.lowlevel.checkpoint()
             return
+        # A hand-off lock: the one caller takes it without a schedule point (the handshake reads
+        # the transport, a checkpoint); the others park until it is done.
         async with self._handshake_lock:
             self._check_usable()
             if self._state is not StreamState.HANDSHAKING:  # another task completed it
@@ -150,7 +159,9 @@ class HandshakeDriving:
         await self._handle_events(conn.start())
         await self._send_handshake_flights()
         while conn.state is not HandshakeState.ESTABLISHED:
-            data = await self.transport_stream.receive_some(self.config.receive_size)
+            data = await self.transport_stream.receive_some(
+                min(self.config.receive_size, HANDSHAKE_READ_SIZE)
+            )
             if not data:
                 raise HandshakeFailed()
             await self._handle_events(conn.receive_data_untrusted(data, trio.current_time()))

@@ -142,11 +142,12 @@ def unwrap_single(exc: BaseException) -> BaseException:
 
 
 class HandOffLock:
-    """Serialises a stream's own tasks on one resource (the transport's send or receive side).
+    """Serialises a stream's own tasks on one resource (the transport's send or receive side,
+    or the handshake).
 
     Unlike ``trio.Lock`` it takes no checkpoint of its own when uncontended: every holder goes on
     to a transport call, which checkpoints anyway, and the extra trip through the scheduler would
-    cost each round trip.
+    cost each round trip (and each handshake).
     """
 
     __slots__ = ("_held", "_waiters")
@@ -215,11 +216,19 @@ def raw_socket(sock: trio.socket.SocketType) -> socket.socket | None:
 
 
 async def send_raw(
-    sock: trio.socket.SocketType, raw: socket.socket, data: bytes | bytearray | memoryview
+    sock: trio.socket.SocketType,
+    raw: socket.socket,
+    data: bytes | bytearray | memoryview,
+    *,
+    schedule: bool = True,
 ) -> None:
     """:func:`send_tcp` with one non-blocking ``send`` tried first, straight on ``raw`` (the
     socket under ``sock``), then one schedule point: what trio's ``sock.send`` does, minus its
-    wrappers. The caller has checked for cancellation. A short write finishes as ``send_tcp``."""
+    wrappers. The caller has checked for cancellation. A short write finishes as ``send_tcp``.
+
+    ``schedule=False`` skips the schedule point when the write completes at once: for a write
+    inside an operation that passes through a checkpoint elsewhere (trio asks one per call, not
+    one per write), such as a handshake flight or a pong owed after a read."""
     try:
         sent = raw.send(data)
     except BlockingIOError:
@@ -229,7 +238,8 @@ async def send_raw(
             raise trio.ClosedResourceError("the transport was closed") from None
         raise trio.BrokenResourceError(exc) from exc
     if sent == len(data):
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if schedule:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return
     with memoryview(data) as view:
         await send_tcp(sock, view[sent:])

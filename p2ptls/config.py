@@ -34,7 +34,8 @@ class StreamConfig:
     handshake_timeout: float | None = attrs.field(default=10.0, validator=_positive)
     """Total deadline for the handshake, in seconds (``None``: no deadline)."""
     receive_size: int = attrs.field(default=256 * 1024, validator=_positive)
-    """How many bytes to ask the transport for at a time."""
+    """The most bytes to ask the transport for at a time (a TCP stream's reads start at 16 KiB
+    and grow to this while they fill their buffer)."""
     max_unread_bytes: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=_positive)
     """Byte-stream data buffered while the application reads messages; beyond it the peer is cut."""
     control_burst: int = attrs.field(default=256, validator=_positive)

@@ -84,6 +84,9 @@ log = logging.getLogger("p2ptls.stream")
 _ITEM_OVERHEAD = 64
 CIPHER_SUITE = "P2PTLS1_RSA_OAEP_X25519_AES_256_GCM_SHA256"
 _DEFAULT_RECEIVE_MAX = 256 * 1024  # what receive_some() without max_bytes returns at most
+# A TCP stream's first receive buffer. It grows (x4) while reads fill it, up to receive_size: a
+# buffer of 256 KiB costs about 75 us to allocate (fresh pages), one of 16 KiB about 1 us.
+_FIRST_RECEIVE_BUFFER = 16 * 1024
 # The per-read and per-write checks compare with these: an enum member looked up on its class
 # costs about 90 ns on Python 3.11, a module global about 20.
 _OK: Final = StreamState.OK
@@ -134,7 +137,7 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             context, self.config, remote=None if server_side else remote, source=source
         )
         self._remote_expected = None if server_side else remote
-        self._handshake_lock = trio.Lock()
+        self._handshake_lock = HandOffLock()
         self._state = StreamState.HANDSHAKING
         self._transport_send_lock = HandOffLock()
         self._pump_lock = HandOffLock()
@@ -146,14 +149,15 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         self._messages: collections.deque[bytes] = collections.deque()
         self._messages_size = 0
         self._pongs: dict[bytes, trio.Event] = {}
-        # A TCP transport is read into one reused buffer (the connection never keeps it).
+        # A TCP transport is read into one reused buffer (the connection never keeps it),
+        # allocated by the first read after the handshake, small, grown while reads fill it.
         self._receive_buffer: memoryview | None = None
         self._tcp_socket: trio.socket.SocketType | None = None
         self._raw_socket: socket.socket | None = None
         if type(transport_stream) is trio.SocketStream:
-            self._receive_buffer = memoryview(bytearray(self.config.receive_size))
             self._tcp_socket = transport_stream.socket
             self._raw_socket = raw_socket(self._tcp_socket)
+        self._clock: Callable[[], float] | None = None  # the run's clock, from the first read
         self._accept_messages = messages
         self._error: BaseException | None = None
         """Why the stream is BROKEN: the cause of the ``trio.BrokenResourceError`` it raises."""
@@ -266,9 +270,13 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             raise ProtocolError("peer sent more than the application reads (max_unread_bytes)")
 
     async def _send_raw(self, data: bytes | bytearray) -> None:
-        """Write ``data`` (a handshake flight, or records already in order) under the lock."""
+        """Write ``data`` (a handshake flight, or records already in order) under the lock.
+
+        For writes inside an operation that checkpoints elsewhere (a handshake reads the
+        transport; ``aclose`` closes it): a write that completes at once adds no schedule point.
+        """
         async with self._transport_send_lock:
-            await self._write(data)
+            await self._write(data, schedule=False)
 
     async def _send_chunks(self, chunks: Iterator[memoryview]) -> None:
         """Seal and write records chunk by chunk, each chunk sealed while holding the lock, so
@@ -287,20 +295,31 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
                 self._interrupted("a send was cancelled part-way through")
             raise
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview, *, schedule: bool = True) -> None:
         """One write to the transport. A cancellation part-way through a write leaves a partial
-        record on the wire, so it breaks the stream."""
+        record on the wire, so it breaks the stream. ``schedule=False``: see ``send_raw``."""
         try:
             sock = self._tcp_socket
             if sock is None:
                 await self.transport_stream.send_all(data)
             elif self._raw_socket is not None:
-                await send_raw(sock, self._raw_socket, data)
+                await send_raw(sock, self._raw_socket, data, schedule=schedule)
             else:
                 await send_tcp(sock, data)
         except trio.Cancelled:
             self._interrupted("a send was cancelled part-way through a record")
             raise
+
+    def _write_now(self, data: bytes) -> int:
+        """What of ``data`` a TCP transport takes at once, with no await (0 for other streams):
+        a goodbye that goes out whole needs no timeout scope."""
+        raw = self._raw_socket
+        if raw is None:
+            return 0
+        try:
+            return raw.send(data)
+        except OSError:  # full (BlockingIOError), or broken: the write that follows reports it
+            return 0
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -331,16 +350,23 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         self._check_usable()
         try:
             raw = self._raw_socket
+            buffer = self._receive_buffer
             data: bytes | bytearray | memoryview
-            if raw is not None and self._tcp_socket is not None and self._receive_buffer:
-                data = await recv_raw(self._tcp_socket, raw, self._receive_buffer)
+            if raw is not None and self._tcp_socket is not None and buffer is not None:
+                data = await recv_raw(self._tcp_socket, raw, buffer)
             else:
                 data = await self._receive_transport()
+                buffer = self._receive_buffer
+            if len(data) == len(buffer or b"") < self.config.receive_size:
+                self._grow_receive_buffer(len(data))
             if not data:
                 self._conn.receive_eof()
                 return
             incoming: list[bytes] = []
-            events = self._conn.receive_records_untrusted(data, trio.current_time(), incoming)
+            clock = self._clock
+            if clock is None:  # trio.current_time() without its two wrapper calls per read
+                clock = self._clock = trio.lowlevel.current_clock().current_time
+            events = self._conn.receive_records_untrusted(data, clock(), incoming)
             if incoming:
                 self._bytes.extend(incoming)
                 self._bytes_size += sum(map(len, incoming)) + _ITEM_OVERHEAD * len(incoming)
@@ -351,8 +377,8 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
             if self._conn.has_pending_output and not self._transport_send_lock.locked():
                 async with self._transport_send_lock:  # sealed under the lock: keeps order
                     owed = self._conn.data_to_send()
-                    if owed:
-                        await self._write(owed)
+                    if owed:  # the read above was this call's checkpoint
+                        await self._write(owed, schedule=False)
         except ProtocolError as exc:
             raise await self._break(exc) from exc
         except trio.ClosedResourceError:
@@ -363,12 +389,26 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
         except trio.BrokenResourceError as exc:
             raise await self._break(exc) from exc
 
+    def _grow_receive_buffer(self, filled: int) -> None:
+        """A read filled ``filled`` bytes, its whole buffer: the next read gets four times the
+        room, up to receive_size (unless the buffer was replaced meanwhile). The bytes read stay
+        valid: the old buffer lives on under them."""
+        current = self._receive_buffer
+        if current is not None and len(current) == filled:
+            size = min(4 * filled, self.config.receive_size)
+            self._receive_buffer = memoryview(bytearray(size))
+
     async def _receive_transport(self) -> bytes | bytearray | memoryview:
         """One read from the transport: into the reused buffer for TCP, else ``receive_some``."""
-        buffer = self._receive_buffer
         sock = self._tcp_socket
-        if buffer is None or sock is None:
+        if sock is None:
             return await self.transport_stream.receive_some(self.config.receive_size)
+        buffer = self._receive_buffer
+        if buffer is None:
+            # The first read after the handshake (which reads small flights with receive_some):
+            # a connection that never gets this far never holds receive_size bytes.
+            size = min(self.config.receive_size, _FIRST_RECEIVE_BUFFER)
+            buffer = self._receive_buffer = memoryview(bytearray(size))
         if self._raw_socket is not None:
             return await recv_raw(sock, self._raw_socket, buffer)
         return await recv_tcp(sock, buffer)
@@ -597,8 +637,12 @@ class SecureStream(HandshakeDriving, trio.abc.HalfCloseableStream):
                 and conn.state is HandshakeState.ESTABLISHED
                 and not self._transport_send_lock.locked()
             ):
-                with trio.move_on_after(1.0):
-                    await self._send_raw(conn.send_eof(wire.CLOSE_GOODBYE))
+                goodbye = conn.send_eof(wire.CLOSE_GOODBYE)
+                async with self._transport_send_lock:  # free (just checked): taken at once
+                    sent = self._write_now(goodbye)
+                    if sent < len(goodbye):  # the rest waits at most 1 s (the peer may be stuck)
+                        with trio.move_on_after(1.0):
+                            await self._write(memoryview(goodbye)[sent:], schedule=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the transport is going away anyway; nothing more to tell the peer
         except BaseException:

@@ -103,6 +103,13 @@ async def attacked(**options: Any) -> AsyncIterator[tuple[Harness, RawPeer, Peer
         yield arena.harness, peer, connection_of(arena.harness, peer)
 
 
+def full_receive_buffer(connection: PeerConnection) -> None:
+    """Give the connection's stream its full-size receive buffer now (it grows while reads fill
+    it), so that a heap measurement sees what a flood costs, not that one-time growth."""
+    secure = connection.secure
+    secure._receive_buffer = memoryview(bytearray(secure.config.receive_size))
+
+
 def holds_at_least(budget: ReassemblyBudget, size: int) -> bool:
     return budget.in_use >= size
 
@@ -439,6 +446,7 @@ async def test_a_window_of_one_byte_frames_nobody_reads_costs_its_bytes_not_an_o
         sid = await peer.open(SINK)  # its handler never reads
         window = harness.host.config.connections.stream_window
         one_byte = mw.frame(FrameType.DATA, sid, b"x")
+        full_receive_buffer(connection)
         with heap_growth() as growth:
             for _ in range(window // 16384):
                 await peer.send_frames(one_byte * 16384)
@@ -582,6 +590,7 @@ async def test_a_flood_of_frames_that_cost_nothing_keeps_the_heap_flat(flood: st
             "empty DATA": mw.frame(FrameType.DATA, sid),
             "PING, read": mw.frame(FrameType.PING, 0, bytes(8)),
         }[flood]
+        full_receive_buffer(connection)
         with heap_growth() as growth:
             for _ in range(20):
                 await peer.send_frames(frame * 2500)

@@ -12,6 +12,7 @@ import random
 
 import pytest
 import trio
+import trio.testing
 
 from p2ptls import LocalProtocolError, ProtocolError, RecordError, SecureStream, StreamConfig
 from p2ptls import _wire as wire
@@ -255,7 +256,11 @@ def test_data_after_the_peers_close_is_refused_as_before() -> None:
 # -- SecureStream over TCP (the raw socket paths) --------------------------------------------------
 
 
-async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStream, SecureStream]:
+async def tcp_secure_streams(
+    config: StreamConfig | None = None,
+) -> tuple[SecureStream, SecureStream, trio.SocketStream]:
+    """A client and a server stream over TCP on 127.0.0.1 (no handshake yet), and the server's
+    TCP stream."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     client_tcp = await trio.open_tcp_stream("127.0.0.1", port)
@@ -265,6 +270,17 @@ async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStr
         (client_tcp, server_tcp), connected_contexts(config=config)
     )
     assert client._raw_socket is not None and server._raw_socket is not None
+    assert isinstance(server_tcp, trio.SocketStream)
+    return client, server, server_tcp
+
+
+def receive_buffer_size(stream: SecureStream) -> int:
+    assert stream._receive_buffer is not None
+    return len(stream._receive_buffer)
+
+
+async def tcp_secure_pair(config: StreamConfig | None = None) -> tuple[SecureStream, SecureStream]:
+    client, server, _ = await tcp_secure_streams(config)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.do_handshake)
         nursery.start_soon(server.do_handshake)
@@ -384,4 +400,109 @@ async def test_reads_across_record_boundaries_keep_the_unread_count_exact() -> N
         received += await server.receive_some(10_000)
     assert bytes(received) == data and server._bytes_size == 0
     await client.aclose()
+    await server.aclose()
+
+
+async def test_tasks_calling_do_handshake_at_once_share_one_handshake() -> None:
+    client, server, _ = await tcp_secure_streams()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):  # the others wait for the first, then return
+            nursery.start_soon(client.do_handshake)
+            nursery.start_soon(server.do_handshake)
+    assert client.remote_peer and server.remote_peer
+    assert client.session_id == server.session_id
+    await client.send_all(b"after")
+    assert await server.receive_some() == b"after"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_waiting_do_handshake_sees_the_failure_of_the_one_running() -> None:
+    client, _server, server_tcp = await tcp_secure_streams()
+    errors: list[BaseException] = []
+
+    async def handshake() -> None:
+        try:
+            await client.do_handshake()
+        except trio.BrokenResourceError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handshake)
+        nursery.start_soon(handshake)
+        await trio.testing.wait_all_tasks_blocked()
+        await server_tcp.aclose()  # the responder's transport goes away without an answer
+    assert len(errors) == 2  # the running one and the one that waited for it
+    await client.aclose()
+
+
+async def test_the_receive_buffer_is_allocated_by_the_first_read_after_the_handshake() -> None:
+    client, server = await tcp_secure_pair()
+    assert client._receive_buffer is None and server._receive_buffer is None  # handshake done
+    await client.send_all(b"first")
+    assert await server.receive_some() == b"first"
+    assert receive_buffer_size(server) == 16 * 1024  # small at first (see the next tests)
+    assert client._receive_buffer is None  # it has not read since its handshake
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_the_receive_buffer_starts_small_and_grows_while_reads_fill_it() -> None:
+    client, server = await tcp_secure_pair(StreamConfig(record_size=1000))
+    await client.send_all(b"small")
+    assert await server.receive_some() == b"small"
+    assert receive_buffer_size(server) == 16 * 1024  # a read that did not fill it
+    received = bytearray()
+    for round_size in (100_000, 400_000):
+        data = pattern(round_size, 5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, data)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is done or the socket full
+            before = receive_buffer_size(server)
+            chunk = await server.receive_some(1 << 20)  # one read, which fills the buffer
+            assert receive_buffer_size(server) == min(4 * before, server.config.receive_size)
+            received += chunk
+            while len(received) < round_size:
+                received += await server.receive_some(1 << 20)
+        assert bytes(received) == data  # intact across the growth (records cut anywhere)
+        received.clear()
+    assert receive_buffer_size(server) == server.config.receive_size
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_the_receive_buffer_never_grows_beyond_a_small_receive_size() -> None:
+    client, server = await tcp_secure_pair(StreamConfig(record_size=1000, receive_size=5000))
+    data = pattern(200_000, 6)
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, data)
+        while len(received) < len(data):
+            received += await server.receive_some()
+    assert bytes(received) == data and receive_buffer_size(server) == 5000
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_goodbye_that_goes_out_at_once_ends_the_peers_stream_cleanly() -> None:
+    client, server = await tcp_secure_pair()
+    await client.send_all(b"last")
+    await client.aclose()  # the goodbye is written at once, with no timeout scope
+    assert await server.receive_some() == b"last"
+    assert await server.receive_some() == b""  # the authenticated goodbye, not a truncation
+    await server.aclose()
+
+
+async def test_a_goodbye_into_a_full_socket_gives_up_after_its_second(autojump_clock) -> None:
+    client, server = await tcp_secure_pair()
+    raw = client._raw_socket
+    assert raw is not None
+    try:  # fill the client's socket buffers (the server does not read)
+        while True:
+            raw.send(bytes(65536))
+    except BlockingIOError:
+        pass
+    start = trio.current_time()
+    await client.aclose()  # nothing goes at once: the rest waits at most 1 s, then the close
+    assert trio.current_time() - start == pytest.approx(1.0)
     await server.aclose()

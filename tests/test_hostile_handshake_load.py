@@ -238,8 +238,7 @@ async def test_handshake_flood_is_bounded_runs_off_the_loop_and_streams_keep_flo
         accepted = bound * len(sources)
         refused_count = (per_source - bound) * len(sources)
         assert (
-            sorted(map(len, replies))
-            == [0] * refused_count + [reply_size] * accepted
+            sorted(map(len, replies)) == [0] * refused_count + [reply_size] * accepted
         )  # refused at once, or a substitute Reply
         await settle(lambda: host.handshake_failures == per_source * len(sources))
         assert host.context.private_key_operations - operations_before == accepted

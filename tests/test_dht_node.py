@@ -13,6 +13,7 @@ import p2ptls
 from p2ptls import Host, HostConfig, Identity, LogicalStream, NetworkKey, open_host
 from p2ptls.dht._errors import DhtProtocolError
 from p2ptls.dht._ids import Contact
+from p2ptls.dht._routing import RoutingConfig
 from p2ptls.dht._store import Refusal
 from p2ptls.dht._wire import PROTOCOL, MessageType, Nodes, Pong, encode_contact
 from p2ptls.dht.config import DhtConfig
@@ -192,3 +193,25 @@ async def test_a_malformed_request_resets_only_its_stream() -> None:
         await stream.send_eof()
         assert await stream.receive_message() == Pong().encode()
         await stream.aclose()
+
+
+async def test_timers_expire_records_and_record_refreshes_for_lookups() -> None:
+    start = trio.current_time()
+
+    def wall_clock() -> float:
+        return WALL + trio.current_time() - start
+
+    config = DhtConfig(routing=RoutingConfig(refresh_interval=0.5))
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for identity in identity_pool()[:2]:
+            host = await stack.enter_async_context(open_host(host_config(identity)))
+            nodes.append(
+                await stack.enter_async_context(open_dht_node(host, config, wall_clock=wall_clock))
+            )
+        alice, bob = nodes
+        brief = immutable(b"gone in a second", issued_at=WALL - 10, lifetime=11)
+        assert await alice.store(contact(bob), brief) is None
+        assert len(bob.records) == 1
+        await until(bob, lambda: len(bob.records) == 0)
+        await until(alice, lambda: len(alice.refreshes_due) > 0)

@@ -13,7 +13,7 @@ import p2ptls
 from p2ptls import Host, HostConfig, Identity, LogicalStream, NetworkKey, open_host
 from p2ptls.dht._errors import DhtProtocolError
 from p2ptls.dht._ids import Contact
-from p2ptls.dht._routing import RoutingConfig
+from p2ptls.dht._routing import PingDue, PingNeeded, RoutingConfig
 from p2ptls.dht._store import Refusal
 from p2ptls.dht._wire import PROTOCOL, MessageType, Nodes, Pong, encode_contact
 from p2ptls.dht.config import DhtConfig
@@ -215,3 +215,12 @@ async def test_timers_expire_records_and_record_refreshes_for_lookups() -> None:
         assert len(bob.records) == 1
         await until(bob, lambda: len(bob.records) == 0)
         await until(alice, lambda: len(alice.refreshes_due) > 0)
+
+
+async def test_pings_the_routing_table_asks_for_run_once_each_and_verify() -> None:
+    async with dht_nodes(2) as (alice, bob):
+        due = PingDue(contact(bob))
+        alice._dispatch([due, due, PingNeeded(contact(bob), contact(alice))])
+        assert len(alice._pinging) == 1  # one ping per contact at a time
+        await until(alice, lambda: bob.node_id in alice.routing)
+        await until(alice, lambda: not alice._pinging)

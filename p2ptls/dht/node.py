@@ -31,6 +31,7 @@ Unix time (``wall_clock``, injectable) for record times.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -266,16 +267,18 @@ class DhtNode:
         if len(self._pinging) >= self.config.max_background_pings:
             return  # the table asks again (eviction pings time out, stale entries re-probe)
         self._pinging.add(contact.node_id)
-        self._nursery.start_soon(self._ping_quietly, contact)
+        self._nursery.start_soon(self._background_ping, contact)
 
-    async def _ping_quietly(self, contact: Contact) -> None:
-        """A ping whose outcome only the routing table needs (``_call`` reports it there)."""
+    async def _background_ping(self, contact: Contact) -> None:
         try:
-            await self.ping(contact)
-        except RpcFailed:
-            pass  # reported to the routing table by _call
+            await self._ping_quietly(contact)
         finally:
             self._pinging.discard(contact.node_id)
+
+    async def _ping_quietly(self, contact: Contact) -> None:
+        """A ping whose outcome only the routing table needs: ``_call`` reported it there."""
+        with contextlib.suppress(RpcFailed):
+            await self.ping(contact)
 
     async def _run_timers(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from p2ptls.dht._errors import DhtProtocolError
 from p2ptls.dht._ids import Contact
 from p2ptls.dht._routing import PingDue, PingNeeded, RoutingConfig
 from p2ptls.dht._store import Refusal
-from p2ptls.dht._wire import PROTOCOL, MessageType, Nodes, Pong, encode_contact
+from p2ptls.dht._wire import PROTOCOL, MessageType, Nodes, Pong, Stored, Value, encode_contact
 from p2ptls.dht.config import DhtConfig
 from p2ptls.dht.node import DhtNode, RpcFailed, open_dht_node
 from tests.conftest import identity_pool
@@ -224,3 +224,25 @@ async def test_pings_the_routing_table_asks_for_run_once_each_and_verify() -> No
         assert len(alice._pinging) == 1  # one ping per contact at a time
         await until(alice, lambda: bob.node_id in alice.routing)
         await until(alice, lambda: not alice._pinging)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(Stored().encode(), id="a reply of another type"),
+        pytest.param(Value(immutable(b"another key")).encode(), id="a value under another key"),
+        pytest.param(Pong().encode() + Pong().encode(), id="two replies in one message"),
+    ],
+)
+async def test_a_reply_that_does_not_answer_the_request_fails_the_rpc(reply: bytes) -> None:
+    asked = immutable(b"the key asked for")
+
+    async def wrong(request: bytes) -> bytes:
+        return Pong().encode() if request[1] == MessageType.PING else reply
+
+    async with hostile_host(wrong) as hostile, dht_nodes(1) as (node,):
+        await node.ping(contact(hostile))
+        with pytest.raises(RpcFailed) as failure:
+            await node.find_value(contact(hostile), asked.key)
+        assert isinstance(failure.value.__cause__, DhtProtocolError)
+        await node.ping(contact(hostile))

@@ -246,3 +246,9 @@ async def test_a_reply_that_does_not_answer_the_request_fails_the_rpc(reply: byt
             await node.find_value(contact(hostile), asked.key)
         assert isinstance(failure.value.__cause__, DhtProtocolError)
         await node.ping(contact(hostile))
+
+
+async def test_an_rpc_to_the_node_itself_is_a_local_error() -> None:
+    async with dht_nodes(1) as (node,):
+        with pytest.raises(p2ptls.LocalProtocolError):
+            await node.ping(contact(node))

@@ -39,7 +39,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .._errors import ProtocolError, StreamRefused
+from .._errors import LocalProtocolError, ProtocolError, StreamRefused
 from .._util import open_service_nursery
 from ..host import Host
 from ..identity import PeerRecord
@@ -198,6 +198,8 @@ class DhtNode:
         *,
         key: bytes | None = None,
     ) -> Message:
+        if contact.node_id == self.node_id:
+            raise LocalProtocolError("an RPC to this node itself")
         try:
             with trio.fail_after(self.config.rpc_timeout):
                 data = await self._exchange(contact, request.encode())
@@ -258,6 +260,7 @@ class DhtNode:
             elif isinstance(event, PingDue):
                 self._start_ping(event.contact)
             elif isinstance(event, RefreshDue):
+                # TODO(lookups): run a lookup of the key instead of only recording it.
                 self.refreshes_due.append(event.key)
         self._note_change()
 

@@ -13,7 +13,9 @@ import p2ptls
 from p2ptls import Host, HostConfig, Identity, LogicalStream, NetworkKey, open_host
 from p2ptls.dht._errors import DhtProtocolError
 from p2ptls.dht._ids import Contact
+from p2ptls.dht._responder import ResponderConfig
 from p2ptls.dht._routing import PingDue, PingNeeded, RoutingConfig
+from p2ptls.dht._sources import RateLimit
 from p2ptls.dht._store import Refusal
 from p2ptls.dht._wire import PROTOCOL, MessageType, Nodes, Pong, Stored, Value, encode_contact
 from p2ptls.dht.config import DhtConfig
@@ -252,3 +254,15 @@ async def test_an_rpc_to_the_node_itself_is_a_local_error() -> None:
     async with dht_nodes(1) as (node,):
         with pytest.raises(p2ptls.LocalProtocolError):
             await node.ping(contact(node))
+
+
+async def test_a_requester_over_its_rate_limit_fails_only_its_own_rpcs() -> None:
+    slow = ResponderConfig(rate_limit=RateLimit(rate=0.001, burst=2))
+    async with dht_nodes(3, DhtConfig(responder=slow)) as (limited, busy, other):
+        await limited.ping(contact(busy))
+        await limited.ping(contact(busy))
+        with pytest.raises(RpcFailed):
+            await limited.ping(contact(busy))  # reset unanswered
+        assert await limited.store(contact(busy), immutable(b"more")) == Refusal.QUOTA
+        await other.ping(contact(busy))
+        await limited.ping(contact(other))

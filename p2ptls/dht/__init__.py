@@ -4,5 +4,6 @@ Node ids are p2ptls peer ids (the SHA-256 of the peer's RSA public key), so an i
 chosen without generating keys, and a contact counts only once a handshake proved it. The
 sans-IO core lives in the private modules: ``_ids`` (keys, XOR distance, contacts),
 ``_routing`` (the k-buckets), ``_lookup`` (iterative lookups), ``_records``, ``_store``, ``_wire``
-(the bytes of ``protocol/SPEC-dht.md``). The trio node and the public API come next.
+(the bytes of ``protocol/SPEC-dht.md``), ``_responder`` (the RPC service); ``node`` runs them on
+a host (``open_dht_node``, settings in ``config.DhtConfig``). Lookups over the node come next.
 """

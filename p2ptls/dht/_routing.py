@@ -69,10 +69,10 @@ import attrs
 
 from .._errors import LocalProtocolError
 from ._ids import KEY_BITS, KEY_SIZE, Contact, common_prefix_length, distance
+from ._sources import NetworkPrefix, network_prefix
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_SubnetKey = tuple[int, int | str]
-"""``(4, /24 prefix)``, ``(6, /48 prefix)``, or ``(0, host name)``."""
+_SubnetKey = NetworkPrefix
 
 _DEFAULT_EXEMPT: tuple[_Network, ...] = (
     ipaddress.IPv4Network("127.0.0.0/8"),
@@ -450,14 +450,12 @@ class RoutingTable:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return (0, host.lower())
+            address = None
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if any(address in network for network in config.exempt_networks):
+        if address is not None and any(address in net for net in config.exempt_networks):
             return None
-        if isinstance(address, ipaddress.IPv4Address):
-            return (4, int(address) >> (32 - config.ipv4_prefix))
-        return (6, int(address) >> (128 - config.ipv6_prefix))
+        return network_prefix(host, config.ipv4_prefix, config.ipv6_prefix)
 
     def _within_caps(self, bucket: _Bucket, subnet: _SubnetKey | None) -> bool:
         if subnet is None:

@@ -19,7 +19,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from p2ptls import _run_info
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_WIDTH = 160
@@ -101,30 +102,10 @@ def median_of_runs(runs: Sequence[Any]) -> Any:
 
 def git_commit() -> str | None:
     """The repository's short commit hash, or ``None`` outside a git checkout."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
+    return _run_info.git_commit(ROOT)
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as ``None`` and tuples as lists (JSON has neither)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
+_json_safe = _run_info.json_safe
 
 
 def document(

@@ -15,8 +15,9 @@ tests assert on the order of events rather than on time.
 of a routing table of their own (k-buckets, built by bisection in the sorted ids) and, for
 FIND_VALUE, the value if they hold one; a test replaces
 the behaviour of chosen nodes (hostile, silent, slow) with its own :data:`Behaviour`. Contacts are
-bare ids (:class:`SimContact`), so 10,000 nodes cost little memory. The network simulator of a
-later session grows from this module.
+bare ids (:class:`SimContact`), so 10,000 nodes cost little memory. The network simulator
+(:mod:`p2ptls.dht._sim`) runs whole nodes instead (a real routing table and store each, churn,
+loss) and borrows :meth:`SimNetwork.table` to seed its tables at start.
 """
 
 from __future__ import annotations

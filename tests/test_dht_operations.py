@@ -3,7 +3,7 @@ and mutable values (quorum reads, write-back, deletion), peer records, dead and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
@@ -19,7 +19,7 @@ from p2ptls.dht.node import DhtNode, open_dht_node
 from tests.conftest import identity_pool
 from tests.dht_record_support import mutable, owner
 from tests.host_harness import extra_identity
-from tests.test_dht_node import WALL, contact, host_config, hostile_host
+from tests.test_dht_node import WALL, contact, host_config, hostile_host, until
 
 SMALL_K = DhtConfig(lookup=LookupConfig(k=3, request_timeout=0.5), read_quorum=3)
 """Three holders per key among six nodes, so that some nodes hold nothing."""
@@ -32,20 +32,24 @@ def identities(count: int) -> list[Identity]:
 
 
 @asynccontextmanager
-async def dht_node(identity: Identity, config: DhtConfig = SMALL_K) -> AsyncIterator[DhtNode]:
+async def dht_node(
+    identity: Identity, config: DhtConfig = SMALL_K, wall_clock: Callable[[], float] = lambda: WALL
+) -> AsyncIterator[DhtNode]:
     async with (
         open_host(host_config(identity)) as host,
-        open_dht_node(host, config, wall_clock=lambda: WALL) as node,
+        open_dht_node(host, config, wall_clock=wall_clock) as node,
     ):
         yield node
 
 
 @asynccontextmanager
-async def network(count: int = 6, config: DhtConfig = SMALL_K) -> AsyncIterator[list[DhtNode]]:
+async def network(
+    count: int = 6, config: DhtConfig = SMALL_K, wall_clock: Callable[[], float] = lambda: WALL
+) -> AsyncIterator[list[DhtNode]]:
     """``count`` nodes, each joined through the first (a self-lookup and its peer record)."""
     async with AsyncExitStack() as stack:
         nodes = [
-            await stack.enter_async_context(dht_node(identity, config))
+            await stack.enter_async_context(dht_node(identity, config, wall_clock))
             for identity in identities(count)
         ]
         for node in nodes[1:]:
@@ -166,3 +170,43 @@ async def test_refreshes_run_lookups_in_the_background() -> None:
         with trio.fail_after(30):
             while node.stats.refreshes == 0 or node.stats.lookups == before:
                 await node.wait_changed()
+
+
+class WallClock:
+    """A Unix clock the test moves forward (the nodes' record times; trio's clock is real)."""
+
+    def __init__(self) -> None:
+        self.now = float(WALL)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float, nodes: list[DhtNode]) -> None:
+        self.now += seconds
+        for node in nodes:
+            node._note_change()  # wake each node's timer task to look at the new time
+
+
+async def test_the_writer_republishes_its_value_every_22_hours() -> None:
+    clock = WallClock()
+    async with network(wall_clock=clock) as nodes:
+        result = await nodes[0].put(b"republished")
+        holder = holders(nodes, result.key)[0]
+        first = holder.records.get(result.key, clock.now)
+        assert first is not None
+        clock.advance(22 * 3600 + 1, nodes)
+        await until(holder, lambda: holder.records.get(result.key, clock.now) != first)
+        again = holder.records.get(result.key, clock.now)
+        assert again is not None and again.issued_at == first.issued_at + 22 * 3600 + 1
+
+
+async def test_holders_replicate_a_record_to_a_near_node_that_lost_it() -> None:
+    clock = WallClock()
+    async with network(wall_clock=clock) as nodes:
+        result = await nodes[0].put(b"replicated")
+        lost, *others = holders(nodes, result.key)
+        original = others[0].records.get(result.key, clock.now)
+        lost.records._forget(result.key)
+        clock.advance(3600 + 1, nodes)
+        await until(lost, lambda: lost.records.get(result.key, clock.now) is not None)
+        assert lost.records.get(result.key, clock.now) == original  # exact bytes, same expiry

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 import trio
 
 from p2ptls import Identity, open_host
@@ -13,9 +14,10 @@ from p2ptls.dht._ids import distance
 from p2ptls.dht._lookup import LookupConfig
 from p2ptls.dht._records import MutableValue, mutable_key
 from p2ptls.dht._routing import RefreshDue
-from p2ptls.dht._wire import MessageType, Pong
+from p2ptls.dht._store import Refusal
+from p2ptls.dht._wire import MessageType, Nodes, Pong, Refused
 from p2ptls.dht.config import DhtConfig
-from p2ptls.dht.node import DhtNode, open_dht_node
+from p2ptls.dht.node import DhtNode, NoContacts, StoreFailed, open_dht_node
 from tests.conftest import identity_pool
 from tests.dht_record_support import mutable, owner
 from tests.host_harness import extra_identity
@@ -210,3 +212,21 @@ async def test_holders_replicate_a_record_to_a_near_node_that_lost_it() -> None:
         clock.advance(3600 + 1, nodes)
         await until(lost, lambda: lost.records.get(result.key, clock.now) is not None)
         assert lost.records.get(result.key, clock.now) == original  # exact bytes, same expiry
+
+
+async def test_a_put_nobody_accepts_fails_and_a_node_alone_has_nobody_to_ask() -> None:
+    async def refusing(request: bytes) -> bytes:
+        if request[1] == MessageType.PING:
+            return Pong().encode()
+        if request[1] == MessageType.FIND_NODE:
+            return Nodes(()).encode()
+        return Refused(Refusal.QUOTA).encode()
+
+    async with hostile_host(refusing, index=31) as refuser, dht_node(identities(1)[0]) as node:
+        with pytest.raises(NoContacts):
+            await node.put(b"nobody to ask")
+        await node.ping(contact(refuser))
+        with pytest.raises(StoreFailed) as failure:
+            await node.put(b"nobody accepts")
+        assert failure.value.result.refusals == (Refusal.QUOTA,)
+        assert failure.value.result.accepted == 0

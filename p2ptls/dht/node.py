@@ -396,32 +396,30 @@ class DhtNode:
                 for record in self.records.records_to_replicate(self._wall_clock()):
                     self._queue_job(functools.partial(self._replicate, record))
 
-    async def _run_refreshes(self) -> None:
-        while self.refreshes_due:
-            key = self.refreshes_due.popleft()
-            self._counts["refreshes"] += 1
-            await self.closest(key)
-            self._note_change()
-
     def _queue_job(self, job: Job) -> None:
         self._jobs.append(job)
-        self._start_job(self._run_jobs)
+        self._start_worker()
 
-    async def _run_jobs(self) -> None:
-        while self._jobs:
-            await self._jobs.popleft()()
-
-    def _start_job(self, worker: Job) -> None:
+    def _start_worker(self) -> None:
         if self._workers >= self.config.max_background_lookups:
             return  # the running workers drain the queues
         self._workers += 1
-        self._nursery.start_soon(self._background, worker)
+        self._nursery.start_soon(self._drain_jobs)
 
-    async def _background(self, worker: Job) -> None:
+    async def _drain_jobs(self) -> None:
+        """Run the queued refreshes, then the other jobs, one at a time, until none is left."""
         try:
-            await worker()
-        except (NoContacts, StoreFailed):
-            self._counts["background_failures"] += 1  # counted; the next interval tries again
+            while self.refreshes_due or self._jobs:
+                if self.refreshes_due:
+                    self._counts["refreshes"] += 1
+                    job: Job = functools.partial(self.closest, self.refreshes_due.popleft())
+                else:
+                    job = self._jobs.popleft()
+                try:
+                    await job()
+                except (NoContacts, StoreFailed):
+                    self._counts["background_failures"] += 1  # the next interval tries again
+                self._note_change()
         finally:
             self._workers -= 1
 
@@ -457,7 +455,7 @@ class DhtNode:
                 self._start_ping(event.contact)
             elif isinstance(event, RefreshDue):
                 self.refreshes_due.append(event.key)
-                self._start_job(self._run_refreshes)
+                self._start_worker()
         self._note_change()
 
     def _start_ping(self, contact: Contact) -> None:

@@ -197,7 +197,7 @@ async def test_a_malformed_request_resets_only_its_stream() -> None:
         await stream.aclose()
 
 
-async def test_timers_expire_records_and_record_refreshes_for_lookups() -> None:
+async def test_timers_expire_records_and_run_refresh_lookups() -> None:
     start = trio.current_time()
 
     def wall_clock() -> float:
@@ -216,7 +216,7 @@ async def test_timers_expire_records_and_record_refreshes_for_lookups() -> None:
         assert await alice.store(contact(bob), brief) is None
         assert len(bob.records) == 1
         await until(bob, lambda: len(bob.records) == 0)
-        await until(alice, lambda: len(alice.refreshes_due) > 0)
+        await until(alice, lambda: alice.stats.refreshes > 0)
 
 
 async def test_pings_the_routing_table_asks_for_run_once_each_and_verify() -> None:

@@ -92,6 +92,18 @@ class RecordExpired:
     key: bytes
 
 
+def timing_refusal(record: Record, now: float, limits: RecordLimits) -> Refusal | None:
+    """Why a holder whose clock reads ``now`` refuses ``record`` by its times alone (SPEC-dht.md
+    §6 rules 1-3), or ``None``."""
+    if record.issued_at > now + limits.max_clock_skew:
+        return Refusal.FUTURE
+    if record.expires_at - record.issued_at > limits.max_lifetime:
+        return Refusal.LIFETIME
+    if record.expires_at <= now:
+        return Refusal.EXPIRED
+    return None
+
+
 @attrs.define
 class _Held:
     record: Record
@@ -127,13 +139,9 @@ class RecordStore:
 
     def check(self, record: Record, now: float) -> Refusal | None:
         """Whether :meth:`put_untrusted` would refuse ``record`` by time or order (not quotas)."""
-        limits = self.config.limits
-        if record.issued_at > now + limits.max_clock_skew:
-            return Refusal.FUTURE
-        if record.expires_at - record.issued_at > limits.max_lifetime:
-            return Refusal.LIFETIME
-        if record.expires_at <= now:
-            return Refusal.EXPIRED
+        refusal = timing_refusal(record, now, self.config.limits)
+        if refusal is not None:
+            return refusal
         held = self.get(record.key, now)
         if held is None or held.encoding == record.encoding:
             return None
@@ -230,4 +238,11 @@ class RecordStore:
         return f"<RecordStore {len(self._table)} records, {self._bytes} bytes>"
 
 
-__all__ = ["RecordExpired", "RecordStore", "Refusal", "StoreConfig", "StoreResult"]
+__all__ = [
+    "RecordExpired",
+    "RecordStore",
+    "Refusal",
+    "StoreConfig",
+    "StoreResult",
+    "timing_refusal",
+]

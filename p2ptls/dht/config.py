@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from ._lookup import LookupConfig
 from ._responder import ResponderConfig
 from ._routing import RoutingConfig
 from ._store import StoreConfig
@@ -42,9 +43,28 @@ class DhtConfig:
     """Pings the node runs at once for its routing table (eviction, stale and requester pings);
     a ping asked for beyond it is skipped (the table asks again later)."""
     max_refreshes_due: int = attrs.field(default=256, validator=attrs.validators.ge(1))
-    """Bucket refreshes remembered until lookups run them (the oldest is forgotten first)."""
+    """Bucket refreshes queued until a background lookup runs them, and likewise the other
+    background jobs (republishing, replication) in a queue of their own; in each, the oldest is
+    forgotten first."""
+
+    lookup: LookupConfig = attrs.field(factory=LookupConfig)
+    """Every lookup the node runs: k, α, disjoint paths, soft timeout, request budget."""
+    read_quorum: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    """Values a read of a mutable value or a peer record collects before it picks the newest
+    (an immutable value stops at the first)."""
+    record_lifetime: int = attrs.field(default=24 * 3600, validator=attrs.validators.ge(1))
+    """Seconds the records this node writes live (longer than the 22 h republishing interval,
+    within ``store.limits.max_lifetime``)."""
+    max_background_lookups: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    """Lookups the node runs at once on its own (bucket refreshes, republishing, replication);
+    a refresh asked for beyond it waits in ``refreshes_due``."""
+    replication_check: float = attrs.field(default=300.0, validator=_positive)
+    """Seconds between two looks at which held records are due for replication (each record is
+    offered once per ``store.replicate_interval``)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.record_lifetime > self.store.limits.max_lifetime:
+            raise ValueError("record_lifetime must lie within store.limits.max_lifetime")
         if self.store.limits != self.wire.record_limits:
             raise ValueError("store.limits and wire.record_limits must be equal")
 

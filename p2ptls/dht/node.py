@@ -1,4 +1,4 @@
-"""The DHT node on a p2ptls host (trio): RPCs both ways and the routing table's timers.
+"""The DHT node on a p2ptls host (trio): RPCs both ways, the user's operations and the timers.
 
 Theory of operation
 -------------------
@@ -11,18 +11,27 @@ sans-IO cores; it decides nothing itself:
   STORE) or a timeout (``request_timeout``) resets only that stream. How many RPCs one peer can
   have in the handler at once is bounded by the host: ``ConnectionConfig.max_streams_per_peer``
   inbound streams per connection, and one connection per peer.
-* **asking**: :meth:`DhtNode.ping`, :meth:`~DhtNode.find_node`, :meth:`~DhtNode.find_value` and
-  :meth:`~DhtNode.store` open a stream to the contact (dialling it through the host if there is no
-  connection yet), send one request, read one reply within ``rpc_timeout`` and close. Success is
-  a verified sighting of the contact (``routing.verified``); any failure (timeout, dial or
-  handshake failure, a reset, a malformed or mismatched reply) is ``routing.failed`` and raises
-  :class:`RpcFailed`. Contacts in a NODES reply are hearsay (``routing.seen_unverified`` with the
-  responder as source). These calls are what an iterative lookup drives, ``α`` at a time.
-* **timers**: one background task sleeps until the routing table's or the store's
-  ``next_deadline()`` (or until something changed) and runs their ``handle_timers``. Routing
-  events become pings (``PingNeeded``, ``PingDue``: at most ``max_background_pings`` at once, one
-  per contact); ``RefreshDue`` keys are kept in :attr:`DhtNode.refreshes_due` for the lookups to
-  come (TODO: run a lookup of each).
+* **asking**: :meth:`DhtNode.ping`, :meth:`~DhtNode.find_node`, :meth:`~DhtNode.find_value`,
+  :meth:`~DhtNode.store` (one RPC; :class:`RpcFailed`) and :meth:`~DhtNode.closest` (an iterative
+  lookup) are the node's :class:`~._client.DhtClient`'s, which reports what it learns to the
+  routing table and its events here.
+* **operations**: :meth:`~DhtNode.put`/:meth:`~DhtNode.get` (immutable values),
+  :meth:`~DhtNode.put_mutable`/:meth:`~DhtNode.get_mutable`/:meth:`~DhtNode.delete` (Ed25519
+  mutable values), :meth:`~DhtNode.find_peer` and :meth:`~DhtNode.publish_own_record` (signed
+  peer records). A write is a lookup of the key, then a STORE to each of the ``k`` nearest that
+  answered, in parallel (:class:`~._operations.PutResult`; :class:`~._operations.StoreFailed`
+  when none accepted). A read of a mutable value or a peer record collects ``read_quorum``
+  values, keeps the newest valid one and writes it back to the nearest nodes that returned an
+  older one or none. What counts and where to write is decided in :mod:`._operations`.
+* **timers**: one background task sleeps until the routing table's, the store's or the
+  maintenance schedule's ``next_deadline()`` (or until something changed) and runs their
+  ``handle_timers``. Routing events become pings (``PingNeeded``, ``PingDue``: at most
+  ``max_background_pings`` at once, one per contact); ``RefreshDue`` keys queue in
+  :attr:`DhtNode.refreshes_due` and are looked up in the background; the writer's own records
+  are republished every 22 h and held records replicated to the current nearest nodes every hour
+  (:class:`~._operations.Maintenance`). At most ``max_background_lookups`` such jobs run at once.
+* **joining**: :meth:`DhtNode.bootstrap` pings the bootstrap peers, looks up the own id (filling
+  the buckets near it, as Kademlia joins) and publishes the node's peer record.
 
 Two clocks: trio's (``trio.current_time()``) for the routing table, rate limits and timeouts, and
 Unix time (``wall_clock``, injectable) for record times.
@@ -32,48 +41,72 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .._errors import LocalProtocolError, ProtocolError, StreamRefused
 from .._util import open_service_nursery
 from ..host import Host
-from ..identity import PeerRecord
+from ..identity import PeerId, PeerRecord
 from ..logical import LogicalStream
-from ._errors import DhtError, DhtProtocolError
+from ._client import DhtClient, RpcFailed
+from ._errors import DhtProtocolError
 from ._ids import Contact
-from ._records import Record
+from ._lookup import RequestKind
+from ._operations import (
+    Maintenance,
+    NoContacts,
+    PutResult,
+    ReplicationDue,
+    RepublishDue,
+    StoreFailed,
+    newest,
+    write_back_targets,
+)
+from ._records import (
+    ImmutableValue,
+    MutableValue,
+    PeerAddressRecord,
+    Record,
+    make_immutable,
+    mutable_key,
+    sign_mutable,
+    sign_peer_record,
+)
 from ._responder import Responder, ResponderEvent
-from ._routing import PingDue, PingNeeded, RefreshDue, RoutingTable
+from ._routing import PingDue, PingNeeded, RefreshDue, RoutingStats, RoutingTable
 from ._store import RecordStore, Refusal
 from ._wire import (
     PROTOCOL,
-    FindNode,
-    FindValue,
-    Message,
-    Nodes,
-    Ping,
-    Pong,
-    Refused,
-    Store,
-    Stored,
-    Value,
-    parse_message_untrusted,
 )
 from .config import DhtConfig
 
 
-class RpcFailed(DhtError):
-    """An RPC to a contact failed: unreachable, too slow, or its reply broke the protocol
-    (``__cause__`` says which). The contact's failure was reported to the routing table."""
+@attrs.frozen
+class DhtStats:
+    """What a node has done and holds (:attr:`DhtNode.stats`)."""
+
+    lookups: int
+    """Lookups started (the user's, refreshes, republishing and replication)."""
+    rpcs_sent: int
+    rpcs_failed: int
+    records_held: int
+    """Records held for others."""
+    routing: RoutingStats
+    refreshes: int
+    """Bucket refresh lookups run."""
+    background_failures: int
+    """Background jobs (refresh, republishing, replication) that found no contact or no taker."""
 
 
-_RPC_ERRORS = (OSError, trio.BrokenResourceError, trio.EndOfChannel, ProtocolError, StreamRefused)
-"""What a dial, a stream or a reply can raise because of the network or the peer."""
+Job = Callable[[], Awaitable[object]]
 
 
 class DhtNode:
@@ -103,9 +136,32 @@ class DhtNode:
         self.refreshes_due: collections.deque[bytes] = collections.deque(
             maxlen=config.max_refreshes_due
         )
-        """Keys of bucket refreshes the routing table asked for (run by lookups, to come)."""
+        """Keys of bucket refreshes the routing table asked for, not yet looked up."""
         self._pinging: set[bytes] = set()
         self._changed = trio.Event()
+        self._maintenance = Maintenance(
+            config.store.republish_interval, config.replication_check, wall_clock()
+        )
+        self._republish: dict[bytes, Job] = {}
+        self._jobs: collections.deque[Job] = collections.deque(maxlen=config.max_refreshes_due)
+        self._workers = 0
+        self._peer_sequence = 0
+        self._counts = collections.Counter[str]()
+        self.client = DhtClient(host, self.routing, config, self._dispatch, wall_clock)
+        """The RPCs and lookups this node sends."""
+
+    @property
+    def stats(self) -> DhtStats:
+        """Counters and sizes, for monitoring."""
+        return DhtStats(
+            lookups=self.client.lookups,
+            rpcs_sent=self.client.rpcs_sent,
+            rpcs_failed=self.client.rpcs_failed,
+            records_held=len(self.records),
+            routing=self.routing.stats,
+            refreshes=self._counts["refreshes"],
+            background_failures=self._counts["background_failures"],
+        )
 
     @property
     def node_id(self) -> bytes:
@@ -114,11 +170,8 @@ class DhtNode:
 
     @property
     def contact(self) -> Contact | None:
-        """Our own contact, announced as the ``sender`` of requests (``None`` if the host does
-        not listen)."""
-        if not self.host.listeners:
-            return None
-        return Contact.of(self.host.peer_record())
+        """Our own contact as requests announce it (see :attr:`DhtClient.contact`)."""
+        return self.client.contact
 
     async def wait_changed(self) -> None:
         """Wait until the routing table or the store next changes (for tests and monitors)."""
@@ -132,35 +185,32 @@ class DhtNode:
 
     async def ping(self, contact: Contact) -> None:
         """Ping ``contact``; raises :class:`RpcFailed` if it does not answer."""
-        await self._call(contact, Ping(self.contact), Pong)
+        await self.client.ping(contact)
 
     async def find_node(self, contact: Contact, target: bytes) -> list[Contact]:
         """The contacts ``contact`` knows nearest ``target`` (unverified: hearsay)."""
-        reply = await self._call(contact, FindNode(target, self.contact), Nodes)
-        assert isinstance(reply, Nodes)
-        return self._hearsay(contact, reply)
+        return await self.client.find_node(contact, target)
 
     async def find_value(
         self, contact: Contact, key: bytes, have_sequence: int = 0
     ) -> Record | list[Contact]:
         """The record ``contact`` holds under ``key`` (newer than ``have_sequence``), or the
         contacts it knows nearest ``key``."""
-        request = FindValue(key, have_sequence, self.contact)
-        reply = await self._call(contact, request, (Value, Nodes), key=key)
-        if isinstance(reply, Value):
-            return reply.record
-        assert isinstance(reply, Nodes)
-        return self._hearsay(contact, reply)
+        return await self.client.find_value(contact, key, have_sequence)
 
     async def store(self, contact: Contact, record: Record) -> Refusal | None:
         """Ask ``contact`` to hold ``record``: ``None`` if it does, else why it refused."""
-        reply = await self._call(contact, Store(record, self.contact), (Stored, Refused))
-        return reply.reason if isinstance(reply, Refused) else None
+        return await self.client.store(contact, record)
+
+    async def closest(self, key: bytes) -> list[Contact]:
+        """The ``k`` nodes nearest ``key`` that answered an iterative lookup, nearest first.
+        Raises :class:`~._operations.NoContacts` if the routing table is empty."""
+        return await self.client.closest(key)
 
     async def bootstrap(self, records: Iterable[PeerRecord]) -> int:
         """Join through ``records`` (peers with addresses): ping each (a verified contact) and ask
-        it for the nodes nearest our own id, then ping those. Returns how many bootstrap peers
-        answered."""
+        it for the nodes nearest our own id, then ping those; then, if any answered, look up our
+        own id and publish our peer record. Returns how many bootstrap peers answered."""
         contacts = [Contact.of(record) for record in records]
         answered = 0
         learned: dict[bytes, Contact] = {}
@@ -182,52 +232,196 @@ class DhtNode:
             for node_id, contact in learned.items():
                 if node_id != self.node_id and node_id not in self.routing:
                     nursery.start_soon(self._ping_quietly, contact)
+        if answered:
+            await self.closest(self.node_id)
+            if self.host.listeners:
+                with contextlib.suppress(StoreFailed):  # a network of one: nobody to hold it
+                    await self.publish_own_record()
         return answered
 
-    def _hearsay(self, responder: Contact, reply: Nodes) -> list[Contact]:
-        now = trio.current_time()
-        for contact in reply.contacts:
-            self.routing.seen_unverified(contact, now, source=responder.node_id)
-        return list(reply.contacts)
+    # -- operations ----------------------------------------------------------------------------
 
-    async def _call(
+    async def put(self, value: bytes) -> PutResult:
+        """Store the immutable ``value`` (its key: ``SHA-256(value)``) at the nearest nodes, and
+        republish it every 22 h. Raises :class:`~._operations.StoreFailed` if none accepted."""
+        issued_at = int(self._wall_clock())
+        record = make_immutable(value, issued_at, issued_at + self.config.record_lifetime)
+        return await self._publish(record, lambda: self.put(value))
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The immutable value under ``key`` (the first valid one a lookup finds), or ``None``."""
+        held = self.records.get(key, self._wall_clock())
+        if isinstance(held, ImmutableValue):
+            return held.value
+        result = await self.client.lookup(key, RequestKind.FIND_VALUE, value_kind=ImmutableValue)
+        found = result.value
+        return found.value if isinstance(found, ImmutableValue) else None
+
+    async def put_mutable(
         self,
-        contact: Contact,
-        request: Message,
-        expected: type | tuple[type, ...],
+        owner_key: Ed25519PrivateKey,
+        salt: bytes,
+        value: bytes,
         *,
-        key: bytes | None = None,
-    ) -> Message:
-        if contact.node_id == self.node_id:
-            raise LocalProtocolError("an RPC to this node itself")
-        try:
-            with trio.fail_after(self.config.rpc_timeout):
-                data = await self._exchange(contact, request.encode())
-            reply = parse_message_untrusted(data, self.config.wire)
-            if not isinstance(reply, expected):
-                raise DhtProtocolError("the reply does not answer the request")
-            if key is not None and isinstance(reply, Value) and reply.record.key != key:
-                raise DhtProtocolError("a value under another key")
-        except (*_RPC_ERRORS, trio.TooSlowError) as error:
-            self._dispatch(self.routing.failed(contact, trio.current_time()))
-            raise RpcFailed(f"RPC to {contact.address} failed") from error
-        self._dispatch(self.routing.verified(contact, trio.current_time()))
-        return reply
+        sequence: int | None = None,
+        cas: int | None = None,
+    ) -> PutResult:
+        """Sign ``value`` as the owner's mutable value under ``salt`` and store it at the nearest
+        nodes (republished every 22 h with the next sequence). ``sequence=None``: the one after
+        the newest found; ``cas``: the sequence the holders must hold for them to replace it."""
+        return await self._write_mutable(owner_key, salt, value, sequence, cas)
 
-    async def _exchange(self, contact: Contact, request: bytes) -> bytes:
-        record = contact.record.with_address(contact.host, contact.port)
-        stream = await self.host.open(record, PROTOCOL, address=contact.address)
-        try:
-            await stream.send_message(request)
-            await stream.send_eof()
-            reply = await stream.receive_message()
+    async def delete(
+        self, owner_key: Ed25519PrivateKey, salt: bytes, *, sequence: int | None = None
+    ) -> PutResult:
+        """Store a signed tombstone over the owner's value under ``salt`` (it outlives every
+        value this node wrote there, so it is not republished)."""
+        return await self._write_mutable(owner_key, salt, None, sequence, None)
+
+    async def get_mutable(self, owner_public: Ed25519PublicKey, salt: bytes) -> MutableValue | None:
+        """The newest valid mutable value of the owner under ``salt`` among ``read_quorum``
+        answers (written back to the nearest nodes that returned an older one or none), or
+        ``None`` if there is none or it was deleted."""
+        found = await self._read_newest(mutable_key(_raw(owner_public), salt), MutableValue)
+        return found if isinstance(found, MutableValue) and not found.deleted else None
+
+    async def find_peer(self, peer_id: PeerId) -> PeerRecord | None:
+        """The peer's record with its first published address (the newest of ``read_quorum``
+        signed peer records), or ``None`` if no node holds one."""
+        found = await self._read_newest(peer_id.digest, PeerAddressRecord)
+        if not isinstance(found, PeerAddressRecord):
+            return None
+        return found.peer.with_address(*found.addresses[0])
+
+    async def publish_own_record(self) -> PutResult:
+        """Sign our peer record (our listening address, a new sequence) and store it at the
+        nodes nearest our id; republished every 22 h (:meth:`bootstrap` calls it)."""
+        issued_at = int(self._wall_clock())
+        self._peer_sequence = max(self._peer_sequence + 1, issued_at)
+        record = sign_peer_record(
+            self.host.config.identity,
+            self._peer_sequence,
+            (self.host.address,),
+            issued_at,
+            issued_at + self.config.record_lifetime,
+        )
+        return await self._publish(record, self.publish_own_record)
+
+    async def _write_mutable(
+        self,
+        owner_key: Ed25519PrivateKey,
+        salt: bytes,
+        value: bytes | None,
+        sequence: int | None,
+        cas: int | None,
+    ) -> PutResult:
+        key = mutable_key(_raw(owner_key.public_key()), salt)
+        if sequence is None:
+            held = await self._read_newest(key, MutableValue, write_back=False)
+            sequence = 1 if held is None else held.sequence + 1
+        issued_at = int(self._wall_clock())
+        record = sign_mutable(
+            owner_key,
+            salt,
+            sequence,
+            value,
+            issued_at=issued_at,
+            expires_at=issued_at + self.config.record_lifetime,
+            cas=cas,
+        )
+        if value is None:
+            self._maintenance.forget(key)
+            self._republish.pop(key, None)
+            return await self._publish(record, None)
+        next_sequence = sequence + 1
+        return await self._publish(
+            record, lambda: self._write_mutable(owner_key, salt, value, next_sequence, None)
+        )
+
+    async def _read_newest(
+        self, key: bytes, kind: type[Record], *, write_back: bool = True
+    ) -> Record | None:
+        result = await self.client.lookup(
+            key, RequestKind.FIND_VALUE, quorum=self.config.read_quorum, value_kind=kind
+        )
+        held = self.records.get(key, self._wall_clock())
+        local = [held] if held is not None and isinstance(held, kind) else []
+        best = newest([*local, *(answer.value for answer in result.values)])
+        if best is not None and write_back:
+            await self._store_at(best, write_back_targets(result, best))
+        return best
+
+    async def _publish(self, record: Record, republish: Job | None) -> PutResult:
+        result = await self._store_at(record, await self.closest(record.key))
+        if not result.accepted:
+            raise StoreFailed(result)
+        if republish is not None:
+            self._republish[record.key] = republish
+            self._maintenance.published(record.key, self._wall_clock())
+            self._note_change()
+        return result
+
+    async def _store_at(self, record: Record, contacts: Iterable[Contact]) -> PutResult:
+        refusals = []
+        failed = 0
+
+        async def store_one(contact: Contact) -> None:
+            nonlocal failed
             try:
-                await stream.receive_message()
-            except trio.EndOfChannel:
-                return reply
-            raise DhtProtocolError("a second reply")
+                refusal = await self.store(contact, record)
+            except RpcFailed:
+                failed += 1
+                return
+            refusals.append(refusal)
+
+        async with trio.open_nursery() as nursery:
+            for contact in contacts:
+                nursery.start_soon(store_one, contact)
+        refused = tuple(refusal for refusal in refusals if refusal is not None)
+        return PutResult(record.key, len(refusals) - len(refused), refused, failed)
+
+    async def _replicate(self, record: Record) -> None:
+        """Offer a held record, exact bytes, to the nodes now nearest its key."""
+        await self._store_at(record, await self.closest(record.key))
+
+    # -- background jobs -----------------------------------------------------------------------
+
+    def _maintain(self, events: Iterable[RepublishDue | ReplicationDue]) -> None:
+        for event in events:
+            if isinstance(event, RepublishDue):
+                job = self._republish.get(event.key)
+                if job is not None:
+                    self._queue_job(job)
+            else:
+                for record in self.records.records_to_replicate(self._wall_clock()):
+                    self._queue_job(functools.partial(self._replicate, record))
+
+    def _queue_job(self, job: Job) -> None:
+        self._jobs.append(job)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        if self._workers >= self.config.max_background_lookups:
+            return  # the running workers drain the queues
+        self._workers += 1
+        self._nursery.start_soon(self._drain_jobs)
+
+    async def _drain_jobs(self) -> None:
+        """Run the queued refreshes, then the other jobs, one at a time, until none is left."""
+        try:
+            while self.refreshes_due or self._jobs:
+                if self.refreshes_due:
+                    self._counts["refreshes"] += 1
+                    job: Job = functools.partial(self.closest, self.refreshes_due.popleft())
+                else:
+                    job = self._jobs.popleft()
+                try:
+                    await job()
+                except (NoContacts, StoreFailed):
+                    self._counts["background_failures"] += 1  # the next interval tries again
+                self._note_change()
         finally:
-            await stream.aclose()
+            self._workers -= 1
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -260,8 +454,8 @@ class DhtNode:
             elif isinstance(event, PingDue):
                 self._start_ping(event.contact)
             elif isinstance(event, RefreshDue):
-                # TODO(lookups): run a lookup of the key instead of only recording it.
                 self.refreshes_due.append(event.key)
+                self._start_worker()
         self._note_change()
 
     def _start_ping(self, contact: Contact) -> None:
@@ -286,14 +480,21 @@ class DhtNode:
     async def _run_timers(self) -> None:
         while True:
             events = self.routing.handle_timers(trio.current_time())
-            expired = self.records.handle_timers(self._wall_clock())
+            wall = self._wall_clock()
+            expired = self.records.handle_timers(wall)
             if events or expired:
                 self._dispatch(events)
-            store_delay = self.records.next_deadline() - self._wall_clock()
-            deadline = min(self.routing.next_deadline(), trio.current_time() + store_delay)
+            self._maintain(self._maintenance.handle_timers(wall))
+            wall_deadline = min(self.records.next_deadline(), self._maintenance.next_deadline())
+            wall_delay = wall_deadline - self._wall_clock()
+            deadline = min(self.routing.next_deadline(), trio.current_time() + wall_delay)
             changed = self._changed
             with trio.move_on_at(deadline):
                 await changed.wait()
+
+
+def _raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 @asynccontextmanager
@@ -325,4 +526,12 @@ async def open_dht_node(
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["DhtNode", "RpcFailed", "open_dht_node"]
+__all__ = [
+    "DhtNode",
+    "DhtStats",
+    "NoContacts",
+    "PutResult",
+    "RpcFailed",
+    "StoreFailed",
+    "open_dht_node",
+]

@@ -35,8 +35,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2ptls.identity import Identity
@@ -69,7 +67,7 @@ from protocol.vector_inputs import (
     Json,
     fragment_message,
 )
-from protocol.vector_support import Party
+from protocol.vector_support import Party, rsa_key_from_pem
 
 __all__ = [
     "FILES",
@@ -98,16 +96,7 @@ def load_or_make_keys(existing: Json | None) -> tuple[Party, Party]:
         pem: str | None = None
         if existing is not None:
             pem = existing.get("inputs", {}).get(role, {}).get("private_key_pem")
-        if pem is None:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode("ascii")
-        loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-        if not isinstance(loaded, rsa.RSAPrivateKey):
-            raise SystemExit(f"{role} key in handshake.json is not RSA")
+        loaded, pem = rsa_key_from_pem(pem)
         parties.append(Party(Identity(loaded), pem))
     return parties[0], parties[1]
 

@@ -27,6 +27,7 @@ from ._connection_events import (
 )
 from ._connection_state import HandshakeState
 from ._errors import HandshakeFailed, HandshakeTimeout, ProtocolError, StreamInterrupted
+from ._stream_transport import TransportIO
 from ._tickets import SessionTicket
 from ._util import HandOffLock
 from .config import StreamConfig
@@ -85,7 +86,7 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
-class HandshakeDriving:
+class HandshakeDriving(TransportIO):
     """The handshake half of :class:`~p2ptls.SecureStream`."""
 
     config: StreamConfig
@@ -98,7 +99,6 @@ class HandshakeDriving:
     _handshake_lock: HandOffLock
     _check_usable: Callable[[], None]
     _break: Callable[[BaseException], Awaitable[trio.BrokenResourceError]]
-    _send_raw: Callable[[bytes | bytearray], Awaitable[None]]
     _file_events: Callable[[list[Event]], None]
 
     async def do_handshake(self) -> None:

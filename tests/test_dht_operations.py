@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import attrs
 import pytest
 import trio
 
@@ -19,7 +20,7 @@ from p2ptls.dht._wire import MessageType, Nodes, Pong, Refused
 from p2ptls.dht.config import DhtConfig
 from p2ptls.dht.node import DhtNode, NoContacts, StoreFailed, open_dht_node
 from tests.conftest import identity_pool
-from tests.dht_record_support import mutable, owner
+from tests.dht_record_support import immutable, mutable, owner
 from tests.host_harness import extra_identity
 from tests.test_dht_node import WALL, contact, host_config, hostile_host, until
 
@@ -230,3 +231,20 @@ async def test_a_put_nobody_accepts_fails_and_a_node_alone_has_nobody_to_ask() -
             await node.put(b"nobody accepts")
         assert failure.value.result.refusals == (Refusal.QUOTA,)
         assert failure.value.result.accepted == 0
+
+
+async def test_held_records_due_for_replication_never_crowd_out_our_own_republishing() -> None:
+    """A peer may fill a node's store (up to its per-source quota); when all of those records
+    come due for replication together with our own republishing, ours still runs."""
+    clock = WallClock()
+    config = attrs.evolve(SMALL_K, max_refreshes_due=2)
+    async with network(config=config, wall_clock=clock) as nodes:
+        result = await nodes[0].put(b"ours")
+        for index in range(20):  # far more than the refresh queue holds
+            held = immutable(b"theirs %d" % index, issued_at=int(clock.now), lifetime=47 * 3600)
+            assert nodes[0].records.put_untrusted(held, "flooder", clock.now).stored
+        holder = holders(nodes, result.key)[0]
+        first = holder.records.get(result.key, clock.now)
+        assert first is not None
+        clock.advance(22 * 3600 + 1, nodes)
+        await until(holder, lambda: holder.records.get(result.key, clock.now) != first)

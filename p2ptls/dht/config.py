@@ -43,9 +43,9 @@ class DhtConfig:
     """Pings the node runs at once for its routing table (eviction, stale and requester pings);
     a ping asked for beyond it is skipped (the table asks again later)."""
     max_refreshes_due: int = attrs.field(default=256, validator=attrs.validators.ge(1))
-    """Bucket refreshes queued until a background lookup runs them, and likewise the other
-    background jobs (republishing, replication) in a queue of their own; in each, the oldest is
-    forgotten first."""
+    """Bucket refreshes queued until a background lookup runs them; the oldest is forgotten
+    first. (Republishing our own records is never dropped and runs first; replication of held
+    records queues at most ``store.max_records`` and runs last.)"""
 
     lookup: LookupConfig = attrs.field(factory=LookupConfig)
     """Every lookup the node runs: k, α, disjoint paths, soft timeout, request budget."""

@@ -143,7 +143,14 @@ class DhtNode:
             config.store.republish_interval, config.replication_check, wall_clock()
         )
         self._republish: dict[bytes, Job] = {}
-        self._jobs: collections.deque[Job] = collections.deque(maxlen=config.max_refreshes_due)
+        self._republish_due: collections.deque[Job] = collections.deque()
+        """Our own records' republishing: as many as this node writes, never dropped (a peer's
+        records must not crowd our own out), run first."""
+        self._replication_due: collections.deque[Record] = collections.deque(
+            maxlen=config.store.max_records
+        )
+        """Held records to offer to the nodes nearest them, at most one store's worth (each held
+        record comes due once per interval), run last."""
         self._workers = 0
         self._peer_sequence = 0
         self._counts = collections.Counter[str]()
@@ -391,14 +398,12 @@ class DhtNode:
             if isinstance(event, RepublishDue):
                 job = self._republish.get(event.key)
                 if job is not None:
-                    self._queue_job(job)
+                    self._republish_due.append(job)
+                    self._start_worker()
             else:
-                for record in self.records.records_to_replicate(self._wall_clock()):
-                    self._queue_job(functools.partial(self._replicate, record))
-
-    def _queue_job(self, job: Job) -> None:
-        self._jobs.append(job)
-        self._start_worker()
+                self._replication_due.extend(self.records.records_to_replicate(self._wall_clock()))
+                if self._replication_due:
+                    self._start_worker()
 
     def _start_worker(self) -> None:
         if self._workers >= self.config.max_background_lookups:
@@ -407,14 +412,18 @@ class DhtNode:
         self._nursery.start_soon(self._drain_jobs)
 
     async def _drain_jobs(self) -> None:
-        """Run the queued refreshes, then the other jobs, one at a time, until none is left."""
+        """Run the queued jobs one at a time until none is left: our own republishing first,
+        then bucket refreshes, then replication of held records."""
         try:
-            while self.refreshes_due or self._jobs:
-                if self.refreshes_due:
+            while self._republish_due or self.refreshes_due or self._replication_due:
+                job: Job
+                if self._republish_due:
+                    job = self._republish_due.popleft()
+                elif self.refreshes_due:
                     self._counts["refreshes"] += 1
-                    job: Job = functools.partial(self.closest, self.refreshes_due.popleft())
+                    job = functools.partial(self.closest, self.refreshes_due.popleft())
                 else:
-                    job = self._jobs.popleft()
+                    job = functools.partial(self._replicate, self._replication_due.popleft())
                 try:
                     await job()
                 except (NoContacts, StoreFailed):

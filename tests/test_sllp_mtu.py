@@ -106,6 +106,21 @@ def test_a_final_fragment_that_came_first_is_held_to_the_size_learned_later() ->
     assert [len(e.data) for e in drain(b) if isinstance(e, Message)] == [4800]
 
 
+def test_middle_fragments_after_a_final_one_are_held_to_the_minimum_and_one_size() -> None:
+    """The final fragment came first, so the message's fragment size is not known yet: empty or
+    undersized middle fragments are still refused (not slipped in by a fast path)."""
+    a, b = session_pair(SllpConfig(max_message_size=5000, reassembly_timeout=60.0))
+    send = FragmentFeeder(a, b)
+    send(0, 3, 4, 10)  # the final fragment first
+    send(0, 1, 4, 0)  # an empty middle fragment: below MIN_FRAGMENT
+    send(0, 2, 4, 0)
+    assert b.statistics().malformed == 2
+    send(0, 0, 4, wire.MIN_FRAGMENT)
+    send(0, 1, 4, wire.MIN_FRAGMENT)
+    send(0, 2, 4, wire.MIN_FRAGMENT)
+    assert [len(e.data) for e in drain(b) if isinstance(e, Message)] == [3 * wire.MIN_FRAGMENT + 10]
+
+
 @pytest.mark.parametrize(
     ("index", "count", "size"),
     [

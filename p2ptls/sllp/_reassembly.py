@@ -152,30 +152,6 @@ class Reassembler:
     ) -> None:
         """Take one authenticated DATA fragment. Raises :class:`DatagramError` if it is invalid."""
         size = len(payload)
-        current = self._current
-        if (
-            current is not None
-            and message_id == self._current_id
-            and count == current.count
-            and index + 1 < count
-            and size == current.fragment_size
-        ):
-            # The common case, a middle fragment of the message being reassembled: the checks
-            # below that this message already passed (count, id, ordering) hold as they did;
-            # only the window's edge can have moved past it.
-            done = self._done
-            parts = current.parts
-            if (
-                index not in parts
-                and len(parts) + 1 < count  # not the last one missing: completion is below
-                and done.top - message_id < done.size
-            ):
-                bytes_held = self.bytes_held + size
-                if bytes_held <= self.max_bytes:
-                    parts[index] = payload
-                    current.size += size
-                    self.bytes_held = bytes_held
-                    return
         if count == 0 or index >= count:
             raise DatagramError("fragment index or count out of range")
         if count > self.max_fragments:
@@ -217,12 +193,13 @@ class Reassembler:
             partials[message_id] = partial
         elif partial.count != count:
             raise DatagramError("inconsistent fragment count within one message")
-        self._current, self._current_id = partial, message_id
         parts = partial.parts
         if index in parts:
             self.duplicate_fragments += 1
             return
         partial.learn_sizes_untrusted(final, size, self.max_message_size)
+        if partial.fragment_size:  # only once its fragment size is known (take_middle checks it)
+            self._current, self._current_id = partial, message_id
         if not final:
             self.fragment_size = size
         while self.bytes_held + size > self.max_bytes:

@@ -159,6 +159,8 @@ class TicketAuthority:
         self._used: dict[PeerId, _UsedBy] = {}
         """Per initiator holding entries, its used tickets and its floor."""
         self._count = 0
+        self._next_expiry_s = -1
+        """No remembered entry, of any initiator, expires before this (-1: none held)."""
         self._keys: dict[tuple[bytes, int], AESGCM] = {}
 
     def __repr__(self) -> str:
@@ -243,12 +245,28 @@ class TicketAuthority:
                 return False
         if used is not None and len(used.entries) >= self.max_used_per_peer:
             self._evict(initiator, adding=initiator)
-        elif self._count >= self.max_used:
+        elif self._count >= self.max_used and not self._forget_all_expired(now_s):
             self._evict(max(self._used, key=lambda p: len(self._used[p].entries)), initiator)
         used = self._used.setdefault(initiator, _UsedBy())
         used.add(contents.nonce, _Use(contents.issued_at_s, contents.expires_at_s, binder))
         self._count += 1
+        if self._next_expiry_s < 0 or contents.expires_at_s < self._next_expiry_s:
+            self._next_expiry_s = contents.expires_at_s
         return True
+
+    def _forget_all_expired(self, now_s: int) -> bool:
+        """When an entry of any initiator has expired, drop every expired entry (and the
+        initiators left with none); whether that made room. A full table of other initiators'
+        dead entries must not force evictions that raise live initiators' floors."""
+        if self._next_expiry_s < 0 or self._next_expiry_s >= now_s:
+            return False
+        for initiator in list(self._used):
+            used = self._used[initiator]
+            self._count -= used.forget_expired(now_s)
+            if not used.entries:
+                del self._used[initiator]
+        self._next_expiry_s = min((used.next_expiry_s for used in self._used.values()), default=-1)
+        return self._count < self.max_used
 
     def _evict(self, initiator: PeerId, adding: PeerId) -> None:
         """Make room: ``initiator``'s entry issued first goes and its floor rises (kept while

@@ -48,8 +48,15 @@ class ModelTable:
         if entries is not None and len(entries) >= self.max_used_per_peer:
             self.evict(peer, peer)
         elif self.count() >= self.max_used:
-            # The initiator holding the most (the first of them in the table's order).
-            self.evict(max(self.used, key=lambda p: len(self.used[p])), peer)
+            # Full: first every initiator's expired entries go (and the initiators left with
+            # none, floors and all); if still full, the initiator holding the most (the first of
+            # them in the table's order) gives up its entry issued first.
+            for other in list(self.used):
+                self.used[other][:] = [(c, b) for c, b in self.used[other] if c.expires_at_s >= now]
+                if not self.used[other]:
+                    self.forget(other)
+            if self.count() >= self.max_used:
+                self.evict(max(self.used, key=lambda p: len(self.used[p])), peer)
         self.used.setdefault(peer, []).append((contents, binder))
         return True
 
@@ -110,3 +117,25 @@ def test_a_full_share_evicts_the_ticket_issued_first_not_the_first_used() -> Non
     assert authority.use(contents(1, 1005), peer, b"b", now_s=1010)  # still remembered: a copy
     assert not authority.use(contents(1, 1005), peer, b"other", now_s=1010)
     assert authority.used_count(peer) == 2
+
+
+def test_a_full_table_of_expired_entries_makes_room_without_raising_a_live_floor() -> None:
+    """Other initiators' dead entries are swept when the table is full, instead of evicting
+    (and raising the floor of) an initiator whose entries are still live."""
+    authority = TicketAuthority(max_used=4, max_used_per_peer=4)
+    live, *others = [PeerId(bytes([n]) * 32) for n in range(1, 5)]
+    assert authority.use(_ticket(b"live-one", issued=100, lifetime=1000), live, b"b", now_s=100)
+    for index, other in enumerate(others):
+        short = _ticket(b"short-%d" % index, issued=100, lifetime=10)
+        assert authority.use(short, other, b"b", now_s=100)
+    assert authority.used_count() == 4
+    newcomer = PeerId(bytes([9]) * 32)
+    assert authority.use(_ticket(b"new", issued=200, lifetime=1000), newcomer, b"b", now_s=200)
+    assert authority.used_count() == 2  # the three expired entries went, nothing live did
+    assert authority.used_count(live) == 1
+    # The live initiator's floor did not rise: a ticket it holds from before is still good.
+    assert authority.use(_ticket(b"live-two", issued=50, lifetime=1000), live, b"b", now_s=200)
+
+
+def _ticket(nonce: bytes, *, issued: int, lifetime: int) -> TicketContents:
+    return TicketContents(nonce.ljust(16, b"."), issued, lifetime, bytes(32), b"der")

@@ -109,8 +109,7 @@ class RecordReceiving:
                 if len(plaintext) != wire.PING_PAYLOAD_SIZE:
                     raise ProtocolError("malformed pong")
                 events.append(PongReceived(plaintext))
-            elif content_type == wire.TICKET:
-                self._spend_control_token(now)  # a flood of tickets is a flood of control records
+            elif content_type == wire.TICKET:  # its control token was spent above (SPEC §6)
                 events.append(self._ticket_untrusted(plaintext))
             else:  # KEY_UPDATE: the only protected type left after the header check
                 if plaintext:

@@ -66,20 +66,7 @@ class RecordReceiving:
             else:
                 events.append(DataReceived(plaintext))
         elif content_type == wire.MESSAGE_START:
-            fragment: bytes | memoryview
-            prefix = wire.MESSAGE_LENGTH.size
-            if (
-                len(plaintext) > prefix
-                and wire.MESSAGE_LENGTH.unpack_from(plaintext)[0] > len(plaintext) - prefix
-            ):
-                # More fragments follow, joined once at the end: keep this one as a view of the
-                # plaintext rather than a copy of it. (A one-record message is the slice.)
-                total, fragment = (
-                    wire.MESSAGE_LENGTH.unpack_from(plaintext)[0],
-                    memoryview(plaintext)[prefix:],
-                )
-            else:
-                total, fragment = wire.parse_message_start_untrusted(plaintext)
+            total, fragment = wire.parse_message_start_untrusted(plaintext)
             message = self._reassembler.start_untrusted(total, fragment)
             if message is not None:
                 events.append(MessageReceived(message))

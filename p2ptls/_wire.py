@@ -270,11 +270,17 @@ def parse_finish_untrusted(body: bytes) -> Finish:
     return finish
 
 
-def parse_message_start_untrusted(plaintext: bytes) -> tuple[int, bytes]:
-    """Split a MESSAGE_START plaintext into ``(total_length, first_fragment)``."""
+def parse_message_start_untrusted(plaintext: bytes) -> tuple[int, bytes | memoryview]:
+    """Split a MESSAGE_START plaintext into ``(total_length, first_fragment)``.
+
+    When more fragments follow (they are joined once, at the end), the first fragment is a view
+    of ``plaintext`` rather than a copy; a one-record message is a slice (bytes).
+    """
     if len(plaintext) < MESSAGE_LENGTH.size:
         raise ProtocolError("message start too short")
     (total,) = MESSAGE_LENGTH.unpack_from(plaintext)
+    if total > len(plaintext) - MESSAGE_LENGTH.size:
+        return total, memoryview(plaintext)[MESSAGE_LENGTH.size :]
     return total, plaintext[MESSAGE_LENGTH.size :]
 
 
